@@ -1,0 +1,42 @@
+"""Shared fixtures. Every test run keeps ROS traffic on this machine, on its own domain."""
+from __future__ import annotations
+
+import os
+import random
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+# Local-only DDS for every process a test starts (this ROS ignores ROS_LOCALHOST_ONLY).
+os.environ['ROS_AUTOMATIC_DISCOVERY_RANGE'] = 'LOCALHOST'
+os.environ.setdefault('ROS_DOMAIN_ID', str(random.Random(os.getpid()).randint(1, 100)))
+
+
+@pytest.fixture(scope='session')
+def synthetic_bag(tmp_path_factory) -> Path:
+    """A 60-frame 640x192 synthetic drive (MCAP) with every topic, made once per session."""
+    from hr_depth_ros.make_synthetic_bag import write_synthetic_bag
+
+    path = tmp_path_factory.mktemp('bags') / 'drive_mcap'
+    write_synthetic_bag(path, frames=60, width=640, height=192, fps=10.0, storage='mcap', seed=0)
+    return path
+
+
+@pytest.fixture(scope='session')
+def lite_checkpoint(tmp_path_factory) -> Path:
+    """A randomly initialised Lite-HR-Depth checkpoint folder at 640x192."""
+    import torch
+
+    from hr_depth_ros.checkpoint import save_depth_checkpoint
+    from hr_depth_ros.networks import build_depth_model
+
+    torch.manual_seed(0)
+    encoder, decoder = build_depth_model('lite_hr_depth')
+    folder = tmp_path_factory.mktemp('checkpoints') / 'lite_random_640x192'
+    save_depth_checkpoint(folder, encoder, decoder, arch='lite_hr_depth', height=192, width=640)
+    return folder
