@@ -31,7 +31,7 @@ def fastdds_profile_path() -> Path:
     else:
         try:
             installed = Path(get_package_share_directory(PACKAGE)) / 'config' / PROFILE_FILENAME
-        except (PackageNotFoundError, ValueError, LookupError):
+        except (PackageNotFoundError, LookupError, OSError, ValueError):  # not installed / no AMENT_PREFIX_PATH
             installed = None
         if installed is not None and installed.is_file():
             return installed
