@@ -1,0 +1,90 @@
+"""Launch the hr_depth depth node (and optionally rviz2).
+
+    ros2 launch hr_depth_ros depth.launch.py image:=/camera/image_raw \
+        camera_info:=/camera/camera_info weights:=/path/to/HR_Depth_K_M_1280x384 use_rviz:=true
+
+Arguments left empty (weights, device, image_transport, depth_scale) keep the value from
+``params_file`` (default: the installed config/depth.yaml).
+
+Transport: unless FASTDDS_DEFAULT_PROFILES_FILE is already set in the environment, it is set
+to the shipped config/fastdds_large_data.xml for the processes started here. Without that
+profile Fast DDS silently drops images and clouds over ~0.5 MB; the camera driver and any
+other subscriber need the same variable (see the README's troubleshooting section).
+"""
+from __future__ import annotations
+
+import os
+
+from ament_index_python.packages import get_package_share_directory
+from launch import LaunchDescription
+from launch.actions import DeclareLaunchArgument, OpaqueFunction, SetEnvironmentVariable
+from launch.conditions import IfCondition
+from launch.substitutions import EnvironmentVariable, LaunchConfiguration
+from launch_ros.actions import Node
+from launch_ros.parameter_descriptions import ParameterValue
+
+PACKAGE = 'hr_depth_ros'
+# Launch argument -> node parameter of the same name and its type; passed only when not empty.
+NODE_PARAMETER_ARGUMENTS = {
+    'weights': str,
+    'device': str,
+    'image_transport': str,
+    'depth_scale': float,
+}
+
+
+def _share(*parts: str) -> str:
+    return os.path.join(get_package_share_directory(PACKAGE), *parts)
+
+
+def _depth_node(context, *args, **kwargs):
+    """The node, with only the non-empty parameter arguments overriding the params file."""
+    overrides = {}
+    for name, value_type in NODE_PARAMETER_ARGUMENTS.items():
+        value = LaunchConfiguration(name).perform(context)
+        if value != '':
+            overrides[name] = ParameterValue(value, value_type=value_type)
+    image = LaunchConfiguration('image').perform(context)
+    camera_info = LaunchConfiguration('camera_info').perform(context)
+    return [Node(
+        package=PACKAGE,
+        executable='depth_node',
+        name='hr_depth',
+        output='screen',
+        emulate_tty=True,
+        parameters=[LaunchConfiguration('params_file'), overrides],
+        remappings=[
+            ('image', image),
+            ('image/compressed', image + '/compressed'),
+            ('camera_info', camera_info),
+        ],
+    )]
+
+
+def generate_launch_description() -> LaunchDescription:
+    """image, camera_info, weights, device, image_transport, params_file, use_rviz, depth_scale."""
+    return LaunchDescription([
+        DeclareLaunchArgument('image', default_value='image', description='input image topic'),
+        DeclareLaunchArgument('camera_info', default_value='camera_info', description='input camera_info topic'),
+        DeclareLaunchArgument('weights', default_value='', description='checkpoint folder (required unless in params_file)'),
+        DeclareLaunchArgument('device', default_value='', description='auto | cuda | cpu (empty: params_file)'),
+        DeclareLaunchArgument('image_transport', default_value='',
+                              description='raw | compressed (subscribes <image>/compressed); empty: params_file'),
+        DeclareLaunchArgument('depth_scale', default_value='',
+                              description='metric scale, 5.4 for stereo-trained checkpoints (empty: params_file)'),
+        DeclareLaunchArgument('params_file', default_value=_share('config', 'depth.yaml'),
+                              description='node parameters (YAML, hr_depth: ros__parameters:)'),
+        DeclareLaunchArgument('use_rviz', default_value='false', description='start rviz2 with config/depth.rviz'),
+        SetEnvironmentVariable(
+            'FASTDDS_DEFAULT_PROFILES_FILE',
+            EnvironmentVariable('FASTDDS_DEFAULT_PROFILES_FILE',
+                                default_value=_share('config', 'fastdds_large_data.xml'))),
+        OpaqueFunction(function=_depth_node),
+        Node(
+            package='rviz2',
+            executable='rviz2',
+            name='rviz2',
+            arguments=['-d', _share('config', 'depth.rviz')],
+            condition=IfCondition(LaunchConfiguration('use_rviz')),
+        ),
+    ])
