@@ -124,7 +124,7 @@ def _select_topics(bag: Path, requested: list[str] | None) -> dict[str, str]:
 def _messages(bag: Path, topics: dict[str, str], start_after: float, limit: int) -> Iterator[tuple[str, int, Any]]:
     first_ns = None
     count = 0
-    for topic, timestamp_ns, msg in read_messages(bag, list(topics)):
+    for topic, timestamp_ns, _header_stamp_ns, msg in read_messages(bag, list(topics)):
         first_ns = timestamp_ns if first_ns is None else first_ns
         if (timestamp_ns - first_ns) / 1e9 < start_after:
             continue

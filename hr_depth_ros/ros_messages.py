@@ -34,21 +34,15 @@ def header_copy(header: Any | None, frame_id: str | None = None) -> Header:
 
 def image_msg(array: np.ndarray, encoding: str, header: Any | None = None) -> Image:
     """sensor_msgs/Image from an array in ``encoding`` (e.g. 32FC1 ``H x W`` float32, bgr8 ``H x W x 3``)."""
-    fields = image_decoding.array_to_image_fields(array, encoding)
-    msg = Image()
-    msg.header = header_copy(header)
-    msg.height = int(fields['height'])
-    msg.width = int(fields['width'])
-    msg.encoding = str(fields['encoding'])
-    msg.is_bigendian = int(fields['is_bigendian'])
-    msg.step = int(fields['step'])
-    msg.data = bytes(fields['data'])
-    return msg
+    return _image_from_fields(image_decoding.array_to_image_fields(array, encoding), header)
 
 
 def rgb_image_msg(rgb: np.ndarray, encoding: str = 'rgb8', header: Any | None = None) -> Image:
     """sensor_msgs/Image from ``H x W x 3`` uint8 RGB, stored in ``encoding`` (rgb8, bgr8, mono8, ...)."""
-    fields = image_decoding.rgb_to_image_fields(rgb, encoding)
+    return _image_from_fields(image_decoding.rgb_to_image_fields(rgb, encoding), header)
+
+
+def _image_from_fields(fields: dict[str, Any], header: Any | None) -> Image:
     msg = Image()
     msg.header = header_copy(header)
     msg.height = int(fields['height'])
@@ -56,7 +50,8 @@ def rgb_image_msg(rgb: np.ndarray, encoding: str = 'rgb8', header: Any | None = 
     msg.encoding = str(fields['encoding'])
     msg.is_bigendian = int(fields['is_bigendian'])
     msg.step = int(fields['step'])
-    msg.data = bytes(fields['data'])
+    data = fields['data']
+    msg.data = data if isinstance(data, bytes) else np.ascontiguousarray(data).tobytes()
     return msg
 
 
@@ -64,8 +59,7 @@ def compressed_image_msg(rgb: np.ndarray, fmt: str = 'jpeg', header: Any | None 
     """sensor_msgs/CompressedImage (jpeg or png) from ``H x W x 3`` uint8 RGB."""
     msg = CompressedImage()
     msg.header = header_copy(header)
-    encoded = image_decoding.encode_compressed(rgb, fmt, quality=quality)
-    msg.format = fmt
+    msg.format, encoded = image_decoding.encode_compressed(rgb, fmt, quality=quality)
     msg.data = bytes(encoded)
     return msg
 
