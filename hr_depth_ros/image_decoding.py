@@ -1,0 +1,261 @@
+"""sensor_msgs Image / CompressedImage fields <-> NumPy, for rclpy and ``rosbags`` messages alike.
+
+ROS-free and duck-typed: a message is anything with the fields of ``sensor_msgs/Image``
+(``height, width, encoding, is_bigendian, step, data``) or ``sensor_msgs/CompressedImage``
+(``format, data``). ``data`` may be ``bytes``, ``bytearray``, ``memoryview``, ``array.array``
+(rclpy), a NumPy ``uint8`` array (rosbags) or a list of ints.
+
+Decoding is zero-copy where the encoding allows it: ``image_to_rgb`` on ``rgb8`` and
+``image_to_array`` on little-endian data return views of the message buffer (honouring row
+padding through ``step``), which may be read-only; copy before writing into them. Other
+encodings are converted by OpenCV into new arrays.
+
+The writers (:func:`rgb_to_image_fields`, :func:`array_to_image_fields`,
+:func:`encode_compressed`) are the one implementation used by the bag writer and by the
+node's message builders.
+"""
+from __future__ import annotations
+
+import re
+import sys
+from typing import Any, NamedTuple
+
+import cv2
+import numpy as np
+
+__all__ = [
+    'UnsupportedEncoding',
+    'MalformedImage',
+    'RGB_ENCODINGS',
+    'image_to_rgb',
+    'image_to_array',
+    'compressed_to_rgb',
+    'rgb_to_image_fields',
+    'array_to_image_fields',
+    'encode_compressed',
+    'CompressedData',
+]
+
+
+class UnsupportedEncoding(ValueError):
+    """The image encoding (or compressed format) is not one this module can decode."""
+
+
+class MalformedImage(ValueError):
+    """The message fields are inconsistent (sizes, step, data length) or the payload does not decode."""
+
+
+# encoding -> (channels, dtype) of the raw buffer; packed YUV 4:2:2 is 2 bytes per pixel.
+_RAW_LAYOUT: dict[str, tuple[int, str]] = {
+    'rgb8': (3, 'u1'), 'bgr8': (3, 'u1'), 'rgba8': (4, 'u1'), 'bgra8': (4, 'u1'),
+    'mono8': (1, 'u1'), 'mono16': (1, 'u2'),
+    'bayer_rggb8': (1, 'u1'), 'bayer_bggr8': (1, 'u1'), 'bayer_gbrg8': (1, 'u1'), 'bayer_grbg8': (1, 'u1'),
+    'yuv422': (2, 'u1'), 'uyvy': (2, 'u1'), 'yuv422_yuy2': (2, 'u1'), 'yuyv': (2, 'u1'),
+}
+_CV_TYPE = re.compile(r'^(8|16|32|64)(U|S|F)C([1-4])$')
+_CV_DTYPES = {('8', 'U'): 'u1', ('8', 'S'): 'i1', ('16', 'U'): 'u2', ('16', 'S'): 'i2',
+              ('32', 'S'): 'i4', ('32', 'F'): 'f4', ('64', 'F'): 'f8'}
+
+# OpenCV's Bayer names are shifted by one pixel relative to ROS's (same table as cv_bridge).
+_TO_RGB: dict[str, int | None] = {
+    'rgb8': None,
+    'bgr8': cv2.COLOR_BGR2RGB,
+    'rgba8': cv2.COLOR_RGBA2RGB,
+    'bgra8': cv2.COLOR_BGRA2RGB,
+    'mono8': cv2.COLOR_GRAY2RGB,
+    '8UC1': cv2.COLOR_GRAY2RGB,
+    'mono16': cv2.COLOR_GRAY2RGB,
+    '16UC1': cv2.COLOR_GRAY2RGB,
+    'bayer_rggb8': cv2.COLOR_BayerBG2RGB,
+    'bayer_bggr8': cv2.COLOR_BayerRG2RGB,
+    'bayer_gbrg8': cv2.COLOR_BayerGR2RGB,
+    'bayer_grbg8': cv2.COLOR_BayerGB2RGB,
+    'yuv422': cv2.COLOR_YUV2RGB_UYVY,
+    'uyvy': cv2.COLOR_YUV2RGB_UYVY,
+    'yuv422_yuy2': cv2.COLOR_YUV2RGB_YUY2,
+    'yuyv': cv2.COLOR_YUV2RGB_YUY2,
+}
+RGB_ENCODINGS: tuple[str, ...] = tuple(_TO_RGB)
+"""Encodings :func:`image_to_rgb` decodes."""
+
+_WRITE_RGB = ('rgb8', 'bgr8', 'rgba8', 'bgra8', 'mono8')
+
+
+def _layout(encoding: str) -> tuple[int, np.dtype]:
+    """(channels, dtype) of an encoding's raw buffer, or UnsupportedEncoding."""
+    if encoding in _RAW_LAYOUT:
+        channels, code = _RAW_LAYOUT[encoding]
+        return channels, np.dtype(code)
+    match = _CV_TYPE.match(encoding)
+    if match and (match.group(1), match.group(2)) in _CV_DTYPES:
+        return int(match.group(3)), np.dtype(_CV_DTYPES[(match.group(1), match.group(2))])
+    raise UnsupportedEncoding(
+        f'unsupported image encoding {encoding!r}; supported: {", ".join(sorted(_RAW_LAYOUT))} '
+        'and OpenCV types like 8UC1, 16UC1, 32FC1')
+
+
+def _data_bytes(data: Any) -> np.ndarray:
+    """The ``data`` field as a 1-D uint8 array (a view when the container exposes a buffer)."""
+    if isinstance(data, np.ndarray):
+        arr = data if data.dtype == np.uint8 else np.ascontiguousarray(data).view(np.uint8)
+        return arr.reshape(-1)
+    if isinstance(data, (bytes, bytearray, memoryview)) or hasattr(data, 'buffer_info'):
+        return np.frombuffer(data, dtype=np.uint8)
+    try:
+        return np.asarray(data, dtype=np.uint8).reshape(-1)
+    except (TypeError, ValueError) as exc:
+        raise MalformedImage(f'image data of type {type(data).__name__} is not a byte sequence: {exc}') from exc
+
+
+def _raw_view(msg: Any, encoding: str | None = None) -> np.ndarray:
+    """``H x W x C`` view of the pixel buffer with the encoding's dtype and the message's byte order."""
+    encoding = str(msg.encoding).strip() if encoding is None else encoding
+    channels, dtype = _layout(encoding)
+    height, width, step = int(msg.height), int(msg.width), int(msg.step)
+    if height <= 0 or width <= 0:
+        raise MalformedImage(f'{encoding} image has no pixels: width={width}, height={height}')
+    if dtype.itemsize > 1:
+        dtype = dtype.newbyteorder('>' if int(getattr(msg, 'is_bigendian', 0)) else '<')
+    row_bytes = width * channels * dtype.itemsize
+    if step < row_bytes:
+        raise MalformedImage(
+            f'{encoding} image step {step} is less than width*channels*bytes = {width}*{channels}*{dtype.itemsize} = {row_bytes}')
+    data = _data_bytes(msg.data)
+    if data.size < height * step:
+        raise MalformedImage(
+            f'{encoding} image data has {data.size} bytes, expected height*step = {height}*{step} = {height * step}')
+    if encoding in ('yuv422', 'uyvy', 'yuv422_yuy2', 'yuyv') and width % 2:
+        raise MalformedImage(f'{encoding} image width must be even, got {width}')
+    return np.ndarray((height, width, channels), dtype=dtype, buffer=data, offset=0,
+                      strides=(step, channels * dtype.itemsize, dtype.itemsize))
+
+
+def image_to_array(msg: Any) -> np.ndarray:
+    """Raw typed pixels of an Image: ``H x W`` for one channel, else ``H x W x C`` (native byte order).
+
+    For depth ground truth (``32FC1`` metres, ``16UC1`` millimetres), masks (``mono8``) etc.
+    Zero-copy for native byte order; big-endian data is converted.
+    """
+    view = _raw_view(msg)
+    if not view.dtype.isnative:
+        view = view.astype(view.dtype.newbyteorder('='))
+    return view[..., 0] if view.shape[2] == 1 else view
+
+
+def image_to_rgb(msg: Any) -> np.ndarray:
+    """Decode an Image into ``H x W x 3`` uint8 RGB.
+
+    Encodings: rgb8 (zero-copy view), bgr8, rgba8, bgra8, mono8/8UC1 (replicated),
+    mono16/16UC1 (high byte, as cv_bridge scales 16 -> 8 bit), bayer_{rggb,bggr,gbrg,grbg}8,
+    yuv422/uyvy (UYVY), yuv422_yuy2/yuyv (YUYV).
+    """
+    encoding = str(msg.encoding).strip()
+    if encoding not in _TO_RGB:
+        raise UnsupportedEncoding(
+            f'cannot convert image encoding {encoding!r} to RGB; supported: {", ".join(RGB_ENCODINGS)}')
+    view = _raw_view(msg, encoding)
+    if encoding == 'rgb8':
+        return view
+    if view.dtype.itemsize == 2:
+        view = (view.astype(np.uint16) >> 8).astype(np.uint8)
+    if view.shape[2] == 1:
+        view = view[..., 0]
+    return cv2.cvtColor(view, _TO_RGB[encoding])
+
+
+def compressed_to_rgb(msg: Any) -> np.ndarray:
+    """Decode a CompressedImage (jpeg / png; ``format`` like ``"rgb8; jpeg compressed bgr8"``) to RGB."""
+    fmt = str(getattr(msg, 'format', '')).strip()
+    if 'compresseddepth' in fmt.lower().replace(' ', ''):
+        raise UnsupportedEncoding(f'compressed format {fmt!r} (compressedDepth) is not a colour image; '
+                                  'supported: jpeg and png colour images')
+    data = _data_bytes(msg.data)
+    if data.size == 0:
+        raise MalformedImage(f'compressed image (format {fmt!r}) has no data')
+    bgr = cv2.imdecode(data, cv2.IMREAD_COLOR)
+    if bgr is None:
+        raise MalformedImage(f'compressed image (format {fmt!r}, {data.size} bytes) could not be decoded')
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+def _check_rgb(rgb: Any) -> np.ndarray:
+    rgb = np.asarray(rgb)
+    if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8 or rgb.shape[0] == 0 or rgb.shape[1] == 0:
+        raise ValueError(f'expected an H x W x 3 uint8 RGB image, got shape {rgb.shape} dtype {rgb.dtype}')
+    return rgb
+
+
+def _fields(array: np.ndarray, encoding: str) -> dict[str, Any]:
+    array = np.ascontiguousarray(array)
+    height, width = array.shape[:2]
+    return {
+        'height': int(height),
+        'width': int(width),
+        'encoding': encoding,
+        'is_bigendian': int(sys.byteorder == 'big' and array.dtype.itemsize > 1),
+        'step': int(array.strides[0]),
+        'data': array.reshape(-1).view(np.uint8),
+    }
+
+
+def rgb_to_image_fields(rgb: np.ndarray, encoding: str = 'rgb8') -> dict[str, Any]:
+    """Fields of a sensor_msgs/Image holding ``rgb`` (H x W x 3 uint8) in ``encoding``.
+
+    ``encoding`` is one of rgb8, bgr8, rgba8, bgra8 (alpha 255), mono8. ``data`` is a
+    contiguous 1-D uint8 array (assign it to rosbags messages as is; ``bytes(data)`` for rclpy).
+    """
+    rgb = _check_rgb(rgb)
+    conversions = {'rgb8': None, 'bgr8': cv2.COLOR_RGB2BGR, 'rgba8': cv2.COLOR_RGB2RGBA,
+                   'bgra8': cv2.COLOR_RGB2BGRA, 'mono8': cv2.COLOR_RGB2GRAY}
+    if encoding not in conversions:
+        raise UnsupportedEncoding(f'cannot write RGB as encoding {encoding!r}; supported: {", ".join(_WRITE_RGB)}')
+    code = conversions[encoding]
+    return _fields(rgb if code is None else cv2.cvtColor(rgb, code), encoding)
+
+
+def array_to_image_fields(array: np.ndarray, encoding: str) -> dict[str, Any]:
+    """Fields of a sensor_msgs/Image holding ``array`` (H x W or H x W x C) as ``encoding``.
+
+    The array's dtype and channel count must match the encoding (e.g. float32 H x W for
+    ``32FC1``, uint16 for ``16UC1``/``mono16``, uint8 H x W x 3 for ``bgr8``).
+    """
+    channels, dtype = _layout(encoding)
+    array = np.asarray(array)
+    shape_channels = 1 if array.ndim == 2 else (array.shape[2] if array.ndim == 3 else -1)
+    if shape_channels != channels or array.dtype.kind != dtype.kind or array.dtype.itemsize != dtype.itemsize:
+        raise ValueError(f'array of shape {array.shape} dtype {array.dtype} does not match encoding {encoding!r} '
+                         f'({channels} channel(s) of {dtype.name})')
+    if array.shape[0] == 0 or array.shape[1] == 0:
+        raise ValueError(f'array of shape {array.shape} has no pixels')
+    return _fields(array.astype(array.dtype.newbyteorder('='), copy=False), encoding)
+
+
+class CompressedData(NamedTuple):
+    """``(format, data)`` of a CompressedImage; ``bytes(value)`` is the payload."""
+
+    format: str
+    data: bytes
+
+    def __bytes__(self) -> bytes:
+        return self.data
+
+
+def encode_compressed(rgb: np.ndarray, fmt: str = 'jpeg', quality: int = 90) -> CompressedData:
+    """Encode RGB as a CompressedImage payload: ``(format_string, bytes)``.
+
+    ``fmt`` is ``jpeg`` (``quality`` 0-100) or ``png``. The format string follows
+    image_transport's compressed plugin, e.g. ``"rgb8; jpeg compressed bgr8"``.
+    """
+    rgb = _check_rgb(rgb)
+    fmt = fmt.lower()
+    if fmt in ('jpeg', 'jpg'):
+        ok, buf = cv2.imencode('.jpg', cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
+        name = 'jpeg'
+    elif fmt == 'png':
+        ok, buf = cv2.imencode('.png', cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_PNG_COMPRESSION, 3])
+        name = 'png'
+    else:
+        raise UnsupportedEncoding(f'unsupported compressed format {fmt!r}; supported: jpeg, png')
+    if not ok:
+        raise MalformedImage(f'OpenCV failed to encode a {rgb.shape} image as {name}')
+    return CompressedData(f'rgb8; {name} compressed bgr8', buf.tobytes())

@@ -1,0 +1,216 @@
+"""Tests for hr_depth_ros.image_decoding (messages are plain namespaces, as rclpy/rosbags fields)."""
+from __future__ import annotations
+
+import array
+from types import SimpleNamespace
+
+import cv2
+import numpy as np
+import pytest
+
+from hr_depth_ros import image_decoding as dec
+from hr_depth_ros.image_decoding import MalformedImage, UnsupportedEncoding
+
+
+def smooth_rgb(height: int = 16, width: int = 24) -> np.ndarray:
+    """A smooth colour gradient (Bayer / YUV round trips are accurate on smooth images)."""
+    v, u = np.mgrid[0:height, 0:width].astype(np.float32)
+    rgb = np.stack([40 + 6 * u, 60 + 8 * v, 200 - 3 * u - 2 * v], axis=-1)
+    return np.clip(rgb, 0, 255).astype(np.uint8)
+
+
+def image_msg(pixels: np.ndarray, encoding: str, pad: int = 0, bigendian: bool = False, container=bytes):
+    """An Image-like namespace with ``pad`` junk bytes at the end of every row."""
+    pixels = np.ascontiguousarray(pixels)
+    height, width = pixels.shape[:2]
+    if bigendian:
+        pixels = pixels.astype(pixels.dtype.newbyteorder('>'))
+    rows = pixels.reshape(height, -1).view(np.uint8)
+    padded = np.concatenate([rows, np.full((height, pad), 0xAB, np.uint8)], axis=1)
+    raw = padded.tobytes()
+    data = {bytes: raw, 'array': array.array('B', raw), 'numpy': np.frombuffer(raw, np.uint8).copy(),
+            'list': list(raw)}[container]
+    return SimpleNamespace(height=height, width=width, encoding=encoding, is_bigendian=int(bigendian),
+                           step=padded.shape[1], data=data)
+
+
+@pytest.mark.parametrize('container', [bytes, 'array', 'numpy', 'list'])
+@pytest.mark.parametrize('pad', [0, 5])
+def test_rgb8_any_container_with_padding(container, pad):
+    rgb = smooth_rgb()
+    out = dec.image_to_rgb(image_msg(rgb, 'rgb8', pad=pad, container=container))
+    assert out.shape == rgb.shape and out.dtype == np.uint8
+    np.testing.assert_array_equal(out, rgb)
+
+
+def test_rgb8_is_zero_copy_view():
+    rgb = smooth_rgb()
+    msg = image_msg(rgb, 'rgb8', pad=3, container='numpy')
+    out = dec.image_to_rgb(msg)
+    assert np.shares_memory(out, msg.data)
+
+
+@pytest.mark.parametrize('encoding,to_raw', [
+    ('bgr8', lambda rgb: rgb[..., ::-1]),
+    ('rgba8', lambda rgb: np.dstack([rgb, np.full(rgb.shape[:2], 7, np.uint8)])),
+    ('bgra8', lambda rgb: np.dstack([rgb[..., ::-1], np.full(rgb.shape[:2], 7, np.uint8)])),
+])
+def test_colour_encodings(encoding, to_raw):
+    rgb = smooth_rgb()
+    out = dec.image_to_rgb(image_msg(to_raw(rgb), encoding, pad=2))
+    np.testing.assert_array_equal(out, rgb)
+
+
+@pytest.mark.parametrize('encoding', ['mono8', '8UC1'])
+def test_mono8_replicated(encoding):
+    gray = np.arange(12 * 10, dtype=np.uint8).reshape(12, 10)
+    out = dec.image_to_rgb(image_msg(gray, encoding, pad=1))
+    assert out.shape == (12, 10, 3)
+    for c in range(3):
+        np.testing.assert_array_equal(out[..., c], gray)
+
+
+@pytest.mark.parametrize('encoding', ['mono16', '16UC1'])
+@pytest.mark.parametrize('bigendian', [False, True])
+def test_mono16_scaled_and_endianness(encoding, bigendian):
+    gray16 = (np.arange(8 * 6, dtype=np.uint16).reshape(8, 6) * 1000)
+    msg = image_msg(gray16, encoding, pad=4, bigendian=bigendian)
+    out = dec.image_to_rgb(msg)
+    np.testing.assert_array_equal(out[..., 1], (gray16 >> 8).astype(np.uint8))
+    raw = dec.image_to_array(msg)
+    assert raw.shape == (8, 6) and raw.dtype == np.uint16 and raw.dtype.isnative
+    np.testing.assert_array_equal(raw, gray16)
+
+
+def bayer_mosaic(rgb: np.ndarray, pattern: str) -> np.ndarray:
+    """ROS bayer pattern string (e.g. 'rggb': top-left 2x2 is R G / G B) -> mosaic."""
+    index = {'r': 0, 'g': 1, 'b': 2}
+    mosaic = np.empty(rgb.shape[:2], np.uint8)
+    for k, (dy, dx) in enumerate([(0, 0), (0, 1), (1, 0), (1, 1)]):
+        mosaic[dy::2, dx::2] = rgb[dy::2, dx::2, index[pattern[k]]]
+    return mosaic
+
+
+@pytest.mark.parametrize('pattern', ['rggb', 'bggr', 'gbrg', 'grbg'])
+def test_bayer_patterns(pattern):
+    rgb = smooth_rgb(20, 24)
+    out = dec.image_to_rgb(image_msg(bayer_mosaic(rgb, pattern), f'bayer_{pattern}8', pad=2))
+    inner = (slice(2, -2), slice(2, -2))
+    error = np.abs(out[inner].astype(int) - rgb[inner].astype(int))
+    # Demosaicing a smooth gradient is near exact; a wrong pattern swaps channels (error ~100+).
+    assert error.max() <= 12, f'{pattern}: max error {error.max()}'
+
+
+@pytest.mark.parametrize('encoding,order', [('yuv422', 'uyvy'), ('uyvy', 'uyvy'),
+                                            ('yuv422_yuy2', 'yuyv'), ('yuyv', 'yuyv')])
+def test_yuv422(encoding, order):
+    rgb = smooth_rgb(8, 12)
+    r, g, b = np.moveaxis(rgb.astype(np.float32), -1, 0)
+    # BT.601 video range, what OpenCV's packed 4:2:2 decoders assume.
+    y = 16 + 0.257 * r + 0.504 * g + 0.098 * b
+    u_full = 128 - 0.148 * r - 0.291 * g + 0.439 * b
+    v_full = 128 + 0.439 * r - 0.368 * g - 0.071 * b
+    u = (u_full[:, 0::2] + u_full[:, 1::2]) / 2
+    v = (v_full[:, 0::2] + v_full[:, 1::2]) / 2
+    packed = np.empty((8, 12, 2), np.uint8)
+    if order == 'uyvy':
+        packed[:, 0::2, 0], packed[:, 0::2, 1], packed[:, 1::2, 0], packed[:, 1::2, 1] = u, y[:, 0::2], v, y[:, 1::2]
+    else:
+        packed[:, 0::2, 0], packed[:, 0::2, 1], packed[:, 1::2, 0], packed[:, 1::2, 1] = y[:, 0::2], u, y[:, 1::2], v
+    out = dec.image_to_rgb(image_msg(packed, encoding, pad=4))
+    assert out.shape == (8, 12, 3)
+    assert np.abs(out.astype(int) - rgb.astype(int)).max() <= 12
+    odd = image_msg(packed[:, :11], encoding)
+    with pytest.raises(MalformedImage, match='even'):
+        dec.image_to_rgb(odd)
+
+
+def test_image_to_array_32fc1_and_multichannel():
+    depth = np.linspace(0.5, 80, 6 * 7, dtype=np.float32).reshape(6, 7)
+    depth[0, 0] = np.nan
+    out = dec.image_to_array(image_msg(depth, '32FC1', pad=4, container='numpy'))
+    assert out.dtype == np.float32 and out.shape == (6, 7)
+    np.testing.assert_array_equal(out, depth)
+    big = dec.image_to_array(image_msg(depth, '32FC1', bigendian=True))
+    np.testing.assert_array_equal(big, depth)
+    rgb = smooth_rgb()
+    np.testing.assert_array_equal(dec.image_to_array(image_msg(rgb, 'rgb8')), rgb)
+
+
+def test_malformed_messages_name_the_numbers():
+    rgb = smooth_rgb(4, 5)
+    msg = image_msg(rgb, 'rgb8')
+    short = SimpleNamespace(**{**vars(msg), 'data': msg.data[:-1]})
+    with pytest.raises(MalformedImage, match=r'59 bytes, expected height\*step = 4\*15 = 60'):
+        dec.image_to_rgb(short)
+    small_step = SimpleNamespace(**{**vars(msg), 'step': 14})
+    with pytest.raises(MalformedImage, match='step 14 is less than'):
+        dec.image_to_rgb(small_step)
+    for height, width in [(0, 5), (4, 0)]:
+        empty = SimpleNamespace(**{**vars(msg), 'height': height, 'width': width})
+        with pytest.raises(MalformedImage, match='no pixels'):
+            dec.image_to_rgb(empty)
+
+
+def test_unsupported_encodings_list_supported():
+    msg = image_msg(smooth_rgb(4, 4), 'rgb8')
+    for encoding in ['nv21', '32FC1', 'rgb16']:
+        bad = SimpleNamespace(**{**vars(msg), 'encoding': encoding})
+        with pytest.raises(UnsupportedEncoding, match=f"{encoding}.*supported: .*rgb8"):
+            dec.image_to_rgb(bad)
+    with pytest.raises(UnsupportedEncoding, match='nv21'):
+        dec.image_to_array(SimpleNamespace(**{**vars(msg), 'encoding': 'nv21'}))
+
+
+@pytest.mark.parametrize('fmt', ['jpeg', 'png'])
+def test_compressed_round_trip(fmt):
+    rgb = smooth_rgb(32, 48)
+    encoded = dec.encode_compressed(rgb, fmt, quality=95)
+    fmt_string, payload = encoded
+    assert fmt_string == f'rgb8; {fmt} compressed bgr8' and bytes(encoded) == payload
+    for data in (payload, np.frombuffer(payload, np.uint8), array.array('B', payload)):
+        out = dec.compressed_to_rgb(SimpleNamespace(format=fmt_string, data=data))
+        assert out.shape == rgb.shape
+        tolerance = 0 if fmt == 'png' else 8
+        assert np.abs(out.astype(int) - rgb.astype(int)).mean() <= max(tolerance, 0)
+
+
+def test_compressed_errors():
+    with pytest.raises(MalformedImage, match='could not be decoded'):
+        dec.compressed_to_rgb(SimpleNamespace(format='jpeg', data=b'not a jpeg at all'))
+    with pytest.raises(MalformedImage, match='no data'):
+        dec.compressed_to_rgb(SimpleNamespace(format='jpeg', data=b''))
+    with pytest.raises(UnsupportedEncoding, match='compressedDepth'):
+        dec.compressed_to_rgb(SimpleNamespace(format='16UC1; compressedDepth png', data=b'\x00' * 20))
+    with pytest.raises(UnsupportedEncoding, match='webp'):
+        dec.encode_compressed(smooth_rgb(), 'webp')
+
+
+@pytest.mark.parametrize('encoding', ['rgb8', 'bgr8', 'rgba8', 'bgra8', 'mono8'])
+def test_rgb_to_image_fields_round_trip(encoding):
+    rgb = smooth_rgb()
+    fields = dec.rgb_to_image_fields(rgb, encoding)
+    assert fields['encoding'] == encoding and fields['is_bigendian'] == 0
+    assert fields['data'].dtype == np.uint8 and fields['data'].size == fields['height'] * fields['step']
+    out = dec.image_to_rgb(SimpleNamespace(**fields))
+    if encoding == 'mono8':
+        np.testing.assert_array_equal(out[..., 0], cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY))
+    else:
+        np.testing.assert_array_equal(out, rgb)
+    with pytest.raises(UnsupportedEncoding):
+        dec.rgb_to_image_fields(rgb, 'yuv422')
+    with pytest.raises(ValueError, match='H x W x 3 uint8'):
+        dec.rgb_to_image_fields(rgb[..., 0], encoding)
+
+
+def test_array_to_image_fields():
+    depth = np.random.default_rng(0).uniform(1, 50, (5, 9)).astype(np.float32)
+    fields = dec.array_to_image_fields(depth, '32FC1')
+    assert fields['step'] == 9 * 4 and fields['encoding'] == '32FC1'
+    np.testing.assert_array_equal(dec.image_to_array(SimpleNamespace(**fields)), depth)
+    mm = (depth * 1000).astype(np.uint16)
+    np.testing.assert_array_equal(dec.image_to_array(SimpleNamespace(**dec.array_to_image_fields(mm, '16UC1'))), mm)
+    with pytest.raises(ValueError, match='does not match encoding'):
+        dec.array_to_image_fields(depth, '16UC1')
+    with pytest.raises(ValueError, match='does not match encoding'):
+        dec.array_to_image_fields(depth[..., None].repeat(3, axis=2), '32FC1')
