@@ -165,3 +165,340 @@ def test_engine_colored_fixed_range_and_disparity():
     assert not np.array_equal(near_far, disparity_engine.colorize(depth))
     # fixed range: the same depth gets the same colour whatever else is in the frame
     np.testing.assert_array_equal(engine.colorize(depth[:, :32])[:, :32], near_far[:, :32])
+
+
+# --- the node over DDS ---------------------------------------------------------------------------
+
+IMAGE_TOPIC = '/camera/image_raw'
+INFO_TOPIC = '/camera/camera_info'
+OUTPUTS = ('depth', 'depth/camera_info', 'depth/colored', 'points')
+FIRST_FRAME_TIMEOUT = 90.0  # node start-up (torch import, model build) plus the first CPU inference
+FRAME_TIMEOUT = 30.0
+
+
+def wait_until(predicate, timeout: float, what: str, proc: subprocess.Popen | None = None, log: Path | None = None):
+    """Poll ``predicate`` until it returns something truthy; fail naming ``what`` (and the node log)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        if proc is not None and proc.poll() is not None:
+            pytest.fail(f'the node exited (rc {proc.returncode}) while waiting for {what}:\n{_tail(log)}')
+        time.sleep(0.02)
+    pytest.fail(f'timed out after {timeout:.0f} s waiting for {what}\n{_tail(log)}')
+
+
+def _tail(log: Path | None, lines: int = 40) -> str:
+    if log is None or not log.exists():
+        return ''
+    return 'node log:\n' + '\n'.join(log.read_text(errors='replace').splitlines()[-lines:])
+
+
+def stamp_key(header) -> tuple[int, int]:
+    return int(header.stamp.sec), int(header.stamp.nanosec)
+
+
+class CameraHarness:
+    """In-process rclpy node that plays camera, subscribes to the depth node's outputs and records them."""
+
+    def __init__(self, domain_id: int, namespace: str) -> None:
+        import rclpy
+        from rclpy.context import Context
+        from rclpy.executors import SingleThreadedExecutor
+        from rclpy.qos import QoSProfile, ReliabilityPolicy
+        from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
+        from std_msgs.msg import String
+
+        self.context = Context()
+        rclpy.init(context=self.context, domain_id=domain_id)
+        self.node = rclpy.create_node('fake_camera', namespace=namespace, context=self.context)
+        qos = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+        self.image_pub = self.node.create_publisher(Image, 'image', qos)
+        self.compressed_pub = self.node.create_publisher(CompressedImage, 'image/compressed', qos)
+        self.info_pub = self.node.create_publisher(CameraInfo, 'camera_info', qos)
+        self.lock = threading.Lock()
+        self.received: dict[str, list] = {name: [] for name in (*OUTPUTS, 'statistics')}
+        types = {'depth': Image, 'depth/camera_info': CameraInfo, 'depth/colored': Image, 'points': PointCloud2}
+        self.subs = [self.node.create_subscription(types[name], name, self._recorder(name), qos) for name in OUTPUTS]
+        self.subs.append(self.node.create_subscription(
+            String, f'{namespace}/hr_depth/statistics', self._recorder('statistics'), 10))
+        self.executor = SingleThreadedExecutor(context=self.context)
+        self.executor.add_node(self.node)
+        self.thread = threading.Thread(target=self.executor.spin, daemon=True)
+        self.thread.start()
+
+    def _recorder(self, name: str):
+        def record(msg) -> None:
+            with self.lock:
+                self.received[name].append(msg)
+        return record
+
+    def by_stamp(self, name: str, key: tuple[int, int]):
+        with self.lock:
+            return next((m for m in self.received[name] if stamp_key(m.header) == key), None)
+
+    def all_outputs(self, key: tuple[int, int]) -> dict | None:
+        found = {name: self.by_stamp(name, key) for name in OUTPUTS}
+        return found if all(v is not None for v in found.values()) else None
+
+    def connected(self, compressed: bool) -> bool:
+        image_pub = self.compressed_pub if compressed else self.image_pub
+        return (image_pub.get_subscription_count() > 0 and self.info_pub.get_subscription_count() > 0
+                and all(sub.get_publisher_count() > 0 for sub in self.subs))
+
+    def close(self) -> None:
+        import rclpy
+
+        self.executor.shutdown()
+        self.node.destroy_node()
+        rclpy.shutdown(context=self.context)
+
+
+class NodeProcess:
+    """``python -m hr_depth_ros.depth_node`` in a subprocess with its log in a file."""
+
+    def __init__(self, env: dict, log: Path, namespace: str, weights: str | None, *parameters: str) -> None:
+        args = []
+        weights_parameter = () if weights is None else (f'weights:={weights}',)  # None: depth.yaml's empty value
+        for parameter in (*weights_parameter, 'device:=cpu', *parameters):
+            args += ['-p', parameter]
+        self.command = [sys.executable, '-m', 'hr_depth_ros.depth_node', '--ros-args',
+                        '--params-file', str(REPO / 'config' / 'depth.yaml'), *args,
+                        '-r', f'__ns:={namespace}']
+        self.log = log
+        env = dict(env, PYTHONUNBUFFERED='1', RCUTILS_LOGGING_BUFFERED_STREAM='0', RCUTILS_COLORIZED_OUTPUT='0',
+                   OMP_NUM_THREADS='2')
+        with open(log, 'wb') as handle:
+            self.proc = subprocess.Popen(self.command, env=env, stdout=handle, stderr=subprocess.STDOUT, cwd=REPO)
+
+    def text(self) -> str:
+        return self.log.read_text(errors='replace')
+
+    def stop(self) -> int | None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(2)  # SIGINT: clean rclpy shutdown
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+        return self.proc.returncode
+
+
+@pytest.fixture(scope='module')
+def ros_domain() -> int:
+    return int(local_ros_env()['ROS_DOMAIN_ID'])
+
+
+@pytest.fixture(scope='module')
+def camera_frames(synthetic_bag):
+    """The first 12 frames of the synthetic bag as rclpy (image, compressed, camera_info) messages."""
+    from sensor_msgs.msg import CameraInfo, CompressedImage, Image
+
+    from hr_depth_ros.bags import read_messages
+    from hr_depth_ros.play_bag import to_rclpy
+
+    classes = {IMAGE_TOPIC: Image, IMAGE_TOPIC + '/compressed': CompressedImage, INFO_TOPIC: CameraInfo}
+    frames: dict[tuple[int, int], dict] = {}
+    for topic, _, _, msg in read_messages(synthetic_bag, list(classes)):
+        converted = to_rclpy(msg, classes[topic]())
+        frames.setdefault(stamp_key(converted.header), {})[topic] = converted
+        if len(frames) > 12:
+            break
+    complete = [f for f in frames.values() if len(f) == 3]
+    assert len(complete) >= 10, f'synthetic bag {synthetic_bag} gave {len(complete)} complete frames'
+    return complete
+
+
+def send_frame(harness: CameraHarness, frame: dict, key: tuple[int, int], compressed: bool = False,
+               camera_info: bool = True) -> None:
+    """Publish one frame (and its camera_info) with the stamp ``key``."""
+    image = frame[IMAGE_TOPIC + '/compressed'] if compressed else frame[IMAGE_TOPIC]
+    for msg in ((frame[INFO_TOPIC],) if camera_info else ()) + (image,):
+        msg.header.stamp.sec, msg.header.stamp.nanosec = key
+    if camera_info:
+        harness.info_pub.publish(frame[INFO_TOPIC])
+    (harness.compressed_pub if compressed else harness.image_pub).publish(image)
+
+
+def send_until(harness: CameraHarness, node: NodeProcess, frame: dict, key, compressed=False,
+               timeout: float = FRAME_TIMEOUT) -> dict:
+    """Publish the frame (again every 2 s; a best-effort hop may lose one) until all outputs for it arrived."""
+    deadline = time.monotonic() + timeout
+    while True:
+        send_frame(harness, frame, key, compressed)
+        found = None
+        resend = time.monotonic() + 2.0
+        while time.monotonic() < min(resend, deadline):
+            found = harness.all_outputs(key)
+            if found:
+                return found
+            if node.proc.poll() is not None:
+                pytest.fail(f'the node exited (rc {node.proc.returncode}):\n{_tail(node.log)}')
+            time.sleep(0.02)
+        if time.monotonic() >= deadline:
+            with harness.lock:
+                counts = {name: len(v) for name, v in harness.received.items()}
+            pytest.fail(f'no complete output for stamp {key} within {timeout:.0f} s (received so far: {counts})\n'
+                        f'{_tail(node.log)}')
+
+
+def decode_cloud(msg) -> np.ndarray:
+    from hr_depth_ros.pointcloud import unpack_points
+
+    points, _ = unpack_points(bytes(msg.data), with_rgb=any(f.name == 'rgb' for f in msg.fields))
+    return points
+
+
+@pytest.fixture(scope='module')
+def raw_node(tmp_path_factory, lite_checkpoint, ros_domain):
+    """A node on raw images at camera resolution (config/depth.yaml defaults) and its fake camera."""
+    env = local_ros_env(ros_domain)
+    log = tmp_path_factory.mktemp('raw_node') / 'node.log'
+    node = NodeProcess(env, log, '/raw', str(lite_checkpoint))
+    harness = CameraHarness(ros_domain, '/raw')
+    try:
+        wait_until(lambda: harness.connected(compressed=False), FIRST_FRAME_TIMEOUT, 'DDS discovery', node.proc, log)
+        yield node, harness
+    finally:
+        harness.close()
+        node.stop()
+
+
+def test_node_outputs_match_input_raw(raw_node, camera_frames):
+    from hr_depth_ros import image_decoding
+
+    node, harness = raw_node
+    frame = camera_frames[0]
+    out = send_until(harness, node, frame, (1000, 1), timeout=FIRST_FRAME_TIMEOUT)
+    info_in = frame[INFO_TOPIC]
+    for name, msg in out.items():
+        assert msg.header.frame_id == frame[IMAGE_TOPIC].header.frame_id, name
+        assert stamp_key(msg.header) == (1000, 1), name
+    depth_msg = out['depth']
+    assert (depth_msg.encoding, depth_msg.width, depth_msg.height) == ('32FC1', 640, 192)
+    depth = image_decoding.image_to_array(depth_msg)
+    assert np.isfinite(depth).all() and (depth > 0).all()
+    info = out['depth/camera_info']
+    assert (info.width, info.height) == (640, 192)
+    np.testing.assert_allclose(np.array(info.k), np.array(info_in.k))
+    colored = out['depth/colored']
+    assert (colored.encoding, colored.width, colored.height) == ('bgr8', 640, 192)
+    cloud = out['points']
+    assert [f.name for f in cloud.fields] == ['x', 'y', 'z', 'rgb'] and cloud.height == 1
+    expected, _ = depth_to_points(depth, np.array(info.k).reshape(3, 3), stride=2, max_range=50.0)
+    points = decode_cloud(cloud)
+    assert points.shape == expected.shape and cloud.width == len(expected)
+    np.testing.assert_allclose(points, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_node_survives_bad_input_and_bursts(raw_node, camera_frames):
+    from sensor_msgs.msg import CameraInfo, Image
+
+    node, harness = raw_node
+    send_until(harness, node, camera_frames[1], (1001, 0))  # warm (also when run alone)
+    good_k = np.array(camera_frames[1][INFO_TOPIC].k)
+    bad = [
+        Image(height=4, width=4, encoding='weird16', step=8, data=bytes(32)),
+        Image(height=192, width=640, encoding='rgb8', step=1920, data=bytes(1000)),
+        Image(height=0, width=0, encoding='rgb8', step=0, data=b''),
+    ]
+    for i, msg in enumerate(bad):
+        msg.header.frame_id = 'camera_optical_frame'
+        msg.header.stamp.sec, msg.header.stamp.nanosec = 1100 + i, 0
+        harness.image_pub.publish(msg)
+        time.sleep(0.3)
+    zero_info = CameraInfo(width=640, height=192)
+    zero_info.header.stamp.sec = 1110
+    harness.info_pub.publish(zero_info)
+    wait_until(lambda: all(s in node.text() for s in ("unsupported encoding 'weird16'", 'malformed', 'camera_info')),
+               FRAME_TIMEOUT, 'the node to log the bad input', node.proc, node.log)
+    text = node.text()
+    assert 'ignoring camera_info' in text and 'focal' in text
+    assert text.count("unsupported encoding 'weird16'") == 1  # once per encoding
+    for msg_name in OUTPUTS:
+        assert all(stamp_key(m.header)[0] < 1100 or stamp_key(m.header)[0] >= 1200
+                   for m in harness.received[msg_name]), f'{msg_name} published for a bad frame'
+
+    # a burst at 100 Hz: frames get dropped, the newest is processed, the node keeps serving
+    frame = camera_frames[2]
+    burst = [(1200, i) for i in range(40)]
+    for key in burst:
+        send_frame(harness, frame, key, camera_info=False)
+        time.sleep(0.01)
+    wait_until(lambda: harness.by_stamp('depth', burst[-1]), FRAME_TIMEOUT, 'the newest burst frame',
+               node.proc, node.log)
+    processed = {stamp_key(m.header) for m in harness.received['depth']} & set(burst)
+    assert len(processed) < len(burst)
+    out = send_until(harness, node, camera_frames[3], (1300, 0))
+    np.testing.assert_allclose(np.array(out['depth/camera_info'].k), good_k)  # the zero K was ignored
+    stats = wait_until(lambda: [json.loads(m.data) for m in harness.received['statistics']
+                                if json.loads(m.data)['processed'] >= len(processed) + 2],
+                       10.0, 'statistics after the burst', node.proc, node.log)[-1]
+    assert stats['dropped'] > 0 and stats['bad_frames'] >= 3
+    assert stats['latency_ms']['p50'] is not None and 'inference' in stats['stage_ms']
+    assert node.proc.poll() is None
+
+
+@pytest.fixture(scope='module')
+def compressed_node(tmp_path_factory, lite_checkpoint, ros_domain):
+    env = local_ros_env(ros_domain)
+    log = tmp_path_factory.mktemp('compressed_node') / 'node.log'
+    node = NodeProcess(env, log, '/compressed', str(lite_checkpoint), 'image_transport:=compressed',
+                       'output_resolution:=network', 'points_organized:=true', 'points_rgb:=false',
+                       'points_stride:=3', 'colormap:=turbo')
+    harness = CameraHarness(ros_domain, '/compressed')
+    try:
+        wait_until(lambda: harness.connected(compressed=True), FIRST_FRAME_TIMEOUT, 'DDS discovery', node.proc, log)
+        yield node, harness
+    finally:
+        harness.close()
+        node.stop()
+
+
+def test_node_compressed_network_resolution_organized(compressed_node, camera_frames):
+    from rclpy.parameter import Parameter
+    from rclpy.parameter_client import AsyncParameterClient
+
+    from hr_depth_ros import image_decoding
+
+    node, harness = compressed_node
+    out = send_until(harness, node, camera_frames[0], (2000, 0), compressed=True, timeout=FIRST_FRAME_TIMEOUT)
+    depth = image_decoding.image_to_array(out['depth'])
+    lite_size = (out['depth'].width, out['depth'].height)
+    assert lite_size == (640, 192)  # the fixture checkpoint's network resolution
+    K = np.array(out['depth/camera_info'].k).reshape(3, 3)
+    cloud = out['points']
+    assert (cloud.height, cloud.width) == (64, 214) and [f.name for f in cloud.fields] == ['x', 'y', 'z']
+
+    # max range at the median depth (set at run time): about half the organised points become NaN
+    max_range = float(np.median(depth[::3, ::3]))
+    client = AsyncParameterClient(harness.node, '/compressed/hr_depth')
+    assert client.wait_for_services(10.0)
+    future = client.set_parameters([Parameter('points_max_range', value=max_range)])
+    wait_until(future.done, 10.0, 'setting points_max_range', node.proc, node.log)
+    assert future.result().results[0].successful
+    out = send_until(harness, node, camera_frames[1], (2001, 0), compressed=True)
+    depth = image_decoding.image_to_array(out['depth'])
+    expected, valid = depth_to_points(depth, K, stride=3, max_range=max_range, organized=True)
+    points = decode_cloud(out['points']).reshape(64, 214, 3)
+    assert not out['points'].is_dense and 0 < valid.sum() < valid.size
+    np.testing.assert_array_equal(np.isnan(points[..., 2]), ~valid)
+    np.testing.assert_allclose(points[valid], expected[valid], rtol=1e-5, atol=1e-6)
+    future = client.set_parameters([Parameter('device', value='cuda')])
+    wait_until(future.done, 10.0, 'setting device', node.proc, node.log)
+    assert not future.result().results[0].successful  # read-only at run time
+
+
+@pytest.mark.parametrize('weights, expected', [('/nonexistent/hr_depth_weights', '/nonexistent/hr_depth_weights'),
+                                               (None, 'weights is empty')])
+def test_node_exits_nonzero_without_weights(tmp_path, ros_domain, weights, expected):
+    node = NodeProcess(local_ros_env(ros_domain), tmp_path / 'node.log', '/missing', weights)
+    try:
+        node.proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        node.stop()
+        pytest.fail(f'the node kept running with weights={weights!r}:\n{_tail(node.log)}')
+    assert node.proc.returncode != 0
+    assert expected in node.text() and 'cannot start' in node.text()
