@@ -1,0 +1,252 @@
+"""End-to-end latency of the depth node: synthetic bag -> play_bag (30 Hz) -> depth node -> subscriber.
+
+    .venv/bin/python benchmarks/node_latency.py [--arch lite_hr_depth hr_depth] [--size 640x192]
+        [--frames 90] [--rate-hz 30] [--device cpu] [--weights FOLDER]
+
+For each model and resolution: writes a synthetic bag at that resolution, starts the node
+(subprocess, local DDS with the large-data profile), plays the bag into it with restamped
+headers and measures in this process: processed rate, dropped frames, latency stamp->depth
+and stamp->points (p50/p95/p99; the stamp is set when play_bag publishes), and the share of
+the node's time per stage (from its ~/statistics topic). Random weights unless --weights
+(speed does not depend on the values). Also a micro-benchmark of building a 1024x320 cloud.
+Prints a Markdown table.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from hr_depth_ros.transport import local_ros_env  # noqa: E402
+
+STAGES = ('decode', 'inference', 'resize', 'colorize', 'points', 'publish')
+
+
+def pointcloud_microbenchmark(width: int = 1024, height: int = 320, repeats: int = 20) -> dict[str, float]:
+    """ms to back-project + pack a full-resolution xyzrgb cloud, and to build the PointCloud2 message."""
+    from hr_depth_ros.geometry import depth_to_points
+    from hr_depth_ros.pointcloud import pack_points
+    from hr_depth_ros.ros_messages import pointcloud2_msg
+
+    rng = np.random.default_rng(0)
+    depth = rng.uniform(1, 80, (height, width)).astype(np.float32)
+    rgb = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+    K = np.array([[0.58 * width, 0, width / 2 - 0.5], [0, 1.92 * height, height / 2 - 0.5], [0, 0, 1]])
+    timings = {'backproject': [], 'pack': [], 'message': []}
+    for _ in range(repeats):
+        start = time.perf_counter()
+        points, valid = depth_to_points(depth, K)
+        timings['backproject'].append(time.perf_counter() - start)
+        start = time.perf_counter()
+        pack_points(points, rgb.reshape(-1, 3)[valid.ravel()])
+        timings['pack'].append(time.perf_counter() - start)
+        start = time.perf_counter()
+        pointcloud2_msg(points, rgb.reshape(-1, 3)[valid.ravel()])
+        timings['message'].append(time.perf_counter() - start)
+    return {name: float(np.median(values) * 1000) for name, values in timings.items()}
+
+
+class Listener:
+    """Records arrival time - header stamp of depth and points, and the node's statistics."""
+
+    def __init__(self, domain_id: int) -> None:
+        import rclpy
+        from rclpy.context import Context
+        from rclpy.executors import SingleThreadedExecutor
+        from rclpy.qos import QoSProfile, ReliabilityPolicy
+        from sensor_msgs.msg import Image, PointCloud2
+        from std_msgs.msg import String
+
+        self.context = Context()
+        rclpy.init(context=self.context, domain_id=domain_id)
+        self.node = rclpy.create_node('latency_listener', context=self.context)
+        self.lock = threading.Lock()
+        self.latency_ms: dict[str, dict[int, float]] = {'depth': {}, 'points': {}}
+        self.statistics: list[dict] = []
+        qos = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+        self.subs = [
+            self.node.create_subscription(Image, '/depth', lambda m: self._on_output('depth', m), qos),
+            self.node.create_subscription(PointCloud2, '/points', lambda m: self._on_output('points', m), qos),
+            self.node.create_subscription(String, '/hr_depth/statistics', self._on_statistics, 10),
+        ]
+        self.executor = SingleThreadedExecutor(context=self.context)
+        self.executor.add_node(self.node)
+        self.thread = threading.Thread(target=self.executor.spin, daemon=True)
+        self.thread.start()
+
+    def _on_output(self, name: str, msg) -> None:
+        now_ns = time.time_ns()
+        stamp_ns = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
+        with self.lock:
+            self.latency_ms[name][stamp_ns] = (now_ns - stamp_ns) / 1e6
+
+    def _on_statistics(self, msg) -> None:
+        with self.lock:
+            self.statistics.append(json.loads(msg.data))
+
+    def connected(self) -> bool:
+        return all(sub.get_publisher_count() > 0 for sub in self.subs)
+
+    def reset(self) -> None:
+        with self.lock:
+            for values in self.latency_ms.values():
+                values.clear()
+            self.statistics.clear()
+
+    def close(self) -> None:
+        import rclpy
+
+        self.executor.shutdown()
+        self.node.destroy_node()
+        rclpy.shutdown(context=self.context)
+
+
+def make_checkpoint(arch: str, width: int, height: int, folder: Path) -> Path:
+    import torch
+
+    from hr_depth_ros.checkpoint import save_depth_checkpoint
+    from hr_depth_ros.networks import build_depth_model
+
+    torch.manual_seed(0)
+    encoder, decoder = build_depth_model(arch)
+    save_depth_checkpoint(folder, encoder, decoder, arch=arch, height=height, width=width)
+    return folder
+
+
+def play(env: dict, bag: Path, rate: float, limit: int, log: Path) -> None:
+    command = [sys.executable, '-m', 'hr_depth_ros.play_bag', '--bag', str(bag), '--topics', '/camera/image_raw',
+               '/camera/camera_info', '--rate', str(rate), '--restamp', '--qos', 'best_effort',
+               '--wait-subscribers', '120', '--remap', '/camera/image_raw:=/image',
+               '--remap', '/camera/camera_info:=/camera_info']
+    if limit:
+        command += ['--limit', str(limit)]
+    with open(log, 'ab') as handle:
+        subprocess.run(command, env=env, stdout=handle, stderr=subprocess.STDOUT, check=True, timeout=600)
+
+
+def run_case(arch: str, width: int, height: int, args: argparse.Namespace, workdir: Path) -> dict:
+    """One model/resolution: returns the table row values."""
+    from hr_depth_ros.make_synthetic_bag import write_synthetic_bag
+
+    case = workdir / f'{arch}_{width}x{height}'
+    case.mkdir()
+    bag = write_synthetic_bag(case / 'bag', frames=args.frames, width=width, height=height, fps=args.rate_hz,
+                              storage='mcap', seed=0)
+    weights = Path(args.weights) if args.weights else make_checkpoint(arch, width, height, case / 'weights')
+    env = local_ros_env()
+    env.update(PYTHONUNBUFFERED='1', RCUTILS_LOGGING_BUFFERED_STREAM='0')
+    node_log = case / 'node.log'
+    node_cmd = [sys.executable, '-m', 'hr_depth_ros.depth_node', '--ros-args', '--params-file',
+                str(REPO / 'config' / 'depth.yaml'), '-p', f'weights:={weights}', '-p', f'device:={args.device}',
+                '-p', f'points_stride:={args.points_stride}', '-p', 'statistics_period:=0.5']
+    listener = Listener(int(env['ROS_DOMAIN_ID']))
+    with open(node_log, 'wb') as handle:
+        node = subprocess.Popen(node_cmd, env=env, stdout=handle, stderr=subprocess.STDOUT, cwd=REPO)
+    try:
+        deadline = time.monotonic() + 180
+        while not listener.connected():
+            if node.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f'node did not come up; log:\n{node_log.read_text()}')
+            time.sleep(0.1)
+        play(env, bag, rate=1.0, limit=args.warmup, log=case / 'play.log')  # warm-up: first inferences are slow
+        time.sleep(2.0)
+        before = listener.statistics[-1] if listener.statistics else {'received': 0, 'processed': 0, 'dropped': 0}
+        listener.reset()
+        start = time.monotonic()
+        play(env, bag, rate=1.0, limit=0, log=case / 'play.log')
+        played_s = time.monotonic() - start
+        time.sleep(3.0)
+        with listener.lock:
+            after = listener.statistics[-1]
+            depth = np.array(list(listener.latency_ms['depth'].values()))
+            points = np.array(list(listener.latency_ms['points'].values()))
+        stage_means = {s: after['stage_ms'].get(s, {}).get('mean', 0.0) for s in STAGES}
+        total = sum(stage_means.values()) or 1.0
+        return {
+            'model': arch, 'size': f'{width}x{height}', 'device': args.device,
+            'frames': args.frames, 'input_hz': args.frames / played_s,
+            'processed_hz': len(depth) / played_s,
+            'received': after['received'] - before['received'],
+            'processed': after['processed'] - before['processed'],
+            'dropped': after['dropped'] - before['dropped'],
+            'depth_ms': np.percentile(depth, [50, 95, 99]) if depth.size else [np.nan] * 3,
+            'points_ms': np.percentile(points, [50, 95, 99]) if points.size else [np.nan] * 3,
+            'stage_ms': stage_means,
+            'stage_share': {s: 100.0 * v / total for s, v in stage_means.items()},
+        }
+    finally:
+        listener.close()
+        if node.poll() is None:
+            node.send_signal(2)
+            try:
+                node.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                node.kill()
+
+
+def machine_description() -> str:
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path('/proc/cpuinfo').read_text().splitlines():
+            if line.startswith('model name'):
+                cpu = line.split(':', 1)[1].strip()
+                break
+    except OSError:
+        pass
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no GPU'
+    return (f'{cpu}, {os.cpu_count()} cores, {gpu}; Python {platform.python_version()}, torch {torch.__version__}, '
+            f'rmw_fastrtps_cpp with config/fastdds_large_data.xml')
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser.add_argument('--arch', nargs='+', default=['lite_hr_depth'], help='lite_hr_depth, hr_depth, monodepth2')
+    parser.add_argument('--size', nargs='+', default=['640x192'], help='WxH network (and camera) resolutions')
+    parser.add_argument('--frames', type=int, default=90, help='frames played per case')
+    parser.add_argument('--warmup', type=int, default=5, help='frames played before measuring')
+    parser.add_argument('--rate-hz', type=float, default=30.0, help='camera rate')
+    parser.add_argument('--device', default='cpu')
+    parser.add_argument('--points-stride', type=int, default=2)
+    parser.add_argument('--weights', help='checkpoint folder to use instead of random weights (one --arch)')
+    args = parser.parse_args(argv)
+
+    print(f'Machine: {machine_description()}\n')
+    micro = pointcloud_microbenchmark()
+    print('| point cloud 1024x320 xyzrgb (stride 1) | back-projection | packing | PointCloud2 message (pack + copy) |')
+    print('| --- | ---: | ---: | ---: |')
+    print(f"| median of 20 | {micro['backproject']:.1f} ms | {micro['pack']:.1f} ms | {micro['message']:.1f} ms |\n")
+
+    rows = []
+    with tempfile.TemporaryDirectory(prefix='node_latency_') as tmp:
+        for arch in args.arch:
+            for size in args.size:
+                width, height = (int(v) for v in size.lower().split('x'))
+                rows.append(run_case(arch, width, height, args, Path(tmp)))
+    print(f'| model | size | device | input Hz | processed Hz | dropped / received | stamp->depth p50/p95/p99 ms '
+          f'| stamp->points p50/p95/p99 ms | {" | ".join(STAGES)} (mean ms, share) |')
+    print('| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ' + ' | '.join('---:' for _ in STAGES) + ' |')
+    for row in rows:
+        depth = '/'.join(f'{v:.0f}' for v in row['depth_ms'])
+        points = '/'.join(f'{v:.0f}' for v in row['points_ms'])
+        stages = ' | '.join(f"{row['stage_ms'][s]:.1f} ({row['stage_share'][s]:.0f}%)" for s in STAGES)
+        print(f"| {row['model']} | {row['size']} | {row['device']} | {row['input_hz']:.1f} | {row['processed_hz']:.1f} "
+              f"| {row['dropped']} / {row['received']} | {depth} | {points} | {stages} |")
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
