@@ -48,6 +48,10 @@ __all__ = [
     'intrinsics_4x4',
     'warp_coordinates',
     'warp_image',
+    'quaternion_from_matrix',
+    'matrix_from_quaternion',
+    'pose_matrix',
+    'relative_transform',
 ]
 
 
@@ -320,3 +324,52 @@ def warp_image(src: torch.Tensor, depth: torch.Tensor, K: torch.Tensor, T_target
     """
     coords = warp_coordinates(depth, K, T_target_to_src)
     return F.grid_sample(src, coords.to(src.dtype), mode='bilinear', padding_mode='border', align_corners=True)
+
+
+# --------------------------------------------------------------------------------------------
+# NumPy pose helpers (tf messages <-> 4x4)
+# --------------------------------------------------------------------------------------------
+
+def quaternion_from_matrix(R: Any) -> np.ndarray:
+    """Rotation matrix (3x3 or the rotation of a 4x4) -> unit quaternion ``[x, y, z, w]`` (w >= 0)."""
+    R = np.asarray(R, dtype=np.float64)[:3, :3]
+    m00, m01, m02, m10, m11, m12, m20, m21, m22 = R.ravel()
+    trace = m00 + m11 + m22
+    if trace > 0:
+        s = 2.0 * np.sqrt(trace + 1.0)
+        q = np.array([(m21 - m12) / s, (m02 - m20) / s, (m10 - m01) / s, 0.25 * s])
+    elif m00 > m11 and m00 > m22:
+        s = 2.0 * np.sqrt(1.0 + m00 - m11 - m22)
+        q = np.array([0.25 * s, (m01 + m10) / s, (m02 + m20) / s, (m21 - m12) / s])
+    elif m11 > m22:
+        s = 2.0 * np.sqrt(1.0 + m11 - m00 - m22)
+        q = np.array([(m01 + m10) / s, 0.25 * s, (m12 + m21) / s, (m02 - m20) / s])
+    else:
+        s = 2.0 * np.sqrt(1.0 + m22 - m00 - m11)
+        q = np.array([(m02 + m20) / s, (m12 + m21) / s, 0.25 * s, (m10 - m01) / s])
+    q /= np.linalg.norm(q)
+    return -q if q[3] < 0 else q
+
+
+def matrix_from_quaternion(q: Any) -> np.ndarray:
+    """Quaternion ``[x, y, z, w]`` (normalised here) -> 3x3 rotation matrix."""
+    x, y, z, w = np.asarray(q, dtype=np.float64) / np.linalg.norm(q)
+    return np.array([
+        [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
+        [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
+        [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)],
+    ])
+
+
+def pose_matrix(rotation: Any, translation: Any) -> np.ndarray:
+    """4x4 homogeneous transform from a 3x3 rotation (or ``[x, y, z, w]`` quaternion) and a translation."""
+    rotation = np.asarray(rotation, dtype=np.float64)
+    T = np.eye(4)
+    T[:3, :3] = matrix_from_quaternion(rotation) if rotation.shape == (4,) else rotation
+    T[:3, 3] = np.asarray(translation, dtype=np.float64).reshape(3)
+    return T
+
+
+def relative_transform(pose_target: Any, pose_source: Any) -> np.ndarray:
+    """``T_target_to_src = inv(pose_source) @ pose_target`` for camera-to-world 4x4 poses."""
+    return np.linalg.inv(np.asarray(pose_source, dtype=np.float64)) @ np.asarray(pose_target, dtype=np.float64)

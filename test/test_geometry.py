@@ -160,3 +160,21 @@ def test_transformation_from_parameters_and_inverse():
     torch.testing.assert_close(M @ M_inv, torch.eye(4).repeat(2, 1, 1), atol=1e-6, rtol=0)
     torch.testing.assert_close(M[:, :3, 3], translation[:, 0])
     torch.testing.assert_close(geometry.get_translation_matrix(translation)[:, :3, 3], translation[:, 0])
+
+
+def test_quaternion_round_trip_and_relative_transform():
+    rng = np.random.default_rng(1)
+    for _ in range(20):
+        vec = torch.from_numpy(rng.normal(size=(1, 3)) * 1.5)
+        R = geometry.rot_from_axisangle(vec)[0, :3, :3].numpy()
+        q = geometry.quaternion_from_matrix(R)
+        assert q[3] >= 0 and np.linalg.norm(q) == pytest.approx(1.0)
+        np.testing.assert_allclose(geometry.matrix_from_quaternion(q), R, atol=1e-9)
+    # 90 deg about z: q = (0, 0, sin 45, cos 45).
+    Rz = np.array([[0.0, -1, 0], [1, 0, 0], [0, 0, 1]])
+    np.testing.assert_allclose(geometry.quaternion_from_matrix(Rz), [0, 0, math.sqrt(0.5), math.sqrt(0.5)])
+    pose_a = geometry.pose_matrix(Rz, [1, 2, 3])
+    pose_b = geometry.pose_matrix([0, 0, 0, 1], [1, 2, 4])
+    T = geometry.relative_transform(pose_a, pose_b)
+    point_in_a = np.array([0.5, 0.0, 0.0, 1.0])
+    np.testing.assert_allclose(pose_b @ (T @ point_in_a), pose_a @ point_in_a)
