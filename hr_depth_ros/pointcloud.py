@@ -54,14 +54,23 @@ def pack_points(points: np.ndarray, colors_rgb: np.ndarray | None = None) -> tup
     if points.ndim not in (2, 3) or points.shape[-1] != 3:
         raise ValueError(f'points must be N x 3 or H x W x 3, got shape {points.shape}')
     flat = points.reshape(-1, 3)
-    packed = np.zeros((flat.shape[0], 4), dtype=np.float32)
+    packed = np.empty((flat.shape[0], 4), dtype=np.float32)
     packed[:, :3] = flat
-    if colors_rgb is not None:
-        colors_rgb = np.asarray(colors_rgb)
-        if colors_rgb.shape[:-1] != points.shape[:-1]:
-            raise ValueError(f'colours shape {colors_rgb.shape} does not match points shape {points.shape}')
-        packed[:, 3] = pack_rgb_float(colors_rgb.reshape(-1, 3))
-    return packed.reshape(-1).view(np.uint8), POINT_STEP
+    if colors_rgb is None:
+        packed[:, 3] = 0.0
+        return packed.reshape(-1).view(np.uint8), POINT_STEP
+    colors_rgb = np.asarray(colors_rgb)
+    if colors_rgb.shape[:-1] != points.shape[:-1] or colors_rgb.shape[-1] != 3 or colors_rgb.dtype != np.uint8:
+        raise ValueError(f'colours shape {colors_rgb.shape} ({colors_rgb.dtype}) does not match points shape '
+                         f'{points.shape} as uint8 RGB')
+    # Write the rgb float's bytes directly: little-endian 0x00RRGGBB is b, g, r, 0 (see pack_rgb_float).
+    rgb = colors_rgb.reshape(-1, 3)
+    as_bytes = packed.view(np.uint8)
+    as_bytes[:, 12] = rgb[:, 2]
+    as_bytes[:, 13] = rgb[:, 1]
+    as_bytes[:, 14] = rgb[:, 0]
+    as_bytes[:, 15] = 0
+    return as_bytes.reshape(-1), POINT_STEP
 
 
 def unpack_points(data: bytes | np.ndarray, with_rgb: bool) -> tuple[np.ndarray, np.ndarray | None]:
