@@ -567,7 +567,7 @@ def _make_node_class():  # noqa: C901 - the node is one class; rclpy is imported
             self.worker.start()
             self.get_logger().info(
                 f'ready: {self.estimator.arch} {self.estimator.width}x{self.estimator.height} on '
-                f'{self.estimator.device}; listening on {self.image_sub.topic_name} '
+                f'{self.estimator.device} ({getattr(self.estimator, "precision", "")}); listening on {self.image_sub.topic_name} '
                 f'({self.config.qos_reliability}), output {self.config.output_resolution} resolution')
 
         # -- start-up
@@ -584,11 +584,16 @@ def _make_node_class():  # noqa: C901 - the node is one class; rclpy is imported
             if device.startswith('cuda') and not cuda:
                 self.get_logger().error(f'device {device!r} requested but CUDA is not available: falling back to CPU')
                 device = 'cpu'
-            elif device == 'auto' and not cuda:
-                self.get_logger().warning('CUDA is not available: running on the CPU (slow)')
+            elif device == 'auto':
+                device = 'cuda' if cuda else 'cpu'
+                if not cuda:
+                    self.get_logger().warning('CUDA is not available: running on the CPU (slow)')
+            on_cuda = device.startswith('cuda')
+            # fp16 and channels-last are CUDA settings; the CPU runs fp32 (bf16 only when asked for).
+            precision = config.precision if on_cuda or config.precision == 'bf16' else 'fp32'
             try:
                 self.estimator = DepthEstimator(
-                    config.weights, device=device, precision=config.precision, channels_last=config.channels_last,
+                    config.weights, device=device, precision=precision, channels_last=config.channels_last and on_cuda,
                     compile=config.compile, min_depth=config.min_depth, max_depth=config.max_depth,
                     depth_scale=config.depth_scale)
             except Exception as error:

@@ -319,6 +319,7 @@ def send_frame(harness: CameraHarness, frame: dict, key: tuple[int, int], compre
         msg.header.stamp.sec, msg.header.stamp.nanosec = key
     if camera_info:
         harness.info_pub.publish(frame[INFO_TOPIC])
+        time.sleep(0.05)  # the node takes the latest camera_info; let it arrive before the image
     (harness.compressed_pub if compressed else harness.image_pub).publish(image)
 
 
