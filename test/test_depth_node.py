@@ -352,19 +352,24 @@ def decode_cloud(msg) -> np.ndarray:
     return points
 
 
-@pytest.fixture(scope='module')
-def raw_node(tmp_path_factory, lite_checkpoint, ros_domain):
-    """A node on raw images at camera resolution (config/depth.yaml defaults) and its fake camera."""
-    env = local_ros_env(ros_domain)
-    log = tmp_path_factory.mktemp('raw_node') / 'node.log'
-    node = NodeProcess(env, log, '/raw', str(lite_checkpoint))
-    harness = CameraHarness(ros_domain, '/raw')
+def node_with_camera(tmp_path_factory, weights: Path, domain: int, namespace: str, *parameters: str):
+    """Start a node in ``namespace`` and a fake camera beside it; yield both once discovered; stop both."""
+    log = tmp_path_factory.mktemp(namespace.strip('/')) / 'node.log'
+    node = NodeProcess(local_ros_env(domain), log, namespace, str(weights), *parameters)
+    harness = CameraHarness(domain, namespace)
     try:
-        wait_until(lambda: harness.connected(compressed=False), FIRST_FRAME_TIMEOUT, 'DDS discovery', node.proc, log)
+        compressed = 'image_transport:=compressed' in parameters
+        wait_until(lambda: harness.connected(compressed), FIRST_FRAME_TIMEOUT, 'DDS discovery', node.proc, log)
         yield node, harness
     finally:
         harness.close()
         node.stop()
+
+
+@pytest.fixture(scope='module')
+def raw_node(tmp_path_factory, lite_checkpoint, ros_domain):
+    """A node on raw images at camera resolution (config/depth.yaml defaults) and its fake camera."""
+    yield from node_with_camera(tmp_path_factory, lite_checkpoint, ros_domain, '/raw')
 
 
 def test_node_outputs_match_input_raw(raw_node, camera_frames):
@@ -444,18 +449,10 @@ def test_node_survives_bad_input_and_bursts(raw_node, camera_frames):
 
 @pytest.fixture(scope='module')
 def compressed_node(tmp_path_factory, lite_checkpoint, ros_domain):
-    env = local_ros_env(ros_domain)
-    log = tmp_path_factory.mktemp('compressed_node') / 'node.log'
-    node = NodeProcess(env, log, '/compressed', str(lite_checkpoint), 'image_transport:=compressed',
-                       'output_resolution:=network', 'points_organized:=true', 'points_rgb:=false',
-                       'points_stride:=3', 'colormap:=turbo')
-    harness = CameraHarness(ros_domain, '/compressed')
-    try:
-        wait_until(lambda: harness.connected(compressed=True), FIRST_FRAME_TIMEOUT, 'DDS discovery', node.proc, log)
-        yield node, harness
-    finally:
-        harness.close()
-        node.stop()
+    """A node on compressed images with network-resolution output and an organised xyz cloud."""
+    yield from node_with_camera(tmp_path_factory, lite_checkpoint, ros_domain, '/compressed',
+                                'image_transport:=compressed', 'output_resolution:=network',
+                                'points_organized:=true', 'points_rgb:=false', 'points_stride:=3', 'colormap:=turbo')
 
 
 def test_node_compressed_network_resolution_organized(compressed_node, camera_frames):
