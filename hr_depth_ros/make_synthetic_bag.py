@@ -11,7 +11,11 @@ Topics (every topic of a frame carries the same header stamp, also used as the b
 Usage::
 
     python -m hr_depth_ros.make_synthetic_bag --output BAG_DIR [--frames N] [--width W --height H]
-        [--fps F] [--storage mcap|sqlite3] [--seed S]
+        [--fps F] [--storage mcap|sqlite3] [--seed S] [--preview PNG]
+
+``--preview`` also saves one frame and its colourised inverse depth side by side (how
+docs/images/synthetic_frame.png was made: ``--frames 60 --preview docs/images/synthetic_frame.png``,
+frame 25 of seed 0).
 """
 from __future__ import annotations
 
@@ -32,7 +36,7 @@ from hr_depth_ros.image_decoding import array_to_image_fields, encode_compressed
 from hr_depth_ros.synthetic import SyntheticDrive
 
 __all__ = ['IMAGE_TOPIC', 'COMPRESSED_TOPIC', 'CAMERA_INFO_TOPIC', 'DEPTH_GT_TOPIC', 'TF_TOPIC',
-           'CAMERA_FRAME', 'ODOM_FRAME', 'TOPIC_TYPES', 'write_synthetic_bag', 'main']
+           'CAMERA_FRAME', 'ODOM_FRAME', 'TOPIC_TYPES', 'write_synthetic_bag', 'save_preview', 'main']
 
 IMAGE_TOPIC = '/camera/image_raw'
 COMPRESSED_TOPIC = '/camera/image_raw/compressed'
@@ -120,6 +124,21 @@ def write_synthetic_bag(path: str | Path, frames: int = 60, width: int = 640, he
     return path
 
 
+def save_preview(path: str | Path, drive: SyntheticDrive, index: int) -> Path:
+    """Save frame ``index`` and its colourised inverse depth (magma, sky black) side by side as PNG."""
+    import cv2
+
+    from hr_depth_ros.visualization import colorize
+
+    frame = drive.frame(index)
+    inverse_depth = np.where(np.isfinite(frame.depth), 1.0 / frame.depth, np.nan)
+    picture = np.hstack([frame.rgb, colorize(inverse_depth, cmap='magma')])
+    path = Path(path)
+    if not cv2.imwrite(str(path), cv2.cvtColor(picture, cv2.COLOR_RGB2BGR)):
+        raise OSError(f'could not write preview image {path}')
+    return path
+
+
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog='make_synthetic_bag', description=__doc__.split('\n\n')[0])
     parser.add_argument('--output', '-o', required=True, help='bag directory to create (must not exist)')
@@ -132,6 +151,7 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument('--seed', type=int, default=0, help='scene seed (default 0)')
     parser.add_argument('--noise', type=float, default=0.0, help='pixel noise std in grey levels (default 0)')
     parser.add_argument('--exposure-jitter', type=float, default=0.0, help='per-frame gain std (default 0)')
+    parser.add_argument('--preview', help='also save frame min(25, frames-1) and its depth side by side as this PNG')
     return parser.parse_args(argv)
 
 
@@ -151,6 +171,10 @@ def main(argv: Sequence[str] | None = None) -> int:
           f'{args.frames} frames {args.width}x{args.height} at {args.fps:g} Hz, seed {args.seed}')
     for topic, msgtype in TOPIC_TYPES.items():
         print(f'  {topic:<30} {msgtype:<32} {args.frames} msgs')
+    if args.preview:
+        drive = SyntheticDrive(width=args.width, height=args.height, fps=args.fps, speed=args.speed, seed=args.seed,
+                               noise=args.noise, exposure_jitter=args.exposure_jitter, num_frames=args.frames)
+        print(f'preview: {save_preview(args.preview, drive, min(25, args.frames - 1))}')
     return 0
 
 

@@ -208,10 +208,14 @@ def test_writer_refuses_overwrite_and_leaves_nothing_on_failure(tmp_path, monkey
 
 def test_cli_writes_a_bag(tmp_path, capsys):
     out = tmp_path / 'cli_bag'
+    preview = tmp_path / 'preview.png'
     assert main(['--output', str(out), '--frames', '2', '--width', '64', '--height', '32', '--storage', 'mcap',
-                 '--seed', '5']) == 0
+                 '--seed', '5', '--preview', str(preview)]) == 0
     printed = capsys.readouterr().out
     assert f'wrote {out}' in printed and '/camera/depth_gt' in printed
+    import cv2
+
+    assert cv2.imread(str(preview)).shape == (32, 128, 3)
     assert topic_counts(out) == {topic: 2 for topic in TOPIC_TYPES}
     image = next(msg for topic, _, _, msg in read_messages(out, [IMAGE_TOPIC]))
     assert (image.width, image.height) == (64, 32)
