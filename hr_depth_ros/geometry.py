@@ -185,8 +185,11 @@ def depth_to_points(
         points = rays * sub[..., None]
         points[~valid] = np.nan
         return points, valid
-    points = rays[valid] * sub[valid][:, None]
-    return points.astype(np.float32, copy=False), valid
+    # Gather by flat index (several times faster than boolean-mask indexing of H x W x 3).
+    index = np.flatnonzero(valid)
+    points = np.take(rays.reshape(-1, 3), index, axis=0)
+    points *= np.take(sub.reshape(-1), index)[:, None]
+    return points, valid
 
 
 # --------------------------------------------------------------------------------------------
