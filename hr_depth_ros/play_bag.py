@@ -188,10 +188,9 @@ def main(argv: list[str] | None = None) -> int:
     import rclpy
     from rclpy.executors import ExternalShutdownException
 
-    from rclpy.utilities import remove_ros_args
-
     argv = sys.argv[1:] if argv is None else list(argv)
-    args = build_parser().parse_args(remove_ros_args(['play_bag', *argv])[1:])
+    # Our options come before any --ros-args (rclpy's remove_ros_args would also eat old:=new).
+    args = build_parser().parse_args(argv[:argv.index('--ros-args')] if '--ros-args' in argv else argv)
     rclpy.init(args=['play_bag', *argv])
     try:
         published = play(args)
