@@ -39,26 +39,27 @@ def build_messages(typestore):
     return out
 
 
+def write_all(writer, typestore, serialize) -> None:
+    """Write build_messages() through an open rosbags writer (rosbag1 or rosbag2)."""
+    connections = {}
+    for topic, msgtype, stamp, msg in build_messages(typestore):
+        if topic not in connections:
+            connections[topic] = writer.add_connection(topic, msgtype, typestore=typestore)
+        writer.write(connections[topic], stamp, serialize(msg, msgtype))
+
+
 def write_rosbag2(path: Path, storage: str) -> Path:
     typestore = get_typestore(Stores.LATEST)
     plugin = StoragePlugin.MCAP if storage == 'mcap' else StoragePlugin.SQLITE3
     with Writer2(path, version=9, storage_plugin=plugin) as writer:
-        connections = {}
-        for topic, msgtype, stamp, msg in build_messages(typestore):
-            if topic not in connections:
-                connections[topic] = writer.add_connection(topic, msgtype, typestore=typestore)
-            writer.write(connections[topic], stamp, typestore.serialize_cdr(msg, msgtype))
+        write_all(writer, typestore, typestore.serialize_cdr)
     return path
 
 
 def write_rosbag1(path: Path) -> Path:
     typestore = get_typestore(Stores.ROS1_NOETIC)
     with Writer1(path) as writer:
-        connections = {}
-        for topic, msgtype, stamp, msg in build_messages(typestore):
-            if topic not in connections:
-                connections[topic] = writer.add_connection(topic, msgtype, typestore=typestore)
-            writer.write(connections[topic], stamp, typestore.serialize_ros1(msg, msgtype))
+        write_all(writer, typestore, typestore.serialize_ros1)
     return path
 
 
