@@ -306,6 +306,20 @@ def intrinsics_4x4(K: Any) -> torch.Tensor:
     return out
 
 
+_GRID_CACHE: dict[tuple[int, int, str, torch.dtype], torch.Tensor] = {}
+
+
+def _grid_tensor(height: int, width: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """:func:`pixel_grid` as a tensor on ``device``, cached (a few sizes / devices per process)."""
+    key = (height, width, str(device), dtype)
+    grid = _GRID_CACHE.get(key)
+    if grid is None:
+        if len(_GRID_CACHE) > 16:
+            _GRID_CACHE.clear()
+        grid = _GRID_CACHE[key] = torch.from_numpy(pixel_grid(height, width)).to(device=device, dtype=dtype)
+    return grid
+
+
 def warp_coordinates(depth: torch.Tensor, K: torch.Tensor, T_target_to_src: torch.Tensor) -> torch.Tensor:
     """Where each target pixel lands in the source image: B x H x W x 2 in [-1, 1] (align_corners=True).
 
@@ -313,8 +327,7 @@ def warp_coordinates(depth: torch.Tensor, K: torch.Tensor, T_target_to_src: torc
     """
     batch, _, height, width = depth.shape
     K4 = intrinsics_4x4(K).to(device=depth.device, dtype=depth.dtype).expand(batch, 4, 4)
-    grid = torch.from_numpy(pixel_grid(height, width)).to(device=depth.device, dtype=depth.dtype)
-    points = backproject(depth, torch.linalg.inv(K4), grid)
+    points = backproject(depth, torch.linalg.inv(K4), _grid_tensor(height, width, depth.device, depth.dtype))
     return project(points, K4, T_target_to_src.to(device=depth.device, dtype=depth.dtype), height, width)
 
 
