@@ -193,6 +193,7 @@ class SyntheticDrive:
         self._phase = rng.uniform(0, 2 * np.pi, size=4)
         self._x0 = float(rng.uniform(0, 200))
         self._salt = int(rng.integers(1, 2**20))
+        self._ray_len: np.ndarray | None = None
 
     # -- trajectory -----------------------------------------------------------------------
 
@@ -375,7 +376,10 @@ class SyntheticDrive:
     def _shade(self, d, C, t_best, surface, box_id, box_axis) -> np.ndarray:
         n = d.shape[0]
         rgb = np.empty((n, 3), dtype=np.float32)
-        ray_len = np.linalg.norm(d, axis=1)
+        # |R r| = |r|: the ray lengths depend only on K and the image size.
+        ray_len = np.linalg.norm(pixel_rays(self.K, self.height, self.width), axis=2).reshape(-1) \
+            if self._ray_len is None else self._ray_len
+        self._ray_len = ray_len
         pixel_angle = np.float32(1.0 / self.K[0, 0])
         s = self._salt
 
@@ -424,9 +428,11 @@ class SyntheticDrive:
             win_w = 1.1 + 0.5 * _hash01(key, 5, s + salt)
             windows = _periodic_band(px - cell * cell_len, 3.0, 1.5 - win_w / 2, win_w, fp) * \
                 _periodic_band(pz, 3.2, 0.9, 1.5, fp) * (pz > 3.0)
-            reflection = _fbm(px, pz, fp, s + 5, 1.0, 5)
+            in_window = np.nonzero(windows > 0)[0]
+            reflection = _fbm(px[in_window], pz[in_window], fp[in_window], s + 5, 1.0, 5)
             glass = np.array([0.16, 0.21, 0.30], np.float32) * (1.0 + 1.5 * reflection)[:, None]
-            albedo = wall + (glass - wall) * windows[:, None]
+            albedo = wall
+            albedo[in_window] += (glass - wall[in_window]) * windows[in_window, None]
             albedo *= (1.0 - np.float32(0.3) * (pz < 0.8))[:, None]
             normal_y = np.where(left, -1.0, 1.0).astype(np.float32)
             lambert = np.maximum(normal_y * _SUN[1], 0.0)
