@@ -48,6 +48,7 @@ class MalformedImage(ValueError):
 # encoding -> (channels, dtype) of the raw buffer; packed YUV 4:2:2 is 2 bytes per pixel.
 _RAW_LAYOUT: dict[str, tuple[int, str]] = {
     'rgb8': (3, 'u1'), 'bgr8': (3, 'u1'), 'rgba8': (4, 'u1'), 'bgra8': (4, 'u1'),
+    'rgb16': (3, 'u2'), 'bgr16': (3, 'u2'), 'rgba16': (4, 'u2'), 'bgra16': (4, 'u2'),
     'mono8': (1, 'u1'), 'mono16': (1, 'u2'),
     'bayer_rggb8': (1, 'u1'), 'bayer_bggr8': (1, 'u1'), 'bayer_gbrg8': (1, 'u1'), 'bayer_grbg8': (1, 'u1'),
     'yuv422': (2, 'u1'), 'uyvy': (2, 'u1'), 'yuv422_yuy2': (2, 'u1'), 'yuyv': (2, 'u1'),
@@ -62,6 +63,10 @@ _TO_RGB: dict[str, int | None] = {
     'bgr8': cv2.COLOR_BGR2RGB,
     'rgba8': cv2.COLOR_RGBA2RGB,
     'bgra8': cv2.COLOR_BGRA2RGB,
+    'rgb16': None,
+    'bgr16': cv2.COLOR_BGR2RGB,
+    'rgba16': cv2.COLOR_RGBA2RGB,
+    'bgra16': cv2.COLOR_BGRA2RGB,
     'mono8': cv2.COLOR_GRAY2RGB,
     '8UC1': cv2.COLOR_GRAY2RGB,
     'mono16': cv2.COLOR_GRAY2RGB,
@@ -146,7 +151,8 @@ def image_to_rgb(msg: Any) -> np.ndarray:
     """Decode an Image into ``H x W x 3`` uint8 RGB.
 
     Encodings: rgb8 (zero-copy view), bgr8, rgba8, bgra8, mono8/8UC1 (replicated),
-    mono16/16UC1 (high byte, as cv_bridge scales 16 -> 8 bit), bayer_{rggb,bggr,gbrg,grbg}8,
+    mono16/16UC1 and rgb16/bgr16/rgba16/bgra16 (high byte, as cv_bridge scales 16 -> 8 bit),
+    bayer_{rggb,bggr,gbrg,grbg}8,
     yuv422/uyvy (UYVY), yuv422_yuy2/yuyv (YUYV).
     """
     encoding = str(msg.encoding).strip()
@@ -158,9 +164,12 @@ def image_to_rgb(msg: Any) -> np.ndarray:
         return view
     if view.dtype.itemsize == 2:
         view = (view.astype(np.uint16) >> 8).astype(np.uint8)
+    code = _TO_RGB[encoding]
+    if code is None:
+        return view
     if view.shape[2] == 1:
         view = view[..., 0]
-    return cv2.cvtColor(view, _TO_RGB[encoding])
+    return cv2.cvtColor(view, code)
 
 
 def compressed_to_rgb(msg: Any) -> np.ndarray:

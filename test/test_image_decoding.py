@@ -61,6 +61,16 @@ def test_colour_encodings(encoding, to_raw):
     np.testing.assert_array_equal(out, rgb)
 
 
+@pytest.mark.parametrize('encoding,order', [('rgb16', [0, 1, 2]), ('bgr16', [2, 1, 0]),
+                                            ('rgba16', [0, 1, 2, 0]), ('bgra16', [2, 1, 0, 0])])
+@pytest.mark.parametrize('bigendian', [False, True])
+def test_16bit_colour(encoding, order, bigendian):
+    rgb = smooth_rgb()
+    raw16 = rgb[..., order].astype(np.uint16) * 256 + 77  # low byte is dropped
+    out = dec.image_to_rgb(image_msg(raw16, encoding, pad=6, bigendian=bigendian))
+    np.testing.assert_array_equal(out, rgb)
+
+
 @pytest.mark.parametrize('encoding', ['mono8', '8UC1'])
 def test_mono8_replicated(encoding):
     gray = np.arange(12 * 10, dtype=np.uint8).reshape(12, 10)
@@ -154,7 +164,7 @@ def test_malformed_messages_name_the_numbers():
 
 def test_unsupported_encodings_list_supported():
     msg = image_msg(smooth_rgb(4, 4), 'rgb8')
-    for encoding in ['nv21', '32FC1', 'rgb16']:
+    for encoding in ['nv21', '32FC1', '16SC3']:
         bad = SimpleNamespace(**{**vars(msg), 'encoding': encoding})
         with pytest.raises(UnsupportedEncoding, match=f"{encoding}.*supported: .*rgb8"):
             dec.image_to_rgb(bad)
