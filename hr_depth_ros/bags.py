@@ -116,6 +116,8 @@ def _bag_messages(reader: AnyReader, bag: Path, topics: Iterable[str] | None) ->
         if missing:
             raise BagError(f'bag {bag} has no topic {", ".join(missing)}; its topics are: {_describe(reader)}')
         connections = [c for c in reader.connections if c.topic in wanted]
+    if not connections:  # rosbags reads every connection when given none
+        return
     try:
         for conn, timestamp, raw in reader.messages(connections=connections):
             msg = reader.deserialize(raw, conn.msgtype)

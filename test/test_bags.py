@@ -95,6 +95,8 @@ def test_read_back_every_format(written_bags, kind):
     # Topic selection.
     only = list(bags.read_messages(path, ['/chatter']))
     assert len(only) == FRAMES and {t for t, *_ in only} == {'/chatter'}
+    assert list(bags.read_messages(path, [])) == []
+    assert len(list(bags.read_messages(path))) == 2 * FRAMES
 
 
 def test_the_db3_or_mcap_file_inside_a_bag_dir_is_accepted(written_bags):
