@@ -1,0 +1,61 @@
+"""Deterministic weights for golden tests: every tensor is a function of its key and shape.
+
+The golden figures in test/data/golden/ were produced by filling the HR-Depth authors' and
+monodepth2's own models with :func:`deterministic_state_dict` (see generate_golden.py there);
+the tests fill a state dict with the same keys and shapes, save it in the released folder
+format, load it through our checkpoint loader and compare outputs.
+"""
+from __future__ import annotations
+
+import zlib
+
+import numpy as np
+import torch
+
+
+def deterministic_tensor(name: str, shape: tuple[int, ...], dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """A tensor keyed by ``name``: fan-in scaled weights, BN statistics in sane ranges."""
+    if dtype == torch.long:  # BN num_batches_tracked
+        return torch.zeros(shape, dtype=torch.long)
+    generator = torch.Generator().manual_seed(zlib.crc32(name.encode()))
+    noise = torch.randn(shape, generator=generator, dtype=torch.float64)
+    leaf = name.rsplit('.', 1)[-1]
+    if leaf == 'running_var':
+        value = 1.0 + 0.2 * noise.abs()
+    elif leaf == 'running_mean':
+        value = 0.1 * noise
+    elif len(shape) <= 1:  # biases, BN weight/bias
+        value = (1.0 if leaf == 'weight' else 0.0) + 0.1 * noise
+    else:
+        fan_in = int(np.prod(shape[1:]))
+        value = noise * np.sqrt(2.0 / fan_in)
+    return value.to(dtype)
+
+
+def deterministic_state_dict(layout: list[tuple[str, list[int], str]]) -> dict[str, torch.Tensor]:
+    """State dict for a ``[(key, shape, dtype name), ...]`` layout."""
+    return {key: deterministic_tensor(key, tuple(shape), getattr(torch, dtype)) for key, shape, dtype in layout}
+
+
+def layout_of(module: torch.nn.Module) -> list[tuple[str, list[int], str]]:
+    """Ordered ``(key, shape, dtype name)`` of a module's state dict."""
+    return [(k, list(v.shape), str(v.dtype).replace('torch.', '')) for k, v in module.state_dict().items()]
+
+
+def golden_input(height: int, width: int) -> torch.Tensor:
+    """A smooth, deterministic RGB image in [0, 1] (1 x 3 x H x W)."""
+    ys, xs = torch.meshgrid(torch.linspace(0, 1, height, dtype=torch.float64),
+                            torch.linspace(0, 1, width, dtype=torch.float64), indexing='ij')
+    channels = [0.5 + 0.5 * torch.sin(6.0 * xs + 3.0 * ys), 0.5 + 0.5 * torch.cos(4.0 * xs * ys + 1.0),
+                (xs + ys) / 2.0]
+    return torch.stack(channels)[None].float()
+
+
+def output_figures(outputs: dict, step: int = 8) -> dict[str, dict]:
+    """Small fingerprint of disparities: mean, std and a decimated grid, per scale."""
+    figures = {}
+    for scale in range(4):
+        disp = outputs[scale].detach().double()[0, 0]
+        figures[str(scale)] = {'shape': list(disp.shape), 'mean': float(disp.mean()), 'std': float(disp.std()),
+                               'grid': disp[::step, ::step].numpy().round(7).tolist()}
+    return figures
