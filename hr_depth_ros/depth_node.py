@@ -708,11 +708,12 @@ def _make_node_class():  # noqa: C901 - the node is one class; rclpy is imported
             self.stats_pub.publish(String(data=json.dumps(self.stats.snapshot(extra))))
 
         def destroy_node(self) -> None:
-            with self.mailbox_lock:
-                self.stopping = True
-                self.mailbox_lock.notify_all()
-            if self.worker.is_alive():
-                self.worker.join(timeout=5.0)
+            if hasattr(self, 'worker'):  # a node whose start-up failed has no worker
+                with self.mailbox_lock:
+                    self.stopping = True
+                    self.mailbox_lock.notify_all()
+                if self.worker.is_alive():
+                    self.worker.join(timeout=5.0)
             super().destroy_node()
 
     return DepthNode, rclpy
