@@ -55,11 +55,12 @@ class DepthEstimator:
 
     ``precision``: 'fp32', or 'fp16' / 'bf16' autocast (CUDA; on the CPU fp16 falls back to
     fp32 with a warning, bf16 autocast runs). ``channels_last``: None turns it on for CUDA.
-    ``compile``: ``torch.compile`` the network (first calls are slow).
+    ``compile``: ``torch.compile`` the network (True: the default inductor backend, whose
+    first calls are slow; a string names another backend, e.g. 'aot_eager').
     """
 
     def __init__(self, checkpoint: DepthCheckpoint | str | Path, device: str | torch.device = 'auto',
-                 precision: str = 'fp32', channels_last: bool | None = None, compile: bool = False,
+                 precision: str = 'fp32', channels_last: bool | None = None, compile: bool | str = False,
                  min_depth: float = 0.1, max_depth: float = 100.0, depth_scale: float = 1.0) -> None:
         if not isinstance(checkpoint, DepthCheckpoint):
             checkpoint = load_depth_checkpoint(checkpoint)
@@ -82,7 +83,9 @@ class DepthEstimator:
         net = _DepthNet(checkpoint.encoder, checkpoint.decoder).eval().to(self.device)
         if self.channels_last:
             net = net.to(memory_format=torch.channels_last)
-        self.net: nn.Module = torch.compile(net) if compile else net
+        if compile:
+            net = torch.compile(net, backend=compile if isinstance(compile, str) else 'inductor')
+        self.net: nn.Module = net
 
     @property
     def arch(self) -> str:

@@ -1,0 +1,115 @@
+"""Checkpoint folders: architecture detection, clear errors, atomic writes, metadata round trip."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from hr_depth_ros import checkpoint as ckpt
+from hr_depth_ros.checkpoint import (CheckpointError, detect_architecture, load_depth_checkpoint,
+                                     load_extra_state, save_depth_checkpoint)
+from hr_depth_ros.networks import ARCHITECTURES, build_depth_model
+
+
+@pytest.fixture(scope='module')
+def lite_models():
+    torch.manual_seed(1)
+    return build_depth_model('lite_hr_depth')
+
+
+@pytest.mark.parametrize('arch', ARCHITECTURES)
+def test_architecture_recognised_from_keys(arch):
+    encoder, decoder = build_depth_model(arch)
+    assert detect_architecture(encoder.state_dict(), decoder.state_dict()) == arch
+
+
+def test_round_trip_with_metadata_and_extra_state(tmp_path, lite_models):
+    encoder, decoder = lite_models
+    folder = save_depth_checkpoint(tmp_path / 'ck', encoder, decoder, arch='lite_hr_depth', height=96, width=320,
+                                   metadata={'step': 7, 'intrinsics': [[1, 0, 0], [0, 1, 0], [0, 0, 1]]},
+                                   extra_state={'adam.pth': {'step': torch.tensor(7)}})
+    loaded = load_depth_checkpoint(folder)
+    assert (loaded.arch, loaded.height, loaded.width, loaded.use_stereo) == ('lite_hr_depth', 96, 320, False)
+    assert loaded.metadata['step'] == 7 and loaded.metadata['arch'] == 'lite_hr_depth'
+    assert not loaded.encoder.training and not loaded.decoder.training
+    for ours, theirs in ((encoder, loaded.encoder), (decoder, loaded.decoder)):
+        for key, value in ours.state_dict().items():
+            assert torch.equal(value, theirs.state_dict()[key]), key
+    assert int(load_extra_state(folder, 'adam.pth')['step']) == 7
+    # The authors' format: encoder.pth carries height/width/use_stereo, depth.pth only weights.
+    raw = torch.load(folder / 'encoder.pth', weights_only=True)
+    assert raw['height'] == 96 and raw['width'] == 320 and raw['use_stereo'] is False
+    assert set(torch.load(folder / 'depth.pth', weights_only=True)) == set(decoder.state_dict())
+
+
+def test_missing_folder_and_files_are_named(tmp_path, lite_models):
+    with pytest.raises(CheckpointError, match='does not exist'):
+        load_depth_checkpoint(tmp_path / 'nowhere')
+    folder = save_depth_checkpoint(tmp_path / 'ck', *lite_models, arch='lite_hr_depth', height=96, width=320)
+    (folder / 'depth.pth').unlink()
+    with pytest.raises(CheckpointError, match=r'depth\.pth: file missing'):
+        load_depth_checkpoint(folder)
+
+
+def test_truncated_file_is_reported(tmp_path, lite_models):
+    folder = save_depth_checkpoint(tmp_path / 'ck', *lite_models, arch='lite_hr_depth', height=96, width=320)
+    data = (folder / 'encoder.pth').read_bytes()
+    (folder / 'encoder.pth').write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match=r'encoder\.pth: cannot be read.*truncated or corrupt'):
+        load_depth_checkpoint(folder)
+
+
+def test_mismatched_keys_and_shapes_are_listed(tmp_path, lite_models):
+    encoder, decoder = lite_models
+    folder = save_depth_checkpoint(tmp_path / 'ck', encoder, decoder, arch='lite_hr_depth', height=96, width=320)
+    state = torch.load(folder / 'depth.pth', weights_only=True)
+    del state['decoder.3.conv.conv.bias']
+    state['convs.X_04_Conv_1.conv.conv.weight'] = torch.zeros(1, 2, 3, 3)
+    state['decoder.99.weight'] = torch.zeros(1)
+    torch.save(state, folder / 'depth.pth')
+    with pytest.raises(CheckpointError) as error:
+        load_depth_checkpoint(folder)
+    message = str(error.value)
+    assert 'depth.pth' in message
+    assert 'missing keys: decoder.3.conv.conv.bias' in message
+    assert 'unexpected keys: decoder.99.weight' in message
+    assert 'convs.X_04_Conv_1.conv.conv.weight (1, 2, 3, 3)' in message
+
+
+def test_unknown_architecture_and_missing_size(tmp_path, lite_models):
+    folder = tmp_path / 'odd'
+    folder.mkdir()
+    torch.save({'height': 1, 'width': 2, 'something.weight': torch.zeros(1)}, folder / 'encoder.pth')
+    torch.save({'x': torch.zeros(1)}, folder / 'depth.pth')
+    with pytest.raises(CheckpointError, match='unrecognised encoder keys: something.weight'):
+        load_depth_checkpoint(folder)
+    good = save_depth_checkpoint(tmp_path / 'ck', *lite_models, arch='lite_hr_depth', height=96, width=320)
+    state = torch.load(good / 'encoder.pth', weights_only=True)
+    del state['height']
+    torch.save(state, good / 'encoder.pth')
+    with pytest.raises(CheckpointError, match='missing keys height'):
+        load_depth_checkpoint(good)
+
+
+def test_failed_save_leaves_the_previous_checkpoint(tmp_path, lite_models, monkeypatch):
+    encoder, decoder = lite_models
+    folder = save_depth_checkpoint(tmp_path / 'ck', encoder, decoder, arch='lite_hr_depth', height=96, width=320,
+                                   metadata={'step': 1})
+    calls = {'n': 0}
+    real_save = torch.save
+
+    def failing_save(obj, f, *args, **kwargs):
+        calls['n'] += 1
+        if calls['n'] == 2:
+            raise OSError('disk full (simulated)')
+        return real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(ckpt.torch, 'save', failing_save)
+    with pytest.raises(OSError, match='simulated'):
+        save_depth_checkpoint(folder, encoder, decoder, arch='lite_hr_depth', height=96, width=320,
+                              metadata={'step': 2})
+    monkeypatch.undo()
+    assert load_depth_checkpoint(folder).metadata['step'] == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['ck']  # no temporary folders left behind
+    assert json.loads((folder / 'hr_depth_ros.json').read_text())['step'] == 1
