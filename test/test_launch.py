@@ -144,3 +144,34 @@ def test_launch_description_builds(monkeypatch):
     assert isinstance(description, LaunchDescription)
     names = {a.name for a in description.get_launch_arguments()}
     assert {'image', 'weights', 'use_rviz', 'params_file'} <= names
+
+
+def test_fastdds_profile_and_local_env():
+    import xml.etree.ElementTree as ET
+
+    from hr_depth_ros.transport import fastdds_profile_path, local_ros_env
+
+    path = fastdds_profile_path()
+    assert path.name == 'fastdds_large_data.xml' and path.is_file()
+    ns = {'p': 'http://www.eprosima.com/XMLSchemas/fastRTPS_Profiles'}
+    root = ET.parse(path).getroot()
+    descriptors = {d.findtext('p:transport_id', namespaces=ns): d for d in root.iterfind('.//p:transport_descriptor', ns)}
+    shm = next(d for d in descriptors.values() if d.findtext('p:type', namespaces=ns) == 'SHM')
+    assert int(shm.findtext('p:segment_size', namespaces=ns)) == 32 * 1024 * 1024
+    assert int(shm.findtext('p:maxMessageSize', namespaces=ns)) == 8 * 1024 * 1024
+    udp = next(d for d in descriptors.values() if d.findtext('p:type', namespaces=ns) == 'UDPv4')
+    assert [a.text for a in udp.iterfind('.//p:address', ns)] == ['127.0.0.1']
+    participant = root.find('p:participant', ns)
+    assert participant.get('is_default_profile') == 'true'
+    assert participant.findtext('.//p:useBuiltinTransports', namespaces=ns) == 'false'
+    assert {t.text for t in participant.iterfind('.//p:userTransports/p:transport_id', ns)} == set(descriptors)
+
+    env = local_ros_env(7, base={'PATH': '/bin', 'ROS_DOMAIN_ID': '3'})
+    assert env['ROS_DOMAIN_ID'] == '7' and env['PATH'] == '/bin'
+    assert env['ROS_AUTOMATIC_DISCOVERY_RANGE'] == 'LOCALHOST'
+    assert env['RMW_IMPLEMENTATION'] == 'rmw_fastrtps_cpp'
+    assert env['FASTDDS_DEFAULT_PROFILES_FILE'] == str(path)
+    random_ids = {local_ros_env(base={'ROS_DOMAIN_ID': '3'})['ROS_DOMAIN_ID'] for _ in range(20)}
+    assert '3' not in random_ids and all(1 <= int(d) <= 101 for d in random_ids)
+    with pytest.raises(ValueError, match='ROS_DOMAIN_ID'):
+        local_ros_env(500)
