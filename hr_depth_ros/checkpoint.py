@@ -181,12 +181,15 @@ def save_depth_checkpoint(
     use_stereo: bool = False,
     metadata: dict[str, Any] | None = None,
     extra_state: dict[str, dict[str, Any]] | None = None,
+    weights_dtype: torch.dtype | None = None,
 ) -> Path:
     """Write a checkpoint folder atomically and return its path.
 
     Everything is written to a temporary sibling folder and fsynced; only then is an existing
     folder moved aside, the new one renamed into place and the old one deleted. A failure at
     any point leaves the previous complete checkpoint (or nothing) under ``folder``.
+    ``weights_dtype`` (e.g. ``torch.float16``) stores floating-point weights in that type to
+    halve the size of a shipped checkpoint; loading casts them back to the network's type.
     """
     if arch not in ARCHITECTURES:
         raise ValueError(f'unknown architecture {arch!r}; choose one of {", ".join(ARCHITECTURES)}')
@@ -194,10 +197,16 @@ def save_depth_checkpoint(
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f'.{folder.name}.tmp-', dir=folder.parent))
     try:
-        encoder_state = {k: v.detach().cpu() for k, v in encoder.state_dict().items()}
+        def portable(module: nn.Module) -> dict[str, Any]:
+            state = {k: v.detach().cpu() for k, v in module.state_dict().items()}
+            if weights_dtype is not None:
+                state = {k: v.to(weights_dtype) if v.is_floating_point() else v for k, v in state.items()}
+            return state
+
+        encoder_state = portable(encoder)
         encoder_state.update(height=int(height), width=int(width), use_stereo=bool(use_stereo))
         _save_file(encoder_state, staging / ENCODER_FILE)
-        _save_file({k: v.detach().cpu() for k, v in decoder.state_dict().items()}, staging / DECODER_FILE)
+        _save_file(portable(decoder), staging / DECODER_FILE)
         for name, state in (extra_state or {}).items():
             if Path(name).name != name or name in (ENCODER_FILE, DECODER_FILE, METADATA_FILE):
                 raise ValueError(f'invalid extra state file name {name!r}')

@@ -113,3 +113,16 @@ def test_failed_save_leaves_the_previous_checkpoint(tmp_path, lite_models, monke
     assert load_depth_checkpoint(folder).metadata['step'] == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ['ck']  # no temporary folders left behind
     assert json.loads((folder / 'hr_depth_ros.json').read_text())['step'] == 1
+
+
+def test_half_precision_storage_loads_into_fp32_networks(tmp_path, lite_models):
+    encoder, decoder = lite_models
+    full = save_depth_checkpoint(tmp_path / 'fp32', encoder, decoder, arch='lite_hr_depth', height=96, width=320)
+    half = save_depth_checkpoint(tmp_path / 'fp16', encoder, decoder, arch='lite_hr_depth', height=96, width=320,
+                                 weights_dtype=torch.float16)
+    size = lambda folder: sum(p.stat().st_size for p in folder.iterdir())  # noqa: E731
+    assert size(half) < 0.6 * size(full)
+    loaded = load_depth_checkpoint(half)
+    weight = loaded.decoder.state_dict()['convs.X_04_Conv_1.conv.conv.weight']
+    assert weight.dtype == torch.float32
+    assert torch.allclose(weight, decoder.state_dict()['convs.X_04_Conv_1.conv.conv.weight'], atol=1e-3)
