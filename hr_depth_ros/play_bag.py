@@ -4,9 +4,9 @@
 
 Reads rosbag2 (sqlite3 / MCAP) or ROS 1 bags through :mod:`hr_depth_ros.bags` (rosbags, no
 ROS install needed) and republishes sensor_msgs/Image, CompressedImage and CameraInfo
-messages, converted field by field to rclpy messages. ``--rate 0`` publishes as fast as
-possible; ``--restamp`` replaces header stamps with the current time (messages that shared a
-stamp in the bag share the new one).
+messages (and tf2_msgs/TFMessage where tf2_msgs is installed), converted field by field to
+rclpy messages. ``--rate 0`` publishes as fast as possible; ``--restamp`` replaces header
+stamps with the current time (messages that shared a stamp in the bag share the new one).
 """
 from __future__ import annotations
 
@@ -20,7 +20,8 @@ from typing import Any, Iterator
 
 from hr_depth_ros.bags import BagError, list_topics, read_messages
 
-SUPPORTED_TYPES = ('sensor_msgs/msg/Image', 'sensor_msgs/msg/CompressedImage', 'sensor_msgs/msg/CameraInfo')
+SUPPORTED_TYPES = ('sensor_msgs/msg/Image', 'sensor_msgs/msg/CompressedImage', 'sensor_msgs/msg/CameraInfo',
+                   'tf2_msgs/msg/TFMessage')  # TFMessage only where tf2_msgs is installed
 INT_TYPES = {'int8', 'uint8', 'int16', 'uint16', 'int32', 'uint32', 'int64', 'uint64', 'byte', 'char', 'octet'}
 FLOAT_TYPES = {'float', 'double', 'float32', 'float64'}
 
@@ -37,8 +38,8 @@ def message_class(msgtype: str) -> type:
 def to_rclpy(source: Any, target: Any) -> Any:
     """Copy the fields of a rosbags (or any duck-typed) message into the rclpy message ``target``, recursively.
 
-    Handles primitives, strings, nested messages, primitive arrays and sequences (uint8 data as
-    bytes). Sequences of messages are not supported (ValueError naming the field).
+    Handles primitives, strings, nested messages, arrays and sequences of primitives (uint8
+    data as bytes) and of messages (e.g. TFMessage.transforms).
     """
     for name, type_name in target.get_fields_and_field_types().items():
         if not hasattr(source, name):
@@ -52,8 +53,10 @@ def to_rclpy(source: Any, target: Any) -> Any:
             element, is_array = type_name[:type_name.index('[')], True
         if '/' in element:
             if is_array:
-                raise ValueError(f'field {name} ({type_name}) of {type(target).__name__}: message sequences unsupported')
-            to_rclpy(value, getattr(target, name))
+                element_class = message_class(element)
+                setattr(target, name, [to_rclpy(item, element_class()) for item in value])
+            else:
+                to_rclpy(value, getattr(target, name))
             continue
         if is_array:
             if element in ('uint8', 'byte', 'octet', 'char'):
@@ -104,6 +107,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _importable(msgtype: str) -> bool:
+    try:
+        message_class(msgtype)
+    except ValueError:
+        return False
+    return True
+
+
 def _select_topics(bag: Path, requested: list[str] | None) -> dict[str, str]:
     """topic -> msgtype of the topics to play; BagError naming the bag for unknown/unsupported ones."""
     available = list_topics(bag)
@@ -111,13 +122,14 @@ def _select_topics(bag: Path, requested: list[str] | None) -> dict[str, str]:
         missing = [t for t in requested if t not in available]
         if missing:
             raise BagError(f'{bag}: topics {missing} not in the bag (has {sorted(available)})')
-        unsupported = {t: available[t] for t in requested if available[t] not in SUPPORTED_TYPES}
+        unsupported = {t: available[t] for t in requested
+                       if available[t] not in SUPPORTED_TYPES or not _importable(available[t])}
         if unsupported:
             raise BagError(f'{bag}: cannot play {unsupported}; supported types: {list(SUPPORTED_TYPES)}')
         return {t: available[t] for t in requested}
-    chosen = {t: msgtype for t, msgtype in available.items() if msgtype in SUPPORTED_TYPES}
+    chosen = {t: msgtype for t, msgtype in available.items() if msgtype in SUPPORTED_TYPES and _importable(msgtype)}
     if not chosen:
-        raise BagError(f'{bag}: no Image/CompressedImage/CameraInfo topics (has {available})')
+        raise BagError(f'{bag}: no playable topics (has {available}; plays {list(SUPPORTED_TYPES)})')
     return chosen
 
 
