@@ -8,7 +8,7 @@ the setter would copy a second time).
 """
 from __future__ import annotations
 
-import array
+import array as pyarray  # not `array`: image_msg's first parameter is called array
 from typing import Any
 
 import numpy as np
@@ -56,9 +56,9 @@ def _image_from_fields(fields: dict[str, Any], header: Any | None) -> Image:
     return msg
 
 
-def uint8_array(data: Any) -> array.array:
+def uint8_array(data: Any) -> pyarray.array:
     """``array.array('B')`` holding a copy of a bytes-like object or a C-contiguous NumPy array."""
-    out = array.array('B')
+    out = pyarray.array('B')
     out.frombytes(np.ascontiguousarray(data).view(np.uint8).reshape(-1) if isinstance(data, np.ndarray) else data)
     return out
 
