@@ -1,0 +1,1 @@
+"""Offline self-supervised fine-tuning from rosbags (ROS-free): data, losses, trainer."""
