@@ -108,8 +108,8 @@ def test_play_bag_publishes_every_frame_with_its_stamp(synthetic_bag, tmp_path):
         with open(log, 'wb') as handle:
             proc = subprocess.run(
                 [sys.executable, '-m', 'hr_depth_ros.play_bag', '--bag', str(synthetic_bag), '--topics', IMAGE_TOPIC,
-                 '/camera/camera_info', '--rate', '4', '--remap', f'{IMAGE_TOPIC}:=/played/image', '--remap', '/camera/camera_info:=/played/camera_info', '--qos-depth', '100',
-                 '--wait-subscribers', '20'],
+                 '/camera/camera_info', '--rate', '4', '--remap', f'{IMAGE_TOPIC}:=/played/image',
+                 '--remap', '/camera/camera_info:=/played/camera_info', '--qos-depth', '100', '--wait-subscribers', '20'],
                 env=env, stdout=handle, stderr=subprocess.STDOUT, timeout=90, cwd=REPO)
         assert proc.returncode == 0, log.read_text()
         deadline = time.monotonic() + 10
