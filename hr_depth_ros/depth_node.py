@@ -304,7 +304,7 @@ class CameraHeightScale:
         return 1.0 if self.log_scale is None else math.exp(self.log_scale)
 
     def update(self, depth: np.ndarray, K: np.ndarray, camera_height: float) -> float | None:
-        """Fit the ground in the lower image band of ``depth`` (intrinsics ``K``); returns this frame's scale or None."""
+        """Fit the ground in the lower band of ``depth`` (intrinsics ``K``); this frame's scale, or None."""
         stride = 2
         grid, valid = depth_to_points(depth, K, stride=stride, organized=True)
         band = slice(int(math.ceil(GROUND_BAND_START * depth.shape[0] / stride)), None)
@@ -513,9 +513,13 @@ def _declare_parameters(node: Any) -> dict[str, Any]:
             name=spec.name, description=spec.description, read_only=spec.read_only,
             additional_constraints=constraints,
             dynamic_typing=isinstance(spec.default, float))
-        if isinstance(spec.default, int) and not isinstance(spec.default, bool) and spec.min_value is not None \
-                and spec.max_value is not None:
-            descriptor.integer_range = [IntegerRange(from_value=int(spec.min_value), to_value=int(spec.max_value), step=1)]
+        bounded = spec.min_value is not None and spec.max_value is not None
+        if bounded and isinstance(spec.default, int) and not isinstance(spec.default, bool):
+            descriptor.integer_range = [
+                IntegerRange(from_value=int(spec.min_value), to_value=int(spec.max_value), step=1)]
+        elif bounded and isinstance(spec.default, float):
+            descriptor.floating_point_range = [
+                FloatingPointRange(from_value=float(spec.min_value), to_value=float(spec.max_value), step=0.0)]
         values[spec.name] = node.declare_parameter(spec.name, spec.default, descriptor).value
     return values
 
@@ -567,7 +571,8 @@ def _make_node_class():  # noqa: C901 - the node is one class; rclpy is imported
             self.worker.start()
             self.get_logger().info(
                 f'ready: {self.estimator.arch} {self.estimator.width}x{self.estimator.height} on '
-                f'{self.estimator.device} ({getattr(self.estimator, "precision", "")}); listening on {self.image_sub.topic_name} '
+                f'{self.estimator.device} ({getattr(self.estimator, "precision", "")}); '
+                f'listening on {self.image_sub.topic_name} '
                 f'({self.config.qos_reliability}), output {self.config.output_resolution} resolution')
 
         # -- start-up

@@ -93,7 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog='play_bag', description=__doc__.split('\n\n')[0])
     parser.add_argument('--bag', required=True, help='bag folder (rosbag2) or file (ROS 1 .bag / .mcap)')
     parser.add_argument('--topics', nargs='+', help='topics to play (default: every Image/CompressedImage/CameraInfo)')
-    parser.add_argument('--rate', type=float, default=1.0, help='1.0 = recorded rate, 2.0 = twice as fast, 0 = as fast as possible')
+    parser.add_argument('--rate', type=float, default=1.0,
+                        help='1.0 = recorded rate, 2.0 = twice as fast, 0 = as fast as possible')
     parser.add_argument('--remap', action='append', default=[], metavar='OLD:=NEW', help='publish topic OLD as NEW')
     parser.add_argument('--qos', choices=('reliable', 'best_effort'), default='reliable')
     parser.add_argument('--qos-depth', type=int, default=10, help='publisher history depth')
@@ -155,8 +156,8 @@ def play(args: argparse.Namespace) -> int:
     topics = _select_topics(bag, args.topics)
     remaps = parse_remaps(args.remap)
     node = rclpy.create_node('play_bag')
-    qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=max(1, args.qos_depth),
-                     reliability=ReliabilityPolicy.RELIABLE if args.qos == 'reliable' else ReliabilityPolicy.BEST_EFFORT)
+    reliability = ReliabilityPolicy.RELIABLE if args.qos == 'reliable' else ReliabilityPolicy.BEST_EFFORT
+    qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=max(1, args.qos_depth), reliability=reliability)
     publishers = {topic: node.create_publisher(message_class(msgtype), remaps.get(topic, topic), qos)
                   for topic, msgtype in topics.items()}
     classes = {topic: message_class(msgtype) for topic, msgtype in topics.items()}

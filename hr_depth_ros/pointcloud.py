@@ -98,7 +98,8 @@ def write_ply(path: str | os.PathLike, points: np.ndarray, colors: np.ndarray | 
     if colors is not None:
         colors = np.asarray(colors)
         if colors.dtype != np.uint8 or colors.shape[:-1] != points.shape[:-1] or colors.shape[-1] != 3:
-            raise ValueError(f'colours must be uint8 of shape {points.shape[:-1] + (3,)}, got {colors.dtype} {colors.shape}')
+            raise ValueError(f'colours must be uint8 of shape {points.shape[:-1] + (3,)}, '
+                             f'got {colors.dtype} {colors.shape}')
         vertex_type += [('red', 'u1'), ('green', 'u1'), ('blue', 'u1')]
     vertices = np.empty(int(keep.sum()), dtype=vertex_type)
     vertices['x'], vertices['y'], vertices['z'] = flat[keep].T

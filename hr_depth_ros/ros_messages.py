@@ -63,7 +63,9 @@ def uint8_array(data: Any) -> pyarray.array:
     return out
 
 
-def compressed_image_msg(rgb: np.ndarray, fmt: str = 'jpeg', header: Any | None = None, quality: int = 90) -> CompressedImage:
+def compressed_image_msg(
+    rgb: np.ndarray, fmt: str = 'jpeg', header: Any | None = None, quality: int = 90
+) -> CompressedImage:
     """sensor_msgs/CompressedImage (jpeg or png) from ``H x W x 3`` uint8 RGB."""
     msg = CompressedImage()
     msg.header = header_copy(header)

@@ -66,7 +66,8 @@ def generate_launch_description() -> LaunchDescription:
     return LaunchDescription([
         DeclareLaunchArgument('image', default_value='image', description='input image topic'),
         DeclareLaunchArgument('camera_info', default_value='camera_info', description='input camera_info topic'),
-        DeclareLaunchArgument('weights', default_value='', description='checkpoint folder (required unless in params_file)'),
+        DeclareLaunchArgument('weights', default_value='',
+                              description='checkpoint folder (required unless set in params_file)'),
         DeclareLaunchArgument('device', default_value='', description='auto | cuda | cpu (empty: params_file)'),
         DeclareLaunchArgument('image_transport', default_value='',
                               description='raw | compressed (subscribes <image>/compressed); empty: params_file'),

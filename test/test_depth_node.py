@@ -440,7 +440,8 @@ def test_node_survives_bad_input_and_bursts(raw_node, camera_frames):
     zero_info = CameraInfo(width=640, height=192)
     zero_info.header.stamp.sec = 1110
     harness.info_pub.publish(zero_info)
-    wait_until(lambda: all(s in node.text() for s in ("unsupported encoding 'weird16'", 'malformed', 'ignoring camera_info')),
+    expected_logs = ("unsupported encoding 'weird16'", 'malformed', 'ignoring camera_info')
+    wait_until(lambda: all(s in node.text() for s in expected_logs),
                FRAME_TIMEOUT, 'the node to log the bad input', node.proc, node.log)
     text = node.text()
     assert 'ignoring camera_info' in text and 'focal' in text

@@ -36,8 +36,8 @@ def _installed_config_globs() -> list[str]:
     data_files = next(kw.value for kw in _setup_call().keywords if kw.arg == 'data_files')
     globs = []
     for entry in data_files.elts:
-        destination = ast.literal_eval(entry.elts[0]) if isinstance(entry.elts[0], ast.Constant) else ast.unparse(entry.elts[0])
-        if 'config' in str(destination):
+        destination = ast.unparse(entry.elts[0])
+        if 'config' in destination:
             globs += [node.args[0].value for node in ast.walk(entry.elts[1])
                       if isinstance(node, ast.Call) and getattr(node.func, 'id', None) == 'glob']
     return globs
@@ -155,7 +155,8 @@ def test_fastdds_profile_and_local_env():
     assert path.name == 'fastdds_large_data.xml' and path.is_file()
     ns = {'p': 'http://www.eprosima.com/XMLSchemas/fastRTPS_Profiles'}
     root = ET.parse(path).getroot()
-    descriptors = {d.findtext('p:transport_id', namespaces=ns): d for d in root.iterfind('.//p:transport_descriptor', ns)}
+    descriptors = {d.findtext('p:transport_id', namespaces=ns): d
+                   for d in root.iterfind('.//p:transport_descriptor', ns)}
     shm = next(d for d in descriptors.values() if d.findtext('p:type', namespaces=ns) == 'SHM')
     assert int(shm.findtext('p:segment_size', namespaces=ns)) == 32 * 1024 * 1024
     assert int(shm.findtext('p:maxMessageSize', namespaces=ns)) == 8 * 1024 * 1024
