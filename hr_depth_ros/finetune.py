@@ -1,0 +1,106 @@
+"""Self-supervised fine-tuning from rosbags, without ROS (``finetune`` console script).
+
+Usage::
+
+    python -m hr_depth_ros.finetune --bag BAG [--bag BAG2 ...] --output DIR
+        [--image-topic /camera/image_raw] [--camera-info-topic /camera/camera_info]
+        [--intrinsics FX FY CX CY] [--gt-depth-topic /camera/depth_gt]
+        [--arch hr_depth|lite_hr_depth|monodepth2] [--init CKPT_DIR] [--encoder-weights IMAGENET.pth]
+        [--teacher CKPT_DIR] [--distill-weight W] [--steps N | --epochs N] [--batch-size N]
+        [--width W --height H] [--lr LR] [--device auto|cuda|cpu] [--resume] [--num-workers N]
+        [--seed S] [--val-every N] [--save-every N]
+
+Writes ``DIR/latest/`` (and ``DIR/best/``) checkpoint folders loadable by the depth node, and
+``DIR/metrics.csv``. Bad input: one line on stderr, exit code 2, nothing written.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Sequence
+
+__all__ = ['build_parser', 'config_from_args', 'main']
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from hr_depth_ros.networks import ARCHITECTURES
+
+    parser = argparse.ArgumentParser(prog='finetune', description=__doc__.split('\n\n')[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument('--bag', action='append', required=True, help='rosbag2 folder or ROS 1 .bag (repeatable)')
+    parser.add_argument('--output', required=True, help='output folder (latest/, best/, metrics.csv)')
+    parser.add_argument('--image-topic', default='/camera/image_raw', help='sensor_msgs/Image or CompressedImage topic')
+    parser.add_argument('--camera-info-topic', default='/camera/camera_info')
+    parser.add_argument('--intrinsics', type=float, nargs=4, metavar=('FX', 'FY', 'CX', 'CY'),
+                        help='pixel intrinsics of the bag images when the bag has no camera_info')
+    parser.add_argument('--gt-depth-topic', default=None, help='ground-truth depth (32FC1/16UC1) for validation metrics')
+    parser.add_argument('--arch', default='lite_hr_depth', choices=ARCHITECTURES)
+    parser.add_argument('--init', default=None, help='checkpoint folder to start from (default: random init)')
+    parser.add_argument('--encoder-weights', default=None, help='local ImageNet state dict for the encoders')
+    parser.add_argument('--teacher', default=None, help='checkpoint folder of a distillation teacher')
+    parser.add_argument('--distill-weight', type=float, default=1.0)
+    length = parser.add_mutually_exclusive_group()
+    length.add_argument('--steps', type=int, default=None, help='total optimiser steps (default 1000)')
+    length.add_argument('--epochs', type=int, default=None)
+    parser.add_argument('--batch-size', type=int, default=12)
+    parser.add_argument('--width', type=int, default=640)
+    parser.add_argument('--height', type=int, default=192)
+    parser.add_argument('--lr', type=float, default=1e-4)
+    parser.add_argument('--device', default='auto', help='auto, cuda, cuda:N or cpu')
+    parser.add_argument('--no-amp', action='store_true', help='disable mixed precision on CUDA')
+    parser.add_argument('--resume', action='store_true', help='continue from OUTPUT/latest')
+    parser.add_argument('--num-workers', type=int, default=0)
+    parser.add_argument('--seed', type=int, default=0)
+    parser.add_argument('--deterministic', action='store_true')
+    parser.add_argument('--val-every', type=int, default=0, help='validate every N steps (0: every epoch)')
+    parser.add_argument('--save-every', type=int, default=500, help='save OUTPUT/latest every N steps')
+    parser.add_argument('--freeze-encoder-epochs', type=int, default=0)
+    parser.add_argument('--frame-stride', type=int, default=1, help='neighbour frames are this many frames away')
+    parser.add_argument('--min-motion', type=float, default=0.5,
+                        help='drop samples whose thumbnails differ less than this (grey levels)')
+    parser.add_argument('--val-fraction', type=float, default=0.1)
+    parser.add_argument('--quiet', action='store_true', help='no log lines (errors still shown)')
+    return parser
+
+
+def config_from_args(args: argparse.Namespace):
+    """argparse namespace -> :class:`~hr_depth_ros.training.trainer.TrainingConfig`."""
+    from hr_depth_ros.training.trainer import TrainingConfig
+
+    steps = args.steps if args.steps is not None or args.epochs is not None else 1000
+    return TrainingConfig(
+        bags=list(args.bag), output=args.output, arch=args.arch, width=args.width, height=args.height,
+        image_topic=args.image_topic, camera_info_topic=args.camera_info_topic or None,
+        gt_depth_topic=args.gt_depth_topic or None, intrinsics=args.intrinsics, init=args.init,
+        encoder_weights=args.encoder_weights, teacher=args.teacher, distill_weight=args.distill_weight,
+        steps=steps if args.epochs is None else None, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+        device=args.device, amp=not args.no_amp, resume=args.resume, num_workers=args.num_workers, seed=args.seed,
+        deterministic=args.deterministic, val_every=args.val_every, save_every=args.save_every,
+        freeze_encoder_epochs=args.freeze_encoder_epochs, frame_stride=args.frame_stride,
+        min_motion=args.min_motion, val_fraction=args.val_fraction)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format='[finetune] %(message)s')
+    from hr_depth_ros.bags import BagError
+    from hr_depth_ros.checkpoint import CheckpointError
+    from hr_depth_ros.training.data import DataError
+    from hr_depth_ros.training.trainer import TrainingError, train
+
+    try:
+        result = train(config_from_args(args))
+    except (BagError, DataError, CheckpointError, TrainingError, ValueError) as error:
+        print(f'finetune: error: {error}', file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print('finetune: interrupted (OUTPUT/latest holds the last saved step)', file=sys.stderr)
+        return 130
+    print(f'finetune: done at step {result["step"]}; checkpoint {result["latest"]}'
+          + (f', best {result["best"]}' if result['best'] else ''))
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,479 @@
+"""Bags -> training triplets (t-1, t, t+1) for self-supervised fine-tuning (ROS-free).
+
+Pipeline:
+
+1. :func:`extract_frames` reads each bag once (via :mod:`hr_depth_ros.bags`), decodes every image
+   of the image topic (``sensor_msgs/Image`` or ``CompressedImage``, detected from the topic type),
+   resizes it to the training resolution and appends it to a compact on-disk cache (NumPy
+   memmaps in a temporary folder) together with a small grey thumbnail and, when a ground-truth
+   depth topic is given, the depth resized with nearest-neighbour. Nothing is held in memory but the
+   index; DataLoader workers open the memmaps themselves (the OS page cache is the frame cache).
+2. :func:`build_samples` forms triplets by header timestamp per bag: neighbours ``frame_stride``
+   frames away, no gap between consecutive frames larger than ``max_gap_factor`` x the median frame
+   period, and at least ``min_motion`` mean absolute grey-level difference between the centre
+   thumbnail and each neighbour's (a camera that barely moved teaches nothing).
+3. :func:`split_samples` holds out contiguous time blocks: a sample goes to validation only if all
+   its frames lie in a held-out block, to training only if none does, otherwise it is dropped, so no
+   frame is seen by both sets.
+4. :class:`TripletDataset` returns tensors with monodepth2's augmentation (colour jitter shared by
+   the frames of a sample and used only for network inputs; horizontal flip p=0.5 with cx mirrored).
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+from torchvision.transforms import ColorJitter
+from torchvision.transforms import functional as TF
+
+from hr_depth_ros.bags import BagError, list_topics, read_messages, topic_counts
+from hr_depth_ros.geometry import intrinsics_4x4, scale_intrinsics
+from hr_depth_ros.image_decoding import compressed_to_rgb, image_to_array, image_to_rgb
+
+__all__ = ['DataError', 'DataConfig', 'FrameStore', 'SampleReport', 'extract_frames', 'build_samples',
+           'split_samples', 'TripletDataset', 'prepare_data', 'PreparedData', 'FRAME_OFFSETS']
+
+IMAGE_TYPE = 'sensor_msgs/msg/Image'
+COMPRESSED_TYPE = 'sensor_msgs/msg/CompressedImage'
+CAMERA_INFO_TYPE = 'sensor_msgs/msg/CameraInfo'
+FRAME_OFFSETS = (0, -1, 1)          # monodepth2 frame_ids: target first, then the sources
+THUMB_WIDTH = 64                    # motion check thumbnails: 64 px wide grey images
+JITTER = dict(brightness=0.2, contrast=0.2, saturation=0.2, hue=0.1)  # monodepth2 color_aug
+
+
+class DataError(ValueError):
+    """The bags cannot provide training data (missing topics, no intrinsics, too few samples)."""
+
+
+@dataclass
+class DataConfig:
+    """What to read from which bags and how to cut it into samples."""
+
+    bags: Sequence[str | Path]
+    width: int = 640
+    height: int = 192
+    image_topic: str = '/camera/image_raw'
+    camera_info_topic: str | None = '/camera/camera_info'
+    gt_depth_topic: str | None = None
+    intrinsics: Sequence[float] | None = None   # fx, fy, cx, cy in pixels of the bag's images
+    frame_stride: int = 1
+    max_gap_factor: float = 2.5
+    min_motion: float = 0.5                     # mean |grey difference| (0-255) on thumbnails
+    val_fraction: float = 0.1
+    val_block_frames: int = 50
+    cache_dir: str | Path | None = None         # parent of the frame cache (default: system temp)
+
+
+def _describe_topics(topics: dict[str, str]) -> str:
+    return ', '.join(f'{t} ({ty})' for t, ty in sorted(topics.items())) or 'none'
+
+
+@dataclass
+class FrameStore:
+    """Frames of all bags at training resolution in memmaps under ``folder`` (see module docstring).
+
+    ``segment[i]``: which bag frame ``i`` came from; ``stamps_ns[i]``: its header stamp; frames of a
+    segment are stored in time order. ``K[s]``: 3x3 intrinsics of segment ``s`` at training size.
+    Pickles without the arrays, so each DataLoader worker maps the files itself.
+    """
+
+    folder: Path
+    width: int
+    height: int
+    stamps_ns: np.ndarray
+    segment: np.ndarray
+    K: list[np.ndarray]
+    has_depth: np.ndarray
+    bags: list[str]
+    owns_folder: bool = True
+    _arrays: dict[str, np.ndarray] | None = field(default=None, repr=False)
+
+    def __len__(self) -> int:
+        return len(self.stamps_ns)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state['_arrays'] = None
+        return state
+
+    def _open(self) -> dict[str, np.ndarray]:
+        if self._arrays is None:
+            n, h, w = len(self), self.height, self.width
+            arrays = {'images': np.memmap(self.folder / 'images.u8', np.uint8, 'r', shape=(n, h, w, 3)),
+                      'thumbs': np.load(self.folder / 'thumbs.npy')}
+            if self.has_depth.any():
+                arrays['depth'] = np.memmap(self.folder / 'depth.f32', np.float32, 'r', shape=(n, h, w))
+            self._arrays = arrays
+        return self._arrays
+
+    def image(self, index: int) -> np.ndarray:
+        """H x W x 3 uint8 RGB at training resolution."""
+        return np.asarray(self._open()['images'][index])
+
+    def depth(self, index: int) -> np.ndarray | None:
+        """Ground-truth depth (metres, NaN invalid) at training resolution, or None."""
+        if not self.has_depth[index]:
+            return None
+        return np.asarray(self._open()['depth'][index])
+
+    @property
+    def thumbs(self) -> np.ndarray:
+        return self._open()['thumbs']
+
+    def close(self) -> None:
+        """Drop the cache folder (when this store created it)."""
+        self._arrays = None
+        if self.owns_folder:
+            shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def _camera_K(msg: Any, topic: str, bag: Path) -> tuple[np.ndarray, int, int]:
+    K = np.asarray(msg.k, dtype=np.float64).reshape(3, 3)
+    if K[0, 0] <= 0 or K[1, 1] <= 0 or not np.isfinite(K).all():
+        raise DataError(f'bag {bag}: {topic} has an uncalibrated K {K.ravel().tolist()}; '
+                        'give the intrinsics (fx, fy, cx, cy) as parameters instead')
+    return K, int(msg.width), int(msg.height)
+
+
+def _check_topics(bag: Path, config: DataConfig) -> tuple[dict[str, str], bool]:
+    """Validate the topics of one bag; returns (topics, whether camera_info is read from the bag)."""
+    topics = list_topics(bag)
+    image_type = topics.get(config.image_topic)
+    if image_type is None:
+        raise DataError(f'bag {bag} has no image topic {config.image_topic}; its topics are: '
+                        f'{_describe_topics(topics)}')
+    if image_type not in (IMAGE_TYPE, COMPRESSED_TYPE):
+        raise DataError(f'bag {bag}: {config.image_topic} is {image_type}, not sensor_msgs/Image or '
+                        f'sensor_msgs/CompressedImage; its topics are: {_describe_topics(topics)}')
+    if config.gt_depth_topic and topics.get(config.gt_depth_topic) != IMAGE_TYPE:
+        raise DataError(f'bag {bag} has no sensor_msgs/Image depth topic {config.gt_depth_topic}; '
+                        f'its topics are: {_describe_topics(topics)}')
+    info_type = topics.get(config.camera_info_topic) if config.camera_info_topic else None
+    if info_type is not None and info_type != CAMERA_INFO_TYPE:
+        raise DataError(f'bag {bag}: {config.camera_info_topic} is {info_type}, not sensor_msgs/CameraInfo')
+    if info_type is None and config.intrinsics is None:
+        raise DataError(f'bag {bag} has no camera_info topic {config.camera_info_topic} and no intrinsics '
+                        f'(fx, fy, cx, cy) were given; its topics are: {_describe_topics(topics)}')
+    return topics, info_type is not None
+
+
+def _resize(image: np.ndarray, width: int, height: int, nearest: bool = False) -> np.ndarray:
+    if image.shape[:2] == (height, width):
+        return image
+    if nearest:
+        interpolation = cv2.INTER_NEAREST
+    else:
+        interpolation = cv2.INTER_AREA if image.shape[0] > height else cv2.INTER_LINEAR
+    return cv2.resize(image, (width, height), interpolation=interpolation)
+
+
+def _thumbnail(rgb: np.ndarray) -> np.ndarray:
+    height = max(8, round(THUMB_WIDTH * rgb.shape[0] / rgb.shape[1]))
+    grey = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
+    return cv2.resize(grey, (THUMB_WIDTH, height), interpolation=cv2.INTER_AREA).astype(np.float32)
+
+
+def extract_frames(config: DataConfig) -> FrameStore:
+    """Decode the image (and ground-truth depth) topic of every bag into a :class:`FrameStore`.
+
+    Raises BagError for unreadable bags and DataError for missing topics / intrinsics, before
+    anything is written. The cache folder is removed again on any failure.
+    """
+    if not config.bags:
+        raise DataError('no bags given')
+    bags = [Path(b).expanduser() for b in config.bags]
+    checked = [(bag, *_check_topics(bag, config)) for bag in bags]
+    capacity = 0
+    for bag, _, _ in checked:
+        capacity += topic_counts(bag).get(config.image_topic, 0)
+    if capacity == 0:
+        raise DataError(f'no messages on {config.image_topic} in {", ".join(map(str, bags))}')
+    w, h = int(config.width), int(config.height)
+    parent = Path(config.cache_dir).expanduser() if config.cache_dir else None
+    if parent is not None:
+        parent.mkdir(parents=True, exist_ok=True)
+    folder = Path(tempfile.mkdtemp(prefix='hr_depth_frames-', dir=parent))
+    try:
+        images = np.memmap(folder / 'images.u8', np.uint8, 'w+', shape=(capacity, h, w, 3))
+        depth = (np.memmap(folder / 'depth.f32', np.float32, 'w+', shape=(capacity, h, w))
+                 if config.gt_depth_topic else None)
+        thumbs: list[np.ndarray] = []
+        stamps: list[int] = []
+        segments: list[int] = []
+        has_depth = np.zeros(capacity, dtype=bool)
+        Ks: list[np.ndarray] = []
+        count = 0
+        for seg, (bag, topics, has_info) in enumerate(checked):
+            compressed = topics[config.image_topic] == COMPRESSED_TYPE
+            wanted = [config.image_topic]
+            if has_info:
+                wanted.append(config.camera_info_topic)
+            if config.gt_depth_topic:
+                wanted.append(config.gt_depth_topic)
+            K_raw: np.ndarray | None = None
+            info_size: tuple[int, int] | None = None
+            image_size: tuple[int, int] | None = None
+            by_stamp: dict[int, int] = {}
+            pending_depth: dict[int, np.ndarray] = {}
+            first = count
+            for topic, t_ns, stamp_ns, msg in read_messages(bag, wanted):
+                stamp = stamp_ns if stamp_ns else t_ns
+                if topic == config.camera_info_topic:
+                    if K_raw is None:
+                        K_raw, iw, ih = _camera_K(msg, topic, bag)
+                        info_size = (iw, ih)
+                elif topic == config.image_topic:
+                    if stamp in by_stamp:
+                        continue  # duplicate stamp: keep the first
+                    try:
+                        rgb = compressed_to_rgb(msg) if compressed else image_to_rgb(msg)
+                    except ValueError as error:
+                        raise DataError(f'bag {bag}: cannot decode {topic} at {stamp} ns: {error}') from error
+                    if image_size is None:
+                        image_size = (rgb.shape[1], rgb.shape[0])
+                    elif image_size != (rgb.shape[1], rgb.shape[0]):
+                        raise DataError(f'bag {bag}: {topic} changes size from {image_size[0]}x{image_size[1]} '
+                                        f'to {rgb.shape[1]}x{rgb.shape[0]}')
+                    small = _resize(rgb, w, h)
+                    images[count] = small
+                    thumbs.append(_thumbnail(small))
+                    stamps.append(stamp)
+                    segments.append(seg)
+                    by_stamp[stamp] = count
+                    if depth is not None and stamp in pending_depth:
+                        depth[count] = pending_depth.pop(stamp)
+                        has_depth[count] = True
+                    count += 1
+                else:  # ground-truth depth, matched by header stamp
+                    gt = _resize(image_to_array(msg).astype(np.float32).reshape(msg.height, msg.width), w, h,
+                                 nearest=True)
+                    if stamp in by_stamp:
+                        depth[by_stamp[stamp]] = gt
+                        has_depth[by_stamp[stamp]] = True
+                    else:
+                        pending_depth[stamp] = gt
+            if image_size is None:
+                raise DataError(f'bag {bag}: no messages on {config.image_topic}')
+            if K_raw is None:
+                if config.intrinsics is None:
+                    raise DataError(f'bag {bag}: no message on {config.camera_info_topic} and no intrinsics given')
+                fx, fy, cx, cy = (float(v) for v in config.intrinsics)
+                K_raw = np.array([[fx, 0, cx], [0, fy, cy], [0, 0, 1]], dtype=np.float64)
+                info_size = image_size
+            if info_size not in (image_size, (0, 0)):
+                raise DataError(f'bag {bag}: camera_info is for {info_size[0]}x{info_size[1]} images but '
+                                f'{config.image_topic} has {image_size[0]}x{image_size[1]}')
+            Ks.append(scale_intrinsics(K_raw, w / image_size[0], h / image_size[1]))
+            # Time order within the segment (bags are read in receive order).
+            order = np.argsort(np.asarray(stamps[first:count], dtype=np.int64), kind='stable')
+            if not np.array_equal(order, np.arange(len(order))):
+                index = first + order
+                images[first:count] = images[index]
+                if depth is not None:
+                    depth[first:count] = depth[index]
+                has_depth[first:count] = has_depth[index]
+                thumbs[first:count] = [thumbs[i] for i in index]
+                stamps[first:count] = [stamps[i] for i in index]
+        images.flush()
+        del images
+        if depth is not None:
+            depth.flush()
+            del depth
+        # Shrink the files to what was actually written (counts may over-estimate).
+        _truncate(folder / 'images.u8', count * h * w * 3)
+        if config.gt_depth_topic:
+            _truncate(folder / 'depth.f32', count * h * w * 4)
+        np.save(folder / 'thumbs.npy', np.stack(thumbs).astype(np.float32))
+        (folder / 'index.json').write_text(json.dumps({'bags': [str(b) for b in bags], 'frames': count}))
+        return FrameStore(folder=folder, width=w, height=h, stamps_ns=np.asarray(stamps, dtype=np.int64),
+                          segment=np.asarray(segments, dtype=np.int64), K=Ks, has_depth=has_depth[:count].copy(),
+                          bags=[str(b) for b in bags])
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+
+
+def _truncate(path: Path, size: int) -> None:
+    with open(path, 'r+b') as stream:
+        stream.truncate(size)
+
+
+@dataclass
+class SampleReport:
+    """Why frames did or did not become samples (shown to the user)."""
+
+    frames: int = 0
+    candidates: int = 0
+    dropped_edges: int = 0
+    dropped_gap: int = 0
+    dropped_no_motion: int = 0
+    dropped_split: int = 0
+    train: int = 0
+    val: int = 0
+
+    def summary(self) -> str:
+        return (f'{self.frames} frames -> {self.train} training + {self.val} validation samples '
+                f'(dropped: {self.dropped_edges} at sequence ends, {self.dropped_gap} across time gaps, '
+                f'{self.dropped_no_motion} without camera motion, {self.dropped_split} straddling the '
+                f'train/validation split)')
+
+
+def build_samples(store: FrameStore, frame_stride: int = 1, max_gap_factor: float = 2.5,
+                  min_motion: float = 0.5, report: SampleReport | None = None) -> list[tuple[int, int, int]]:
+    """Triplets ``(previous, centre, next)`` of frame indices; see the module docstring for the rules."""
+    if frame_stride < 1:
+        raise ValueError(f'frame_stride must be >= 1, got {frame_stride}')
+    report = report if report is not None else SampleReport()
+    report.frames += len(store)
+    thumbs = store.thumbs
+    samples: list[tuple[int, int, int]] = []
+    for seg in np.unique(store.segment):
+        frames = np.flatnonzero(store.segment == seg)
+        stamps = store.stamps_ns[frames]
+        gaps = np.diff(stamps).astype(np.float64)
+        limit = max_gap_factor * float(np.median(gaps)) if len(gaps) else 0.0
+        k = frame_stride
+        report.dropped_edges += min(len(frames), 2 * k)
+        for p in range(k, len(frames) - k):
+            report.candidates += 1
+            if (gaps[p - k:p + k] > limit).any():
+                report.dropped_gap += 1
+                continue
+            prev, centre, nxt = int(frames[p - k]), int(frames[p]), int(frames[p + k])
+            motion = min(float(np.abs(thumbs[centre] - thumbs[prev]).mean()),
+                         float(np.abs(thumbs[centre] - thumbs[nxt]).mean()))
+            if motion < min_motion:
+                report.dropped_no_motion += 1
+                continue
+            samples.append((prev, centre, nxt))
+    return samples
+
+
+def split_samples(store: FrameStore, samples: Sequence[tuple[int, int, int]], val_fraction: float = 0.1,
+                  val_block_frames: int = 50, report: SampleReport | None = None,
+                  ) -> tuple[list[tuple[int, int, int]], list[tuple[int, int, int]]]:
+    """(train, validation) samples with held-out contiguous time blocks in every bag.
+
+    Each bag holds out about ``val_fraction`` of its frames as evenly spaced blocks of about
+    ``val_block_frames`` frames. Samples with frames on both sides of a block edge are dropped.
+    """
+    if not 0 <= val_fraction < 1:
+        raise ValueError(f'val_fraction must be in [0, 1), got {val_fraction}')
+    report = report if report is not None else SampleReport()
+    in_val = np.zeros(len(store), dtype=bool)
+    if val_fraction > 0:
+        for seg in np.unique(store.segment):
+            frames = np.flatnonzero(store.segment == seg)
+            n = len(frames)
+            n_val = max(3, round(val_fraction * n))
+            blocks = max(1, round(n_val / max(3, val_block_frames)))
+            length = max(3, n_val // blocks)
+            for b in range(blocks):
+                centre = int((b + 0.5) * n / blocks)
+                start = min(max(0, centre - length // 2), max(0, n - length))
+                in_val[frames[start:start + length]] = True
+    train, val = [], []
+    for sample in samples:
+        flags = in_val[list(sample)]
+        if flags.all():
+            val.append(tuple(sample))
+        elif not flags.any():
+            train.append(tuple(sample))
+        else:
+            report.dropped_split += 1
+    report.train, report.val = len(train), len(val)
+    return train, val
+
+
+class TripletDataset(Dataset):
+    """Samples as tensors (monodepth2 layout, frames stacked in :data:`FRAME_OFFSETS` order).
+
+    Items: ``color`` 3 x 3 x H x W (un-augmented, for the loss), ``color_aug`` (network inputs),
+    ``K`` / ``inv_K`` 4 x 4 float32 at training resolution, ``depth_gt`` 1 x H x W (NaN when none)
+    and ``index``. ``augment`` turns on colour jitter and horizontal flips (p = 0.5 each, as
+    monodepth2); a flip mirrors K's principal point.
+    """
+
+    def __init__(self, store: FrameStore, samples: Sequence[tuple[int, int, int]], augment: bool = False) -> None:
+        self.store = store
+        self.samples = list(samples)
+        self.augment = augment
+        self.jitter = ColorJitter(**JITTER)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def _jitter(self, images: torch.Tensor) -> torch.Tensor:
+        order, brightness, contrast, saturation, hue = ColorJitter.get_params(
+            self.jitter.brightness, self.jitter.contrast, self.jitter.saturation, self.jitter.hue)
+        for fn in order.tolist():
+            if fn == 0:
+                images = TF.adjust_brightness(images, brightness)
+            elif fn == 1:
+                images = TF.adjust_contrast(images, contrast)
+            elif fn == 2:
+                images = TF.adjust_saturation(images, saturation)
+            else:
+                images = TF.adjust_hue(images, hue)
+        return images
+
+    def __getitem__(self, item: int) -> dict[str, Any]:
+        prev, centre, nxt = self.samples[item]
+        by_offset = {0: centre, -1: prev, 1: nxt}
+        frames = np.stack([self.store.image(by_offset[o]) for o in FRAME_OFFSETS])
+        color = torch.from_numpy(frames).permute(0, 3, 1, 2).float().div_(255.0)
+        K = self.store.K[int(self.store.segment[centre])].copy()
+        gt = self.store.depth(centre)
+        depth_gt = (torch.from_numpy(gt.copy())[None] if gt is not None
+                    else torch.full((1, self.store.height, self.store.width), float('nan')))
+        color_aug = color
+        if self.augment:
+            if torch.rand(()) < 0.5:
+                color = color.flip(-1)
+                depth_gt = depth_gt.flip(-1)
+                K[0, 2] = self.store.width - 1 - K[0, 2]
+            color_aug = self._jitter(color) if torch.rand(()) < 0.5 else color
+        K4 = intrinsics_4x4(torch.from_numpy(K).float())[0]
+        return {'color': color, 'color_aug': color_aug.contiguous(), 'K': K4, 'inv_K': torch.linalg.inv(K4),
+                'depth_gt': depth_gt, 'index': item}
+
+
+@dataclass
+class PreparedData:
+    """Everything the trainer needs from the bags."""
+
+    store: FrameStore
+    train: list[tuple[int, int, int]]
+    val: list[tuple[int, int, int]]
+    report: SampleReport
+
+    def close(self) -> None:
+        self.store.close()
+
+
+def prepare_data(config: DataConfig, min_train_samples: int = 1) -> PreparedData:
+    """Extract, build triplets and split; DataError (naming the counts) when too few samples remain."""
+    store = extract_frames(config)
+    try:
+        report = SampleReport()
+        samples = build_samples(store, config.frame_stride, config.max_gap_factor, config.min_motion, report)
+        train, val = split_samples(store, samples, config.val_fraction, config.val_block_frames, report)
+        if len(train) < min_train_samples:
+            raise DataError(f'too few usable training samples in {", ".join(store.bags)}: found '
+                            f'{len(train)}, need {min_train_samples}; {report.summary()}')
+        return PreparedData(store, train, val, report)
+    except BaseException:
+        store.close()
+        raise
+
+
+# Kept for callers that catch both kinds of input error at once.
+InputErrors = (BagError, DataError)

@@ -1,0 +1,523 @@
+"""Self-supervised fine-tuning loop (monodepth2 monocular training, as HR-Depth trains), ROS-free.
+
+Recipe (monodepth2 defaults unless noted): depth net + separate ResNet-18 pose net on two stacked
+frames (frames 0, -1, +1; the pose of frame -1 is predicted from (-1, 0) and inverted), Adam with
+lr 1e-4 (the HR-Depth README's correction of the paper's 1e-3), StepLR every 15 epochs x 0.1,
+depth range 0.1-100, 4 scales upsampled to full resolution, losses from :mod:`.losses`.
+
+Checkpoints go through :func:`hr_depth_ros.checkpoint.save_depth_checkpoint` (atomic):
+``OUTPUT/latest`` every ``save_every`` steps and at the end, ``OUTPUT/best`` at the lowest
+validation loss; each holds the authors' ``encoder.pth`` / ``depth.pth``, ``hr_depth_ros.json``
+metadata (arch, resolution, K, bags, topics, config, step, epoch, metrics) and ``pose_encoder.pth``,
+``pose.pth``, ``adam.pth`` (optimiser, scheduler, step, epoch, AMP scaler, RNG) for ``resume``.
+"""
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import random
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+
+from hr_depth_ros.checkpoint import CheckpointError, load_depth_checkpoint, load_extra_state, save_depth_checkpoint
+from hr_depth_ros.evaluation import evaluate_depth, mean_errors
+from hr_depth_ros.geometry import disp_to_depth, normalized_intrinsics, transformation_from_parameters, warp_image
+from hr_depth_ros.inference import select_device
+from hr_depth_ros.networks import ARCHITECTURES, build_depth_model, build_pose_model
+from hr_depth_ros.training.data import DataConfig, PreparedData, TripletDataset, prepare_data
+from hr_depth_ros.training.losses import (SMOOTHNESS_WEIGHT, distillation_loss, min_reprojection, photometric_error,
+                                          smoothness_loss, upsample_to)
+
+__all__ = ['TrainingConfig', 'TrainingError', 'Trainer', 'train', 'METRICS_COLUMNS']
+
+LOGGER = logging.getLogger(__name__)
+SCALES = (0, 1, 2, 3)
+SOURCE_OFFSETS = (-1, 1)
+METRICS_COLUMNS = ('step', 'epoch', 'split', 'loss', 'photometric', 'lr', 'samples_per_s', 'abs_rel', 'rmse', 'a1')
+MAX_BAD_STEPS = 20  # consecutive non-finite losses before giving up
+
+
+class TrainingError(RuntimeError):
+    """Fine-tuning cannot start or continue (bad settings, diverged, nothing to resume)."""
+
+
+@dataclass
+class TrainingConfig:
+    """Every setting of a fine-tuning run (recorded in the checkpoint metadata)."""
+
+    bags: Sequence[str]
+    output: str
+    arch: str = 'lite_hr_depth'
+    width: int = 640
+    height: int = 192
+    image_topic: str = '/camera/image_raw'
+    camera_info_topic: str | None = '/camera/camera_info'
+    gt_depth_topic: str | None = None
+    intrinsics: Sequence[float] | None = None
+    init: str | None = None                 # checkpoint folder (authors', monodepth2's or ours)
+    encoder_weights: str | None = None      # local ImageNet state dict for the encoders
+    teacher: str | None = None              # checkpoint folder of the distillation teacher
+    distill_weight: float = 1.0
+    steps: int | None = None
+    epochs: int | None = None
+    batch_size: int = 12
+    lr: float = 1e-4
+    scheduler_step_epochs: int = 15
+    scheduler_gamma: float = 0.1
+    min_depth: float = 0.1
+    max_depth: float = 100.0
+    smoothness_weight: float = SMOOTHNESS_WEIGHT
+    freeze_encoder_epochs: int = 0
+    device: str = 'auto'
+    amp: bool = True                        # CUDA only
+    num_workers: int = 0
+    seed: int = 0
+    deterministic: bool = False
+    val_every: int = 0                      # steps; 0: at every epoch end
+    save_every: int = 500
+    log_every: int = 10
+    max_val_samples: int = 200
+    resume: bool = False
+    frame_stride: int = 1
+    max_gap_factor: float = 2.5
+    min_motion: float = 0.5
+    val_fraction: float = 0.1
+    val_block_frames: int = 50
+    augment: bool = True
+    progress_bar: bool | None = None        # None: when stderr is a TTY
+
+    def data_config(self) -> DataConfig:
+        return DataConfig(bags=list(self.bags), width=self.width, height=self.height, image_topic=self.image_topic,
+                          camera_info_topic=self.camera_info_topic, gt_depth_topic=self.gt_depth_topic,
+                          intrinsics=self.intrinsics, frame_stride=self.frame_stride,
+                          max_gap_factor=self.max_gap_factor, min_motion=self.min_motion,
+                          val_fraction=self.val_fraction, val_block_frames=self.val_block_frames)
+
+    def validate(self) -> None:
+        """TrainingError naming the first bad setting."""
+        if self.arch not in ARCHITECTURES:
+            raise TrainingError(f'unknown architecture {self.arch!r}; choose one of {", ".join(ARCHITECTURES)}')
+        if (self.steps is None) == (self.epochs is None):
+            raise TrainingError('give exactly one of steps or epochs')
+        for name in ('steps', 'epochs'):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise TrainingError(f'{name} must be >= 1, got {value}')
+        if self.width % 32 or self.height % 32 or self.width < 64 or self.height < 32:
+            raise TrainingError(f'width and height must be multiples of 32 (>= 64x32), got {self.width}x{self.height}')
+        if self.batch_size < 1 or self.lr <= 0 or self.num_workers < 0:
+            raise TrainingError(f'need batch_size >= 1, lr > 0, num_workers >= 0; got {self.batch_size}, '
+                                f'{self.lr}, {self.num_workers}')
+        if not 0 < self.min_depth < self.max_depth:
+            raise TrainingError(f'need 0 < min_depth < max_depth, got {self.min_depth}, {self.max_depth}')
+        output = Path(self.output).expanduser()
+        if output.exists() and not output.is_dir():
+            raise TrainingError(f'output {output} exists and is not a directory')
+        if self.resume and not (output / 'latest').is_dir():
+            raise TrainingError(f'cannot resume: {output / "latest"} does not exist')
+        for name in ('init', 'teacher'):
+            value = getattr(self, name)
+            if value and not Path(value).expanduser().is_dir():
+                raise TrainingError(f'{name} checkpoint folder {value} does not exist')
+        if self.intrinsics is not None and len(self.intrinsics) != 4:
+            raise TrainingError(f'intrinsics must be fx, fy, cx, cy; got {list(self.intrinsics)}')
+
+
+Callback = Callable[[dict[str, Any]], None]
+
+
+def _seed_everything(seed: int, deterministic: bool) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+
+
+def _finite(module: torch.nn.Module) -> bool:
+    return all(torch.isfinite(p).all() for p in module.parameters())
+
+
+@dataclass
+class _Models:
+    encoder: torch.nn.Module
+    decoder: torch.nn.Module
+    pose_encoder: torch.nn.Module
+    pose_decoder: torch.nn.Module
+    teacher: tuple[torch.nn.Module, torch.nn.Module, int, int] | None = None
+
+    def trainable(self) -> list[torch.nn.Module]:
+        return [self.encoder, self.decoder, self.pose_encoder, self.pose_decoder]
+
+
+@dataclass
+class _State:
+    step: int = 0
+    epoch: int = 0
+    best_val: float = math.inf
+    last_val: dict[str, float] = field(default_factory=dict)
+    skipped_steps: int = 0
+
+
+class Trainer:
+    """One fine-tuning run: ``Trainer(config, callback).run()`` -> summary dict.
+
+    ``callback`` receives dicts with ``event`` = ``'log'`` (``message``), ``'progress'`` (step,
+    total, epoch, loss, eta_s, samples_per_s, best_val) and ``'validation'`` (step + metrics).
+    """
+
+    def __init__(self, config: TrainingConfig, callback: Callback | None = None) -> None:
+        self.config = config
+        self.callback = callback
+        self.device = torch.device('cpu')
+        self.state = _State()
+
+    # -- reporting ------------------------------------------------------------------------------
+    def _emit(self, event: str, **fields: Any) -> None:
+        if event == 'log':
+            LOGGER.info('%s', fields['message'])
+        if self.callback is not None:
+            self.callback({'event': event, **fields})
+
+    def _log(self, message: str) -> None:
+        self._emit('log', message=message)
+
+    # -- set-up ---------------------------------------------------------------------------------
+    def _build_models(self) -> _Models:
+        cfg = self.config
+        encoder, decoder = build_depth_model(cfg.arch, cfg.encoder_weights)
+        pose_encoder, pose_decoder = build_pose_model(cfg.encoder_weights if cfg.arch != 'lite_hr_depth' else None)
+        if cfg.init and not cfg.resume:
+            init = load_depth_checkpoint(cfg.init)
+            if init.arch != cfg.arch:
+                raise TrainingError(f'init checkpoint {cfg.init} is {init.arch}, but the architecture is {cfg.arch}')
+            encoder.load_state_dict(init.encoder.state_dict())
+            decoder.load_state_dict(init.decoder.state_dict())
+            folder = Path(cfg.init).expanduser()
+            if (folder / 'pose_encoder.pth').is_file() and (folder / 'pose.pth').is_file():
+                pose_encoder.load_state_dict(load_extra_state(folder, 'pose_encoder.pth'))
+                pose_decoder.load_state_dict(load_extra_state(folder, 'pose.pth'))
+                self._log(f'initialised depth and pose networks from {folder}')
+            else:
+                self._log(f'initialised the depth network from {folder} (pose network from scratch)')
+        teacher = None
+        if cfg.teacher:
+            ckpt = load_depth_checkpoint(cfg.teacher)
+            for module in (ckpt.encoder, ckpt.decoder):
+                module.requires_grad_(False).eval().to(self.device)
+            teacher = (ckpt.encoder, ckpt.decoder, ckpt.height, ckpt.width)
+            self._log(f'distilling from teacher {cfg.teacher} ({ckpt.arch} {ckpt.width}x{ckpt.height}), '
+                      f'weight {cfg.distill_weight}')
+        models = _Models(encoder, decoder, pose_encoder, pose_decoder, teacher)
+        for module in models.trainable():
+            module.to(self.device)
+        return models
+
+    def _loader(self, dataset: TripletDataset, shuffle: bool, generator: torch.Generator | None = None) -> DataLoader:
+        cfg = self.config
+        return DataLoader(dataset, batch_size=cfg.batch_size, shuffle=shuffle, num_workers=cfg.num_workers,
+                          drop_last=shuffle and len(dataset) >= cfg.batch_size, generator=generator,
+                          pin_memory=self.device.type == 'cuda', persistent_workers=cfg.num_workers > 0)
+
+    # -- the loss -------------------------------------------------------------------------------
+    def _losses(self, models: _Models, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, Any]]:
+        cfg = self.config
+        color = batch['color'].to(self.device, non_blocking=True)
+        color_aug = batch['color_aug'].to(self.device, non_blocking=True)
+        K = batch['K'].to(self.device)
+        target = color[:, 0]
+        height, width = target.shape[-2:]
+        outputs = models.decoder(models.encoder(color_aug[:, 0]))
+        transforms = {}
+        for j, offset in enumerate(SOURCE_OFFSETS, start=1):
+            pair = (color_aug[:, j], color_aug[:, 0]) if offset < 0 else (color_aug[:, 0], color_aug[:, j])
+            axisangle, translation = models.pose_decoder([models.pose_encoder(torch.cat(pair, 1))])
+            transforms[offset] = transformation_from_parameters(axisangle[:, 0].float(), translation[:, 0].float(),
+                                                                invert=offset < 0)
+        target32 = target.float()
+        identity = [photometric_error(color[:, j].float(), target32) for j in range(1, 1 + len(SOURCE_OFFSETS))]
+        teacher_disp = None
+        if models.teacher is not None:
+            t_enc, t_dec, t_h, t_w = models.teacher
+            with torch.no_grad():
+                teacher_disp = t_dec(t_enc(upsample_to(target, t_h, t_w)))[('disp', 0)].float()
+        total = torch.zeros((), device=self.device)
+        info: dict[str, Any] = {}
+        for scale in SCALES:
+            disp = outputs[('disp', scale)].float()
+            disp_full = upsample_to(disp, height, width)
+            _, depth = disp_to_depth(disp_full, cfg.min_depth, cfg.max_depth)
+            reprojection = [photometric_error(warp_image(color[:, j].float(), depth, K, transforms[offset]), target32)
+                            for j, offset in enumerate(SOURCE_OFFSETS, start=1)]
+            per_pixel, automask = min_reprojection(reprojection, identity)
+            loss = per_pixel.mean()
+            image_s = target32 if scale == 0 else F.interpolate(target32, size=disp.shape[-2:], mode='area')
+            loss = loss + cfg.smoothness_weight * smoothness_loss(disp, image_s) / (2 ** scale)
+            if teacher_disp is not None:
+                loss = loss + cfg.distill_weight * distillation_loss(disp_full, teacher_disp)
+            total = total + loss
+            if scale == 0:
+                info['photometric'] = per_pixel.detach().mean().item()
+                info['automask'] = automask.float().mean().item()
+                info['disp'] = disp.detach()
+        return total / len(SCALES), info
+
+    # -- validation -----------------------------------------------------------------------------
+    @torch.no_grad()
+    def _validate(self, models: _Models, loader: DataLoader | None) -> dict[str, float]:
+        if loader is None:
+            return {}
+        for module in models.trainable():
+            module.eval()
+        losses, photometric, per_frame = [], [], []
+        seen = 0
+        rng_state = torch.get_rng_state()
+        torch.manual_seed(12345)  # identical auto-mask noise at every validation
+        try:
+            for batch in loader:
+                loss, info = self._losses(models, batch)
+                losses.append(loss.item())
+                photometric.append(info['photometric'])
+                _, depth = disp_to_depth(info['disp'], self.config.min_depth, self.config.max_depth)
+                depth = depth[:, 0].cpu().numpy()
+                for gt, pred in zip(batch['depth_gt'][:, 0].numpy(), depth):
+                    if np.isfinite(gt).any():
+                        try:
+                            per_frame.append(evaluate_depth(gt, pred, min_depth=1e-3, max_depth=80.0))
+                        except ValueError:
+                            pass  # no valid ground truth in this frame
+                seen += len(depth)
+                if seen >= self.config.max_val_samples:
+                    break
+        finally:
+            torch.set_rng_state(rng_state)
+            for module in models.trainable():
+                module.train()
+        result = {'loss': float(np.mean(losses)), 'photometric': float(np.mean(photometric))}
+        if per_frame:
+            errors = mean_errors(per_frame)
+            result.update(abs_rel=errors['abs_rel'], rmse=errors['rmse'], a1=errors['a1'])
+        return result
+
+    # -- checkpoints ----------------------------------------------------------------------------
+    def _save(self, models: _Models, optimizer: torch.optim.Optimizer, scheduler: Any, scaler: Any,
+              data: PreparedData, name: str) -> Path | None:
+        cfg = self.config
+        if not all(_finite(m) for m in models.trainable()):
+            self._log(f'not saving {name}/: the weights contain NaN/inf (the previous checkpoint is kept)')
+            return None
+        K = data.store.K[0]
+        metadata = {
+            'architecture': cfg.arch, 'resolution': [cfg.width, cfg.height],
+            'K': K.tolist(), 'K_normalized': normalized_intrinsics(K, cfg.width, cfg.height).tolist(),
+            'bags': [str(b) for b in cfg.bags],
+            'topics': {'image': cfg.image_topic, 'camera_info': cfg.camera_info_topic, 'gt_depth': cfg.gt_depth_topic},
+            'config': asdict(cfg), 'step': self.state.step, 'epoch': self.state.epoch,
+            'metrics': self.state.last_val, 'best_val_loss': None if math.isinf(self.state.best_val) else self.state.best_val,
+            'samples': {'train': len(data.train), 'val': len(data.val)}, 'trained_with': 'hr_depth_ros.training',
+        }
+        training_state = {'optimizer': optimizer.state_dict(), 'scheduler': scheduler.state_dict(),
+                          'scaler': scaler.state_dict() if scaler is not None else {},
+                          'step': self.state.step, 'epoch': self.state.epoch, 'best_val': self.state.best_val,
+                          'torch_rng': torch.get_rng_state()}
+        folder = save_depth_checkpoint(
+            Path(cfg.output).expanduser() / name, models.encoder, models.decoder, arch=cfg.arch,
+            height=cfg.height, width=cfg.width, metadata=metadata,
+            extra_state={'pose_encoder.pth': models.pose_encoder.state_dict(), 'pose.pth': models.pose_decoder.state_dict(),
+                         'adam.pth': training_state})
+        return folder
+
+    def _resume(self, models: _Models, optimizer: torch.optim.Optimizer, scheduler: Any, scaler: Any) -> None:
+        cfg = self.config
+        latest = Path(cfg.output).expanduser() / 'latest'
+        ckpt = load_depth_checkpoint(latest)
+        if ckpt.arch != cfg.arch or (ckpt.width, ckpt.height) != (cfg.width, cfg.height):
+            raise TrainingError(f'cannot resume {latest}: it is {ckpt.arch} {ckpt.width}x{ckpt.height}, '
+                                f'this run is {cfg.arch} {cfg.width}x{cfg.height}')
+        models.encoder.load_state_dict(ckpt.encoder.state_dict())
+        models.decoder.load_state_dict(ckpt.decoder.state_dict())
+        models.pose_encoder.load_state_dict(load_extra_state(latest, 'pose_encoder.pth'))
+        models.pose_decoder.load_state_dict(load_extra_state(latest, 'pose.pth'))
+        state = load_extra_state(latest, 'adam.pth')
+        try:
+            optimizer.load_state_dict(state['optimizer'])
+            scheduler.load_state_dict(state['scheduler'])
+            if scaler is not None and state.get('scaler'):
+                scaler.load_state_dict(state['scaler'])
+            self.state.step, self.state.epoch = int(state['step']), int(state['epoch'])
+            self.state.best_val = float(state.get('best_val', math.inf))
+            if 'torch_rng' in state:
+                torch.set_rng_state(state['torch_rng'])
+        except (KeyError, ValueError) as error:
+            raise CheckpointError(f'{latest / "adam.pth"}: not a training state of this trainer: {error}') from error
+        self._log(f'resumed from {latest} at step {self.state.step}, epoch {self.state.epoch}')
+
+    # -- the run --------------------------------------------------------------------------------
+    def run(self) -> dict[str, Any]:
+        """Train; returns ``{'step', 'epoch', 'latest', 'best', 'val', 'samples_per_s', 'data'}``."""
+        cfg = self.config
+        cfg.validate()
+        _seed_everything(cfg.seed, cfg.deterministic)
+        self.device = select_device(cfg.device)
+        data = prepare_data(cfg.data_config(), min_train_samples=1)
+        try:
+            return self._run(data)
+        finally:
+            data.close()
+
+    def _run(self, data: PreparedData) -> dict[str, Any]:
+        cfg = self.config
+        self._log(data.report.summary())
+        models = self._build_models()
+        parameters = [p for m in models.trainable() for p in m.parameters()]
+        optimizer = torch.optim.Adam(parameters, lr=cfg.lr)
+        scheduler = torch.optim.lr_scheduler.StepLR(optimizer, cfg.scheduler_step_epochs, cfg.scheduler_gamma)
+        use_amp = cfg.amp and self.device.type == 'cuda'
+        scaler = torch.amp.GradScaler('cuda') if use_amp else None
+        if cfg.resume:
+            self._resume(models, optimizer, scheduler, scaler)
+        generator = torch.Generator().manual_seed(cfg.seed + self.state.step)
+        train_loader = self._loader(TripletDataset(data.store, data.train, augment=cfg.augment), True, generator)
+        val_loader = self._loader(TripletDataset(data.store, data.val), False) if data.val else None
+        steps_per_epoch = max(1, len(train_loader))
+        total = cfg.steps if cfg.steps is not None else cfg.epochs * steps_per_epoch
+        output = Path(cfg.output).expanduser()
+        output.mkdir(parents=True, exist_ok=True)
+        metrics_path = output / 'metrics.csv'
+        new_csv = not (cfg.resume and metrics_path.is_file())
+        csv_stream = open(metrics_path, 'w' if new_csv else 'a', newline='')
+        writer = csv.DictWriter(csv_stream, fieldnames=METRICS_COLUMNS)
+        if new_csv:
+            writer.writeheader()
+        tensorboard = None
+        try:
+            from torch.utils.tensorboard import SummaryWriter  # optional
+            tensorboard = SummaryWriter(str(output / 'tensorboard'))
+        except Exception:  # tensorboard not installed
+            tensorboard = None
+        show_bar = sys.stderr.isatty() if cfg.progress_bar is None else cfg.progress_bar
+        bar = None
+        if show_bar:
+            from tqdm import tqdm
+            bar = tqdm(total=total, initial=self.state.step, desc='fine-tuning', unit='step')
+        self._log(f'training {cfg.arch} at {cfg.width}x{cfg.height} on {self.device} for {total} steps '
+                  f'({steps_per_epoch} per epoch, batch {cfg.batch_size}, lr {cfg.lr}), output {output}')
+        val_every = cfg.val_every if cfg.val_every > 0 else steps_per_epoch
+        start_step, start_time = self.state.step, time.perf_counter()
+        samples_per_s = 0.0
+        running: list[float] = []
+        bad_in_a_row = 0
+        latest = best = None
+        try:
+            for module in models.trainable():
+                module.train()
+            while self.state.step < total:
+                frozen = self.state.epoch < cfg.freeze_encoder_epochs
+                models.encoder.requires_grad_(not frozen)
+                for batch in train_loader:
+                    with torch.autocast(self.device.type, dtype=torch.float16, enabled=use_amp):
+                        loss, info = self._losses(models, batch)
+                    optimizer.zero_grad(set_to_none=True)
+                    if not torch.isfinite(loss):
+                        bad_in_a_row += 1
+                        self.state.skipped_steps += 1
+                        self._log(f'step {self.state.step + 1}: non-finite loss {loss.item()}, step skipped')
+                        if bad_in_a_row >= MAX_BAD_STEPS:
+                            raise TrainingError(f'{bad_in_a_row} non-finite losses in a row: training diverged '
+                                                f'(lower the learning rate); the last good checkpoint is kept')
+                        continue
+                    bad_in_a_row = 0
+                    if scaler is not None:
+                        scaler.scale(loss).backward()
+                        scaler.step(optimizer)
+                        scaler.update()
+                    else:
+                        loss.backward()
+                        optimizer.step()
+                    self.state.step += 1
+                    running.append(loss.item())
+                    elapsed = time.perf_counter() - start_time
+                    done = self.state.step - start_step
+                    samples_per_s = done * cfg.batch_size / max(elapsed, 1e-9)
+                    eta = (total - self.state.step) * elapsed / max(done, 1)
+                    if bar is not None:
+                        bar.update(1)
+                        bar.set_postfix(loss=f'{loss.item():.4f}')
+                    best_val = None if math.isinf(self.state.best_val) else self.state.best_val
+                    self._emit('progress', step=self.state.step, total=total, epoch=self.state.epoch,
+                               loss=loss.item(), eta_s=eta, samples_per_s=samples_per_s, best_val=best_val)
+                    if self.state.step % cfg.log_every == 0 or self.state.step == total:
+                        row = {'step': self.state.step, 'epoch': self.state.epoch, 'split': 'train',
+                               'loss': float(np.mean(running)), 'photometric': info['photometric'],
+                               'lr': optimizer.param_groups[0]['lr'], 'samples_per_s': samples_per_s}
+                        writer.writerow(row)
+                        csv_stream.flush()
+                        if tensorboard is not None:
+                            tensorboard.add_scalar('train/loss', row['loss'], self.state.step)
+                        running.clear()
+                    if self.state.step % val_every == 0 or self.state.step == total:
+                        best = self._validation_step(models, val_loader, optimizer, scheduler, scaler, data,
+                                                     writer, csv_stream, tensorboard) or best
+                    if self.state.step % cfg.save_every == 0 or self.state.step == total:
+                        latest = self._save(models, optimizer, scheduler, scaler, data, 'latest') or latest
+                    if self.state.step >= total:
+                        break
+                else:
+                    self.state.epoch += 1
+                    scheduler.step()
+                    continue
+                if self.state.step >= total and len(train_loader) and self.state.step % steps_per_epoch == 0:
+                    self.state.epoch += 1
+                    scheduler.step()
+        finally:
+            if bar is not None:
+                bar.close()
+            csv_stream.close()
+            if tensorboard is not None:
+                tensorboard.close()
+        if latest is None and (output / 'latest').is_dir():
+            latest = output / 'latest'
+        self._log(f'finished at step {self.state.step}: {samples_per_s:.2f} samples/s, latest {latest}, '
+                  f'best validation loss {self.state.best_val:.4f}')
+        return {'step': self.state.step, 'epoch': self.state.epoch, 'latest': latest,
+                'best': output / 'best' if (output / 'best').is_dir() else None, 'val': self.state.last_val,
+                'samples_per_s': samples_per_s, 'skipped_steps': self.state.skipped_steps,
+                'data': data.report.summary()}
+
+    def _validation_step(self, models: _Models, val_loader: DataLoader | None, optimizer: Any, scheduler: Any,
+                         scaler: Any, data: PreparedData, writer: csv.DictWriter, csv_stream: Any,
+                         tensorboard: Any) -> Path | None:
+        result = self._validate(models, val_loader)
+        if not result:
+            return None
+        self.state.last_val = result
+        row = {'step': self.state.step, 'epoch': self.state.epoch, 'split': 'val', 'loss': result['loss'],
+               'photometric': result['photometric'], 'lr': optimizer.param_groups[0]['lr'],
+               'abs_rel': result.get('abs_rel'), 'rmse': result.get('rmse'), 'a1': result.get('a1')}
+        writer.writerow(row)
+        csv_stream.flush()
+        if tensorboard is not None:
+            for key, value in result.items():
+                tensorboard.add_scalar(f'val/{key}', value, self.state.step)
+        text = ', '.join(f'{k} {v:.4f}' for k, v in result.items())
+        self._log(f'validation at step {self.state.step}: {text}')
+        self._emit('validation', step=self.state.step, **result)
+        if math.isfinite(result['loss']) and result['loss'] < self.state.best_val:
+            self.state.best_val = result['loss']
+            return self._save(models, optimizer, scheduler, scaler, data, 'best')
+        return None
+
+
+def train(config: TrainingConfig, callback: Callback | None = None) -> dict[str, Any]:
+    """Run one fine-tuning job (see :class:`Trainer`)."""
+    return Trainer(config, callback).run()
