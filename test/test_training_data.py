@@ -1,0 +1,175 @@
+"""Bag -> triplet samples: topics, intrinsics, gaps, motion filter, time-block split, augmentation."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from hr_depth_ros.bags import BagError
+from hr_depth_ros.make_synthetic_bag import write_synthetic_bag
+from hr_depth_ros.training.data import (DataConfig, DataError, SampleReport, TripletDataset, build_samples,
+                                        extract_frames, prepare_data, split_samples)
+
+W, H = 160, 64
+
+
+@pytest.fixture(scope='module')
+def small_bag(tmp_path_factory) -> Path:
+    """30 frames at 320x96 (MCAP), every topic."""
+    return write_synthetic_bag(tmp_path_factory.mktemp('data') / 'drive', frames=30, width=320, height=96, seed=3)
+
+
+@pytest.fixture(scope='module')
+def prepared(small_bag):
+    data = prepare_data(DataConfig(bags=[small_bag], width=W, height=H, gt_depth_topic='/camera/depth_gt',
+                                   val_fraction=0.2, val_block_frames=6))
+    yield data
+    data.close()
+
+
+@dataclass
+class FakeStore:
+    """What build_samples / split_samples read: stamps, segments, thumbnails."""
+
+    stamps_ns: np.ndarray
+    segment: np.ndarray
+    thumbs: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.stamps_ns)
+
+
+def _fake_store(stamps_ms, segments=None, static=()):
+    n = len(stamps_ms)
+    rng = np.random.default_rng(0)
+    thumbs = rng.uniform(0, 255, (n, 8, 16)).astype(np.float32)
+    for i in static:  # frame identical to its predecessor
+        thumbs[i] = thumbs[i - 1]
+    return FakeStore(np.asarray(stamps_ms, dtype=np.int64) * 1_000_000,
+                     np.zeros(n, dtype=np.int64) if segments is None else np.asarray(segments), thumbs)
+
+
+def test_extract_frames_sizes_intrinsics_and_depth(prepared, small_bag):
+    store = prepared.store
+    assert len(store) == 30
+    assert np.all(np.diff(store.stamps_ns) > 0)
+    image = store.image(5)
+    assert image.shape == (H, W, 3) and image.dtype == np.uint8 and image.std() > 5
+    depth = store.depth(5)
+    assert depth.shape == (H, W) and np.nanmedian(depth) > 1.0
+    # K scaled from 320x96 to 160x64 with the pixel-centre convention.
+    from hr_depth_ros.synthetic import SyntheticDrive
+    from hr_depth_ros.geometry import scale_intrinsics
+    K_bag = SyntheticDrive(width=320, height=96).K
+    np.testing.assert_allclose(store.K[0], scale_intrinsics(K_bag, W / 320, H / 96))
+
+
+def test_compressed_topic_gives_the_same_frames(small_bag, prepared):
+    store = extract_frames(DataConfig(bags=[small_bag], width=W, height=H, image_topic='/camera/image_raw/compressed'))
+    try:
+        assert len(store) == len(prepared.store)
+        diff = np.abs(store.image(10).astype(int) - prepared.store.image(10).astype(int)).mean()
+        assert diff < 4.0  # JPEG vs raw
+    finally:
+        store.close()
+    assert not store.folder.exists()
+
+
+def test_split_never_shares_a_frame(prepared):
+    train_frames = {f for s in prepared.train for f in s}
+    val_frames = {f for s in prepared.val for f in s}
+    assert prepared.train and prepared.val
+    assert not train_frames & val_frames
+    report = prepared.report
+    assert report.train == len(prepared.train) and report.val == len(prepared.val)
+    assert report.dropped_split > 0  # samples straddling a block edge
+
+
+def test_split_multiple_blocks_and_segments():
+    store = _fake_store(list(range(0, 2000, 10)), segments=[0] * 100 + [1] * 100)
+    samples = build_samples(store)
+    train, val = split_samples(store, samples, val_fraction=0.2, val_block_frames=5)
+    assert not {f for s in train for f in s} & {f for s in val for f in s}
+    assert 0.1 < len(val) / (len(train) + len(val)) < 0.3
+    assert {int(store.segment[s[1]]) for s in val} == {0, 1}  # each bag holds out its share
+    assert all(store.segment[s[0]] == store.segment[s[2]] for s in samples)  # no triplet across bags
+
+
+def test_gaps_and_static_frames_are_dropped_and_counted():
+    stamps = [0, 100, 200, 300, 400, 1400, 1500, 1600, 1700, 1800]  # one 1 s gap at 10 Hz
+    store = _fake_store(stamps, static=[8])
+    report = SampleReport()
+    samples = build_samples(store, max_gap_factor=2.5, min_motion=0.5, report=report)
+    assert (3, 4, 5) not in samples and (4, 5, 6) not in samples
+    assert report.dropped_gap == 2
+    assert report.dropped_no_motion == 2  # frame 8 equals frame 7: samples centred on 7 and 8
+    assert report.dropped_edges == 2
+    assert samples == [(0, 1, 2), (1, 2, 3), (2, 3, 4), (5, 6, 7)]
+    stride2 = build_samples(store, frame_stride=2, min_motion=0.0)
+    assert stride2[0] == (0, 2, 4)
+
+
+def test_too_few_samples_says_why(small_bag, tmp_path):
+    # A threshold no frame pair reaches stands in for a camera that never moves.
+    with pytest.raises(DataError, match='without camera motion') as info:
+        prepare_data(DataConfig(bags=[small_bag], width=W, height=H, min_motion=1000.0))
+    assert 'found 0' in str(info.value) and '28 without camera motion' in str(info.value)
+    two = write_synthetic_bag(tmp_path / 'two', frames=2, width=64, height=32)
+    with pytest.raises(DataError, match='2 frames -> 0 training') as info:
+        prepare_data(DataConfig(bags=[two], width=64, height=32))
+    assert '2 at sequence ends' in str(info.value)
+
+
+def test_missing_topic_lists_topics(small_bag):
+    with pytest.raises(DataError) as info:
+        prepare_data(DataConfig(bags=[small_bag], width=W, height=H, image_topic='/nope'))
+    message = str(info.value)
+    assert '/nope' in message and '/camera/image_raw (sensor_msgs/msg/Image)' in message
+
+
+def test_intrinsics_from_parameters_when_no_camera_info(small_bag):
+    with pytest.raises(DataError, match='no camera_info topic /missing_info'):
+        prepare_data(DataConfig(bags=[small_bag], width=W, height=H, camera_info_topic='/missing_info'))
+    store = extract_frames(DataConfig(bags=[small_bag], width=W, height=H, camera_info_topic='/missing_info',
+                                      intrinsics=(200.0, 200.0, 159.5, 47.5)))
+    try:
+        np.testing.assert_allclose(store.K[0][0, 0], 100.0)
+        np.testing.assert_allclose(store.K[0][0, 2], 79.5)
+    finally:
+        store.close()
+
+
+def test_corrupt_bag_names_the_file(tmp_path):
+    bag = tmp_path / 'broken'
+    bag.mkdir()
+    (bag / 'metadata.yaml').write_text('rosbag2_bagfile_information: {version: 8, storage_identifier: mcap}\n')
+    with pytest.raises(BagError, match='broken'):
+        prepare_data(DataConfig(bags=[bag], width=W, height=H))
+
+
+def test_dataset_items_and_flip(prepared):
+    dataset = TripletDataset(prepared.store, prepared.train, augment=False)
+    item = dataset[0]
+    assert item['color'].shape == (3, 3, H, W)
+    assert torch.equal(item['color'], item['color_aug'])
+    assert torch.allclose(item['K'] @ item['inv_K'], torch.eye(4), atol=1e-5)
+    assert torch.isfinite(item['depth_gt']).any()
+    augmented = TripletDataset(prepared.store, prepared.train, augment=True)
+    flipped = jittered = 0
+    torch.manual_seed(0)
+    for _ in range(12):
+        aug = augmented[0]
+        if torch.allclose(aug['color'], item['color'].flip(-1)):
+            flipped += 1
+            assert aug['K'][0, 2].item() == pytest.approx(W - 1 - item['K'][0, 2].item())
+        else:
+            assert torch.equal(aug['color'], item['color'])
+        if not torch.equal(aug['color'], aug['color_aug']):
+            jittered += 1
+            # the same jitter for all three frames: their differences keep the same sign pattern
+            delta = aug['color_aug'] - aug['color']
+            assert delta.abs().mean() > 0
+    assert 0 < flipped < 12 and 0 < jittered < 12
