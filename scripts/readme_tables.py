@@ -1,0 +1,64 @@
+"""Generate the README's parameter table from the code (hr_depth_ros.depth_node.PARAMETERS).
+
+    python scripts/readme_tables.py          # print the table
+    python scripts/readme_tables.py --write  # rewrite it in README.md between its markers
+
+test/test_readme.py fails when the README and the code drift apart.
+"""
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+MARKER = 'depth-parameters'
+
+
+def format_default(value: object) -> str:
+    if isinstance(value, bool):
+        return 'true' if value else 'false'
+    if isinstance(value, str):
+        return f'`"{value}"`' if value == '' else f'`{value}`'
+    return f'`{value}`'
+
+
+def depth_parameter_table() -> str:
+    """Markdown table of the depth node's parameters: name, default, description."""
+    from hr_depth_ros.depth_node import PARAMETERS
+
+    rows = ['| parameter | default | description |', '|---|---|---|']
+    for spec in PARAMETERS:
+        description = spec.description.replace('|', '\\|')
+        if spec.choices:
+            description += f' (one of {", ".join(spec.choices)})'
+        rows.append(f'| `{spec.name}` | {format_default(spec.default)} | {description} |')
+    return '\n'.join(rows)
+
+
+def replace_block(text: str, marker: str, body: str) -> str:
+    pattern = re.compile(rf'(<!-- {marker}:start -->\n).*?(<!-- {marker}:end -->)', re.S)
+    if not pattern.search(text):
+        raise SystemExit(f'README.md has no <!-- {marker}:start/end --> markers')
+    return pattern.sub(lambda m: m.group(1) + body + '\n' + m.group(2), text)
+
+
+def readme_block(text: str, marker: str) -> str:
+    match = re.search(rf'<!-- {marker}:start -->\n(.*?)<!-- {marker}:end -->', text, re.S)
+    return match.group(1).rstrip('\n') if match else ''
+
+
+def main() -> int:
+    table = depth_parameter_table()
+    if '--write' in sys.argv[1:]:
+        readme = REPO / 'README.md'
+        readme.write_text(replace_block(readme.read_text(), MARKER, table))
+        print(f'updated {readme}')
+    else:
+        print(table)
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
