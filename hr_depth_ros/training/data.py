@@ -116,13 +116,13 @@ class FrameStore:
 
     def image(self, index: int) -> np.ndarray:
         """H x W x 3 uint8 RGB at training resolution."""
-        return np.asarray(self._open()['images'][index])
+        return np.array(self._open()['images'][index])  # a writable copy
 
     def depth(self, index: int) -> np.ndarray | None:
         """Ground-truth depth (metres, NaN invalid) at training resolution, or None."""
         if not self.has_depth[index]:
             return None
-        return np.asarray(self._open()['depth'][index])
+        return np.array(self._open()['depth'][index])
 
     @property
     def thumbs(self) -> np.ndarray:
