@@ -52,8 +52,7 @@ AUTHORS_FACTORIES: dict[str, tuple[Callable, Callable]] = {
     'hr_depth': (lambda n: n.ResnetEncoder(18, False), lambda n, e: n.HRDepthDecoder(e.num_ch_enc)),
     'lite_hr_depth': (lambda n: n.MobileEncoder(pretrained=None),
                       lambda n, e: n.HRDepthDecoder(e.num_ch_enc, mobile_encoder=True)),
-    'monodepth2': (lambda n: n.ResnetEncoder(18, False), lambda n, e: n.DepthDecoder(e.num_ch_enc)),
-}
+}  # their networks/depth_decoder.py (monodepth2's decoder) reads an attribute it never sets: no row
 
 
 @dataclass
@@ -102,6 +101,12 @@ def device_name(device: torch.device) -> str:
     return f'{model}, {cores} cores available'
 
 
+def failure_note(error: Exception) -> str:
+    """One-line table cell for a configuration that could not run."""
+    lines = str(error).splitlines() or ['']
+    return f'failed: {type(error).__name__}: {lines[0][:80]}'
+
+
 def synchronize(device: torch.device) -> None:
     if device.type == 'cuda':
         torch.cuda.synchronize(device)
@@ -141,11 +146,15 @@ def make_runners(arch: str, width: int, height: int, modes: list[str], device: t
         runners.append(Runner(mode, lambda estimator=estimator: estimator.predict_batch(images)))
     if authors_networks is not None:
         if arch not in AUTHORS_FACTORIES:
-            runners.append(Runner(AUTHORS_ROW, None, 'n/a (no authors network)'))
+            runners.append(Runner(AUTHORS_ROW, None, 'n/a (no working authors network)'))
         else:
             make_encoder, make_decoder = AUTHORS_FACTORIES[arch]
-            encoder = make_encoder(authors_networks).eval().to(device)
-            decoder = make_decoder(authors_networks, encoder).eval().to(device)
+            try:
+                encoder = make_encoder(authors_networks).eval().to(device)
+                decoder = make_decoder(authors_networks, encoder).eval().to(device)
+            except Exception as error:  # their code, not ours: report it in the row
+                runners.append(Runner(AUTHORS_ROW, None, failure_note(error)))
+                return runners
 
             def run_authors(encoder=encoder, decoder=decoder):
                 with torch.inference_mode():
@@ -165,7 +174,7 @@ def time_runners(runners: list[Runner], device: torch.device, repeats: int, warm
                 runner.run()
             synchronize(device)
         except Exception as error:  # e.g. no C++ compiler for inductor: report, go on
-            runner.note = f'failed: {type(error).__name__}: {str(error).splitlines()[0][:80]}'
+            runner.note = failure_note(error)
             runner.run = None
             continue
         runner.warmup_s = time.perf_counter() - start

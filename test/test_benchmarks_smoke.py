@@ -87,3 +87,11 @@ def test_authors_row_runs_their_networks(inference_benchmark):
     outputs = runners[1].run()
     assert outputs[('disparity', 'Scale0')].shape == (1, 1, 64, 192)
     assert runners[0].run().shape == (1, 1, 64, 192)
+    monodepth2 = bench.make_runners('monodepth2', 192, 64, ['eager'], torch.device('cpu'), images, networks)
+    assert monodepth2[1].run is None and monodepth2[1].note.startswith('n/a')
+
+
+def test_failure_note_is_one_line(inference_benchmark):
+    note = inference_benchmark.failure_note(RuntimeError('no compiler\nlong traceback'))
+    assert note == 'failed: RuntimeError: no compiler'
+    assert inference_benchmark.failure_note(ValueError()) == 'failed: ValueError: '
