@@ -353,9 +353,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--height', type=int, default=192, help='camera height of the synthetic drives')
     parser.add_argument('--net-width', type=int, default=320, help='network width for fine-tuning')
     parser.add_argument('--net-height', type=int, default=96, help='network height for fine-tuning')
-    parser.add_argument('--train-frames', type=int, default=240)
+    parser.add_argument('--train-frames', type=int, default=120)
     parser.add_argument('--eval-frames', type=int, default=12, help='held-out frames played into the node')
-    parser.add_argument('--finetune-steps', type=int, default=150,
+    parser.add_argument('--finetune-steps', type=int, default=60,
                         help='fine-tuning steps of this run (added to the bundled checkpoint)')
     parser.add_argument('--batch-size', type=int, default=4)
     parser.add_argument('--init', default=None,

@@ -70,7 +70,10 @@ def test_checkpoint_has_metadata_and_loads(trained):
     meta = json.loads((latest / 'hr_depth_ros.json').read_text())
     assert meta['step'] == 5 and meta['arch'] == 'lite_hr_depth' and meta['resolution'] == [W, H]
     assert meta['topics']['image'] == '/camera/image_raw' and len(meta['bags']) == 1
-    assert np.array(meta['K']).shape == (3, 3) and 0 < meta['K_normalized'][0][0] < 2
+    assert np.array(meta['intrinsics']['K']).shape == (3, 3) and 0 < meta['K_normalized'][0][0] < 2
+    # The depth node understands the intrinsics the trainer stores.
+    from hr_depth_ros.depth_node import checkpoint_intrinsics
+    assert checkpoint_intrinsics(meta) is not None
     checkpoint = load_depth_checkpoint(latest)
     assert (checkpoint.arch, checkpoint.width, checkpoint.height) == ('lite_hr_depth', W, H)
     depth = DepthEstimator(checkpoint, device='cpu').predict_depth(np.zeros((96, 256, 3), np.uint8))

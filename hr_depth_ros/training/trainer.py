@@ -8,7 +8,7 @@ depth range 0.1-100, 4 scales upsampled to full resolution, losses from :mod:`.l
 Checkpoints go through :func:`hr_depth_ros.checkpoint.save_depth_checkpoint` (atomic):
 ``OUTPUT/latest`` every ``save_every`` steps and at the end, ``OUTPUT/best`` at the lowest
 validation loss; each holds the authors' ``encoder.pth`` / ``depth.pth``, ``hr_depth_ros.json``
-metadata (arch, resolution, K, bags, topics, config, step, epoch, metrics) and ``pose_encoder.pth``,
+metadata (arch, resolution, intrinsics, bags, topics, config, step, epoch, metrics) and ``pose_encoder.pth``,
 ``pose.pth``, ``adam.pth`` (optimiser, scheduler, step, epoch, AMP scaler, RNG) for ``resume``.
 """
 from __future__ import annotations
@@ -319,7 +319,9 @@ class Trainer:
         K = data.store.K[0]
         metadata = {
             'architecture': cfg.arch, 'resolution': [cfg.width, cfg.height],
-            'K': K.tolist(), 'K_normalized': normalized_intrinsics(K, cfg.width, cfg.height).tolist(),
+            # The depth node reads "intrinsics" (depth_node.checkpoint_intrinsics) when no camera_info arrives.
+            'intrinsics': {'K': K.tolist(), 'width': cfg.width, 'height': cfg.height},
+            'K_normalized': normalized_intrinsics(K, cfg.width, cfg.height).tolist(),
             'bags': [str(b) for b in cfg.bags],
             'topics': {'image': cfg.image_topic, 'camera_info': cfg.camera_info_topic, 'gt_depth': cfg.gt_depth_topic},
             'config': asdict(cfg), 'step': self.state.step, 'epoch': self.state.epoch,
