@@ -13,7 +13,8 @@ autocast (fp16 on CUDA only; both NHWC on CUDA, NCHW on the CPU), ``compile``
 timing the authors' own networks (a checkout of shawLyu/HR-Depth, imported, never committed).
 
 All modes of one model/resolution are built and warmed up first, then timed interleaved
-(one call of each per round) so that load from other processes hits them alike. Each row:
+(one call of each per round, the order rotated every round) so that load from other
+processes and position effects hit them alike. Each row:
 median and p90 latency, FPS from the median, speed-up vs the eager row of the same
 model/resolution (eager median / row median, >1 is faster) and the warm-up time (first call
 + warm-up calls; for ``compile`` this is the compilation).
@@ -164,7 +165,7 @@ def make_runners(arch: str, width: int, height: int, modes: list[str], device: t
 
 
 def time_runners(runners: list[Runner], device: torch.device, repeats: int, warmup: int) -> None:
-    """Warm each runner up (timed as a whole), then time ``repeats`` interleaved rounds."""
+    """Warm each runner up (timed as a whole), then time ``repeats`` interleaved rounds, rotated."""
     for runner in runners:
         if runner.run is None:
             continue
@@ -179,8 +180,9 @@ def time_runners(runners: list[Runner], device: torch.device, repeats: int, warm
             continue
         runner.warmup_s = time.perf_counter() - start
     active = [runner for runner in runners if runner.run is not None]
-    for _ in range(repeats):
-        for runner in active:
+    for round_index in range(repeats):  # rotate the order: no configuration always runs first
+        shift = round_index % max(len(active), 1)
+        for runner in active[shift:] + active[:shift]:
             synchronize(device)
             start = time.perf_counter()
             runner.run()
@@ -258,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
     load = ', load average %.1f (other processes share these cores)' % os.getloadavg()[0] \
         if device.type == 'cpu' and hasattr(os, 'getloadavg') else ''
     print(f'{comment}date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}{load}')
-    print(f'{comment}repeats {args.repeats} (interleaved across modes), warm-up {args.warmup}')
+    print(f'{comment}repeats {args.repeats} (interleaved across modes, order rotated), warm-up {args.warmup}')
     if args.markdown:
         print()
     rows: list[list[str]] = []
