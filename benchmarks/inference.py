@@ -212,7 +212,8 @@ HEADER = ['model', 'resolution', 'mode', 'median ms', 'p90 ms', 'FPS', 'speed-up
 def format_table(rows: list[list[str]], markdown: bool) -> str:
     """Markdown or aligned plain-text table."""
     if markdown:
-        lines = ['| ' + ' | '.join(HEADER) + ' |', '|' + '|'.join('---' if i < 3 else '---:' for i in range(len(HEADER))) + '|']
+        alignment = ['---' if index < 3 else '---:' for index in range(len(HEADER))]
+        lines = ['| ' + ' | '.join(HEADER) + ' |', '|' + '|'.join(alignment) + '|']
         lines += ['| ' + ' | '.join(row) + ' |' for row in rows]
         return '\n'.join(lines)
     widths = [max(len(str(row[i])) for row in [HEADER] + rows) for i in range(len(HEADER))]
