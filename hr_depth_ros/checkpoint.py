@@ -196,6 +196,9 @@ def save_depth_checkpoint(
     folder = Path(folder).expanduser()
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f'.{folder.name}.tmp-', dir=folder.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(staging, 0o777 & ~umask)  # mkdtemp makes 0700; a checkpoint folder is an ordinary folder
     try:
         def portable(module: nn.Module) -> dict[str, Any]:
             state = {k: v.detach().cpu() for k, v in module.state_dict().items()}

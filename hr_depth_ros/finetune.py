@@ -56,6 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--val-every', type=int, default=0, help='validate every N steps (0: every epoch)')
     parser.add_argument('--save-every', type=int, default=500, help='save OUTPUT/latest every N steps')
     parser.add_argument('--freeze-encoder-epochs', type=int, default=0)
+    parser.add_argument('--pose-warmup-steps', type=int, default=0,
+                        help='first N steps train only the pose network (for --init checkpoints without one)')
     parser.add_argument('--frame-stride', type=int, default=1, help='neighbour frames are this many frames away')
     parser.add_argument('--min-motion', type=float, default=0.5,
                         help='drop samples whose thumbnails differ less than this (grey levels)')
@@ -77,7 +79,8 @@ def config_from_args(args: argparse.Namespace):
         steps=steps if args.epochs is None else None, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
         device=args.device, amp=not args.no_amp, resume=args.resume, num_workers=args.num_workers, seed=args.seed,
         deterministic=args.deterministic, val_every=args.val_every, save_every=args.save_every,
-        freeze_encoder_epochs=args.freeze_encoder_epochs, frame_stride=args.frame_stride,
+        freeze_encoder_epochs=args.freeze_encoder_epochs, pose_warmup_steps=args.pose_warmup_steps,
+        frame_stride=args.frame_stride,
         min_motion=args.min_motion, val_fraction=args.val_fraction)
 
 

@@ -132,3 +132,23 @@ def test_bad_inputs_exit_2_and_write_nothing(case, bag, tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith('finetune: error:') and expected in err and err.count('\n') == 1
     assert not output.exists()
+
+
+def test_pose_warmup_leaves_the_depth_network_untouched(bag, trained, tmp_path):
+    """--init from a depth-only checkpoint with --pose-warmup-steps: depth weights stay, pose learns."""
+    output, _, _ = trained
+    start = tmp_path / 'depth_only'
+    source = load_depth_checkpoint(output / 'latest')
+    from hr_depth_ros.checkpoint import save_depth_checkpoint
+    save_depth_checkpoint(start, source.encoder, source.decoder, arch=source.arch, height=H, width=W)
+    run = tmp_path / 'warm'
+    assert finetune.main(['--bag', str(bag), '--output', str(run), '--init', str(start), '--steps', '2',
+                          '--pose-warmup-steps', '2', *COMMON]) == 0
+    after = load_depth_checkpoint(run / 'latest')
+    for name, module in (('encoder', after.encoder), ('decoder', after.decoder)):
+        reference = getattr(source, name).state_dict()
+        for key, value in module.state_dict().items():
+            assert torch.equal(value, reference[key]), f'{name} {key} changed during the pose warm-up'
+    pose = load_extra_state(run / 'latest', 'pose.pth')
+    fresh_pose = load_extra_state(output / 'latest', 'pose.pth')  # any other pose net differs anyway
+    assert any(not torch.equal(pose[k], fresh_pose[k]) for k in pose)

@@ -77,6 +77,10 @@ class TrainingConfig:
     max_depth: float = 100.0
     smoothness_weight: float = SMOOTHNESS_WEIGHT
     freeze_encoder_epochs: int = 0
+    # Steps at the start during which only the pose network learns (depth networks frozen, in eval
+    # mode): for depth checkpoints that come without their pose network (the authors' releases),
+    # so that a random pose net does not push the depth net away from its weights at first.
+    pose_warmup_steps: int = 0
     device: str = 'auto'
     amp: bool = True                        # CUDA only
     num_workers: int = 0
@@ -209,7 +213,9 @@ class Trainer:
                 pose_decoder.load_state_dict(load_extra_state(folder, 'pose.pth'))
                 self._log(f'initialised depth and pose networks from {folder}')
             else:
-                self._log(f'initialised the depth network from {folder} (pose network from scratch)')
+                self._log(f'initialised the depth network from {folder} (pose network from scratch'
+                          + (f', {cfg.pose_warmup_steps} pose-only warm-up steps)' if cfg.pose_warmup_steps else
+                             '; consider --pose-warmup-steps so it does not disturb the depth network)'))
         teacher = None
         if cfg.teacher:
             ckpt = load_depth_checkpoint(cfg.teacher)
@@ -425,8 +431,12 @@ class Trainer:
                 module.train()
             while self.state.step < total:
                 frozen = self.state.epoch < cfg.freeze_encoder_epochs
-                models.encoder.requires_grad_(not frozen)
                 for batch in train_loader:
+                    warming_up = self.state.step < cfg.pose_warmup_steps
+                    models.encoder.requires_grad_(not (frozen or warming_up))
+                    models.decoder.requires_grad_(not warming_up)
+                    models.encoder.train(not warming_up)
+                    models.decoder.train(not warming_up)
                     with torch.autocast(self.device.type, dtype=torch.float16, enabled=use_amp):
                         loss, info = self._losses(models, batch)
                     optimizer.zero_grad(set_to_none=True)
