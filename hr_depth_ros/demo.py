@@ -124,7 +124,7 @@ def make_random_checkpoint(folder: Path, width: int, height: int) -> Path:
 
 
 def finetune(train_bag: Path, output: Path, init: Path | None, steps: int, width: int, height: int,
-             device: str, batch_size: int, pose_warmup: int) -> Path:
+             device: str, batch_size: int, pose_warmup: int, lr: float) -> Path:
     """Run the ROS-free fine-tuning CLI as a process (its own progress bar shows)."""
     latest = output / 'latest'
     if checkpoint_step(latest) >= steps:
@@ -132,7 +132,8 @@ def finetune(train_bag: Path, output: Path, init: Path | None, steps: int, width
         return latest
     command = [sys.executable, '-m', 'hr_depth_ros.finetune', '--bag', str(train_bag), '--output', str(output),
                '--arch', 'lite_hr_depth', '--steps', str(steps), '--width', str(width), '--height', str(height),
-               '--batch-size', str(batch_size), '--device', device, '--gt-depth-topic', DEPTH_GT_TOPIC]
+               '--batch-size', str(batch_size), '--device', device, '--gt-depth-topic', DEPTH_GT_TOPIC,
+               '--lr', str(lr)]
     if init is not None:
         # The shipped checkpoint has no pose network: let a fresh one learn first.
         command += ['--init', str(init), '--pose-warmup-steps', str(pose_warmup)]
@@ -359,6 +360,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--finetune-steps', type=int, default=60,
                         help='fine-tuning steps of this run (added to the bundled checkpoint)')
     parser.add_argument('--batch-size', type=int, default=4)
+    parser.add_argument('--lr', type=float, default=2e-5,
+                        help='fine-tuning learning rate (low: a short run on a new drive, starting from a trained model)')
     parser.add_argument('--pose-warmup-steps', type=int, default=40,
                         help='of the fine-tuning steps, how many train only the pose network (see finetune)')
     parser.add_argument('--init', default=None,
@@ -394,7 +397,7 @@ def main(argv: list[str] | None = None) -> int:
     t = step(2, total, f'fine-tuning Lite-HR-Depth at {args.net_width}x{args.net_height}, '
                        f'{args.finetune_steps} steps from {init or "random weights"}')
     finetuned = finetune(train_bag, output / 'finetune', init, args.finetune_steps, args.net_width,
-                         args.net_height, args.device, args.batch_size, args.pose_warmup_steps)
+                         args.net_height, args.device, args.batch_size, args.pose_warmup_steps, args.lr)
     done(t, str(finetuned))
 
     t = step(3, total, 'evaluating random weights, the starting checkpoint and the fine-tuned one')

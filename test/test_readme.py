@@ -1,0 +1,41 @@
+"""The README's tables are checked against the code, and its commands exist."""
+from __future__ import annotations
+
+import importlib.util
+import re
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def load_tables_script():
+    spec = importlib.util.spec_from_file_location('readme_tables', REPO / 'scripts' / 'readme_tables.py')
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_parameter_table_matches_the_node():
+    tables = load_tables_script()
+    readme = (REPO / 'README.md').read_text()
+    assert tables.readme_block(readme, tables.MARKER) == tables.depth_parameter_table(), (
+        'README parameter table is out of date: run python scripts/readme_tables.py --write')
+
+
+def test_topic_table_names_every_topic_of_the_node():
+    readme = (REPO / 'README.md').read_text()
+    source = (REPO / 'hr_depth_ros' / 'depth_node.py').read_text()
+    topics = set(re.findall(r"create_(?:publisher|subscription)\(\s*\w+,\s*'([^']+)'", source))
+    topics |= set(re.findall(r"create_subscription\(\s*\n?\s*\w+,\s*'([^']+)'", source))
+    assert {'image', 'camera_info', 'depth', 'depth/colored', 'points'} <= topics
+    for topic in topics:
+        assert f'| `{topic}` |' in readme, f'topic {topic} missing from the README topic table'
+
+
+def test_readme_commands_exist():
+    readme = (REPO / 'README.md').read_text()
+    for script in ('scripts/demo.sh', 'scripts/test.sh'):
+        assert f'./{script}' in readme and (REPO / script).is_file()
+    assert 'scripts/test.sh' in (REPO / '.ci' / 'run').read_text()
+    for image in re.findall(r'!\[[^\]]*\]\(([^)]+)\)', readme):
+        assert (REPO / image).is_file(), f'README shows {image}, which is missing'
