@@ -9,7 +9,6 @@ ordered key layout and the output figures are written to <arch>.json beside this
 """
 from __future__ import annotations
 
-import importlib
 import json
 import sys
 from pathlib import Path
@@ -18,7 +17,9 @@ import torch
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[1]))  # test/
+sys.path.insert(0, str(HERE.parents[2] / 'benchmarks'))
 from golden_weights import deterministic_state_dict, golden_input, layout_of, output_figures  # noqa: E402
+from inference import load_authors_networks  # noqa: E402  (benchmarks/inference.py)
 
 CASES = {  # arch -> (code, encoder factory, decoder factory, output key function, resolutions)
     'hr_depth': ('authors', lambda n: n.ResnetEncoder(18, False),
@@ -32,20 +33,10 @@ CASES = {  # arch -> (code, encoder factory, decoder factory, output key functio
 }
 
 
-def load_networks(root: Path):
-    for name in [m for m in sys.modules if m == 'layers' or m.startswith('networks')]:
-        del sys.modules[name]
-    sys.path.insert(0, str(root))
-    try:
-        return importlib.import_module('networks')
-    finally:
-        sys.path.remove(str(root))
-
-
 def main() -> None:
     roots = {'authors': Path(sys.argv[1]), 'monodepth2': Path(sys.argv[2])}
     for arch, (code, make_encoder, make_decoder, key, resolutions) in CASES.items():
-        networks = load_networks(roots[code])
+        networks = load_authors_networks(roots[code])
         encoder = make_encoder(networks)
         decoder = make_decoder(networks, encoder)
         record = {'arch': arch, 'source': code, 'encoder_layout': layout_of(encoder),
