@@ -56,6 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--val-every', type=int, default=0, help='validate every N steps (0: every epoch)')
     parser.add_argument('--save-every', type=int, default=500, help='save OUTPUT/latest every N steps')
     parser.add_argument('--freeze-encoder-epochs', type=int, default=0)
+    parser.add_argument('--freeze-bn', action='store_true',
+                        help='keep the depth encoder\'s batch-norm statistics fixed (short runs from a trained model)')
     parser.add_argument('--pose-warmup-steps', type=int, default=0,
                         help='first N steps train only the pose network (for --init checkpoints without one)')
     parser.add_argument('--frame-stride', type=int, default=1, help='neighbour frames are this many frames away')
@@ -80,6 +82,7 @@ def config_from_args(args: argparse.Namespace):
         device=args.device, amp=not args.no_amp, resume=args.resume, num_workers=args.num_workers, seed=args.seed,
         deterministic=args.deterministic, val_every=args.val_every, save_every=args.save_every,
         freeze_encoder_epochs=args.freeze_encoder_epochs, pose_warmup_steps=args.pose_warmup_steps,
+        freeze_bn=args.freeze_bn,
         frame_stride=args.frame_stride,
         min_motion=args.min_motion, val_fraction=args.val_fraction)
 

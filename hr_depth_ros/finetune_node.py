@@ -66,6 +66,7 @@ PARAMETERS: dict[str, tuple[Any, str]] = {
     'save_every': (500, 'save output_dir/latest every N steps'),
     'freeze_encoder_epochs': (0, 'keep the encoder frozen for the first N epochs'),
     'pose_warmup_steps': (0, 'first N steps train only the pose network (init checkpoints without one)'),
+    'freeze_bn': (False, "keep the depth encoder's batch-norm statistics fixed"),
     'min_motion': (0.5, 'drop samples whose thumbnails differ less than this (grey levels)'),
     'val_fraction': (0.1, 'fraction of each bag held out (contiguous time blocks) for validation'),
     'resume': (False, 'continue from output_dir/latest'),
@@ -117,6 +118,7 @@ class FinetuneNode(Node):
             val_every=int(self.value('val_every')), save_every=int(self.value('save_every')),
             freeze_encoder_epochs=int(self.value('freeze_encoder_epochs')),
             pose_warmup_steps=int(self.value('pose_warmup_steps')),
+            freeze_bn=bool(self.value('freeze_bn')),
             min_motion=float(self.value('min_motion')), val_fraction=float(self.value('val_fraction')),
             resume=bool(self.value('resume')), progress_bar=False)
 

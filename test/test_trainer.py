@@ -152,3 +152,16 @@ def test_pose_warmup_leaves_the_depth_network_untouched(bag, trained, tmp_path):
     pose = load_extra_state(run / 'latest', 'pose.pth')
     fresh_pose = load_extra_state(output / 'latest', 'pose.pth')  # any other pose net differs anyway
     assert any(not torch.equal(pose[k], fresh_pose[k]) for k in pose)
+
+
+def test_freeze_batch_norm_keeps_running_statistics():
+    from hr_depth_ros.networks import build_depth_model
+    from hr_depth_ros.training.trainer import freeze_batch_norm
+    encoder, _ = build_depth_model('lite_hr_depth')
+    encoder.train()
+    freeze_batch_norm(encoder)
+    before = {k: v.clone() for k, v in encoder.state_dict().items() if 'running_mean' in k}
+    encoder(torch.rand(2, 3, 64, 128))
+    after = encoder.state_dict()
+    assert before and all(torch.equal(value, after[key]) for key, value in before.items())
+    assert encoder.training  # only the BN layers are in eval mode

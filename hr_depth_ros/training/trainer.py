@@ -26,6 +26,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 from torch.utils.data import DataLoader
 
 from hr_depth_ros.checkpoint import CheckpointError, load_depth_checkpoint, load_extra_state, save_depth_checkpoint
@@ -48,6 +49,13 @@ MAX_BAD_STEPS = 20  # consecutive non-finite losses before giving up
 
 class TrainingError(RuntimeError):
     """Fine-tuning cannot start or continue (bad settings, diverged, nothing to resume)."""
+
+
+def freeze_batch_norm(module: nn.Module) -> None:
+    """Put every batch-norm layer of ``module`` in eval mode (running statistics fixed)."""
+    for layer in module.modules():
+        if isinstance(layer, nn.modules.batchnorm._BatchNorm):
+            layer.eval()
 
 
 @dataclass
@@ -81,6 +89,10 @@ class TrainingConfig:
     # mode): for depth checkpoints that come without their pose network (the authors' releases),
     # so that a random pose net does not push the depth net away from its weights at first.
     pose_warmup_steps: int = 0
+    # Keep the depth encoder's batch-norm statistics fixed (BN layers in eval mode): for short
+    # fine-tuning runs with small batches from a trained checkpoint, where re-estimating them on a
+    # few augmented batches moves the network more than the gradients do.
+    freeze_bn: bool = False
     device: str = 'auto'
     amp: bool = True                        # CUDA only
     num_workers: int = 0
@@ -437,6 +449,8 @@ class Trainer:
                     models.decoder.requires_grad_(not warming_up)
                     models.encoder.train(not warming_up)
                     models.decoder.train(not warming_up)
+                    if cfg.freeze_bn:
+                        freeze_batch_norm(models.encoder)
                     with torch.autocast(self.device.type, dtype=torch.float16, enabled=use_amp):
                         loss, info = self._losses(models, batch)
                     optimizer.zero_grad(set_to_none=True)
