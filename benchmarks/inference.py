@@ -139,7 +139,7 @@ def make_runners(arch: str, width: int, height: int, modes: list[str], device: t
                    'channels_last': {'channels_last': True},
                    'fp16': {'precision': 'fp16', 'channels_last': None},
                    'bf16': {'precision': 'bf16', 'channels_last': device.type == 'cuda'},
-                   'compile': {'compile': True, 'channels_last': None}}[mode]
+                   'compile': {'compile': True, 'channels_last': False}}[mode]
         encoder, decoder = build_depth_model(arch)
         checkpoint = DepthCheckpoint(arch=arch, encoder=encoder.eval(), decoder=decoder.eval(),
                                      height=height, width=width, use_stereo=False)

@@ -54,7 +54,7 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
     ParameterSpec('device', 'auto', "'auto' (CUDA if available), 'cuda', 'cuda:N' or 'cpu'", read_only=True),
     ParameterSpec('precision', 'fp16', 'inference precision on CUDA (CPU always runs fp32)',
                   choices=('fp32', 'fp16', 'bf16'), read_only=True),
-    ParameterSpec('channels_last', True, 'channels-last memory format on CUDA', read_only=True),
+    ParameterSpec('channels_last', True, 'channels-last memory format (faster on CUDA and on the CPU)', read_only=True),
     ParameterSpec('compile', False, 'torch.compile the model (slow first frames)', read_only=True),
     ParameterSpec('min_depth', 0.1, 'depth of the largest disparity (m, before depth_scale)',
                   min_value=1e-3, read_only=True),
@@ -598,7 +598,7 @@ def _make_node_class():  # noqa: C901 - the node is one class; rclpy is imported
             precision = config.precision if on_cuda or config.precision == 'bf16' else 'fp32'
             try:
                 self.estimator = DepthEstimator(
-                    config.weights, device=device, precision=precision, channels_last=config.channels_last and on_cuda,
+                    config.weights, device=device, precision=precision, channels_last=config.channels_last,
                     compile=config.compile, min_depth=config.min_depth, max_depth=config.max_depth,
                     depth_scale=config.depth_scale)
             except Exception as error:
