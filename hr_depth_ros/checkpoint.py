@@ -48,6 +48,21 @@ class DepthCheckpoint:
     metadata: dict[str, Any] = field(default_factory=dict)
     path: Path | None = None
 
+    @property
+    def metric_scale(self) -> float | None:
+        """Metres per unit of ``disp_to_depth`` when the checkpoint was trained metric (see
+        :func:`metric_scale_of`), else None."""
+        return metric_scale_of(self.metadata)
+
+
+def metric_scale_of(metadata: dict[str, Any]) -> float | None:
+    """The ``metric_scale`` a fine-tuning run with metric poses records in ``hr_depth_ros.json``
+    (depth in metres = metric_scale x disp_to_depth(disp)); None when absent or not a positive number."""
+    value = metadata.get('metric_scale') if isinstance(metadata, dict) else None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value) if 0 < value < float('inf') else None
+
 
 def _read_state(path: Path, map_location: str | torch.device = 'cpu') -> dict[str, Any]:
     if not path.is_file():

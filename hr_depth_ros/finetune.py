@@ -58,8 +58,21 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--freeze-encoder-epochs', type=int, default=0)
     parser.add_argument('--freeze-bn', action='store_true',
                         help='keep the depth encoder\'s batch-norm statistics fixed (short runs from a trained model)')
-    parser.add_argument('--pose-warmup-steps', type=int, default=0,
-                        help='first N steps train only the pose network (for --init checkpoints without one)')
+    parser.add_argument('--pose-source', default='auto', choices=('auto', 'tf', 'net'),
+                        help="camera motion from the bag's TF (odometry; gives metric depth) or the pose network; "
+                             'auto: tf when every bag has a TF chain from --odom-frame to the camera')
+    parser.add_argument('--odom-frame', default='odom', help='fixed frame of the odometry in TF')
+    parser.add_argument('--camera-frame', default=None,
+                        help="camera's optical frame in TF (default: the images' header.frame_id)")
+    parser.add_argument('--max-tf-gap', type=float, default=0.25,
+                        help='seconds; frames inside a longer TF silence get no pose and are dropped')
+    parser.add_argument('--metric-scale', type=float, default=None,
+                        help='with TF poses: metres per depth unit of --init (default: its recorded one, else '
+                             'found by a photometric scale search)')
+    parser.add_argument('--pose-lr', type=float, default=None, help='pose network learning rate (default max(lr, 1e-4))')
+    parser.add_argument('--pose-warmup-steps', type=int, default=None,
+                        help='first N steps train only the pose network (default: 160 when --init has no pose '
+                             'network and poses come from it, else 0)')
     parser.add_argument('--frame-stride', type=int, default=1, help='neighbour frames are this many frames away')
     parser.add_argument('--min-motion', type=float, default=0.5,
                         help='drop samples whose thumbnails differ less than this (grey levels)')
@@ -82,6 +95,8 @@ def config_from_args(args: argparse.Namespace):
         device=args.device, amp=not args.no_amp, resume=args.resume, num_workers=args.num_workers, seed=args.seed,
         deterministic=args.deterministic, val_every=args.val_every, save_every=args.save_every,
         freeze_encoder_epochs=args.freeze_encoder_epochs, pose_warmup_steps=args.pose_warmup_steps,
+        pose_source=args.pose_source, odom_frame=args.odom_frame, camera_frame=args.camera_frame,
+        max_tf_gap=args.max_tf_gap, metric_scale=args.metric_scale, pose_lr=args.pose_lr,
         freeze_bn=args.freeze_bn,
         frame_stride=args.frame_stride,
         min_motion=args.min_motion, val_fraction=args.val_fraction)

@@ -210,7 +210,10 @@ class SyntheticDrive:
 
     def pose(self, index: int) -> np.ndarray:
         """Exact camera-to-world 4x4 pose (optical frame) of frame ``index``."""
-        t = index / self.fps
+        return self.pose_at(index / self.fps)
+
+    def pose_at(self, t: float) -> np.ndarray:
+        """Exact camera-to-world 4x4 pose (optical frame) ``t`` seconds after frame 0 (any real ``t``)."""
         sway_amp, sway_omega = 0.9, 2 * np.pi / 9.0
         x = self._x0 + self.speed * t
         y = sway_amp * np.sin(sway_omega * t + self._phase[0])

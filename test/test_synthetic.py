@@ -17,9 +17,10 @@ import torch.nn.functional as F
 from hr_depth_ros import geometry
 from hr_depth_ros.bags import list_topics, read_messages, topic_counts
 from hr_depth_ros.image_decoding import compressed_to_rgb, image_to_array, image_to_rgb
-from hr_depth_ros.make_synthetic_bag import (CAMERA_FRAME, CAMERA_INFO_TOPIC, COMPRESSED_TOPIC, DEPTH_GT_TOPIC,
-                                             IMAGE_TOPIC, ODOM_FRAME, TF_TOPIC, TOPIC_TYPES, main,
-                                             write_synthetic_bag)
+from hr_depth_ros.make_synthetic_bag import (BASE_FRAME, CAMERA_FRAME, CAMERA_INFO_TOPIC, COMPRESSED_TOPIC,
+                                             DEPTH_GT_TOPIC, FRAME_TOPICS, IMAGE_TOPIC, ODOM_FRAME, TF_STATIC_TOPIC,
+                                             TF_TOPIC, TOPIC_TYPES, main, write_synthetic_bag)
+from hr_depth_ros.tf_poses import TransformTree
 from hr_depth_ros.synthetic import SyntheticDrive
 
 WIDTH, HEIGHT = 640, 192
@@ -129,13 +130,9 @@ def test_deterministic_for_a_seed():
 
 def frames_by_stamp(bag: Path) -> dict[int, dict]:
     out: dict[int, dict] = {}
-    for topic, timestamp, header_stamp, msg in read_messages(bag, list(TOPIC_TYPES)):
+    for topic, timestamp, header_stamp, msg in read_messages(bag, list(FRAME_TOPICS)):
         stamp = header_stamp if header_stamp is not None else timestamp
-        if topic == TF_TOPIC:
-            tf_stamp = msg.transforms[0].header.stamp
-            assert tf_stamp.sec * 10**9 + tf_stamp.nanosec == timestamp
-        else:
-            assert header_stamp == timestamp
+        assert header_stamp == timestamp
         assert topic not in out.setdefault(stamp, {})
         out[stamp][topic] = msg
     return out
@@ -143,13 +140,15 @@ def frames_by_stamp(bag: Path) -> dict[int, dict]:
 
 def test_fixture_bag_contents(synthetic_bag):
     assert list_topics(synthetic_bag) == TOPIC_TYPES
-    assert topic_counts(synthetic_bag) == {topic: 60 for topic in TOPIC_TYPES}
+    counts = topic_counts(synthetic_bag)
+    assert {topic: counts[topic] for topic in FRAME_TOPICS} == {topic: 60 for topic in FRAME_TOPICS}
+    assert counts[TF_STATIC_TOPIC] == 1 and counts[TF_TOPIC] >= 3 * 60  # odometry at 30 Hz
     by_stamp = frames_by_stamp(synthetic_bag)
     drive = SyntheticDrive(WIDTH, HEIGHT, fps=10.0, seed=0)
     assert sorted(by_stamp) == [drive.stamp_ns(i) for i in range(60)]
     for index in (0, 37):
         msgs = by_stamp[drive.stamp_ns(index)]
-        assert set(msgs) == set(TOPIC_TYPES)
+        assert set(msgs) == set(FRAME_TOPICS)
         truth = drive.frame(index)
         image = msgs[IMAGE_TOPIC]
         assert image.encoding == 'rgb8' and image.header.frame_id == CAMERA_FRAME
@@ -168,11 +167,24 @@ def test_fixture_bag_contents(synthetic_bag):
         np.testing.assert_allclose(np.asarray(info.p).reshape(3, 4)[:, :3], drive.K)
         np.testing.assert_allclose(np.asarray(info.r).reshape(3, 3), np.eye(3))
         np.testing.assert_array_equal(np.asarray(info.d), np.zeros(5))
-        tf = msgs[TF_TOPIC].transforms[0]
-        assert (tf.header.frame_id, tf.child_frame_id) == (ODOM_FRAME, CAMERA_FRAME)
-        q = [tf.transform.rotation.x, tf.transform.rotation.y, tf.transform.rotation.z, tf.transform.rotation.w]
-        t = [tf.transform.translation.x, tf.transform.translation.y, tf.transform.translation.z]
-        np.testing.assert_allclose(geometry.pose_matrix(q, t), truth.pose_world_from_camera, atol=1e-9)
+
+
+def test_fixture_bag_tf_chain_gives_the_camera_poses(synthetic_bag):
+    """odom -> base_link on /tf (30 Hz, stamps 7 ms off the camera's) and the static mount on /tf_static
+    compose, interpolated at the image stamps, to the drive's exact camera poses."""
+    tree = TransformTree()
+    for topic, timestamp, _, msg in read_messages(synthetic_bag, [TF_TOPIC, TF_STATIC_TOPIC]):
+        for tf in msg.transforms:
+            assert tf.header.stamp.sec * 10**9 + tf.header.stamp.nanosec == timestamp
+        tree.add_message(msg, static=topic == TF_STATIC_TOPIC)
+        if topic == TF_TOPIC:
+            assert [(t.header.frame_id, t.child_frame_id) for t in msg.transforms] == [(ODOM_FRAME, BASE_FRAME)]
+    drive = SyntheticDrive(WIDTH, HEIGHT, fps=10.0, seed=0)
+    lookup = tree.lookup(ODOM_FRAME, CAMERA_FRAME, [drive.stamp_ns(i) for i in range(60)])
+    assert lookup.valid.all()
+    for index in (0, 37, 59):
+        # Linear interpolation between 30 Hz samples of a smooth drive: sub-millimetre.
+        np.testing.assert_allclose(lookup.poses[index], drive.pose(index), atol=5e-4)
 
 
 def test_sqlite3_bag_same_content_and_deterministic(tmp_path, synthetic_bag):
@@ -216,7 +228,8 @@ def test_cli_writes_a_bag(tmp_path, capsys):
     import cv2
 
     assert cv2.imread(str(preview)).shape == (32, 128, 3)
-    assert topic_counts(out) == {topic: 2 for topic in TOPIC_TYPES}
+    counts = topic_counts(out)
+    assert {topic: counts[topic] for topic in FRAME_TOPICS} == {topic: 2 for topic in FRAME_TOPICS}
     image = next(msg for topic, _, _, msg in read_messages(out, [IMAGE_TOPIC]))
     assert (image.width, image.height) == (64, 32)
     assert main(['--output', str(out), '--frames', '2']) == 2

@@ -143,7 +143,7 @@ def test_pose_warmup_leaves_the_depth_network_untouched(bag, trained, tmp_path):
     save_depth_checkpoint(start, source.encoder, source.decoder, arch=source.arch, height=H, width=W)
     run = tmp_path / 'warm'
     assert finetune.main(['--bag', str(bag), '--output', str(run), '--init', str(start), '--steps', '2',
-                          '--pose-warmup-steps', '2', *COMMON]) == 0
+                          '--pose-warmup-steps', '2', '--pose-source', 'net', *COMMON]) == 0
     after = load_depth_checkpoint(run / 'latest')
     for name, module in (('encoder', after.encoder), ('decoder', after.decoder)):
         reference = getattr(source, name).state_dict()

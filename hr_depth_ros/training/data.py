@@ -8,10 +8,14 @@ Pipeline:
    memmaps in a temporary folder) together with a small grey thumbnail and, when a ground-truth
    depth topic is given, the depth resized with nearest-neighbour. Nothing is held in memory but the
    index; DataLoader workers open the memmaps themselves (the OS page cache is the frame cache).
+   When a bag has TF (``/tf``, ``/tf_static``) linking ``odom_frame`` to the camera's frame (the
+   images' ``header.frame_id``), the camera pose of every frame is looked up at its stamp
+   (:mod:`hr_depth_ros.tf_poses`: interpolated, never extrapolated).
 2. :func:`build_samples` forms triplets by header timestamp per bag: neighbours ``frame_stride``
    frames away, no gap between consecutive frames larger than ``max_gap_factor`` x the median frame
-   period, and at least ``min_motion`` mean absolute grey-level difference between the centre
-   thumbnail and each neighbour's (a camera that barely moved teaches nothing).
+   period, a TF pose for all three frames when poses come from TF, and at least ``min_motion`` mean
+   absolute grey-level difference between the centre thumbnail and each neighbour's (a camera that
+   barely moved teaches nothing).
 3. :func:`split_samples` holds out contiguous time blocks: a sample goes to validation only if all
    its frames lie in a held-out block, to training only if none does, otherwise it is dropped, so no
    frame is seen by both sets.
@@ -35,17 +39,22 @@ from torchvision.transforms import ColorJitter
 from torchvision.transforms import functional as TF
 
 from hr_depth_ros.bags import BagError, list_topics, read_messages, topic_counts
-from hr_depth_ros.geometry import intrinsics_4x4, scale_intrinsics
+from hr_depth_ros.geometry import intrinsics_4x4, relative_transform, scale_intrinsics
 from hr_depth_ros.image_decoding import compressed_to_rgb, image_to_array, image_to_rgb
+from hr_depth_ros.tf_poses import DEFAULT_MAX_TF_GAP_S, TransformError, TransformTree, normalize_frame
 
 __all__ = ['DataError', 'DataConfig', 'FrameStore', 'SampleReport', 'extract_frames', 'build_samples',
-           'split_samples', 'TripletDataset', 'prepare_data', 'PreparedData', 'FRAME_OFFSETS']
+           'split_samples', 'TripletDataset', 'prepare_data', 'PreparedData', 'FRAME_OFFSETS', 'POSE_SOURCES',
+           'resolve_pose_source']
 
 IMAGE_TYPE = 'sensor_msgs/msg/Image'
 COMPRESSED_TYPE = 'sensor_msgs/msg/CompressedImage'
 CAMERA_INFO_TYPE = 'sensor_msgs/msg/CameraInfo'
+TF_TYPE = 'tf2_msgs/msg/TFMessage'
+POSE_SOURCES = ('auto', 'tf', 'net')
 FRAME_OFFSETS = (0, -1, 1)          # monodepth2 frame_ids: target first, then the sources
 THUMB_WIDTH = 64                    # motion check thumbnails: 64 px wide grey images
+MIRROR_X = np.diag([-1.0, 1.0, 1.0, 1.0])   # a horizontal image flip mirrors the camera's x axis
 JITTER = dict(brightness=0.2, contrast=0.2, saturation=0.2, hue=0.1)  # monodepth2 color_aug
 
 
@@ -70,6 +79,12 @@ class DataConfig:
     val_fraction: float = 0.1
     val_block_frames: int = 50
     cache_dir: str | Path | None = None         # parent of the frame cache (default: system temp)
+    pose_source: str = 'auto'                   # 'tf' (odometry), 'net' (pose network), 'auto': tf if every bag has it
+    odom_frame: str = 'odom'
+    camera_frame: str | None = None             # default: the images' header.frame_id
+    tf_topic: str = '/tf'
+    tf_static_topic: str = '/tf_static'
+    max_tf_gap: float = DEFAULT_MAX_TF_GAP_S    # seconds; longer TF silences give no pose
 
 
 def _describe_topics(topics: dict[str, str]) -> str:
@@ -82,6 +97,8 @@ class FrameStore:
 
     ``segment[i]``: which bag frame ``i`` came from; ``stamps_ns[i]``: its header stamp; frames of a
     segment are stored in time order. ``K[s]``: 3x3 intrinsics of segment ``s`` at training size.
+    ``poses[i]``: camera-to-odometry 4x4 pose from TF (NaN when unknown); ``tf_segments[s]``:
+    whether segment ``s`` had a TF chain to its camera (``tf_notes[s]`` says why not).
     Pickles without the arrays, so each DataLoader worker maps the files itself.
     """
 
@@ -93,6 +110,10 @@ class FrameStore:
     K: list[np.ndarray]
     has_depth: np.ndarray
     bags: list[str]
+    poses: np.ndarray | None = None
+    tf_segments: list[bool] = field(default_factory=list)
+    tf_notes: list[str] = field(default_factory=list)
+    frames_without_tf: int = 0
     owns_folder: bool = True
     _arrays: dict[str, np.ndarray] | None = field(default=None, repr=False)
 
@@ -123,6 +144,9 @@ class FrameStore:
         if not self.has_depth[index]:
             return None
         return np.array(self._open()['depth'][index])
+
+    def has_pose(self, index: int) -> bool:
+        return self.poses is not None and bool(np.isfinite(self.poses[index]).all())
 
     @property
     def thumbs(self) -> np.ndarray:
@@ -159,6 +183,11 @@ def _check_topics(bag: Path, config: DataConfig) -> tuple[dict[str, str], bool]:
     info_type = topics.get(config.camera_info_topic) if config.camera_info_topic else None
     if info_type is not None and info_type != CAMERA_INFO_TYPE:
         raise DataError(f'bag {bag}: {config.camera_info_topic} is {info_type}, not sensor_msgs/CameraInfo')
+    if config.pose_source not in POSE_SOURCES:
+        raise DataError(f'pose source must be one of {", ".join(POSE_SOURCES)}, got {config.pose_source!r}')
+    if config.pose_source == 'tf' and topics.get(config.tf_topic) != TF_TYPE:
+        raise DataError(f'bag {bag} has no {TF_TYPE} topic {config.tf_topic} for poses from TF (pose source '
+                        f'tf); its topics are: {_describe_topics(topics)}; use pose source net without odometry')
     if info_type is None and config.intrinsics is None:
         raise DataError(f'bag {bag} has no camera_info topic {config.camera_info_topic} and no intrinsics '
                         f'(fx, fy, cx, cy) were given; its topics are: {_describe_topics(topics)}')
@@ -209,6 +238,10 @@ def extract_frames(config: DataConfig) -> FrameStore:
         stamps: list[int] = []
         segments: list[int] = []
         has_depth = np.zeros(capacity, dtype=bool)
+        poses = np.full((capacity, 4, 4), np.nan)
+        tf_segments: list[bool] = []
+        tf_notes: list[str] = []
+        frames_without_tf = 0
         Ks: list[np.ndarray] = []
         count = 0
         for seg, (bag, topics, has_info) in enumerate(checked):
@@ -218,6 +251,13 @@ def extract_frames(config: DataConfig) -> FrameStore:
                 wanted.append(config.camera_info_topic)
             if config.gt_depth_topic:
                 wanted.append(config.gt_depth_topic)
+            # TF is read whenever the bag has it: with pose source net it still gives validation
+            # an honest loss under the recorded motion.
+            tf_topics = {t: t == config.tf_static_topic for t in (config.tf_topic, config.tf_static_topic)
+                         if topics.get(t) == TF_TYPE}
+            wanted += list(tf_topics)
+            tree = TransformTree(config.max_tf_gap)
+            camera_frame = normalize_frame(config.camera_frame) if config.camera_frame else None
             K_raw: np.ndarray | None = None
             info_size: tuple[int, int] | None = None
             image_size: tuple[int, int] | None = None
@@ -230,7 +270,14 @@ def extract_frames(config: DataConfig) -> FrameStore:
                     if K_raw is None:
                         K_raw, iw, ih = _camera_K(msg, topic, bag)
                         info_size = (iw, ih)
+                elif topic in tf_topics:
+                    try:
+                        tree.add_message(msg, static=tf_topics[topic])
+                    except TransformError as error:
+                        raise DataError(f'bag {bag}: {topic}: {error}') from error
                 elif topic == config.image_topic:
+                    if camera_frame is None:
+                        camera_frame = normalize_frame(msg.header.frame_id)
                     if stamp in by_stamp:
                         continue  # duplicate stamp: keep the first
                     try:
@@ -282,6 +329,11 @@ def extract_frames(config: DataConfig) -> FrameStore:
                 has_depth[first:count] = has_depth[index]
                 thumbs[first:count] = [thumbs[i] for i in index]
                 stamps[first:count] = [stamps[i] for i in index]
+            tf_ok, note, missing = _segment_poses(tree, config, bag, camera_frame, stamps[first:count],
+                                                  poses[first:count])
+            tf_segments.append(tf_ok)
+            tf_notes.append(note)
+            frames_without_tf += missing
         images.flush()
         del images
         if depth is not None:
@@ -295,10 +347,39 @@ def extract_frames(config: DataConfig) -> FrameStore:
         (folder / 'index.json').write_text(json.dumps({'bags': [str(b) for b in bags], 'frames': count}))
         return FrameStore(folder=folder, width=w, height=h, stamps_ns=np.asarray(stamps, dtype=np.int64),
                           segment=np.asarray(segments, dtype=np.int64), K=Ks, has_depth=has_depth[:count].copy(),
-                          bags=[str(b) for b in bags])
+                          bags=[str(b) for b in bags], poses=poses[:count].copy(), tf_segments=tf_segments,
+                          tf_notes=tf_notes, frames_without_tf=frames_without_tf)
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)
         raise
+
+
+def _segment_poses(tree: TransformTree, config: DataConfig, bag: Path, camera_frame: str | None,
+                   stamps: Sequence[int], out: np.ndarray) -> tuple[bool, str, int]:
+    """Fill ``out`` with the camera poses of one bag's frames from its TF.
+
+    Returns (whether the bag has a TF chain to the camera, a note on why not, frames without a
+    pose). With pose source 'tf' a missing chain is a DataError naming the frames and topics.
+    """
+    odom = normalize_frame(config.odom_frame)
+    if tree.messages == 0:
+        note = f'bag {bag}: no TF messages on {config.tf_topic} / {config.tf_static_topic}'
+    elif not camera_frame:
+        note = f'bag {bag}: the images of {config.image_topic} have no header.frame_id; give the camera frame'
+    elif not tree.can_transform(odom, camera_frame):
+        note = (f'bag {bag}: no TF chain from {odom!r} to the camera frame {camera_frame!r} (header.frame_id of '
+                f'{config.image_topic}); TF links found on {config.tf_topic} and {config.tf_static_topic}: '
+                f'{tree.describe()}')
+    else:
+        lookup = tree.lookup(odom, camera_frame, stamps)
+        out[:] = lookup.poses
+        missing = int((~lookup.valid).sum())
+        note = (f'{missing} frames without a TF pose ({lookup.outside} outside the TF data, {lookup.gap} in TF '
+                f'gaps > {config.max_tf_gap:g} s)' if missing else '')
+        return True, note, missing
+    if config.pose_source == 'tf':
+        raise DataError(note + '; use pose source net (the pose network) when the bag has no odometry')
+    return False, note, len(stamps)
 
 
 def _truncate(path: Path, size: int) -> None:
@@ -315,19 +396,23 @@ class SampleReport:
     dropped_edges: int = 0
     dropped_gap: int = 0
     dropped_no_motion: int = 0
+    dropped_no_pose: int = 0
     dropped_split: int = 0
+    pose_source: str = ''
     train: int = 0
     val: int = 0
 
     def summary(self) -> str:
         return (f'{self.frames} frames -> {self.train} training + {self.val} validation samples '
                 f'(dropped: {self.dropped_edges} at sequence ends, {self.dropped_gap} across time gaps, '
-                f'{self.dropped_no_motion} without camera motion, {self.dropped_split} straddling the '
-                f'train/validation split)')
+                f'{self.dropped_no_motion} without camera motion, {self.dropped_no_pose} without a TF pose, '
+                f'{self.dropped_split} straddling the train/validation split)'
+                + (f'; camera poses from {self.pose_source}' if self.pose_source else ''))
 
 
 def build_samples(store: FrameStore, frame_stride: int = 1, max_gap_factor: float = 2.5,
-                  min_motion: float = 0.5, report: SampleReport | None = None) -> list[tuple[int, int, int]]:
+                  min_motion: float = 0.5, report: SampleReport | None = None,
+                  require_pose: bool = False) -> list[tuple[int, int, int]]:
     """Triplets ``(previous, centre, next)`` of frame indices; see the module docstring for the rules."""
     if frame_stride < 1:
         raise ValueError(f'frame_stride must be >= 1, got {frame_stride}')
@@ -348,6 +433,9 @@ def build_samples(store: FrameStore, frame_stride: int = 1, max_gap_factor: floa
                 report.dropped_gap += 1
                 continue
             prev, centre, nxt = int(frames[p - k]), int(frames[p]), int(frames[p + k])
+            if require_pose and not all(store.has_pose(i) for i in (prev, centre, nxt)):
+                report.dropped_no_pose += 1
+                continue
             motion = min(float(np.abs(thumbs[centre] - thumbs[prev]).mean()),
                          float(np.abs(thumbs[centre] - thumbs[nxt]).mean()))
             if motion < min_motion:
@@ -397,9 +485,10 @@ class TripletDataset(Dataset):
     """Samples as tensors (monodepth2 layout, frames stacked in :data:`FRAME_OFFSETS` order).
 
     Items: ``color`` 3 x 3 x H x W (un-augmented, for the loss), ``color_aug`` (network inputs),
-    ``K`` / ``inv_K`` 4 x 4 float32 at training resolution, ``depth_gt`` 1 x H x W (NaN when none)
-    and ``index``. ``augment`` turns on colour jitter and horizontal flips (p = 0.5 each, as
-    monodepth2); a flip mirrors K's principal point.
+    ``K`` / ``inv_K`` 4 x 4 float32 at training resolution, ``depth_gt`` 1 x H x W (NaN when none),
+    ``T`` 2 x 4 x 4 float32: ``T_target_to_source`` from TF for the sources -1 and +1 (identity
+    when unknown), ``has_pose`` and ``index``. ``augment`` turns on colour jitter and horizontal
+    flips (p = 0.5 each, as monodepth2); a flip mirrors K's principal point and the poses' x axis.
     """
 
     def __init__(self, store: FrameStore, samples: Sequence[tuple[int, int, int]], augment: bool = False) -> None:
@@ -431,6 +520,11 @@ class TripletDataset(Dataset):
         frames = np.stack([self.store.image(by_offset[o]) for o in FRAME_OFFSETS])
         color = torch.from_numpy(frames).permute(0, 3, 1, 2).float().div_(255.0)
         K = self.store.K[int(self.store.segment[centre])].copy()
+        has_pose = all(self.store.has_pose(i) for i in (prev, centre, nxt))
+        T = np.tile(np.eye(4), (2, 1, 1))
+        if has_pose:
+            poses = self.store.poses
+            T = np.stack([relative_transform(poses[centre], poses[source]) for source in (prev, nxt)])
         gt = self.store.depth(centre)
         depth_gt = (torch.from_numpy(gt.copy())[None] if gt is not None
                     else torch.full((1, self.store.height, self.store.width), float('nan')))
@@ -440,10 +534,11 @@ class TripletDataset(Dataset):
                 color = color.flip(-1)
                 depth_gt = depth_gt.flip(-1)
                 K[0, 2] = self.store.width - 1 - K[0, 2]
+                T = MIRROR_X @ T @ MIRROR_X  # the same motion seen in the mirrored image
             color_aug = self._jitter(color) if torch.rand(()) < 0.5 else color
         K4 = intrinsics_4x4(torch.from_numpy(K).float())[0]
         return {'color': color, 'color_aug': color_aug.contiguous(), 'K': K4, 'inv_K': torch.linalg.inv(K4),
-                'depth_gt': depth_gt, 'index': item}
+                'depth_gt': depth_gt, 'T': torch.from_numpy(T).float(), 'has_pose': has_pose, 'index': item}
 
 
 @dataclass
@@ -454,22 +549,38 @@ class PreparedData:
     train: list[tuple[int, int, int]]
     val: list[tuple[int, int, int]]
     report: SampleReport
+    pose_source: str = 'net'        # what the trainer uses: 'tf' or 'net'
+
+    @property
+    def val_has_poses(self) -> bool:
+        """Every validation sample has TF poses (so validation can score depth under them)."""
+        return bool(self.val) and all(self.store.has_pose(i) for sample in self.val for i in sample)
 
     def close(self) -> None:
         self.store.close()
+
+
+def resolve_pose_source(requested: str, store: FrameStore) -> str:
+    """'tf' or 'net': 'auto' is 'tf' when every bag has a TF chain to its camera."""
+    if requested == 'auto':
+        return 'tf' if store.tf_segments and all(store.tf_segments) else 'net'
+    return requested
 
 
 def prepare_data(config: DataConfig, min_train_samples: int = 1) -> PreparedData:
     """Extract, build triplets and split; DataError (naming the counts) when too few samples remain."""
     store = extract_frames(config)
     try:
-        report = SampleReport()
-        samples = build_samples(store, config.frame_stride, config.max_gap_factor, config.min_motion, report)
+        pose_source = resolve_pose_source(config.pose_source, store)
+        report = SampleReport(pose_source='TF (' + config.odom_frame + ' -> camera)' if pose_source == 'tf'
+                              else 'the pose network')
+        samples = build_samples(store, config.frame_stride, config.max_gap_factor, config.min_motion, report,
+                                require_pose=pose_source == 'tf')
         train, val = split_samples(store, samples, config.val_fraction, config.val_block_frames, report)
         if len(train) < min_train_samples:
             raise DataError(f'too few usable training samples in {", ".join(store.bags)}: found '
                             f'{len(train)}, need {min_train_samples}; {report.summary()}')
-        return PreparedData(store, train, val, report)
+        return PreparedData(store, train, val, report, pose_source)
     except BaseException:
         store.close()
         raise

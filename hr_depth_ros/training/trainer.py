@@ -5,6 +5,22 @@ frames (frames 0, -1, +1; the pose of frame -1 is predicted from (-1, 0) and inv
 lr 1e-4 (the HR-Depth README's correction of the paper's 1e-3), StepLR every 15 epochs x 0.1,
 depth range 0.1-100, 4 scales upsampled to full resolution, losses from :mod:`.losses`.
 
+Camera motion comes from one of two places (``pose_source``):
+
+- ``tf``: the robot's odometry recorded in the bag (:mod:`hr_depth_ros.tf_poses`). The poses are
+  right and metric, so the depth network learns metres: the factor between the start
+  checkpoint's depth units and metres is found first by a photometric scale search
+  (:mod:`.scale`) and kept as ``metric_scale`` (depth = metric_scale x disp_to_depth(disp)); the
+  checkpoint records it and the depth node and ``predict`` publish metres with it.
+- ``net``: the pose network, in its own Adam parameter group (``pose_lr``, at least 1e-4), with
+  pose-only warm-up steps when it starts from scratch beside a trained depth network.
+
+Model selection is honest: ``best/`` is chosen by the ground-truth depth error when a depth
+topic is given, else by the photometric loss under TF poses when the bag has them (a depth
+network that bends to fit wrong predicted poses lowers its own loss, not this one), else by the
+validation loss; the start model is scored too (step 0), so ``best/`` is never worse than the
+start by that measure.
+
 Checkpoints go through :func:`hr_depth_ros.checkpoint.save_depth_checkpoint` (atomic):
 ``OUTPUT/latest`` every ``save_every`` steps and at the end, ``OUTPUT/best`` at the lowest
 validation loss; each holds the authors' ``encoder.pth`` / ``depth.pth``, ``hr_depth_ros.json``
@@ -14,6 +30,7 @@ metadata (arch, resolution, intrinsics, bags, topics, config, step, epoch, metri
 from __future__ import annotations
 
 import csv
+import functools
 import logging
 import math
 import random
@@ -29,22 +46,29 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
-from hr_depth_ros.checkpoint import CheckpointError, load_depth_checkpoint, load_extra_state, save_depth_checkpoint
+from hr_depth_ros.checkpoint import (CheckpointError, load_depth_checkpoint, load_extra_state, metric_scale_of,
+                                     save_depth_checkpoint)
 from hr_depth_ros.evaluation import evaluate_depth, mean_errors
 from hr_depth_ros.geometry import disp_to_depth, normalized_intrinsics, transformation_from_parameters, warp_image
 from hr_depth_ros.inference import select_device
 from hr_depth_ros.networks import ARCHITECTURES, build_depth_model, build_pose_model
-from hr_depth_ros.training.data import DataConfig, PreparedData, TripletDataset, prepare_data
+from hr_depth_ros.tf_poses import DEFAULT_MAX_TF_GAP_S
+from hr_depth_ros.training.data import POSE_SOURCES, DataConfig, PreparedData, TripletDataset, prepare_data
 from hr_depth_ros.training.losses import (SMOOTHNESS_WEIGHT, distillation_loss, min_reprojection, photometric_error,
                                           smoothness_loss, upsample_to)
+from hr_depth_ros.training.scale import ScaleSearch, search_scale
 
 __all__ = ['TrainingConfig', 'TrainingError', 'Trainer', 'train', 'METRICS_COLUMNS']
 
 LOGGER = logging.getLogger(__name__)
 SCALES = (0, 1, 2, 3)
 SOURCE_OFFSETS = (-1, 1)
-METRICS_COLUMNS = ('step', 'epoch', 'split', 'loss', 'photometric', 'lr', 'samples_per_s', 'abs_rel', 'rmse', 'a1')
+METRICS_COLUMNS = ('step', 'epoch', 'split', 'loss', 'photometric', 'loss_tf', 'lr', 'samples_per_s', 'abs_rel',
+                   'rmse', 'a1', 'abs_rel_metric', 'scale_ratio', 'selected')
 MAX_BAD_STEPS = 20  # consecutive non-finite losses before giving up
+MIN_POSE_LR = 1e-4  # measured: a fresh pose network barely learns below this
+AUTO_POSE_WARMUP_STEPS = 160  # measured: translation converges in 120-160 steps at 1e-4
+SCALE_SEARCH_SAMPLES = 24  # training samples the metric scale search looks at
 
 
 class TrainingError(RuntimeError):
@@ -88,7 +112,15 @@ class TrainingConfig:
     # Steps at the start during which only the pose network learns (depth networks frozen, in eval
     # mode): for depth checkpoints that come without their pose network (the authors' releases),
     # so that a random pose net does not push the depth net away from its weights at first.
-    pose_warmup_steps: int = 0
+    # None: AUTO_POSE_WARMUP_STEPS when poses come from a fresh pose network beside an --init depth
+    # network, else 0.
+    pose_warmup_steps: int | None = None
+    pose_source: str = 'auto'               # 'tf' (odometry in the bag), 'net', 'auto': tf when every bag has it
+    odom_frame: str = 'odom'
+    camera_frame: str | None = None         # default: the images' header.frame_id
+    max_tf_gap: float = DEFAULT_MAX_TF_GAP_S
+    pose_lr: float | None = None            # None: max(lr, MIN_POSE_LR)
+    metric_scale: float | None = None       # tf: None = the init checkpoint's, else found by the scale search
     # Keep the depth encoder's batch-norm statistics fixed (BN layers in eval mode): for short
     # fine-tuning runs with small batches from a trained checkpoint, where re-estimating them on a
     # few augmented batches moves the network more than the gradients do.
@@ -116,7 +148,9 @@ class TrainingConfig:
                           camera_info_topic=self.camera_info_topic, gt_depth_topic=self.gt_depth_topic,
                           intrinsics=self.intrinsics, frame_stride=self.frame_stride,
                           max_gap_factor=self.max_gap_factor, min_motion=self.min_motion,
-                          val_fraction=self.val_fraction, val_block_frames=self.val_block_frames)
+                          val_fraction=self.val_fraction, val_block_frames=self.val_block_frames,
+                          pose_source=self.pose_source, odom_frame=self.odom_frame, camera_frame=self.camera_frame,
+                          max_tf_gap=self.max_tf_gap)
 
     def validate(self) -> None:
         """TrainingError naming the first bad setting."""
@@ -144,6 +178,14 @@ class TrainingConfig:
             value = getattr(self, name)
             if value and not Path(value).expanduser().is_dir():
                 raise TrainingError(f'{name} checkpoint folder {value} does not exist')
+        if self.pose_source not in POSE_SOURCES:
+            raise TrainingError(f'pose_source must be one of {", ".join(POSE_SOURCES)}, got {self.pose_source!r}')
+        for name in ('pose_lr', 'metric_scale', 'max_tf_gap'):
+            value = getattr(self, name)
+            if value is not None and not (math.isfinite(value) and value > 0):
+                raise TrainingError(f'{name} must be a positive number, got {value}')
+        if self.pose_warmup_steps is not None and self.pose_warmup_steps < 0:
+            raise TrainingError(f'pose_warmup_steps must be >= 0, got {self.pose_warmup_steps}')
         if self.intrinsics is not None and len(self.intrinsics) != 4:
             raise TrainingError(f'intrinsics must be fx, fy, cx, cy; got {list(self.intrinsics)}')
 
@@ -171,9 +213,27 @@ class _Models:
     pose_encoder: torch.nn.Module
     pose_decoder: torch.nn.Module
     teacher: tuple[torch.nn.Module, torch.nn.Module, int, int] | None = None
+    pose_from_scratch: bool = True          # no pose network came with the start checkpoint
+    init_metric_scale: float | None = None  # the start checkpoint's metric scale, if it has one
 
     def trainable(self) -> list[torch.nn.Module]:
         return [self.encoder, self.decoder, self.pose_encoder, self.pose_decoder]
+
+
+def reprojection_loss(color: torch.Tensor, depth: torch.Tensor, K: torch.Tensor, transforms: dict[int, torch.Tensor],
+                      identity: list[torch.Tensor] | None, noise_std: float | None = None,
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-pixel minimum reprojection error (and auto-mask) of the target ``color[:, 0]`` (monodepth2).
+
+    ``color``: B x 3 x 3 x H x W frames in :data:`FRAME_OFFSETS` order; ``depth``: B x 1 x H x W;
+    ``transforms``: ``T_target_to_source`` per source offset; ``identity``: the un-warped errors.
+    """
+    target = color[:, 0].float()
+    reprojection = [photometric_error(warp_image(color[:, j].float(), depth, K, transforms[offset]), target)
+                    for j, offset in enumerate(SOURCE_OFFSETS, start=1)]
+    if noise_std is None:
+        return min_reprojection(reprojection, identity)
+    return min_reprojection(reprojection, identity, noise_std=noise_std)
 
 
 @dataclass
@@ -183,6 +243,11 @@ class _State:
     best_val: float = math.inf
     last_val: dict[str, float] = field(default_factory=dict)
     skipped_steps: int = 0
+    pose_source: str = 'net'                # resolved: 'tf' or 'net'
+    metric_scale: float = 1.0               # depth = metric_scale x disp_to_depth(disp)
+    metric: bool = False                    # whether that depth is in metres
+    selected_by: str = 'loss'               # what best/ is chosen by
+    scale_search: dict[str, Any] = field(default_factory=dict)
 
 
 class Trainer:
@@ -213,21 +278,22 @@ class Trainer:
         cfg = self.config
         encoder, decoder = build_depth_model(cfg.arch, cfg.encoder_weights)
         pose_encoder, pose_decoder = build_pose_model(cfg.encoder_weights if cfg.arch != 'lite_hr_depth' else None)
+        pose_from_scratch, init_metric_scale = True, None
         if cfg.init and not cfg.resume:
             init = load_depth_checkpoint(cfg.init)
             if init.arch != cfg.arch:
                 raise TrainingError(f'init checkpoint {cfg.init} is {init.arch}, but the architecture is {cfg.arch}')
             encoder.load_state_dict(init.encoder.state_dict())
             decoder.load_state_dict(init.decoder.state_dict())
+            init_metric_scale = init.metric_scale
             folder = Path(cfg.init).expanduser()
             if (folder / 'pose_encoder.pth').is_file() and (folder / 'pose.pth').is_file():
                 pose_encoder.load_state_dict(load_extra_state(folder, 'pose_encoder.pth'))
                 pose_decoder.load_state_dict(load_extra_state(folder, 'pose.pth'))
+                pose_from_scratch = False
                 self._log(f'initialised depth and pose networks from {folder}')
             else:
-                self._log(f'initialised the depth network from {folder} (pose network from scratch'
-                          + (f', {cfg.pose_warmup_steps} pose-only warm-up steps)' if cfg.pose_warmup_steps else
-                             '; consider --pose-warmup-steps so it does not disturb the depth network)'))
+                self._log(f'initialised the depth network from {folder} (it has no pose network)')
         teacher = None
         if cfg.teacher:
             ckpt = load_depth_checkpoint(cfg.teacher)
@@ -236,7 +302,7 @@ class Trainer:
             teacher = (ckpt.encoder, ckpt.decoder, ckpt.height, ckpt.width)
             self._log(f'distilling from teacher {cfg.teacher} ({ckpt.arch} {ckpt.width}x{ckpt.height}), '
                       f'weight {cfg.distill_weight}')
-        models = _Models(encoder, decoder, pose_encoder, pose_decoder, teacher)
+        models = _Models(encoder, decoder, pose_encoder, pose_decoder, teacher, pose_from_scratch, init_metric_scale)
         for module in models.trainable():
             module.to(self.device)
         return models
@@ -248,20 +314,37 @@ class Trainer:
                           pin_memory=self.device.type == 'cuda', persistent_workers=cfg.num_workers > 0)
 
     # -- the loss -------------------------------------------------------------------------------
-    def _losses(self, models: _Models, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, Any]]:
-        cfg = self.config
-        color = batch['color'].to(self.device, non_blocking=True)
-        color_aug = batch['color_aug'].to(self.device, non_blocking=True)
-        K = batch['K'].to(self.device)
-        target = color[:, 0]
-        height, width = target.shape[-2:]
-        outputs = models.decoder(models.encoder(color_aug[:, 0]))
+    def _transforms(self, models: _Models, batch: dict[str, torch.Tensor], pose_source: str,
+                    color_aug: torch.Tensor) -> dict[int, torch.Tensor]:
+        """``T_target_to_source`` per source offset, from TF (the batch) or the pose network."""
+        if pose_source == 'tf':
+            T = batch['T'].to(self.device)
+            return {offset: T[:, j] for j, offset in enumerate(SOURCE_OFFSETS)}
         transforms = {}
         for j, offset in enumerate(SOURCE_OFFSETS, start=1):
             pair = (color_aug[:, j], color_aug[:, 0]) if offset < 0 else (color_aug[:, 0], color_aug[:, j])
             axisangle, translation = models.pose_decoder([models.pose_encoder(torch.cat(pair, 1))])
             transforms[offset] = transformation_from_parameters(axisangle[:, 0].float(), translation[:, 0].float(),
                                                                 invert=offset < 0)
+        return transforms
+
+    def _depth(self, disp: torch.Tensor, scale: float | None = None) -> torch.Tensor:
+        """Depth of a sigmoid disparity: ``scale`` (default: the run's metric scale) x disp_to_depth."""
+        _, depth = disp_to_depth(disp, self.config.min_depth, self.config.max_depth)
+        return depth * (self.state.metric_scale if scale is None else scale)
+
+    def _losses(self, models: _Models, batch: dict[str, torch.Tensor], pose_source: str | None = None,
+                outputs: dict | None = None) -> tuple[torch.Tensor, dict[str, Any]]:
+        """The training loss of one batch; ``outputs``: the depth network's, when already computed."""
+        cfg = self.config
+        color = batch['color'].to(self.device, non_blocking=True)
+        color_aug = batch['color_aug'].to(self.device, non_blocking=True)
+        K = batch['K'].to(self.device)
+        target = color[:, 0]
+        height, width = target.shape[-2:]
+        if outputs is None:
+            outputs = models.decoder(models.encoder(color_aug[:, 0]))
+        transforms = self._transforms(models, batch, pose_source or self.state.pose_source, color_aug)
         target32 = target.float()
         identity = [photometric_error(color[:, j].float(), target32) for j in range(1, 1 + len(SOURCE_OFFSETS))]
         teacher_disp = None
@@ -274,10 +357,8 @@ class Trainer:
         for scale in SCALES:
             disp = outputs[('disp', scale)].float()
             disp_full = upsample_to(disp, height, width)
-            _, depth = disp_to_depth(disp_full, cfg.min_depth, cfg.max_depth)
-            reprojection = [photometric_error(warp_image(color[:, j].float(), depth, K, transforms[offset]), target32)
-                            for j, offset in enumerate(SOURCE_OFFSETS, start=1)]
-            per_pixel, automask = min_reprojection(reprojection, identity)
+            depth = self._depth(disp_full)
+            per_pixel, automask = reprojection_loss(color, depth, K, transforms, identity)
             loss = per_pixel.mean()
             image_s = target32 if scale == 0 else F.interpolate(target32, size=disp.shape[-2:], mode='area')
             loss = loss + cfg.smoothness_weight * smoothness_loss(disp, image_s) / (2 ** scale)
@@ -291,29 +372,79 @@ class Trainer:
         return total / len(SCALES), info
 
     # -- validation -----------------------------------------------------------------------------
+    def _photometric_under_tf(self, scored: list[tuple[dict[str, torch.Tensor], torch.Tensor]], scale: float) -> float:
+        """Mean scale-0 minimum reprojection error of ``scale x disp_to_depth(disp)`` under the TF poses."""
+        total, count = 0.0, 0
+        for batch, disp in scored:
+            color = batch['color'].to(self.device)
+            height, width = color.shape[-2:]
+            identity = [photometric_error(color[:, j].float(), color[:, 0].float())
+                        for j in range(1, 1 + len(SOURCE_OFFSETS))]
+            depth = self._depth(upsample_to(disp, height, width), scale)
+            T = batch['T'].to(self.device)
+            per_pixel, _ = reprojection_loss(color, depth, batch['K'].to(self.device),
+                                             {offset: T[:, j] for j, offset in enumerate(SOURCE_OFFSETS)},
+                                             identity, noise_std=0.0)
+            total += per_pixel.mean().item() * len(disp)
+            count += len(disp)
+        return total / max(count, 1)
+
+    def _search_scale(self, scored: list[tuple[dict[str, torch.Tensor], torch.Tensor]]) -> ScaleSearch:
+        """The depth scale whose reprojection under the TF poses is best (see :mod:`.scale`)."""
+        return search_scale(lambda scale: self._photometric_under_tf(scored, scale))
+
     @torch.no_grad()
-    def _validate(self, models: _Models, loader: DataLoader | None) -> dict[str, float]:
+    def _disparities(self, models: _Models, loader: DataLoader, limit: int) -> list[tuple[dict, torch.Tensor]]:
+        """``(batch, scale-0 disparity)`` pairs of up to ``limit`` samples, networks in eval mode."""
+        scored, seen = [], 0
+        for module in models.trainable():
+            module.eval()
+        try:
+            for batch in loader:
+                disp = models.decoder(models.encoder(batch['color_aug'][:, 0].to(self.device)))[('disp', 0)]
+                scored.append((batch, disp.float()))
+                seen += len(disp)
+                if seen >= limit:
+                    break
+        finally:
+            for module in models.trainable():
+                module.train()
+        return scored
+
+    @torch.no_grad()
+    def _validate(self, models: _Models, loader: DataLoader | None, tf_poses: bool) -> dict[str, float]:
+        """Validation loss, the photometric error under TF poses (``tf_poses``) and ground-truth errors."""
         if loader is None:
             return {}
         for module in models.trainable():
             module.eval()
-        losses, photometric, per_frame = [], [], []
+        losses, photometric, per_frame, per_frame_metric, ratios = [], [], [], [], []
+        scored = []
         seen = 0
         rng_state = torch.get_rng_state()
         torch.manual_seed(12345)  # identical auto-mask noise at every validation
         try:
             for batch in loader:
-                loss, info = self._losses(models, batch)
+                outputs = models.decoder(models.encoder(batch['color_aug'][:, 0].to(self.device)))
+                loss, info = self._losses(models, batch, outputs=outputs)
                 losses.append(loss.item())
                 photometric.append(info['photometric'])
-                _, depth = disp_to_depth(info['disp'], self.config.min_depth, self.config.max_depth)
-                depth = depth[:, 0].cpu().numpy()
+                disp = outputs[('disp', 0)].float()
+                if tf_poses:
+                    scored.append((batch, disp))
+                depth = self._depth(disp)[:, 0].cpu().numpy()
                 for gt, pred in zip(batch['depth_gt'][:, 0].numpy(), depth):
-                    if np.isfinite(gt).any():
-                        try:
-                            per_frame.append(evaluate_depth(gt, pred, min_depth=1e-3, max_depth=80.0))
-                        except ValueError:
-                            pass  # no valid ground truth in this frame
+                    if not np.isfinite(gt).any():
+                        continue
+                    try:
+                        per_frame.append(evaluate_depth(gt, pred, min_depth=1e-3, max_depth=80.0))
+                        if self.state.metric:
+                            per_frame_metric.append(evaluate_depth(gt, pred, min_depth=1e-3, max_depth=80.0,
+                                                                   median_scaling=False))
+                            valid = np.isfinite(gt) & (gt > 1e-3) & (gt < 80.0)
+                            ratios.append(float(np.median(gt[valid]) / np.median(pred[valid])))
+                    except ValueError:
+                        pass  # no valid ground truth in this frame
                 seen += len(depth)
                 if seen >= self.config.max_val_samples:
                     break
@@ -322,10 +453,25 @@ class Trainer:
             for module in models.trainable():
                 module.train()
         result = {'loss': float(np.mean(losses)), 'photometric': float(np.mean(photometric))}
+        if scored:
+            if self.state.metric:
+                result['loss_tf'] = self._photometric_under_tf(scored, self.state.metric_scale)
+            else:  # relative depth: scored at its best scale (a scale-free measure of its shape)
+                result['loss_tf'] = self._search_scale(scored).loss
         if per_frame:
             errors = mean_errors(per_frame)
             result.update(abs_rel=errors['abs_rel'], rmse=errors['rmse'], a1=errors['a1'])
+        if per_frame_metric:
+            result.update(abs_rel_metric=mean_errors(per_frame_metric)['abs_rel'],
+                          scale_ratio=float(np.median(ratios)))
         return result
+
+    def _selection(self, result: dict[str, float]) -> tuple[str, float]:
+        """What best/ is chosen by (lower is better): see the module docstring."""
+        for key in ('abs_rel_metric' if self.state.metric else 'abs_rel', 'abs_rel', 'loss_tf', 'loss'):
+            if key in result:
+                return key, result[key]
+        raise KeyError('empty validation result')
 
     # -- checkpoints ----------------------------------------------------------------------------
     def _save(self, models: _Models, optimizer: torch.optim.Optimizer, scheduler: Any, scaler: Any,
@@ -345,7 +491,13 @@ class Trainer:
             'config': asdict(cfg), 'step': self.state.step, 'epoch': self.state.epoch,
             'metrics': self.state.last_val, 'best_val_loss': None if math.isinf(self.state.best_val) else self.state.best_val,
             'samples': {'train': len(data.train), 'val': len(data.val)}, 'trained_with': 'hr_depth_ros.training',
+            'pose_source': self.state.pose_source, 'selected_by': self.state.selected_by,
+            'depth_units': 'metres' if self.state.metric else 'relative (monocular: no metric scale)',
         }
+        if self.state.metric:
+            # depth_node / predict / DepthEstimator publish metres with it (checkpoint.metric_scale_of).
+            metadata['metric_scale'] = self.state.metric_scale
+            metadata['scale_search'] = self.state.scale_search
         training_state = {'optimizer': optimizer.state_dict(), 'scheduler': scheduler.state_dict(),
                           'scaler': scaler.state_dict() if scaler is not None else {},
                           'step': self.state.step, 'epoch': self.state.epoch, 'best_val': self.state.best_val,
@@ -376,6 +528,10 @@ class Trainer:
                 scaler.load_state_dict(state['scaler'])
             self.state.step, self.state.epoch = int(state['step']), int(state['epoch'])
             self.state.best_val = float(state.get('best_val', math.inf))
+            scale = metric_scale_of(ckpt.metadata)
+            if scale is not None:
+                self.state.metric_scale, self.state.metric = scale, True
+                self.state.scale_search = ckpt.metadata.get('scale_search', {})
             if 'torch_rng' in state:
                 torch.set_rng_state(state['torch_rng'])
         except (KeyError, ValueError) as error:
@@ -398,9 +554,16 @@ class Trainer:
     def _run(self, data: PreparedData) -> dict[str, Any]:
         cfg = self.config
         self._log(data.report.summary())
+        for note in data.store.tf_notes:
+            if note:
+                self._log(note)
+        self.state.pose_source = data.pose_source
         models = self._build_models()
-        parameters = [p for m in models.trainable() for p in m.parameters()]
-        optimizer = torch.optim.Adam(parameters, lr=cfg.lr)
+        pose_lr = cfg.pose_lr if cfg.pose_lr is not None else max(cfg.lr, MIN_POSE_LR)
+        optimizer = torch.optim.Adam([
+            {'params': [p for m in (models.encoder, models.decoder) for p in m.parameters()], 'lr': cfg.lr},
+            {'params': [p for m in (models.pose_encoder, models.pose_decoder) for p in m.parameters()], 'lr': pose_lr},
+        ])
         scheduler = torch.optim.lr_scheduler.StepLR(optimizer, cfg.scheduler_step_epochs, cfg.scheduler_gamma)
         use_amp = cfg.amp and self.device.type == 'cuda'
         scaler = torch.amp.GradScaler('cuda') if use_amp else None
@@ -409,6 +572,21 @@ class Trainer:
         generator = torch.Generator().manual_seed(cfg.seed + self.state.step)
         train_loader = self._loader(TripletDataset(data.store, data.train, augment=cfg.augment), True, generator)
         val_loader = self._loader(TripletDataset(data.store, data.val), False) if data.val else None
+        if not cfg.resume:
+            self._choose_metric_scale(models, data)
+        pose_warmup = cfg.pose_warmup_steps
+        if pose_warmup is None:
+            pose_warmup = (AUTO_POSE_WARMUP_STEPS if data.pose_source == 'net' and cfg.init and models.pose_from_scratch
+                           else 0)
+        if data.pose_source == 'tf':
+            pose_warmup = 0  # the pose network is not used
+            models.pose_encoder.requires_grad_(False)
+            models.pose_decoder.requires_grad_(False)
+        self._log(f'camera motion from {"TF (" + cfg.odom_frame + " -> camera)" if data.pose_source == "tf" else "the pose network"}'
+                  + (f'; depth in metres (metric scale {self.state.metric_scale:.4g})' if self.state.metric else
+                     '; depth without metric scale')
+                  + (f'; pose network lr {pose_lr:g}, {pose_warmup} pose-only warm-up steps'
+                     if data.pose_source == 'net' else ''))
         steps_per_epoch = max(1, len(train_loader))
         total = cfg.steps if cfg.steps is not None else cfg.epochs * steps_per_epoch
         output = Path(cfg.output).expanduser()
@@ -433,18 +611,21 @@ class Trainer:
         self._log(f'training {cfg.arch} at {cfg.width}x{cfg.height} on {self.device} for {total} steps '
                   f'({steps_per_epoch} per epoch, batch {cfg.batch_size}, lr {cfg.lr}), output {output}')
         val_every = cfg.val_every if cfg.val_every > 0 else steps_per_epoch
+        validate = functools.partial(self._validation_step, models, val_loader, optimizer, scheduler, scaler, data,
+                                     writer, csv_stream, tensorboard)
+        best = validate() if not cfg.resume and cfg.init else None  # the start model: best/ is never worse
         start_step, start_time = self.state.step, time.perf_counter()
         samples_per_s = 0.0
         running: list[float] = []
         bad_in_a_row = 0
-        latest = best = None
+        latest = None
         try:
             for module in models.trainable():
                 module.train()
             while self.state.step < total:
                 frozen = self.state.epoch < cfg.freeze_encoder_epochs
                 for batch in train_loader:
-                    warming_up = self.state.step < cfg.pose_warmup_steps
+                    warming_up = self.state.step < pose_warmup
                     models.encoder.requires_grad_(not (frozen or warming_up))
                     models.decoder.requires_grad_(not warming_up)
                     models.encoder.train(not warming_up)
@@ -492,8 +673,7 @@ class Trainer:
                             tensorboard.add_scalar('train/loss', row['loss'], self.state.step)
                         running.clear()
                     if self.state.step % val_every == 0 or self.state.step == total:
-                        best = self._validation_step(models, val_loader, optimizer, scheduler, scaler, data,
-                                                     writer, csv_stream, tensorboard) or best
+                        best = validate() or best
                     if self.state.step % cfg.save_every == 0 or self.state.step == total:
                         latest = self._save(models, optimizer, scheduler, scaler, data, 'latest') or latest
                     if self.state.step >= total:
@@ -514,7 +694,7 @@ class Trainer:
         if latest is None and (output / 'latest').is_dir():
             latest = output / 'latest'
         self._log(f'finished at step {self.state.step}: {samples_per_s:.2f} samples/s, latest {latest}, '
-                  f'best validation loss {self.state.best_val:.4f}')
+                  f'best validation {self.state.selected_by} {self.state.best_val:.4f}')
         return {'step': self.state.step, 'epoch': self.state.epoch, 'latest': latest,
                 'best': output / 'best' if (output / 'best').is_dir() else None, 'val': self.state.last_val,
                 'samples_per_s': samples_per_s, 'skipped_steps': self.state.skipped_steps,
@@ -523,25 +703,56 @@ class Trainer:
     def _validation_step(self, models: _Models, val_loader: DataLoader | None, optimizer: Any, scheduler: Any,
                          scaler: Any, data: PreparedData, writer: csv.DictWriter, csv_stream: Any,
                          tensorboard: Any) -> Path | None:
-        result = self._validate(models, val_loader)
+        result = self._validate(models, val_loader, data.val_has_poses)
         if not result:
             return None
         self.state.last_val = result
-        row = {'step': self.state.step, 'epoch': self.state.epoch, 'split': 'val', 'loss': result['loss'],
-               'photometric': result['photometric'], 'lr': optimizer.param_groups[0]['lr'],
-               'abs_rel': result.get('abs_rel'), 'rmse': result.get('rmse'), 'a1': result.get('a1')}
+        self.state.selected_by, value = self._selection(result)
+        improved = math.isfinite(value) and value < self.state.best_val
+        row = {'step': self.state.step, 'epoch': self.state.epoch, 'split': 'val', 'lr': optimizer.param_groups[0]['lr'],
+               **{k: result.get(k) for k in METRICS_COLUMNS if k in result}, 'selected': int(improved)}
         writer.writerow(row)
         csv_stream.flush()
         if tensorboard is not None:
             for key, value in result.items():
                 tensorboard.add_scalar(f'val/{key}', value, self.state.step)
         text = ', '.join(f'{k} {v:.4f}' for k, v in result.items())
-        self._log(f'validation at step {self.state.step}: {text}')
-        self._emit('validation', step=self.state.step, **result)
-        if math.isfinite(result['loss']) and result['loss'] < self.state.best_val:
-            self.state.best_val = result['loss']
+        self._log(f'validation at step {self.state.step}: {text}'
+                  + (f' (new best by {self.state.selected_by})' if improved else ''))
+        self._emit('validation', step=self.state.step, selected_by=self.state.selected_by, **result)
+        if improved:
+            self.state.best_val = value
             return self._save(models, optimizer, scheduler, scaler, data, 'best')
         return None
+
+    def _choose_metric_scale(self, models: _Models, data: PreparedData) -> None:
+        """Metric scale for TF poses: given, the start checkpoint's, or found by the scale search."""
+        cfg = self.config
+        if data.pose_source != 'tf':
+            return
+        self.state.metric = True
+        if cfg.metric_scale is not None:
+            self.state.metric_scale, how = cfg.metric_scale, 'given'
+        elif models.init_metric_scale is not None:
+            self.state.metric_scale, how = models.init_metric_scale, f'of the start checkpoint {cfg.init}'
+        elif not cfg.init:
+            self.state.metric_scale, how = 1.0, 'random initialisation learns metres directly'
+        else:
+            stride = max(1, len(data.train) // SCALE_SEARCH_SAMPLES)
+            samples = data.train[::stride][:SCALE_SEARCH_SAMPLES]
+            loader = self._loader(TripletDataset(data.store, samples), False)
+            search = self._search_scale(self._disparities(models, loader, SCALE_SEARCH_SAMPLES))
+            self.state.metric_scale = search.scale
+            self.state.scale_search = {'samples': len(samples), 'loss': search.loss, 'sharpness': search.sharpness(),
+                                       'evaluations': len(search.curve)}
+            how = (f'photometric search under TF poses on {len(samples)} training samples: loss {search.loss:.4f}, '
+                   f'{100 * search.sharpness():.0f} % higher at x2 / x0.5')
+            if search.sharpness() < 0.01:
+                self._log('warning: the photometric loss barely changes with the depth scale (little camera '
+                          'motion or texture?); the metric scale is uncertain')
+        self.state.scale_search.setdefault('how', how)
+        self._log(f'metric scale {self.state.metric_scale:.4g} ({how}); representable depth '
+                  f'{self.state.metric_scale * cfg.min_depth:.3g}-{self.state.metric_scale * cfg.max_depth:.4g} m')
 
 
 def train(config: TrainingConfig, callback: Callback | None = None) -> dict[str, Any]:
