@@ -2,16 +2,19 @@
 
     python -m hr_depth_ros.demo [--output demo_output] [--device auto]
 
-1. writes two synthetic drives as rosbag2 files (one to fine-tune on, one held out);
+1. writes two synthetic drives as rosbag2 files (one to fine-tune on, with the robot's odometry
+   in TF as a real robot records it, and one held out: other scenes than the bundled
+   checkpoint was trained on);
 2. fine-tunes Lite-HR-Depth on the first one, self-supervised (no depth labels), starting from
-   the bundled checkpoint ``models/lite_hr_depth_synthetic`` (itself trained this way on
-   synthetic data only) or from random weights when it is absent;
-3. starts the real ``depth_node`` as a process and plays the held-out frames into it over
-   ROS 2 (DDS on loopback only), collecting what it publishes;
+   the bundled checkpoint ``models/lite_hr_depth_synthetic`` (itself trained monocularly on
+   another synthetic drive, so without metric scale) or from random weights when it is absent:
+   once with camera motion from the odometry (``--pose-source tf``: metric depth) and, unless
+   ``--skip-net``, once from the camera alone (``--pose-source net``, the bundled pose network);
+3. starts the real ``depth_node`` as a process with the TF-fine-tuned checkpoint and plays the
+   held-out frames into it over ROS 2 (DDS on loopback only), collecting what it publishes;
 4. writes colourised depth strips beside the camera frames and the ground truth (PNG), a
    point cloud (PLY) and a report (abs_rel / rmse / a1 against the ground truth, median-scaled,
-   for random weights, the starting checkpoint and the fine-tuned one; frames processed;
-   latency percentiles).
+   and without median scaling for the metric checkpoint; frames processed; latency percentiles).
 
 A second run reuses the bags and the fine-tuned checkpoint already in the output folder
 (``--fresh`` starts over).
@@ -41,7 +44,6 @@ IMAGE_TOPIC = '/camera/image_raw'
 CAMERA_INFO_TOPIC = '/camera/camera_info'
 DEPTH_GT_TOPIC = '/camera/depth_gt'
 REPORTED_METRICS = ('abs_rel', 'sq_rel', 'rmse', 'rmse_log', 'a1')
-SYNTHETIC_CAMERA_HEIGHT = 1.5  # metres; hr_depth_ros.synthetic.SyntheticDrive's default
 
 
 @dataclass
@@ -124,27 +126,32 @@ def make_random_checkpoint(folder: Path, width: int, height: int) -> Path:
 
 
 def finetune(train_bag: Path, output: Path, init: Path | None, steps: int, width: int, height: int,
-             device: str, batch_size: int, pose_warmup: int, lr: float) -> Path:
-    """Run the ROS-free fine-tuning CLI as a process (its own progress bar shows)."""
+             device: str, batch_size: int, lr: float, pose_source: str) -> Path:
+    """Run the ROS-free fine-tuning CLI as a process; returns its ``best/`` (else ``latest/``).
+
+    No depth labels: ``best/`` is chosen as a user without a depth sensor gets it (the
+    photometric loss under the odometry's poses, the start model included).
+    """
     latest = output / 'latest'
     if checkpoint_step(latest) >= steps:
         print(f'      reusing {latest} (step {checkpoint_step(latest)})')
-        return latest
-    command = [sys.executable, '-m', 'hr_depth_ros.finetune', '--bag', str(train_bag), '--output', str(output),
-               '--arch', 'lite_hr_depth', '--steps', str(steps), '--width', str(width), '--height', str(height),
-               '--batch-size', str(batch_size), '--device', device, '--gt-depth-topic', DEPTH_GT_TOPIC,
-               '--lr', str(lr)]
-    if init is not None:
-        # The shipped checkpoint has no pose network: let a fresh one learn first.
-        command += ['--init', str(init), '--pose-warmup-steps', str(pose_warmup)]
-    if (latest / 'depth.pth').is_file():
-        command.append('--resume')
-    subprocess.run(command, check=True, cwd=REPO_ROOT)
-    return latest
+    else:
+        command = [sys.executable, '-m', 'hr_depth_ros.finetune', '--bag', str(train_bag), '--output', str(output),
+                   '--arch', 'lite_hr_depth', '--steps', str(steps), '--width', str(width), '--height', str(height),
+                   '--batch-size', str(batch_size), '--device', device, '--lr', str(lr),
+                   '--pose-source', pose_source, '--val-every', str(max(1, steps // 3)), '--save-every', str(steps)]
+        if init is not None:
+            command += ['--init', str(init)]
+        if (latest / 'depth.pth').is_file():
+            command.append('--resume')
+        subprocess.run(command, check=True, cwd=REPO_ROOT)
+    return output / 'best' if (output / 'best' / 'depth.pth').is_file() else latest
 
 
-def direct_metrics(weights: Path, frames: list[EvalFrame], device: str) -> dict[str, float]:
-    """Median-scaled metrics of a checkpoint on the held-out frames, through the inference engine."""
+def direct_metrics(weights: Path, frames: list[EvalFrame], device: str,
+                   median_scaling: bool = True) -> dict[str, float]:
+    """Metrics of a checkpoint on the held-out frames through the inference engine: median-scaled
+    (monocular), or as published (``median_scaling=False``: the checkpoint's own metric scale)."""
     from hr_depth_ros.inference import DepthEstimator
 
     estimator = DepthEstimator(weights, device=device)
@@ -152,7 +159,9 @@ def direct_metrics(weights: Path, frames: list[EvalFrame], device: str) -> dict[
     for frame in frames:
         depth = estimator.predict_depth(frame.rgb)
         depth = cv2.resize(depth, (frame.rgb.shape[1], frame.rgb.shape[0]), interpolation=cv2.INTER_LINEAR)
-        per_frame.append(evaluate_depth(frame.depth_gt, depth))
+        per_frame.append(evaluate_depth(frame.depth_gt, depth, median_scaling=median_scaling))
+        if not median_scaling:  # how far the published scale is from the truth
+            per_frame[-1]['scale_ratio'] = evaluate_depth(frame.depth_gt, depth)['scale_ratio']
     return mean_errors(per_frame)
 
 
@@ -255,8 +264,8 @@ def run_node_session(weights: Path, frames: list[EvalFrame], device: str, log_pa
                '--params-file', str(REPO_ROOT / 'config' / 'depth.yaml'),
                '-p', f'weights:={weights}', '-p', f'device:={device}', '-p', 'points_stride:=2',
                '-p', 'qos_reliability:=reliable', '-p', 'qos_depth:=5',
-               # Metric scale from the known camera height above the road (the synthetic camera's).
-               '-p', 'scale_mode:=camera_height', '-p', f'camera_height:={SYNTHETIC_CAMERA_HEIGHT}',
+               # Metres come from the checkpoint itself (fine-tuned with the odometry's metric poses).
+               '-p', 'scale_mode:=fixed',
                '-r', f'image:={IMAGE_TOPIC}', '-r', f'camera_info:={CAMERA_INFO_TOPIC}',
                '-r', 'depth:=/camera/depth', '-r', 'depth/colored:=/camera/depth/colored',
                '-r', 'depth/camera_info:=/camera/depth/camera_info', '-r', 'points:=/camera/points']
@@ -357,13 +366,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--net-height', type=int, default=96, help='network height for fine-tuning')
     parser.add_argument('--train-frames', type=int, default=120)
     parser.add_argument('--eval-frames', type=int, default=12, help='held-out frames played into the node')
-    parser.add_argument('--finetune-steps', type=int, default=60,
-                        help='fine-tuning steps of this run (added to the bundled checkpoint)')
+    parser.add_argument('--finetune-steps', type=int, default=30,
+                        help='fine-tuning steps of each run (from the bundled checkpoint)')
     parser.add_argument('--batch-size', type=int, default=4)
-    parser.add_argument('--lr', type=float, default=2e-5,
-                        help='fine-tuning learning rate (low: a short run on a new drive, starting from a trained model)')
-    parser.add_argument('--pose-warmup-steps', type=int, default=40,
-                        help='of the fine-tuning steps, how many train only the pose network (see finetune)')
+    parser.add_argument('--lr', type=float, default=1e-4, help='fine-tuning learning rate')
+    parser.add_argument('--skip-net', action='store_true',
+                        help='skip the fine-tuning run without odometry (pose network), to save time')
     parser.add_argument('--init', default=None,
                         help=f'checkpoint to start from (default: {BUNDLED_CHECKPOINT.relative_to(REPO_ROOT)} '
                              "if present, else random; 'random' forces random weights)")
@@ -392,20 +400,30 @@ def main(argv: list[str] | None = None) -> int:
     eval_bag = ensure_bag(output / 'bags' / 'heldout', max(args.eval_frames * 3, 30), args.width, args.height,
                           seed=2)
     frames = load_eval_frames(eval_bag, args.eval_frames)
-    done(t, f'{args.train_frames} training frames, {len(frames)} held-out frames')
+    done(t, f'{args.train_frames} training frames (camera + odometry in TF), {len(frames)} held-out frames')
 
-    t = step(2, total, f'fine-tuning Lite-HR-Depth at {args.net_width}x{args.net_height}, '
-                       f'{args.finetune_steps} steps from {init or "random weights"}')
-    finetuned = finetune(train_bag, output / 'finetune', init, args.finetune_steps, args.net_width,
-                         args.net_height, args.device, args.batch_size, args.pose_warmup_steps, args.lr)
-    done(t, str(finetuned))
+    runs = [('tf', 'camera motion from the odometry (TF)')]
+    if not args.skip_net:
+        runs.append(('net', 'camera motion from the pose network (camera only)'))
+    checkpoints = {}
+    for pose_source, what in runs:
+        t = step(2, total, f'fine-tuning Lite-HR-Depth at {args.net_width}x{args.net_height}, {args.finetune_steps} '
+                           f'steps from {init or "random weights"}, {what}')
+        checkpoints[pose_source] = finetune(train_bag, output / f'finetune_{pose_source}', init, args.finetune_steps,
+                                            args.net_width, args.net_height, args.device, args.batch_size, args.lr,
+                                            pose_source)
+        done(t, str(checkpoints[pose_source]))
+    finetuned = checkpoints['tf']
 
-    t = step(3, total, 'evaluating random weights, the starting checkpoint and the fine-tuned one')
+    t = step(3, total, 'evaluating random weights, the starting checkpoint and the fine-tuned ones')
     random_weights = make_random_checkpoint(output / 'random_init', args.net_width, args.net_height)
     results = {'random_init': direct_metrics(random_weights, frames, args.device)}
     if init is not None:
         results['start_checkpoint'] = direct_metrics(init, frames, args.device)
-    results['finetuned'] = direct_metrics(finetuned, frames, args.device)
+    results['finetuned_tf'] = direct_metrics(finetuned, frames, args.device)
+    results['finetuned_tf_metric'] = direct_metrics(finetuned, frames, args.device, median_scaling=False)
+    if 'net' in checkpoints:
+        results['finetuned_net'] = direct_metrics(checkpoints['net'], frames, args.device)
     done(t)
 
     t = step(4, total, 'running depth_node and playing the held-out frames into it over ROS 2')
@@ -426,6 +444,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     results['node_published'] = mean_errors(per_frame)
     results['node_published_metric'] = mean_errors(per_frame_metric)
+    results['node_published_metric']['scale_ratio'] = results['node_published']['scale_ratio']
     done(t, f'{len(per_frame)}/{len(frames)} frames answered')
 
     t = step(5, total, 'writing pictures, point cloud and report')
@@ -444,18 +463,25 @@ def main(argv: list[str] | None = None) -> int:
         'latency_ms_publish_to_depth': percentiles(latency_depth),
         'latency_ms_publish_to_points': percentiles(latency_points),
         'metrics': results,
-        'checkpoints': {'start': str(init) if init else None, 'finetuned': str(finetuned)},
+        'checkpoints': {'start': str(init) if init else None, **{f'finetuned_{k}': str(v) for k, v in checkpoints.items()}},
         'device': args.device,
     }
     (output / 'report.json').write_text(json.dumps(report, indent=2))
     lines = ['# hr_depth_ros demo report', '',
              f'Held-out synthetic frames: {len(per_frame)} processed by depth_node of {len(frames)} played.', '',
-             '| model | ' + ' | '.join(REPORTED_METRICS) + ' |', '|---' * (len(REPORTED_METRICS) + 1) + '|']
+             '| model | ' + ' | '.join(REPORTED_METRICS) + ' | scale ratio |', '|---' * (len(REPORTED_METRICS) + 2) + '|']
     for name, metrics in results.items():
-        lines.append(f'| {name} | ' + ' | '.join(f'{metrics[k]:.3f}' for k in REPORTED_METRICS) + ' |')
-    lines += ['', 'Metrics are median-scaled (monocular), depth capped to 80 m, as on KITTI; '
-              '`node_published_metric` is not: its scale comes from the node\'s ground-plane fit '
-              f'(scale_mode camera_height, {SYNTHETIC_CAMERA_HEIGHT} m).', '',
+        ratio = f'{metrics["scale_ratio"]:.3f}' if name.endswith('_metric') else '(median-scaled)'
+        lines.append(f'| {name} | ' + ' | '.join(f'{metrics[k]:.3f}' for k in REPORTED_METRICS) + f' | {ratio} |')
+    lines += ['', 'Metrics are median-scaled (monocular), depth capped to 80 m, as on KITTI, except the '
+              '`_metric` rows: those are the depth as published, in metres from the checkpoint\'s own metric '
+              'scale (fine-tuned with the odometry\'s poses); scale ratio = median(truth) / median(published), '
+              '1 for exact metres.']
+    if 'start_checkpoint' in results:
+        start, tuned = results['start_checkpoint']['abs_rel'], results['finetuned_tf']['abs_rel']
+        lines += ['', f'Fine-tuning with the odometry changed abs_rel by {100 * (tuned - start) / start:+.1f} % '
+                      f'({start:.3f} -> {tuned:.3f}).']
+    lines += ['',
               '| latency (ms) | p50 | p95 | p99 |', '|---|---|---|---|']
     for name, values in (('publish -> depth', latency_depth), ('publish -> points', latency_points)):
         stats = percentiles(values)

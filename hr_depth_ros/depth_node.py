@@ -606,7 +606,11 @@ def _make_node_class():  # noqa: C901 - the node is one class; rclpy is imported
                                   f'{type(error).__name__}: {error}') from error
             metadata = getattr(self.estimator.checkpoint, 'metadata', None) or {}
             self._checkpoint_intrinsics = checkpoint_intrinsics(metadata)
-            if metadata.get('use_stereo') and config.depth_scale == 1.0 and config.scale_mode == 'fixed':
+            if self.estimator.metric_scale is not None:
+                self.get_logger().info(
+                    f'the checkpoint is metric (fine-tuned with metric poses, metric_scale '
+                    f'{self.estimator.metric_scale:.4g}): publishing metres x depth_scale {config.depth_scale:g}')
+            elif metadata.get('use_stereo') and config.depth_scale == 1.0 and config.scale_mode == 'fixed':
                 self.get_logger().warning(
                     'the checkpoint was trained with stereo (use_stereo): set depth_scale:=5.4 for metric depth')
             if self._checkpoint_intrinsics is None and config.fx <= 0:

@@ -81,6 +81,8 @@ class DepthEstimator:
         self.min_depth = float(min_depth)
         self.max_depth = float(max_depth)
         self.depth_scale = float(depth_scale)
+        # A checkpoint fine-tuned with metric poses records metres per depth unit (checkpoint.metric_scale_of).
+        self.metric_scale = checkpoint.metric_scale
         net = _DepthNet(checkpoint.encoder, checkpoint.decoder).eval().to(self.device)
         if self.channels_last:
             net = net.to(memory_format=torch.channels_last)
@@ -126,9 +128,16 @@ class DepthEstimator:
         """The network's sigmoid disparity (``height x width`` float32) for one RGB image."""
         return self.predict_batch(self.preprocess(rgb))[0, 0].cpu().numpy()
 
+    @property
+    def total_depth_scale(self) -> float:
+        """The factor on ``disp_to_depth``: the checkpoint's metric scale (if any) x ``depth_scale``."""
+        return (self.metric_scale or 1.0) * self.depth_scale
+
     def disparity_to_depth(self, disparity: np.ndarray) -> np.ndarray:
-        """Metric depth (m) = ``depth_scale`` x monodepth2's ``disp_to_depth``."""
-        return (disp_to_depth(disparity, self.min_depth, self.max_depth)[1] * self.depth_scale).astype(np.float32)
+        """Depth = the checkpoint's metric scale (metres for checkpoints fine-tuned with metric poses,
+        else 1) x ``depth_scale`` x monodepth2's ``disp_to_depth``."""
+        depth = disp_to_depth(disparity, self.min_depth, self.max_depth)[1]
+        return (depth * self.total_depth_scale).astype(np.float32)
 
     def predict_depth(self, rgb: np.ndarray) -> np.ndarray:
         """Metric depth (``height x width`` float32, metres) for one RGB image."""

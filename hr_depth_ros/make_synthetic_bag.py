@@ -43,7 +43,8 @@ from hr_depth_ros.synthetic import SyntheticDrive
 
 __all__ = ['IMAGE_TOPIC', 'COMPRESSED_TOPIC', 'CAMERA_INFO_TOPIC', 'DEPTH_GT_TOPIC', 'TF_TOPIC', 'TF_STATIC_TOPIC',
            'CAMERA_FRAME', 'CAMERA_LINK_FRAME', 'BASE_FRAME', 'ODOM_FRAME', 'TOPIC_TYPES', 'FRAME_TOPICS',
-           'BASE_FROM_CAMERA_LINK', 'CAMERA_LINK_FROM_OPTICAL', 'write_synthetic_bag', 'save_preview', 'main']
+           'BASE_FROM_CAMERA_LINK', 'CAMERA_LINK_FROM_OPTICAL', 'frame_messages', 'odometry_msg', 'static_tf_msg',
+           'tf_stamps_ns', 'write_synthetic_bag', 'save_preview', 'main']
 
 IMAGE_TOPIC = '/camera/image_raw'
 COMPRESSED_TOPIC = '/camera/image_raw/compressed'
@@ -71,7 +72,7 @@ CAMERA_LINK_FROM_OPTICAL = np.array([[0.0, 0, 1, 0], [-1, 0, 0, 0], [0, -1, 0, 0
 _STORAGES = {'mcap': StoragePlugin.MCAP, 'sqlite3': StoragePlugin.SQLITE3}
 
 
-def _messages(typestore: Any, drive: SyntheticDrive, index: int, jpeg_quality: int) -> dict[str, Any]:
+def frame_messages(typestore: Any, drive: SyntheticDrive, index: int, jpeg_quality: int) -> dict[str, Any]:
     """All messages of one frame, keyed by topic."""
     types = typestore.types
     Header, Time = types['std_msgs/msg/Header'], types['builtin_interfaces/msg/Time']
@@ -179,7 +180,7 @@ def write_synthetic_bag(path: str | Path, frames: int = 60, width: int = 640, he
                 while next_tf < len(odometry) and odometry[next_tf] <= stamp_ns:
                     write(TF_TOPIC, odometry[next_tf], odometry_msg(typestore, drive, odometry[next_tf]))
                     next_tf += 1
-                for topic, msg in _messages(typestore, drive, index, jpeg_quality).items():
+                for topic, msg in frame_messages(typestore, drive, index, jpeg_quality).items():
                     write(topic, stamp_ns, msg)
             for stamp_ns in odometry[next_tf:]:
                 write(TF_TOPIC, stamp_ns, odometry_msg(typestore, drive, stamp_ns))

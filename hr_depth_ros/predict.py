@@ -3,8 +3,12 @@
     python -m hr_depth_ros.predict --weights HR_Depth_K_MS_1024x320 [--output-dir DIR] IMAGE_OR_FOLDER...
 
 For each image writes ``<stem>_disp.npy`` (the network's scale-0 sigmoid disparity, an
-``height x width`` float32 array at network resolution) and ``<stem>_disp.jpeg`` (colourised, magma, range from the minimum to the
-95th percentile, at the image's resolution). Unreadable images are reported and skipped.
+``height x width`` float32 array at network resolution), ``<stem>_depth.npy`` (float32 depth
+at network resolution: metres for a checkpoint fine-tuned with metric poses, whose
+``hr_depth_ros.json`` records its ``metric_scale``; otherwise ``--depth-scale`` x
+``disp_to_depth``, relative units unless you know the scale) and ``<stem>_disp.jpeg``
+(colourised, magma, range from the minimum to the 95th percentile, at the image's
+resolution). Unreadable images are reported and skipped.
 """
 from __future__ import annotations
 
@@ -55,6 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--device', default='auto', choices=('auto', 'cuda', 'cpu'))
     parser.add_argument('--ext', help='only this extension inside folders (default: common image types)')
     parser.add_argument('--cmap', default='magma', help='colour map of the jpeg (default magma)')
+    parser.add_argument('--depth-scale', type=float, default=1.0,
+                        help="factor on the depth (5.4 for stereo-trained checkpoints); multiplies the checkpoint's "
+                             'own metric scale when it has one (default 1)')
     parser.add_argument('--no-progress', action='store_true', help='no progress bar')
     return parser
 
@@ -68,8 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     from hr_depth_ros.inference import DepthEstimator
 
     try:
-        estimator = DepthEstimator(args.weights, device=args.device)
-    except CheckpointError as error:
+        estimator = DepthEstimator(args.weights, device=args.device, depth_scale=args.depth_scale)
+    except (CheckpointError, ValueError) as error:
         print(f'predict: {error}', file=sys.stderr)
         return 2
     images = collect_images(args.inputs, args.ext)
@@ -79,8 +86,10 @@ def main(argv: list[str] | None = None) -> int:
     output_dir = Path(args.output_dir).expanduser() if args.output_dir else None
     if output_dir:
         output_dir.mkdir(parents=True, exist_ok=True)
+    units = (f'metres (checkpoint metric scale {estimator.metric_scale:.4g})' if estimator.metric_scale
+             else 'relative units (no metric scale in the checkpoint)')
     print(f'-> {estimator.arch} at {estimator.width}x{estimator.height} on {estimator.device}; '
-          f'{len(images)} image(s)')
+          f'{len(images)} image(s); depth in {units} x {args.depth_scale:g}')
     failed: list[str] = []
     for path in tqdm(images, unit='img', disable=args.no_progress or len(images) < 2):
         try:
@@ -92,6 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         disparity = estimator.predict_disparity(rgb)
         target = (output_dir or path.parent) / path.stem
         np.save(f'{target}_disp.npy', disparity.astype(np.float32))
+        np.save(f'{target}_depth.npy', estimator.disparity_to_depth(disparity))
         full = cv2.resize(disparity, (rgb.shape[1], rgb.shape[0]), interpolation=cv2.INTER_LINEAR)
         cv2.imwrite(f'{target}_disp.jpeg', colorize(full, cmap=args.cmap, bgr=True))
     done = len(images) - len(failed)

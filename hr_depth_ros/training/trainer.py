@@ -418,7 +418,7 @@ class Trainer:
             return {}
         for module in models.trainable():
             module.eval()
-        losses, photometric, per_frame, per_frame_metric, ratios = [], [], [], [], []
+        losses, photometric, per_frame, per_frame_metric = [], [], [], []
         scored = []
         seen = 0
         rng_state = torch.get_rng_state()
@@ -441,8 +441,6 @@ class Trainer:
                         if self.state.metric:
                             per_frame_metric.append(evaluate_depth(gt, pred, min_depth=1e-3, max_depth=80.0,
                                                                    median_scaling=False))
-                            valid = np.isfinite(gt) & (gt > 1e-3) & (gt < 80.0)
-                            ratios.append(float(np.median(gt[valid]) / np.median(pred[valid])))
                     except ValueError:
                         pass  # no valid ground truth in this frame
                 seen += len(depth)
@@ -461,9 +459,8 @@ class Trainer:
         if per_frame:
             errors = mean_errors(per_frame)
             result.update(abs_rel=errors['abs_rel'], rmse=errors['rmse'], a1=errors['a1'])
-        if per_frame_metric:
-            result.update(abs_rel_metric=mean_errors(per_frame_metric)['abs_rel'],
-                          scale_ratio=float(np.median(ratios)))
+        if per_frame_metric:  # scale_ratio: median(gt) / median(prediction), 1 for exact metres
+            result.update(abs_rel_metric=mean_errors(per_frame_metric)['abs_rel'], scale_ratio=errors['scale_ratio'])
         return result
 
     def _selection(self, result: dict[str, float]) -> tuple[str, float]:
