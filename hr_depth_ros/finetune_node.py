@@ -65,7 +65,15 @@ PARAMETERS: dict[str, tuple[Any, str]] = {
     'val_every': (0, 'validate every N steps (0: every epoch)'),
     'save_every': (500, 'save output_dir/latest every N steps'),
     'freeze_encoder_epochs': (0, 'keep the encoder frozen for the first N epochs'),
-    'pose_warmup_steps': (0, 'first N steps train only the pose network (init checkpoints without one)'),
+    'pose_source': ('auto', "camera motion: 'tf' (the bags' odometry; metric depth), 'net' (pose network), "
+                            "'auto' (tf when every bag has a TF chain from odom_frame to the camera)"),
+    'odom_frame': ('odom', 'fixed frame of the odometry in TF'),
+    'camera_frame': ('', "camera optical frame in TF (empty: the images' header.frame_id)"),
+    'max_tf_gap': (0.25, 'seconds; frames inside a longer TF silence get no pose and are dropped'),
+    'metric_scale': (0.0, 'with TF poses: metres per depth unit of init_weights (0: recorded one, else searched)'),
+    'pose_lr': (0.0, 'pose network learning rate (0: max(lr, 1e-4))'),
+    'pose_warmup_steps': (-1, 'first N steps train only the pose network (-1: 160 when init_weights has no pose '
+                              'network and poses come from it, else 0)'),
     'freeze_bn': (False, "keep the depth encoder's batch-norm statistics fixed"),
     'min_motion': (0.5, 'drop samples whose thumbnails differ less than this (grey levels)'),
     'val_fraction': (0.1, 'fraction of each bag held out (contiguous time blocks) for validation'),
@@ -117,7 +125,10 @@ class FinetuneNode(Node):
             amp=bool(self.value('amp')), num_workers=int(self.value('num_workers')), seed=int(self.value('seed')),
             val_every=int(self.value('val_every')), save_every=int(self.value('save_every')),
             freeze_encoder_epochs=int(self.value('freeze_encoder_epochs')),
-            pose_warmup_steps=int(self.value('pose_warmup_steps')),
+            pose_warmup_steps=None if int(self.value('pose_warmup_steps')) < 0 else int(self.value('pose_warmup_steps')),
+            pose_source=self.value('pose_source'), odom_frame=self.value('odom_frame'),
+            camera_frame=self.value('camera_frame') or None, max_tf_gap=float(self.value('max_tf_gap')),
+            metric_scale=float(self.value('metric_scale')) or None, pose_lr=float(self.value('pose_lr')) or None,
             freeze_bn=bool(self.value('freeze_bn')),
             min_motion=float(self.value('min_motion')), val_fraction=float(self.value('val_fraction')),
             resume=bool(self.value('resume')), progress_bar=False)

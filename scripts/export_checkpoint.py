@@ -1,5 +1,6 @@
-"""Export a checkpoint folder for shipping: encoder.pth + depth.pth + hr_depth_ros.json only
-(no pose network or optimiser state), optionally with half-precision weights.
+"""Export a checkpoint folder for shipping: encoder.pth + depth.pth + hr_depth_ros.json and the
+pose network (pose_encoder.pth + pose.pth, so fine-tuning from it without odometry does not start a
+pose network from scratch), no optimiser state; optionally with half-precision weights.
 
     python scripts/export_checkpoint.py SOURCE_DIR DEST_DIR [--fp16] [--note TEXT]
 
@@ -14,7 +15,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from hr_depth_ros.checkpoint import load_depth_checkpoint, save_depth_checkpoint  # noqa: E402
+from hr_depth_ros.checkpoint import load_depth_checkpoint, load_extra_state, save_depth_checkpoint  # noqa: E402
+
+POSE_FILES = ('pose_encoder.pth', 'pose.pth')
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -30,10 +33,19 @@ def main(argv: list[str] | None = None) -> int:
     if args.note:
         metadata['note'] = args.note
     metadata['exported_from'] = str(Path(args.source).resolve())
+    dtype = torch.float16 if args.fp16 else None
+    extra = {}
+    if all((Path(args.source) / name).is_file() for name in POSE_FILES):
+        for name in POSE_FILES:
+            state = load_extra_state(args.source, name)
+            extra[name] = {k: v.to(dtype) if dtype is not None and v.is_floating_point() else v
+                           for k, v in state.items()}
+    else:
+        print(f'note: {args.source} has no pose network; exporting the depth network only')
     dest = save_depth_checkpoint(args.dest, checkpoint.encoder, checkpoint.decoder, arch=checkpoint.arch,
                                  height=checkpoint.height, width=checkpoint.width,
                                  use_stereo=checkpoint.use_stereo, metadata=metadata,
-                                 weights_dtype=torch.float16 if args.fp16 else None)
+                                 extra_state=extra, weights_dtype=dtype)
     size = sum(p.stat().st_size for p in dest.iterdir()) / 1e6
     print(f'exported {checkpoint.arch} {checkpoint.width}x{checkpoint.height} to {dest} ({size:.1f} MB)')
     return 0
