@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import cv2
+import pytest
 
 from hr_depth_ros.pointcloud import read_ply
 
@@ -23,9 +24,20 @@ def test_demo_runs_the_whole_loop(tmp_path):
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     report = json.loads((output / 'report.json').read_text())
     assert report['frames_played'] == 3 and report['frames_processed'] == 3
-    for name in ('random_init', 'finetuned', 'node_published'):
-        assert 0.0 < report['metrics'][name]['abs_rel'] < 10.0
-        assert 0.0 <= report['metrics'][name]['a1'] <= 1.0
+    metrics = report['metrics']
+    assert set(metrics) == {'random_init', 'finetuned_tf', 'finetuned_tf_metric', 'finetuned_net', 'node_published',
+                            'node_published_metric'}
+    # What the node published over DDS is what the engine computes for the same checkpoint.
+    for key in ('abs_rel', 'rmse', 'a1'):
+        assert metrics['node_published'][key] == pytest.approx(metrics['finetuned_tf'][key], rel=1e-3, abs=1e-4)
+        assert metrics['node_published_metric'][key] == pytest.approx(metrics['finetuned_tf_metric'][key],
+                                                                      rel=1e-3, abs=1e-4)
+    # The metric rows are not median-scaled: they differ from the scaled ones by the scale ratio.
+    assert metrics['finetuned_tf_metric']['scale_ratio'] != pytest.approx(1.0, abs=1e-6)
+    assert metrics['finetuned_tf_metric']['abs_rel'] != pytest.approx(metrics['finetuned_tf']['abs_rel'])
+    finetuned = json.loads((output / 'finetune_tf' / 'latest' / 'hr_depth_ros.json').read_text())
+    assert finetuned['pose_source'] == 'tf' and finetuned['metric_scale'] > 0
+    assert json.loads((output / 'finetune_net' / 'latest' / 'hr_depth_ros.json').read_text())['pose_source'] == 'net'
     assert report['latency_ms_publish_to_depth']['p50'] > 0
     strip = cv2.imread(str(output / 'strips' / 'strip_00.png'))
     assert strip.shape == (3 * 96, 3 * 320, 3)  # rows of camera | ground truth | prediction
