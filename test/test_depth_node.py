@@ -131,7 +131,7 @@ def test_camera_height_scale_on_the_synthetic_street(synthetic_bag):
     shrunk 4x: the ground-plane fit brings it back to metric within 5 %."""
     from hr_depth_ros import image_decoding
     from hr_depth_ros.bags import read_messages
-    from hr_depth_ros.ros_messages import camera_info_to_K
+    from hr_depth_ros.camera_info import camera_info_K
 
     frames: dict[int, dict] = {}
     for topic, _, stamp, msg in read_messages(synthetic_bag, ['/camera/depth_gt', INFO_TOPIC]):
@@ -142,7 +142,7 @@ def test_camera_height_scale_on_the_synthetic_street(synthetic_bag):
     per_frame = []
     for frame in list(frames.values())[:8]:
         depth = image_decoding.image_to_array(frame['/camera/depth_gt']) * np.float32(0.25)
-        per_frame.append(estimator.update(depth, camera_info_to_K(frame[INFO_TOPIC]), camera_height=1.5))
+        per_frame.append(estimator.update(depth, camera_info_K(frame[INFO_TOPIC])[0], camera_height=1.5))
     assert all(s is not None for s in per_frame), per_frame
     np.testing.assert_allclose(per_frame, 4.0, rtol=0.05)
     assert estimator.scale == pytest.approx(4.0, rel=0.05)
