@@ -30,6 +30,7 @@ DECODER_FILE = 'depth.pth'
 METADATA_FILE = 'hr_depth_ros.json'
 ENCODER_EXTRA_KEYS = ('height', 'width', 'use_stereo')
 MAX_LISTED_KEYS = 12
+MAX_NETWORK_SIDE = 4096  # network input height/width above this are refused (the releases use <= 1280)
 
 
 class CheckpointError(RuntimeError):
@@ -67,6 +68,32 @@ def _read_state(path: Path, map_location: str | torch.device = 'cpu') -> dict[st
 def _listing(keys: list[str]) -> str:
     shown = ', '.join(keys[:MAX_LISTED_KEYS])
     return shown + (f', ... ({len(keys)} in all)' if len(keys) > MAX_LISTED_KEYS else '')
+
+
+def _network_size(extras: dict[str, Any], path: Path) -> tuple[int, int]:
+    """(height, width) stored in encoder.pth: positive multiples of 32 up to MAX_NETWORK_SIDE, else CheckpointError."""
+    size = []
+    for name in ('height', 'width'):
+        value = extras[name]
+        if isinstance(value, torch.Tensor) and value.numel() == 1 and not value.is_floating_point():
+            value = value.item()
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise CheckpointError(f'{path}: {name} must be an integer, got {str(value)[:40]!r} '
+                                  f'({type(value).__name__})')
+        if not 32 <= value <= MAX_NETWORK_SIDE or value % 32:
+            raise CheckpointError(f'{path}: {name}={value} is not a network input size (a multiple of 32 '
+                                  f'from 32 to {MAX_NETWORK_SIDE})')
+        size.append(value)
+    return size[0], size[1]
+
+
+def check_finite(state: dict[str, Any], path: Path) -> None:
+    """CheckpointError naming ``path`` and the first tensors when floating-point weights hold NaN or inf."""
+    bad = [key for key, value in state.items()
+           if isinstance(value, torch.Tensor) and value.is_floating_point() and not torch.isfinite(value).all()]
+    if bad:
+        raise CheckpointError(f'{path}: {len(bad)} tensors hold NaN or inf ({_listing(bad)}); '
+                              'the weights are unusable (a diverged training run?)')
 
 
 def detect_architecture(encoder_state: dict[str, Any], decoder_state: dict[str, Any]) -> str:
@@ -113,7 +140,11 @@ def load_state_strict(module: nn.Module, state: dict[str, Any], path: Path) -> N
 
 
 def load_depth_checkpoint(folder: str | Path, map_location: str | torch.device = 'cpu') -> DepthCheckpoint:
-    """Load a checkpoint folder (the authors', monodepth2's or ours) into fresh networks."""
+    """Load a checkpoint folder (the authors', monodepth2's or ours) into fresh networks.
+
+    Refused (CheckpointError naming the file): weights holding NaN/inf, and network sizes
+    that are not integers, not positive multiples of 32 or above MAX_NETWORK_SIDE.
+    """
     folder = Path(folder).expanduser()
     if not folder.is_dir():
         raise CheckpointError(f'{folder}: checkpoint folder does not exist (expected encoder.pth + depth.pth)')
@@ -129,6 +160,9 @@ def load_depth_checkpoint(folder: str | Path, map_location: str | torch.device =
         arch = detect_architecture(encoder_state, decoder_state)
     except CheckpointError as error:
         raise CheckpointError(f'{folder}: {error}') from None
+    height, width = _network_size(extras, encoder_path)
+    check_finite(encoder_state, encoder_path)
+    check_finite(decoder_state, decoder_path)
     encoder, decoder = build_depth_model(arch)
     load_state_strict(encoder, encoder_state, encoder_path)
     load_state_strict(decoder, decoder_state, decoder_path)
@@ -141,8 +175,8 @@ def load_depth_checkpoint(folder: str | Path, map_location: str | torch.device =
             raise CheckpointError(f'{metadata_path}: not valid JSON: {error}') from error
     encoder.eval()
     decoder.eval()
-    return DepthCheckpoint(arch=arch, encoder=encoder, decoder=decoder, height=int(extras['height']),
-                           width=int(extras['width']), use_stereo=bool(extras.get('use_stereo', False)),
+    return DepthCheckpoint(arch=arch, encoder=encoder, decoder=decoder, height=height,
+                           width=width, use_stereo=bool(extras.get('use_stereo', False)),
                            metadata=metadata, path=folder)
 
 
