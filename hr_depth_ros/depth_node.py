@@ -698,7 +698,8 @@ def _make_node_class():  # noqa: C901 - the node is one class; rclpy is imported
                            error=True)
                 return None
             except (image_decoding.MalformedImage, ValueError) as error:
-                self._warn('malformed', f'dropping malformed frame on {topic}: {shorten(error, 300)}')
+                reason = 'too large' if isinstance(error, image_decoding.ImageTooLarge) else 'malformed'
+                self._warn(reason, f'dropping malformed frame on {topic}: {shorten(error, 300)}')
                 return None
             if rgb.ndim != 3 or rgb.shape[0] < 2 or rgb.shape[1] < 2:
                 self._warn('too small', f'dropping frame on {topic}: image of shape {rgb.shape} is too small')

@@ -48,6 +48,7 @@ import cv2  # noqa: E402 - after the environment variable above
 __all__ = [
     'UnsupportedEncoding',
     'MalformedImage',
+    'ImageTooLarge',
     'RGB_ENCODINGS',
     'image_to_rgb',
     'image_to_array',
@@ -71,6 +72,10 @@ class UnsupportedEncoding(ValueError):
 
 class MalformedImage(ValueError):
     """The message fields are inconsistent (sizes, step, data length) or the payload does not decode."""
+
+
+class ImageTooLarge(MalformedImage):
+    """The image (declared or in its header) has more pixels than allowed (``max_pixels``)."""
 
 
 # encoding -> (channels, dtype) of the raw buffer; packed YUV 4:2:2 is 2 bytes per pixel.
@@ -122,7 +127,7 @@ def shorten(text: Any, limit: int = 64) -> str:
 
 def _check_pixels(width: int, height: int, max_pixels: int, what: str) -> None:
     if width * height > max_pixels:
-        raise MalformedImage(f'{what} of {width}x{height} = {width * height / 1e6:.1f} MP is above the limit of '
+        raise ImageTooLarge(f'{what} of {width}x{height} = {width * height / 1e6:.1f} MP is above the limit of '
                              f'{max_pixels / 1e6:.1f} MP (max_pixels)')
 
 
