@@ -77,15 +77,28 @@ def open_reader(path: str | Path) -> Iterator[AnyReader]:
 
     rosbag2 files without stored message definitions are read with the Humble typestore.
     """
+    with _open_or_salvage(path, partial=False) as reader:
+        yield reader
+
+
+@contextmanager
+def _open_or_salvage(path: str | Path, partial: bool) -> Iterator[AnyReader | _Salvage]:
+    """An open AnyReader; with ``partial``, a :class:`_Salvage` of a rosbag2 that rosbags cannot open."""
     bag = _resolve(path)
     try:
         reader = AnyReader([bag], default_typestore=get_typestore(_FALLBACK_STORE))
         reader.open()
-    except BagError:
-        raise
     except Exception as exc:  # rosbags raises many types for bad files (ReaderError, OSError, ...)
-        raise BagError(f'bag {bag}: cannot open: {type(exc).__name__}: {exc} (corrupt or truncated? '
-                       'a bag from an interrupted recording may need `ros2 bag reindex`)') from exc
+        reason = f'{type(exc).__name__}: {exc}'
+        if not partial or not bag.is_dir():  # ROS 1 bags are not salvaged
+            raise BagError(f'bag {bag}: cannot open: {reason} (corrupt or truncated? a bag from an '
+                           'interrupted recording may need `ros2 bag reindex`)') from exc
+        salvage = _Salvage(bag, f'cut short or corrupt ({reason})')
+        try:
+            yield salvage
+        finally:
+            salvage.close()
+        return
     try:
         yield reader
     finally:
@@ -102,25 +115,21 @@ def canonical_topic(name: str) -> str:
 
 def list_topics(path: str | Path, partial: bool = False) -> dict[str, str]:
     """Topic -> message type (e.g. ``sensor_msgs/msg/Image``) of one bag (``partial``: see module doc)."""
-    if partial and (salvage := _salvage_if_needed(path)) is not None:
-        salvage.close()
-        return dict(salvage.topics)
-    with open_reader(path) as reader:
+    with _open_or_salvage(path, partial) as reader:
+        if isinstance(reader, _Salvage):
+            return dict(reader.topics)
         return {canonical_topic(conn.topic): conn.msgtype for conn in reader.connections}
 
 
 def topic_counts(path: str | Path, partial: bool = False) -> dict[str, int]:
     """Topic -> number of messages of one bag (from its index; of a partial bag: what is readable)."""
-    if partial and (salvage := _salvage_if_needed(path)) is not None:
-        try:
-            counts = {topic: 0 for topic in salvage.topics}
-            for topic, _, _ in salvage.raw():
+    with _open_or_salvage(path, partial) as reader:
+        counts: dict[str, int] = {}
+        if isinstance(reader, _Salvage):
+            counts = {topic: 0 for topic in reader.topics}
+            for topic, _, _ in reader.raw():
                 counts[topic] += 1
             return counts
-        finally:
-            salvage.close()
-    with open_reader(path) as reader:
-        counts: dict[str, int] = {}
         for conn in reader.connections:
             topic = canonical_topic(conn.topic)
             counts[topic] = counts.get(topic, 0) + int(conn.msgcount)
@@ -222,12 +231,11 @@ def read_messages(paths: BagPaths, topics: Sequence[str] | None = None,
     with ExitStack() as stack:
         streams = []
         for bag in bags:
-            salvage = _salvage_if_needed(bag) if on_partial is not None else None
-            if salvage is not None:
-                stack.callback(salvage.close)
-                streams.append(_salvaged_messages(salvage, bag, topics, on_partial))
+            reader = stack.enter_context(_open_or_salvage(bag, on_partial is not None))
+            if isinstance(reader, _Salvage):
+                streams.append(_salvaged_messages(reader, bag, topics, on_partial))
             else:
-                streams.append(_bag_messages(stack.enter_context(open_reader(bag)), bag, topics, on_partial))
+                streams.append(_bag_messages(reader, bag, topics, on_partial))
         if len(streams) == 1:
             yield from streams[0]
         else:
@@ -239,22 +247,6 @@ def read_messages(paths: BagPaths, topics: Sequence[str] | None = None,
 
 _MCAP_MAGIC = b'\x89MCAP0\r\n'
 _SQLITE_PAGE_SIZE_AT, _SQLITE_PAGES_AT = 16, 28
-
-
-def _salvage_if_needed(path: str | Path) -> _Salvage | None:
-    """A :class:`_Salvage` of a rosbag2 that rosbags cannot open; None when it opens normally.
-
-    BagError when neither works (also for ROS 1 bags, which are not salvaged).
-    """
-    bag = _resolve(path)
-    try:
-        with open_reader(bag):
-            return None
-    except BagError as error:
-        if not bag.is_dir():
-            raise
-        reason = str(error).split(': cannot open: ', 1)[-1].split(' (corrupt or truncated?', 1)[0]
-        return _Salvage(bag, f'cut short or corrupt ({reason})')
 
 
 class _Salvage:
