@@ -13,8 +13,8 @@ encodings are converted by OpenCV into new arrays.
 Size limits: every decoder refuses images above ``max_pixels`` (default :data:`DEFAULT_MAX_PIXELS`,
 50 MP, well above 8K UHD's 33 MP) as malformed before allocating anything: raw images by
 ``height x width``, JPEG / PNG by the size in their header (SOFn / IHDR), which is parsed before
-decoding; ``OPENCV_IO_MAX_IMAGE_PIXELS`` (set to :data:`MAX_PIXELS_LIMIT` unless already set, before
-OpenCV is imported) is the backstop. Compressed payloads that are not JPEG or PNG, lack their end
+decoding; ``OPENCV_IO_MAX_IMAGE_PIXELS`` (set to ``hr_depth_ros.MAX_PIXELS_LIMIT`` by the package
+unless already set, before OpenCV is loaded) is the backstop. Compressed payloads that are not JPEG or PNG, lack their end
 marker or make the codec complain (libjpeg's "Corrupt JPEG data", i.e. a partly decoded image) are
 malformed too; what the codecs print on stderr is captured and put into the error, not the log.
 
@@ -35,15 +35,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, NamedTuple
 
+import cv2
 import numpy as np
+
+from hr_depth_ros import MAX_PIXELS_LIMIT  # also OpenCV's limit (OPENCV_IO_MAX_IMAGE_PIXELS), set by the package
 
 DEFAULT_MAX_PIXELS = 50_000_000
 """Default largest image (width x height) any decoder accepts."""
-MAX_PIXELS_LIMIT = 1 << 28
-"""Largest value of a max_pixels setting; OpenCV's own limit (OPENCV_IO_MAX_IMAGE_PIXELS backstop)."""
-os.environ.setdefault('OPENCV_IO_MAX_IMAGE_PIXELS', str(MAX_PIXELS_LIMIT))  # read when OpenCV loads
-
-import cv2  # noqa: E402 - after the environment variable above
 
 __all__ = [
     'UnsupportedEncoding',
@@ -316,8 +314,14 @@ def compressed_to_rgb(msg: Any, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndar
     tail = data[-_TRAILER_SLACK:].tobytes()
     if (kind == 'jpeg' and b'\xff\xd9' not in tail) or (kind == 'png' and _PNG_END not in tail):
         raise MalformedImage(f'{kind} image ({width}x{height}, {data.size} bytes) is cut short: no end marker')
+    refused = []
     with _captured_stderr() as codec_output:
-        bgr = cv2.imdecode(data, cv2.IMREAD_COLOR)
+        try:
+            bgr = cv2.imdecode(data, cv2.IMREAD_COLOR)
+        except cv2.error as error:  # e.g. OpenCV's own size limit (the backstop)
+            bgr = None
+            refused.append('OpenCV imgcodecs refused it: ' + str(error).strip().splitlines()[-1].split(') ', 1)[-1])
+    codec_output += refused
     codec = [line for line in codec_output if any(m in line for m in _CODEC_MARKERS)]
     fatal = [line for line in codec if 'libpng warning' not in line]  # libpng warnings: image still complete
     other = [line for line in codec_output if line not in codec]

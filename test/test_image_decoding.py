@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import array
+from pathlib import Path
 from types import SimpleNamespace
 
 import cv2
@@ -262,10 +263,31 @@ def test_raw_images_above_max_pixels_are_malformed():
     assert dec.image_to_rgb(small, max_pixels=16 * 24).shape == (16, 24, 3)
 
 
-def test_opencv_backstop_is_set_before_opencv_loads():
+def test_opencv_backstop_is_set_before_opencv_loads(tmp_path):
+    """In a fresh process that loads the node (which imports cv2 first): OpenCV itself refuses 300 MP."""
     import os
+    import struct
+    import subprocess
+    import sys
+    import zlib
 
-    assert int(os.environ['OPENCV_IO_MAX_IMAGE_PIXELS']) == dec.MAX_PIXELS_LIMIT
+    png = dec.encode_compressed(smooth_rgb(8, 8), 'png').data
+    ihdr = b'IHDR' + struct.pack('>II', 20000, 15000) + png[24:29]  # 300 MP, valid CRC
+    (tmp_path / 'big.png').write_bytes(png[:12] + ihdr + struct.pack('>I', zlib.crc32(ihdr)) + png[33:])
+    code = ('import sys, types; import hr_depth_ros.depth_node; import cv2, numpy as np\n'
+            'from hr_depth_ros import image_decoding as dec\n'
+            'data = np.fromfile(sys.argv[1], np.uint8)\n'
+            'try:\n    cv2.imdecode(data, cv2.IMREAD_COLOR)\nexcept cv2.error as e:\n    print("refused", e)\n'
+            'try:\n    dec.compressed_to_rgb(types.SimpleNamespace(format="png", data=data), max_pixels=1 << 30)\n'
+            'except dec.MalformedImage as e:\n    print("malformed", e)\n')
+    env = {k: v for k, v in os.environ.items() if k != 'OPENCV_IO_MAX_IMAGE_PIXELS'}
+    result = subprocess.run([sys.executable, '-c', code, str(tmp_path / 'big.png')], capture_output=True, text=True,
+                            timeout=120, env=env, cwd=Path(__file__).resolve().parents[1])
+    refused = result.stdout.split('malformed')[0]
+    malformed = result.stdout[len(refused):]
+    assert refused.startswith('refused') and 'CV_IO_MAX_IMAGE_PIXELS' in refused, result.stderr[-2000:]
+    # the backstop surfaces as a malformed frame, without a traceback or codec noise
+    assert 'CV_IO_MAX_IMAGE_PIXELS' in malformed and result.stderr == ''
 
 
 def test_corrupt_or_cut_payloads_are_malformed_and_codec_noise_stays_off_stderr(capfd):

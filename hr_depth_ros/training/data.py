@@ -369,7 +369,7 @@ class SampleReport:
                 f'(dropped: {self.dropped_edges} at sequence ends, {self.dropped_gap} across time gaps, '
                 f'{self.dropped_no_motion} without camera motion, {self.dropped_split} straddling the '
                 f'train/validation split; {self.skipped_frames} undecodable frames skipped)'
-                + ''.join(f'\n  {note}' for note in self.notes))
+                + (f'; {"; ".join(self.notes)}' if self.notes else ''))
 
 
 def build_samples(store: FrameStore, frame_stride: int = 1, max_gap_factor: float = 2.5,
