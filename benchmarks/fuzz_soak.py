@@ -89,7 +89,8 @@ def bad_raw_images(rng: np.random.Generator, count: int) -> Iterator[tuple[str, 
         yield kind, fields
 
 
-def bad_compressed(rng: np.random.Generator, count: int, good_jpeg: bytes, good_png: bytes) -> Iterator[tuple[str, str, bytes]]:
+def bad_compressed(rng: np.random.Generator, count: int, good_jpeg: bytes,
+                   good_png: bytes) -> Iterator[tuple[str, str, bytes]]:
     """(kind, format, payload) of malformed compressed images, decompression bombs first."""
     import cv2
 
@@ -168,9 +169,10 @@ class Fuzzer:
         return (self.image_pub.get_subscription_count() > 0 and self.compressed_pub.get_subscription_count() > 0
                 and all(sub.get_publisher_count() > 0 for sub in self.subs))
 
-    def processed(self, name: str, sec: int) -> bool:
+    def processed_by_all(self, sec: int) -> bool:
+        """Whether every node published depth/camera_info for the frame stamped ``sec``."""
         with self.lock:
-            return any(stamp == sec for stamp, _ in self.outputs[name])
+            return all(any(stamp == sec for stamp, _ in self.outputs[name]) for name in NODES)
 
     def close(self) -> None:
         import rclpy
@@ -255,7 +257,7 @@ class Harness:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             sec = self.send_good()
-            if self.wait(lambda: all(self.fuzzer.processed(n, sec) for n in NODES), min(2.0, deadline - time.monotonic())):
+            if self.wait(lambda: self.fuzzer.processed_by_all(sec), min(2.0, deadline - time.monotonic())):
                 return True
             if not all(self.alive().values()):
                 return False

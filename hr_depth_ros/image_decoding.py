@@ -14,9 +14,10 @@ Size limits: every decoder refuses images above ``max_pixels`` (default :data:`D
 50 MP, well above 8K UHD's 33 MP) as malformed before allocating anything: raw images by
 ``height x width``, JPEG / PNG by the size in their header (SOFn / IHDR), which is parsed before
 decoding; ``OPENCV_IO_MAX_IMAGE_PIXELS`` (set to ``hr_depth_ros.MAX_PIXELS_LIMIT`` by the package
-unless already set, before OpenCV is loaded) is the backstop. Compressed payloads that are not JPEG or PNG, lack their end
-marker or make the codec complain (libjpeg's "Corrupt JPEG data", i.e. a partly decoded image) are
-malformed too; what the codecs print on stderr is captured and put into the error, not the log.
+unless already set, before OpenCV is loaded) is the backstop. Compressed payloads that are not
+JPEG or PNG, lack their end marker or make the codec complain (libjpeg's "Corrupt JPEG data",
+i.e. a partly decoded image) are malformed too; what the codecs print on stderr is captured and
+put into the error, not the log.
 
 The writers (:func:`rgb_to_image_fields`, :func:`array_to_image_fields`,
 :func:`encode_compressed`) are the one implementation used by the bag writer and by the

@@ -156,7 +156,7 @@ def test_non_finite_weights_are_refused_naming_the_file(tmp_path, lite_models, f
 
 
 def test_predict_and_trainer_init_refuse_a_nan_checkpoint_in_one_line(tmp_path, lite_models, capsys):
-    from hr_depth_ros import finetune, predict
+    from hr_depth_ros import predict
 
     bad = save_depth_checkpoint(tmp_path / 'nan', *lite_models, arch='lite_hr_depth', height=96, width=320)
     state = torch.load(bad / 'depth.pth', weights_only=True)
