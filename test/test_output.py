@@ -48,6 +48,8 @@ def test_a_fresh_run_into_a_previous_run_is_refused_unless_overwrite(bag, first_
     assert err.count('\n') == 1 and 'holds a previous run' in err and 'step 4' in err and '--overwrite' in err
     assert step_of(output / 'latest') == 4 and (output / 'metrics.csv').read_text() == rows
     assert (output / 'best' / 'encoder.pth').read_bytes() == best
+    assert run(bag, output, '--steps', '2', '--overwrite', '--image-topic', '/nope') == 2  # bad input: run kept
+    assert step_of(output / 'latest') == 4 and (output / 'metrics.csv').read_text() == rows
     assert run(bag, output, '--steps', '2', '--overwrite') == 0
     assert step_of(output / 'latest') == 2
     assert [int(r['step']) for r in csv.DictReader(open(output / 'metrics.csv')) if r['split'] == 'val'] == [2]

@@ -9,7 +9,9 @@
 2. frame caches left by killed runs (``OUTPUT/.hr_depth_frames-*``, see :data:`FRAME_CACHE_PREFIX`)
    are removed;
 3. a fresh run into a folder that holds a previous run (``latest/``, ``best/`` or ``metrics.csv``)
-   is refused unless ``resume`` (continue it) or ``overwrite`` (its files are deleted first).
+   is refused unless ``resume`` (continue it) or ``overwrite``; with ``overwrite`` the previous
+   run's files are deleted by :func:`remove_previous_run` only once the new run's data is ready,
+   so bad input never costs the previous run.
 """
 from __future__ import annotations
 
@@ -21,7 +23,8 @@ from pathlib import Path
 
 from hr_depth_ros.checkpoint import recover_checkpoint
 
-__all__ = ['OutputError', 'prepare_output', 'removed_if_left_empty', 'FRAME_CACHE_PREFIX', 'RUN_FILES']
+__all__ = ['OutputError', 'prepare_output', 'remove_previous_run', 'removed_if_left_empty', 'FRAME_CACHE_PREFIX',
+           'RUN_FILES']
 
 FRAME_CACHE_PREFIX = '.hr_depth_frames-'
 CHECKPOINT_NAMES = ('latest', 'best')
@@ -56,16 +59,20 @@ def prepare_output(output: str | Path, resume: bool = False, overwrite: bool = F
     for cache in output.glob(FRAME_CACHE_PREFIX + '*'):
         shutil.rmtree(cache, ignore_errors=True)
         actions.append(f'removed the frame cache {cache} left by an interrupted run')
-    previous = [name for name in RUN_FILES if (output / name).exists()]
-    if previous and not resume:
-        if not overwrite:
-            raise OutputError(f'output {output} holds a previous run ({_describe_run(output)}): use --resume to '
-                              'continue it, --overwrite to replace it, or another --output')
-        for name in previous:
-            path = output / name
-            shutil.rmtree(path) if path.is_dir() else path.unlink()
-        actions.append(f'--overwrite: removed the previous run in {output} ({", ".join(previous)})')
+    if not resume and not overwrite and any((output / name).exists() for name in RUN_FILES):
+        raise OutputError(f'output {output} holds a previous run ({_describe_run(output)}): use --resume to '
+                          'continue it, --overwrite to replace it, or another --output')
     return actions
+
+
+def remove_previous_run(output: str | Path) -> list[str]:
+    """Delete what a previous run wrote into ``output`` (for ``overwrite``); one line when there was any."""
+    output = Path(output).expanduser()
+    previous = [name for name in RUN_FILES if (output / name).exists()]
+    for name in previous:
+        path = output / name
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    return [f'--overwrite: removed the previous run in {output} ({", ".join(previous)})'] if previous else []
 
 
 @contextmanager

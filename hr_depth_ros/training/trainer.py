@@ -38,7 +38,8 @@ from hr_depth_ros.networks import ARCHITECTURES, build_depth_model, build_pose_m
 from hr_depth_ros.training.data import DataConfig, PreparedData, TripletDataset, prepare_data
 from hr_depth_ros.training.losses import (SMOOTHNESS_WEIGHT, distillation_loss, min_reprojection, photometric_error,
                                           smoothness_loss, upsample_to)
-from hr_depth_ros.training.output import FRAME_CACHE_PREFIX, prepare_output, removed_if_left_empty
+from hr_depth_ros.training.output import (FRAME_CACHE_PREFIX, prepare_output, remove_previous_run,
+                                          removed_if_left_empty)
 
 __all__ = ['TrainingConfig', 'TrainingError', 'Trainer', 'train', 'METRICS_COLUMNS']
 
@@ -399,6 +400,9 @@ class Trainer:
         self.device = select_device(cfg.device)
         with removed_if_left_empty(cfg.output):  # the frame cache lives in output: bad input leaves nothing
             data = prepare_data(cfg.data_config(), min_train_samples=1)
+        if cfg.overwrite and not cfg.resume:  # only now that the new run's data is ready
+            for action in remove_previous_run(cfg.output):
+                self._log(action)
         try:
             return self._run(data)
         finally:
