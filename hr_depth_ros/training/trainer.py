@@ -400,10 +400,10 @@ class Trainer:
         self.device = select_device(cfg.device)
         with removed_if_left_empty(cfg.output):  # the frame cache lives in output: bad input leaves nothing
             data = prepare_data(cfg.data_config(), min_train_samples=1)
-        if cfg.overwrite and not cfg.resume:  # only now that the new run's data is ready
-            for action in remove_previous_run(cfg.output):
-                self._log(action)
         try:
+            if cfg.overwrite and not cfg.resume:  # only now that the new run's data is ready
+                for action in remove_previous_run(cfg.output):
+                    self._log(action)
             return self._run(data)
         finally:
             data.close()
