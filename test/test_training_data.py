@@ -288,3 +288,19 @@ def test_bag_cut_short_is_used_up_to_its_last_readable_frame(tmp_path, storage):
             assert data.store.image(i).std() > 5
     finally:
         data.close()
+
+
+def test_finetune_cli_trains_on_a_ros1_camera_bag(tmp_path, capsys):
+    """The issue's report: finetune on a ROS 1 CompressedImage + CameraInfo bag died with AttributeError 'k'."""
+    from hr_depth_ros import finetune
+
+    bag = write_ros1_camera_bag(tmp_path / 'pi.bag', frames=12)
+    output = tmp_path / 'out'
+    code = finetune.main(['--bag', str(bag), '--output', str(output), '--image-topic', 'camera/image_raw/compressed',
+                          '--camera-info-topic', 'camera/camera_info', '--steps', '1', '--width', '128',
+                          '--height', '64', '--batch-size', '2', '--device', 'cpu', '--quiet', '--val-fraction', '0'])
+    assert code == 0, capsys.readouterr().err
+    import json
+
+    meta = json.loads((output / 'latest' / 'hr_depth_ros.json').read_text())
+    assert meta['step'] == 1 and meta['samples']['train'] > 0
