@@ -10,14 +10,15 @@ Topic names are reported and matched in their absolute form (``camera/image`` in
 
 Partial bags: with ``partial=True`` / ``on_partial=...`` a bag cut short (a recorder that lost
 power) is read up to its last readable message instead of refused: rosbag2 MCAP files are
-scanned record by record and sqlite3 files read row by row (from a header-repaired temporary
-copy) when ``rosbags`` cannot open them; a bag that fails while being read ends there; messages
-that do not deserialise are skipped. ``on_partial`` receives one line per bag saying what
-happened. ROS 1 bags cut short are still refused.
+scanned record by record, sqlite3 files read row by row (from a header-repaired temporary
+copy) and ROS 1 bags scanned record by record (their index is at the end) when ``rosbags``
+cannot open them; a bag that fails while being read ends there; messages that do not
+deserialise are skipped. ``on_partial`` receives one line per bag saying what happened.
 """
 from __future__ import annotations
 
 import heapq
+import io
 import mmap
 import shutil
 import sqlite3
@@ -29,8 +30,13 @@ from pathlib import Path
 from typing import Any, Union
 
 from rosbags.highlevel import AnyReader
+from rosbags.rosbag1.reader import Header as Ros1Header
+from rosbags.rosbag1.reader import ReaderError as Ros1ReaderError
+from rosbags.rosbag1.reader import RecordType as Ros1Record
+from rosbags.rosbag1.reader import decompressors as ros1_decompressors
 from rosbags.rosbag2.storage_mcap import decompress as mcap_decompress
 from rosbags.typesys import Stores, get_types_from_msg, get_typestore
+from rosbags.typesys.msg import normalize_msgtype
 
 __all__ = ['BagError', 'BagPaths', 'open_reader', 'list_topics', 'topic_counts', 'read_messages', 'header_stamp_ns',
            'canonical_topic']
@@ -90,9 +96,10 @@ def _open_or_salvage(path: str | Path, partial: bool) -> Iterator[AnyReader | _S
         reader.open()
     except Exception as exc:  # rosbags raises many types for bad files (ReaderError, OSError, ...)
         reason = f'{type(exc).__name__}: {exc}'
-        if not partial or not bag.is_dir():  # ROS 1 bags are not salvaged
+        if not partial:
+            reindex = 'rosbag reindex' if bag.suffix == '.bag' else 'ros2 bag reindex'
             raise BagError(f'bag {bag}: cannot open: {reason} (corrupt or truncated? a bag from an '
-                           'interrupted recording may need `ros2 bag reindex`)') from exc
+                           f'interrupted recording may need `{reindex}`)') from exc
         salvage = _Salvage(bag, f'cut short or corrupt ({reason})')
         try:
             yield salvage
@@ -200,12 +207,13 @@ def _salvaged_messages(salvage: _Salvage, bag: Path, topics: Iterable[str] | Non
                        on_partial: PartialCallback) -> Iterator[Message]:
     wanted = _wanted(bag, salvage.topics, topics)
     typestore = salvage.typestore()
+    deserialize = typestore.deserialize_ros1 if salvage.ros1 else typestore.deserialize_cdr
     count = skipped = 0
     for topic, timestamp, raw in salvage.raw():
         if topic not in wanted:
             continue
         try:
-            msg = typestore.deserialize_cdr(raw, salvage.topics[topic])
+            msg = deserialize(raw, salvage.topics[topic])
         except Exception:  # a message cut or corrupted: never yield part of it
             skipped += 1
             continue
@@ -250,14 +258,15 @@ _SQLITE_PAGE_SIZE_AT, _SQLITE_PAGES_AT = 16, 28
 
 
 class _Salvage:
-    """The readable prefix of a rosbag2's storage files (MCAP or sqlite3), in file order."""
+    """The readable prefix of a bag's storage files (MCAP, sqlite3 or ROS 1), in file order."""
 
     def __init__(self, bag: Path, reason: str) -> None:
         self.bag = bag
         self.reason = reason
         self.stopped: str | None = None
         self._copies: list[Path] = []
-        self.files = sorted(p for p in bag.iterdir() if p.suffix in ('.mcap', '.db3'))
+        self.ros1 = bag.suffix == '.bag'
+        self.files = [bag] if self.ros1 else sorted(p for p in bag.iterdir() if p.suffix in ('.mcap', '.db3'))
         if not self.files:
             raise BagError(f'bag {bag}: {reason}, and it holds no .mcap / .db3 file to read')
         self.topics: dict[str, str] = {}
@@ -271,7 +280,7 @@ class _Salvage:
 
     def typestore(self) -> Any:
         """The fallback typestore plus the message definitions stored in the files."""
-        typestore = get_typestore(_FALLBACK_STORE)
+        typestore = get_typestore(Stores.ROS1_NOETIC if self.ros1 else _FALLBACK_STORE)
         for name, text in self._schemas.items():
             if name not in typestore.types:
                 try:
@@ -284,8 +293,50 @@ class _Salvage:
         """``(topic, timestamp_ns, serialized message)`` of every readable message."""
         self.stopped = None
         for path in self.files:
-            reader = self._mcap if path.suffix == '.mcap' else self._sqlite
+            reader = {'.mcap': self._mcap, '.db3': self._sqlite, '.bag': self._ros1}[path.suffix]
             yield from reader(path)
+
+    def _ros1(self, path: Path) -> Iterator[tuple[str, int, bytes]]:
+        with open(path, 'rb') as stream:
+            if stream.read(13) != b'#ROSBAG V2.0\n':
+                self.stopped = f'{path.name} is not a ROS 1 bag (version 2.0)'
+                return
+            yield from self._ros1_records(stream, path.stat().st_size, path.name, {})
+
+    def _ros1_records(self, src: Any, end: int, name: str,
+                      connections: dict[int, str]) -> Iterator[tuple[str, int, bytes]]:
+        """Records of a ROS 1 bag (or of one of its chunks) from ``src`` up to ``end``."""
+        while src.tell() < end:
+            start = src.tell()
+            try:
+                header = Ros1Header.read(src)
+                op = header.get_uint8('op')
+                length = struct.unpack('<I', src.read(4))[0]
+                data = src.read(length)
+                if op == Ros1Record.CHUNK:
+                    compression = header.get_string('compression')
+                    if len(data) < length and compression != 'none':
+                        raise Ros1ReaderError(f'compressed chunk cut short at byte {start}')
+                    records = ros1_decompressors[compression](data)
+                    yield from self._ros1_records(io.BytesIO(records), len(records), name, connections)
+                    if len(data) < length:  # an uncompressed chunk cut short: its complete records were used
+                        raise Ros1ReaderError(f'chunk cut short at byte {start}')
+                elif len(data) < length:
+                    raise Ros1ReaderError(f'record cut short at byte {start}')
+                elif op == Ros1Record.CONNECTION:
+                    fields = Ros1Header.read(io.BytesIO(struct.pack('<I', len(data)) + data))
+                    topic = canonical_topic(header.get_string('topic'))
+                    msgtype = normalize_msgtype(fields.get_string('type'))
+                    connections[header.get_uint32('conn')] = topic
+                    self.topics.setdefault(topic, msgtype)
+                    self._schemas.setdefault(msgtype, fields.get_string('message_definition'))
+                elif op == Ros1Record.MSGDATA:
+                    topic = connections.get(header.get_uint32('conn'))
+                    if topic is not None:
+                        yield topic, header.get_time('time'), data
+            except (Ros1ReaderError, struct.error, KeyError, ValueError) as error:
+                self.stopped = f'{name}: {error}'
+                return
 
     def _mcap(self, path: Path) -> Iterator[tuple[str, int, bytes]]:
         with open(path, 'rb') as stream:

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from hr_depth_ros.bags import BagError
+from hr_depth_ros.bags import BagError, read_messages
 from hr_depth_ros.make_synthetic_bag import write_synthetic_bag
 from hr_depth_ros.training.data import (DataConfig, DataError, SampleReport, TripletDataset, build_samples,
                                         extract_frames, prepare_data, split_samples)
@@ -271,15 +271,25 @@ def test_undecodable_frames_are_skipped_counted_and_a_bad_bag_refused(tmp_path):
         prepare_data(DataConfig(**{**vars(config), 'bags': [bombed], 'min_decodable_fraction': 1.0}))
 
 
-@pytest.mark.parametrize('storage', ['mcap', 'sqlite3'])
+@pytest.mark.parametrize('storage', ['mcap', 'sqlite3', 'ros1'])
 def test_bag_cut_short_is_used_up_to_its_last_readable_frame(tmp_path, storage):
-    full = write_synthetic_bag(tmp_path / 'full', frames=30, width=320, height=96, storage=storage, seed=3)
-    bag = tmp_path / 'cut'
-    shutil.copytree(full, bag)
-    data_file = next(p for p in bag.iterdir() if p.suffix in ('.mcap', '.db3'))
-    raw = data_file.read_bytes()
+    config = DataConfig(bags=[], width=W, height=H, val_fraction=0.0)
+    if storage == 'ros1':
+        full = write_ros1_camera_bag(tmp_path / 'full.bag', frames=30)
+        bag = data_file = tmp_path / 'cut.bag'
+        config = DataConfig(**{**vars(config), 'image_topic': 'camera/image_raw/compressed',
+                               'camera_info_topic': 'camera/camera_info'})
+        raw = full.read_bytes()
+    else:
+        full = write_synthetic_bag(tmp_path / 'full', frames=30, width=320, height=96, storage=storage, seed=3)
+        bag = tmp_path / 'cut'
+        shutil.copytree(full, bag)
+        data_file = next(p for p in bag.iterdir() if p.suffix in ('.mcap', '.db3'))
+        raw = data_file.read_bytes()
     data_file.write_bytes(raw[:int(len(raw) * 0.6)])
-    data = prepare_data(DataConfig(bags=[bag], width=W, height=H, val_fraction=0.0))
+    with pytest.raises(BagError, match='cut|corrupt|malformed|damaged'):  # refused without partial reading
+        list(read_messages(bag, [config.image_topic]))
+    data = prepare_data(DataConfig(**{**vars(config), 'bags': [bag]}))
     try:
         assert 5 <= len(data.store) < 30
         assert any(f'bag {bag}' in note and 'last readable' in note for note in data.report.notes)
