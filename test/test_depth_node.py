@@ -523,3 +523,25 @@ def test_node_exits_nonzero_without_weights(tmp_path, ros_domain, weights, expec
         pytest.fail(f'the node kept running with weights={weights!r}:\n{_tail(node.log)}')
     assert node.proc.returncode != 0
     assert expected in node.text() and 'cannot start' in node.text()
+
+
+def test_node_refuses_to_start_on_nan_weights(tmp_path, ros_domain, lite_checkpoint):
+    """Issue 12 item 6: such a checkpoint loaded, the node said 'ready' and published 100 % NaN depth."""
+    import shutil
+
+    import torch
+
+    bad = tmp_path / 'nan_weights'
+    shutil.copytree(lite_checkpoint, bad)
+    state = torch.load(bad / 'depth.pth', weights_only=True)
+    state = {k: torch.full_like(v, float('nan')) if v.is_floating_point() else v for k, v in state.items()}
+    torch.save(state, bad / 'depth.pth')
+    node = NodeProcess(local_ros_env(ros_domain), tmp_path / 'node.log', '/nan', str(bad))
+    try:
+        node.proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        node.stop()
+        pytest.fail(f'the node kept running on NaN weights:\n{_tail(node.log)}')
+    text = node.text()
+    assert node.proc.returncode != 0 and 'cannot start' in text and 'NaN or inf' in text
+    assert str(bad / 'depth.pth') in text and 'ready' not in text
