@@ -204,12 +204,19 @@ def run_case(arch: str, width: int, height: int, args: argparse.Namespace, workd
         }
     finally:
         listener.close()
-        if node.poll() is None:
-            node.send_signal(2)
-            try:
-                node.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                node.kill()
+        stop_process(node)
+
+
+def stop_process(proc: subprocess.Popen, timeout: float = 15.0) -> int:
+    """SIGINT (a clean rclpy shutdown), SIGKILL after ``timeout``; the exit code."""
+    if proc.poll() is None:
+        proc.send_signal(2)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=timeout)
+    return proc.returncode
 
 
 def machine_description() -> str:

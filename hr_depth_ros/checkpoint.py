@@ -11,6 +11,7 @@ the keys, so no flag is needed.
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -29,6 +30,7 @@ DECODER_FILE = 'depth.pth'
 METADATA_FILE = 'hr_depth_ros.json'
 ENCODER_EXTRA_KEYS = ('height', 'width', 'use_stereo')
 MAX_LISTED_KEYS = 12
+MAX_NETWORK_SIDE = 4096  # network input height/width above this are refused (the releases use <= 1280)
 
 
 class CheckpointError(RuntimeError):
@@ -83,6 +85,32 @@ def _listing(keys: list[str]) -> str:
     return shown + (f', ... ({len(keys)} in all)' if len(keys) > MAX_LISTED_KEYS else '')
 
 
+def _network_size(extras: dict[str, Any], path: Path) -> tuple[int, int]:
+    """(height, width) stored in encoder.pth: positive multiples of 32 up to MAX_NETWORK_SIDE, else CheckpointError."""
+    size = []
+    for name in ('height', 'width'):
+        value = extras[name]
+        if isinstance(value, torch.Tensor) and value.numel() == 1 and not value.is_floating_point():
+            value = value.item()
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise CheckpointError(f'{path}: {name} must be an integer, got {str(value)[:40]!r} '
+                                  f'({type(value).__name__})')
+        if not 32 <= value <= MAX_NETWORK_SIDE or value % 32:
+            raise CheckpointError(f'{path}: {name}={value} is not a network input size (a multiple of 32 '
+                                  f'from 32 to {MAX_NETWORK_SIDE})')
+        size.append(value)
+    return size[0], size[1]
+
+
+def check_finite(state: dict[str, Any], path: Path) -> None:
+    """CheckpointError naming ``path`` and the first tensors when floating-point weights hold NaN or inf."""
+    bad = [key for key, value in state.items()
+           if isinstance(value, torch.Tensor) and value.is_floating_point() and not torch.isfinite(value).all()]
+    if bad:
+        raise CheckpointError(f'{path}: {len(bad)} tensors hold NaN or inf ({_listing(bad)}); '
+                              'the weights are unusable (a diverged training run?)')
+
+
 def detect_architecture(encoder_state: dict[str, Any], decoder_state: dict[str, Any]) -> str:
     """Architecture name from the state-dict keys (and shapes); CheckpointError when unknown."""
     if 'encoder.features.0.0.weight' in encoder_state:
@@ -127,7 +155,11 @@ def load_state_strict(module: nn.Module, state: dict[str, Any], path: Path) -> N
 
 
 def load_depth_checkpoint(folder: str | Path, map_location: str | torch.device = 'cpu') -> DepthCheckpoint:
-    """Load a checkpoint folder (the authors', monodepth2's or ours) into fresh networks."""
+    """Load a checkpoint folder (the authors', monodepth2's or ours) into fresh networks.
+
+    Refused (CheckpointError naming the file): weights holding NaN/inf, and network sizes
+    that are not integers, not positive multiples of 32 or above MAX_NETWORK_SIDE.
+    """
     folder = Path(folder).expanduser()
     if not folder.is_dir():
         raise CheckpointError(f'{folder}: checkpoint folder does not exist (expected encoder.pth + depth.pth)')
@@ -143,6 +175,9 @@ def load_depth_checkpoint(folder: str | Path, map_location: str | torch.device =
         arch = detect_architecture(encoder_state, decoder_state)
     except CheckpointError as error:
         raise CheckpointError(f'{folder}: {error}') from None
+    height, width = _network_size(extras, encoder_path)
+    check_finite(encoder_state, encoder_path)
+    check_finite(decoder_state, decoder_path)
     encoder, decoder = build_depth_model(arch)
     load_state_strict(encoder, encoder_state, encoder_path)
     load_state_strict(decoder, decoder_state, decoder_path)
@@ -155,8 +190,8 @@ def load_depth_checkpoint(folder: str | Path, map_location: str | torch.device =
             raise CheckpointError(f'{metadata_path}: not valid JSON: {error}') from error
     encoder.eval()
     decoder.eval()
-    return DepthCheckpoint(arch=arch, encoder=encoder, decoder=decoder, height=int(extras['height']),
-                           width=int(extras['width']), use_stereo=bool(extras.get('use_stereo', False)),
+    return DepthCheckpoint(arch=arch, encoder=encoder, decoder=decoder, height=height,
+                           width=width, use_stereo=bool(extras.get('use_stereo', False)),
                            metadata=metadata, path=folder)
 
 
@@ -180,9 +215,80 @@ def _fsync_dir(path: Path) -> None:
 
 def _save_file(obj: Any, path: Path) -> None:
     with open(path, 'wb') as stream:
-        torch.save(obj, stream)
+        try:
+            torch.save(obj, stream)
+        except RuntimeError as error:  # torch reports a full disk as "unexpected pos ..." from its zip writer
+            raise OSError(errno.ENOSPC if _free_bytes(path.parent) < (1 << 20) else errno.EIO,
+                          f'writing failed (disk full?): {error}', str(path)) from error
         stream.flush()
         os.fsync(stream.fileno())
+
+
+def _free_bytes(folder: Path) -> int:
+    try:
+        return shutil.disk_usage(folder).free
+    except OSError:
+        return 1 << 62  # unknown: let the write itself tell
+
+
+def _state_bytes(obj: Any) -> int:
+    """Bytes of the tensors in a (nested) state."""
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(_state_bytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(_state_bytes(v) for v in obj)
+    return 0
+
+
+def check_free_space(folder: Path, states: list[Any], margin: float = 1.2) -> None:
+    """OSError (ENOSPC, naming ``folder``) when its file system cannot hold ``states`` (x ``margin``, + 1 MB)."""
+    needed = int(margin * sum(_state_bytes(state) for state in states)) + (1 << 20)
+    free = _free_bytes(folder)
+    if free < needed:
+        raise OSError(errno.ENOSPC, f'not enough free disk space for the checkpoint: {needed / 1e6:.1f} MB '
+                      f'needed, {free / 1e6:.1f} MB free', str(folder))
+
+
+def _complete(folder: Path) -> bool:
+    """A checkpoint folder written to the end: its metadata (written last, after fsyncing the rest) parses."""
+    try:
+        json.loads((folder / METADATA_FILE).read_text())
+    except (OSError, ValueError):
+        return False
+    return (folder / ENCODER_FILE).is_file() and (folder / DECODER_FILE).is_file()
+
+
+def recover_checkpoint(folder: str | Path) -> list[str]:
+    """Finish or undo an atomic save of ``folder`` that a crash interrupted; sweep its staging folders.
+
+    A crash between the two renames of :func:`save_depth_checkpoint` leaves no ``folder`` but a
+    complete ``.NAME.tmp-*`` (the new one) and/or ``.NAME.old-*`` (the previous one): the newest
+    complete one is renamed into place. Remaining staging folders (incomplete, or stale) are
+    removed. Call only while no save into ``folder`` runs. Returns one line per action taken.
+    """
+    folder = Path(folder).expanduser()
+    if not folder.parent.is_dir():
+        return []
+    staged = [p for p in folder.parent.glob(f'.{folder.name}.tmp-*') if p.is_dir()]
+    previous = [p for p in folder.parent.glob(f'.{folder.name}.old-*') if p.is_dir()]
+    actions = []
+    if not folder.exists():
+        by_age = sorted(staged, key=lambda p: p.stat().st_mtime, reverse=True) + \
+            sorted(previous, key=lambda p: p.stat().st_mtime, reverse=True)
+        chosen = next((p for p in by_age if _complete(p)), None)
+        if chosen is not None:
+            os.replace(chosen, folder)
+            _fsync_dir(folder.parent)
+            kind = 'new' if chosen in staged else 'previous'
+            actions.append(f'recovered {folder} from the {kind} checkpoint {chosen.name} left by an interrupted save')
+    for leftover in staged + previous:
+        if leftover.exists():
+            size = sum(f.stat().st_size for f in leftover.rglob('*') if f.is_file())
+            shutil.rmtree(leftover, ignore_errors=True)
+            actions.append(f'removed the stale staging folder {leftover} ({size / 1e6:.1f} MB)')
+    return actions
 
 
 def save_depth_checkpoint(
@@ -223,6 +329,7 @@ def save_depth_checkpoint(
 
         encoder_state = portable(encoder)
         encoder_state.update(height=int(height), width=int(width), use_stereo=bool(use_stereo))
+        check_free_space(folder.parent, [encoder_state, decoder.state_dict(), extra_state or {}])
         _save_file(encoder_state, staging / ENCODER_FILE)
         _save_file(portable(decoder), staging / DECODER_FILE)
         for name, state in (extra_state or {}).items():

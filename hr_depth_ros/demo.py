@@ -82,6 +82,7 @@ def ensure_bag(path: Path, frames: int, width: int, height: int, seed: int) -> P
 def load_eval_frames(bag: Path, limit: int) -> list[EvalFrame]:
     """Frames of ``bag`` with image, camera_info and ground-truth depth sharing a stamp."""
     from hr_depth_ros.bags import read_messages
+    from hr_depth_ros.camera_info import camera_info_K
     from hr_depth_ros.image_decoding import image_to_array, image_to_rgb
 
     by_stamp: dict[int, dict] = {}
@@ -92,7 +93,7 @@ def load_eval_frames(bag: Path, limit: int) -> list[EvalFrame]:
         elif topic == DEPTH_GT_TOPIC:
             entry['depth'] = image_to_array(msg).astype(np.float32).copy()
         else:
-            entry['K'] = np.asarray(msg.k, dtype=np.float64).reshape(3, 3)
+            entry['K'] = camera_info_K(msg)[0]
     frames = [EvalFrame(s, e['rgb'], e['depth'], e['K'])
               for s, e in sorted(by_stamp.items()) if {'rgb', 'depth', 'K'} <= set(e)]
     if len(frames) > limit:

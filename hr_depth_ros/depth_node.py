@@ -26,7 +26,10 @@ from typing import Any
 import cv2
 import numpy as np
 
+from hr_depth_ros.camera_info import camera_info_K, implausible_intrinsics
 from hr_depth_ros.geometry import depth_to_points, pixel_intrinsics, scale_intrinsics
+from hr_depth_ros.image_decoding import DEFAULT_MAX_PIXELS, MAX_PIXELS_LIMIT, shorten
+from hr_depth_ros.log_limit import LogLimiter
 from hr_depth_ros.visualization import colorize
 
 NODE_NAME = 'hr_depth'
@@ -94,6 +97,9 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
     ParameterSpec('cy', 0.0, 'principal point y (px, input image) used when no camera_info; 0 = unset', min_value=0.0),
     ParameterSpec('statistics_period', 1.0, 'seconds between ~/statistics messages', min_value=0.05,
                   max_value=3600.0, read_only=True),
+    ParameterSpec('max_pixels', DEFAULT_MAX_PIXELS, 'larger input images (width x height, read from the raw '
+                  'fields or the JPEG/PNG header before decoding) are dropped as malformed',
+                  min_value=1, max_value=MAX_PIXELS_LIMIT),
 )
 PARAMETER_NAMES = tuple(spec.name for spec in PARAMETERS)
 PARAMETERS_BY_NAME = {spec.name: spec for spec in PARAMETERS}
@@ -136,6 +142,7 @@ class NodeConfig:
     cx: float
     cy: float
     statistics_period: float
+    max_pixels: int
 
     @classmethod
     def from_values(cls, values: dict[str, Any]) -> NodeConfig:
@@ -545,7 +552,8 @@ def _make_node_class():  # noqa: C901 - the node is one class; rclpy is imported
             self.mailbox_lock = threading.Condition()
             self.mailbox: tuple[Any, bool, float] | None = None
             self.camera_info: Intrinsics | None = None
-            self.warned_encodings: set[str] = set()
+            self.last_image_size: tuple[int, int] | None = None
+            self.log_limit = LogLimiter()
             self.stopping = False
 
             reliability = (ReliabilityPolicy.BEST_EFFORT if self.config.qos_reliability == 'best_effort'
@@ -641,12 +649,17 @@ def _make_node_class():  # noqa: C901 - the node is one class; rclpy is imported
 
         def _on_camera_info(self, msg: Any) -> None:
             try:
-                K = ros_messages.camera_info_to_K(msg)
+                K, width, height = camera_info_K(msg)
             except ValueError as error:
-                self.get_logger().warning(f'ignoring camera_info on {self.info_sub.topic_name}: {error}',
-                                          throttle_duration_sec=5.0)
+                self._warn('camera_info', f'ignoring camera_info on {self.info_sub.topic_name}: {error}')
                 return
-            self.camera_info = Intrinsics(K, (int(msg.width), int(msg.height)), 'camera_info')
+            size = (width, height) if width > 0 and height > 0 else self.last_image_size
+            problem = 'width/height not set' if size is None else implausible_intrinsics(K, size, self.last_image_size)
+            if problem:
+                self._warn('camera_info', f'ignoring camera_info on {self.info_sub.topic_name}: {problem} '
+                           f'(keeping {"the previous good one" if self.camera_info else "the fallback intrinsics"})')
+                return
+            self.camera_info = Intrinsics(K, size, 'camera_info')
 
         # -- worker
         def _work_loop(self) -> None:
@@ -662,27 +675,52 @@ def _make_node_class():  # noqa: C901 - the node is one class; rclpy is imported
                     self._process(msg, compressed)
                 except Exception as error:  # keep serving; a bug in one frame must not kill the node
                     self.stats.on_bad_frame()
-                    self.get_logger().error(f'frame failed: {type(error).__name__}: {error}',
-                                            throttle_duration_sec=5.0)
+                    self._warn(f'failed {type(error).__name__}',
+                               f'frame failed: {type(error).__name__}: {shorten(error, 300)}', error=True)
+
+        def _warn(self, reason: str, text: str, error: bool = False) -> None:
+            """Log ``text`` unless ``reason`` was logged recently or too much was (see LogLimiter)."""
+            suppressed = self.log_limit.allow(reason)
+            if suppressed is None:
+                return
+            if suppressed:
+                text += f' ({suppressed} similar lines suppressed)'
+            if error:  # rclpy wants one severity per call site
+                self.get_logger().error(text)
+            else:
+                self.get_logger().warning(text)
 
         def _decode(self, msg: Any, compressed: bool) -> np.ndarray | None:
             topic = self.image_sub.topic_name
+            limit = self.config.max_pixels
             try:
-                rgb = image_decoding.compressed_to_rgb(msg) if compressed else image_decoding.image_to_rgb(msg)
+                rgb = (image_decoding.compressed_to_rgb(msg, limit) if compressed
+                       else image_decoding.image_to_rgb(msg, limit))
             except image_decoding.UnsupportedEncoding as error:
-                key = str(getattr(msg, 'format' if compressed else 'encoding', ''))
-                if key not in self.warned_encodings:
-                    self.warned_encodings.add(key)
-                    self.get_logger().error(f'dropping frames on {topic}: unsupported encoding {key!r}: {error}')
+                key = shorten(getattr(msg, 'format' if compressed else 'encoding', ''), 32)
+                self._warn(f'encoding {key}', f'dropping frames on {topic}: unsupported encoding {key}: {error}',
+                           error=True)
                 return None
             except (image_decoding.MalformedImage, ValueError) as error:
-                self.get_logger().warning(f'dropping malformed frame on {topic}: {error}', throttle_duration_sec=5.0)
+                reason = 'too large' if isinstance(error, image_decoding.ImageTooLarge) else 'malformed'
+                self._warn(reason, f'dropping malformed frame on {topic}: {shorten(error, 300)}')
                 return None
             if rgb.ndim != 3 or rgb.shape[0] < 2 or rgb.shape[1] < 2:
-                self.get_logger().warning(f'dropping frame on {topic}: image of shape {rgb.shape} is too small',
-                                          throttle_duration_sec=5.0)
+                self._warn('too small', f'dropping frame on {topic}: image of shape {rgb.shape} is too small')
                 return None
             return rgb
+
+        def _usable_camera_info(self, image_size: tuple[int, int]) -> Intrinsics | None:
+            """The stored camera_info unless its aspect ratio disagrees with this image (then warned)."""
+            self.last_image_size = image_size
+            info = self.camera_info
+            if info is None:
+                return None
+            problem = implausible_intrinsics(info.K, info.size, image_size)
+            if problem:
+                self._warn('camera_info', f'not using camera_info from {self.info_sub.topic_name}: {problem}')
+                return None
+            return info
 
         def _process(self, msg: Any, compressed: bool) -> None:
             start = time.perf_counter()
@@ -693,7 +731,8 @@ def _make_node_class():  # noqa: C901 - the node is one class; rclpy is imported
             decode_ms = _elapsed_ms(start)
             want_colored = self.colored_pub.get_subscription_count() > 0
             want_points = self.points_pub.get_subscription_count() > 0
-            result = self.engine.process(rgb, self.camera_info, want_colored=want_colored, want_points=want_points)
+            camera_info = self._usable_camera_info((rgb.shape[1], rgb.shape[0]))
+            result = self.engine.process(rgb, camera_info, want_colored=want_colored, want_points=want_points)
             start = time.perf_counter()
             header = msg.header
             height, width = result.depth.shape

@@ -8,14 +8,18 @@ Usage::
         [--arch hr_depth|lite_hr_depth|monodepth2] [--init CKPT_DIR] [--encoder-weights IMAGENET.pth]
         [--teacher CKPT_DIR] [--distill-weight W] [--steps N | --epochs N] [--batch-size N]
         [--width W --height H] [--lr LR] [--device auto|cuda|cpu] [--resume] [--num-workers N]
-        [--seed S] [--val-every N] [--save-every N]
+        [--seed S] [--val-every N] [--save-every N] [--overwrite] [--max-pixels N]
 
 Writes ``DIR/latest/`` (and ``DIR/best/``) checkpoint folders loadable by the depth node, and
-``DIR/metrics.csv``. Bad input: one line on stderr, exit code 2, nothing written.
+``DIR/metrics.csv``; the frame cache lives in ``DIR/.hr_depth_frames-*`` while it runs. A folder
+holding a previous run is refused unless ``--resume`` or ``--overwrite``. Bad input, and a
+folder that cannot be written (read-only, full disk, permissions): one line on stderr naming the
+path, exit code 2.
 """
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import sys
 from typing import Sequence
@@ -23,7 +27,19 @@ from typing import Sequence
 __all__ = ['build_parser', 'config_from_args', 'main']
 
 
+def describe_os_error(error: OSError, output: str) -> str:
+    """One line for a file-system failure: the path, what went wrong, what to check."""
+    path = error.filename or output
+    reason = error.strerror or str(error)
+    hint = {errno.ENOSPC: ' (disk full: free space or choose another --output)',
+            errno.EROFS: ' (read-only file system: choose another --output)',
+            errno.EACCES: ' (permission denied: check the folder\'s owner and mode)',
+            errno.EPERM: ' (operation not permitted: check the folder\'s owner and mode)'}.get(error.errno, '')
+    return f'cannot write {path}: {reason}{hint}'
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from hr_depth_ros.image_decoding import DEFAULT_MAX_PIXELS
     from hr_depth_ros.networks import ARCHITECTURES
 
     parser = argparse.ArgumentParser(prog='finetune', description=__doc__.split('\n\n')[0],
@@ -50,6 +66,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--device', default='auto', help='auto, cuda, cuda:N or cpu')
     parser.add_argument('--no-amp', action='store_true', help='disable mixed precision on CUDA')
     parser.add_argument('--resume', action='store_true', help='continue from OUTPUT/latest')
+    parser.add_argument('--overwrite', action='store_true',
+                        help='replace a previous run in OUTPUT (latest/, best/, metrics.csv); without it, refused')
+    parser.add_argument('--max-pixels', type=int, default=DEFAULT_MAX_PIXELS,
+                        help='bag images larger than this (width x height) are skipped as malformed')
     parser.add_argument('--num-workers', type=int, default=0)
     parser.add_argument('--seed', type=int, default=0)
     parser.add_argument('--deterministic', action='store_true')
@@ -92,7 +112,8 @@ def config_from_args(args: argparse.Namespace):
         gt_depth_topic=args.gt_depth_topic or None, intrinsics=args.intrinsics, init=args.init,
         encoder_weights=args.encoder_weights, teacher=args.teacher, distill_weight=args.distill_weight,
         steps=steps if args.epochs is None else None, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-        device=args.device, amp=not args.no_amp, resume=args.resume, num_workers=args.num_workers, seed=args.seed,
+        device=args.device, amp=not args.no_amp, resume=args.resume, overwrite=args.overwrite,
+        max_pixels=args.max_pixels, num_workers=args.num_workers, seed=args.seed,
         deterministic=args.deterministic, val_every=args.val_every, save_every=args.save_every,
         freeze_encoder_epochs=args.freeze_encoder_epochs, pose_warmup_steps=args.pose_warmup_steps,
         pose_source=args.pose_source, odom_frame=args.odom_frame, camera_frame=args.camera_frame,
@@ -114,6 +135,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         result = train(config_from_args(args))
     except (BagError, DataError, CheckpointError, TrainingError, ValueError) as error:
         print(f'finetune: error: {error}', file=sys.stderr)
+        return 2
+    except OSError as error:
+        print(f'finetune: error: {describe_os_error(error, args.output)}', file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print('finetune: interrupted (OUTPUT/latest holds the last saved step)', file=sys.stderr)

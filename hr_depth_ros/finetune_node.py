@@ -6,7 +6,8 @@
 Parameters mirror the ``finetune`` CLI (:data:`PARAMETERS`; defaults in config/finetune.yaml).
 Progress is published on ``~/progress`` (std_msgs/String, JSON: state, step, total, epoch, loss,
 eta_s, samples_per_s, best_val and, after a validation, its metrics) and logged through the node
-logger. Exit code 0 when the job finished, 1 with the reason logged when it failed.
+logger. Exit code 0 when the job finished, 1 with the reason logged when it failed, 2 when the
+output folder cannot be written (read-only, full disk, permissions; one line naming the path).
 """
 from __future__ import annotations
 
@@ -21,6 +22,8 @@ from rclpy.exceptions import ParameterUninitializedException
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from std_msgs.msg import String
+
+from hr_depth_ros.image_decoding import DEFAULT_MAX_PIXELS
 
 __all__ = ['PARAMETERS', 'FinetuneNode', 'main']
 
@@ -78,6 +81,8 @@ PARAMETERS: dict[str, tuple[Any, str]] = {
     'min_motion': (0.5, 'drop samples whose thumbnails differ less than this (grey levels)'),
     'val_fraction': (0.1, 'fraction of each bag held out (contiguous time blocks) for validation'),
     'resume': (False, 'continue from output_dir/latest'),
+    'overwrite': (False, 'replace a previous run in output_dir (otherwise refused)'),
+    'max_pixels': (DEFAULT_MAX_PIXELS, 'bag images larger than this (width x height) are skipped as malformed'),
     'progress_period': (1.0, 'minimum seconds between ~/progress messages'),
 }
 
@@ -131,7 +136,8 @@ class FinetuneNode(Node):
             metric_scale=float(self.value('metric_scale')) or None, pose_lr=float(self.value('pose_lr')) or None,
             freeze_bn=bool(self.value('freeze_bn')),
             min_motion=float(self.value('min_motion')), val_fraction=float(self.value('val_fraction')),
-            resume=bool(self.value('resume')), progress_bar=False)
+            resume=bool(self.value('resume')), overwrite=bool(self.value('overwrite')),
+            max_pixels=int(self.value('max_pixels')), progress_bar=False)
 
     def publish(self, payload: dict[str, Any]) -> None:
         self.progress_pub.publish(String(data=json.dumps(payload, default=str)))
@@ -154,6 +160,7 @@ class FinetuneNode(Node):
     def run(self) -> int:
         from hr_depth_ros.bags import BagError
         from hr_depth_ros.checkpoint import CheckpointError
+        from hr_depth_ros.finetune import describe_os_error
         from hr_depth_ros.training.data import DataError
         from hr_depth_ros.training.trainer import TrainingError, train
 
@@ -165,6 +172,11 @@ class FinetuneNode(Node):
             self.get_logger().error(f'fine-tuning failed: {error}')
             self.publish({'state': 'failed', 'error': str(error)})
             return 1
+        except OSError as error:  # read-only, full disk, permissions: one line naming the path
+            text = describe_os_error(error, self.value('output_dir'))
+            self.get_logger().error(f'fine-tuning failed: {text}')
+            self.publish({'state': 'failed', 'error': text})
+            return 2
         except Exception as error:  # noqa: BLE001 - reported, never silent
             self.get_logger().error(f'fine-tuning failed: {type(error).__name__}: {error}')
             self.publish({'state': 'failed', 'error': f'{type(error).__name__}: {error}'})

@@ -10,22 +10,44 @@ Decoding is zero-copy where the encoding allows it: ``image_to_rgb`` on ``rgb8``
 padding through ``step``), which may be read-only; copy before writing into them. Other
 encodings are converted by OpenCV into new arrays.
 
+Size limits: every decoder refuses images above ``max_pixels`` (default :data:`DEFAULT_MAX_PIXELS`,
+50 MP, well above 8K UHD's 33 MP) as malformed before allocating anything: raw images by
+``height x width``, JPEG / PNG by the size in their header (SOFn / IHDR), which is parsed before
+decoding; ``OPENCV_IO_MAX_IMAGE_PIXELS`` (set to ``hr_depth_ros.MAX_PIXELS_LIMIT`` by the package
+unless already set, before OpenCV is loaded) is the backstop. Compressed payloads that are not
+JPEG or PNG, lack their end marker or make the codec complain (libjpeg's "Corrupt JPEG data",
+i.e. a partly decoded image) are malformed too; what the codecs print on stderr is captured and
+put into the error, not the log.
+
 The writers (:func:`rgb_to_image_fields`, :func:`array_to_image_fields`,
 :func:`encode_compressed`) are the one implementation used by the bag writer and by the
 node's message builders.
 """
 from __future__ import annotations
 
+import logging
+import os
 import re
+import struct
 import sys
+import tempfile
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, NamedTuple
 
 import cv2
 import numpy as np
 
+from hr_depth_ros import MAX_PIXELS_LIMIT  # also OpenCV's limit (OPENCV_IO_MAX_IMAGE_PIXELS), set by the package
+
+DEFAULT_MAX_PIXELS = 50_000_000
+"""Default largest image (width x height) any decoder accepts."""
+
 __all__ = [
     'UnsupportedEncoding',
     'MalformedImage',
+    'ImageTooLarge',
     'RGB_ENCODINGS',
     'image_to_rgb',
     'image_to_array',
@@ -34,7 +56,13 @@ __all__ = [
     'array_to_image_fields',
     'encode_compressed',
     'CompressedData',
+    'DEFAULT_MAX_PIXELS',
+    'MAX_PIXELS_LIMIT',
+    'compressed_size',
+    'shorten',
 ]
+
+LOGGER = logging.getLogger(__name__)
 
 
 class UnsupportedEncoding(ValueError):
@@ -43,6 +71,10 @@ class UnsupportedEncoding(ValueError):
 
 class MalformedImage(ValueError):
     """The message fields are inconsistent (sizes, step, data length) or the payload does not decode."""
+
+
+class ImageTooLarge(MalformedImage):
+    """The image (declared or in its header) has more pixels than allowed (``max_pixels``)."""
 
 
 # encoding -> (channels, dtype) of the raw buffer; packed YUV 4:2:2 is 2 bytes per pixel.
@@ -86,6 +118,18 @@ RGB_ENCODINGS: tuple[str, ...] = tuple(_TO_RGB)
 _WRITE_RGB = ('rgb8', 'bgr8', 'rgba8', 'bgra8', 'mono8')
 
 
+def shorten(text: Any, limit: int = 64) -> str:
+    """``repr`` of a user-controlled string, cut to ``limit`` characters (for messages and logs)."""
+    text = str(text)
+    return repr(text) if len(text) <= limit else repr(text[:limit]) + f'... ({len(text)} chars)'
+
+
+def _check_pixels(width: int, height: int, max_pixels: int, what: str) -> None:
+    if width * height > max_pixels:
+        raise ImageTooLarge(f'{what} of {width}x{height} = {width * height / 1e6:.1f} MP is above the limit of '
+                             f'{max_pixels / 1e6:.1f} MP (max_pixels)')
+
+
 def _layout(encoding: str) -> tuple[int, np.dtype]:
     """(channels, dtype) of an encoding's raw buffer, or UnsupportedEncoding."""
     if encoding in _RAW_LAYOUT:
@@ -95,7 +139,7 @@ def _layout(encoding: str) -> tuple[int, np.dtype]:
     if match and (match.group(1), match.group(2)) in _CV_DTYPES:
         return int(match.group(3)), np.dtype(_CV_DTYPES[(match.group(1), match.group(2))])
     raise UnsupportedEncoding(
-        f'unsupported image encoding {encoding!r}; supported: {", ".join(sorted(_RAW_LAYOUT))} '
+        f'unsupported image encoding {shorten(encoding)}; supported: {", ".join(sorted(_RAW_LAYOUT))} '
         'and OpenCV types like 8UC1, 16UC1, 32FC1')
 
 
@@ -112,20 +156,25 @@ def _data_bytes(data: Any) -> np.ndarray:
         raise MalformedImage(f'image data of type {type(data).__name__} is not a byte sequence: {exc}') from exc
 
 
-def _raw_view(msg: Any, encoding: str | None = None) -> np.ndarray:
+def _raw_view(msg: Any, encoding: str | None = None, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """``H x W x C`` view of the pixel buffer with the encoding's dtype and the message's byte order."""
     encoding = str(msg.encoding).strip() if encoding is None else encoding
     channels, dtype = _layout(encoding)
     height, width, step = int(msg.height), int(msg.width), int(msg.step)
     if height <= 0 or width <= 0:
         raise MalformedImage(f'{encoding} image has no pixels: width={width}, height={height}')
+    _check_pixels(width, height, max_pixels, f'{encoding} image')
     if dtype.itemsize > 1:
         dtype = dtype.newbyteorder('>' if int(getattr(msg, 'is_bigendian', 0)) else '<')
     row_bytes = width * channels * dtype.itemsize
+    data = _data_bytes(msg.data)
+    if step == 0 and data.size == height * row_bytes:
+        _warn_once('step0', f'{encoding} image with step 0: reading its {data.size} bytes as packed rows of '
+                   f'{row_bytes} bytes (fix the publisher: step must be the row length in bytes)')
+        step = row_bytes
     if step < row_bytes:
         raise MalformedImage(
             f'{encoding} image step {step} is less than width*channels*bytes = {width}*{channels}*{dtype.itemsize} = {row_bytes}')
-    data = _data_bytes(msg.data)
     if data.size < height * step:
         raise MalformedImage(
             f'{encoding} image data has {data.size} bytes, expected height*step = {height}*{step} = {height * step}')
@@ -135,31 +184,40 @@ def _raw_view(msg: Any, encoding: str | None = None) -> np.ndarray:
                       strides=(step, channels * dtype.itemsize, dtype.itemsize))
 
 
-def image_to_array(msg: Any) -> np.ndarray:
+_WARNED: set[str] = set()  # fixed keys only (bounded)
+
+
+def _warn_once(key: str, message: str) -> None:
+    if key not in _WARNED:
+        _WARNED.add(key)
+        LOGGER.warning(message)
+
+
+def image_to_array(msg: Any, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Raw typed pixels of an Image: ``H x W`` for one channel, else ``H x W x C`` (native byte order).
 
     For depth ground truth (``32FC1`` metres, ``16UC1`` millimetres), masks (``mono8``) etc.
-    Zero-copy for native byte order; big-endian data is converted.
+    Zero-copy for native byte order; big-endian data is converted. MalformedImage above ``max_pixels``.
     """
-    view = _raw_view(msg)
+    view = _raw_view(msg, max_pixels=max_pixels)
     if not view.dtype.isnative:
         view = view.astype(view.dtype.newbyteorder('='))
     return view[..., 0] if view.shape[2] == 1 else view
 
 
-def image_to_rgb(msg: Any) -> np.ndarray:
+def image_to_rgb(msg: Any, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Decode an Image into ``H x W x 3`` uint8 RGB.
 
     Encodings: rgb8 (zero-copy view), bgr8, rgba8, bgra8, mono8/8UC1 (replicated),
     mono16/16UC1 and rgb16/bgr16/rgba16/bgra16 (high byte, as cv_bridge scales 16 -> 8 bit),
     bayer_{rggb,bggr,gbrg,grbg}8,
-    yuv422/uyvy (UYVY), yuv422_yuy2/yuyv (YUYV).
+    yuv422/uyvy (UYVY), yuv422_yuy2/yuyv (YUYV). MalformedImage above ``max_pixels``.
     """
     encoding = str(msg.encoding).strip()
     if encoding not in _TO_RGB:
         raise UnsupportedEncoding(
-            f'cannot convert image encoding {encoding!r} to RGB; supported: {", ".join(RGB_ENCODINGS)}')
-    view = _raw_view(msg, encoding)
+            f'cannot convert image encoding {shorten(encoding)} to RGB; supported: {", ".join(RGB_ENCODINGS)}')
+    view = _raw_view(msg, encoding, max_pixels)
     if encoding == 'rgb8':
         return view
     if view.dtype.itemsize == 2:
@@ -172,18 +230,107 @@ def image_to_rgb(msg: Any) -> np.ndarray:
     return cv2.cvtColor(view, code)
 
 
-def compressed_to_rgb(msg: Any) -> np.ndarray:
-    """Decode a CompressedImage (jpeg / png; ``format`` like ``"rgb8; jpeg compressed bgr8"``) to RGB."""
+_PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
+_PNG_END = b'IEND\xaeB`\x82'
+_JPEG_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}  # SOFn markers (not DHT, JPG, DAC)
+_TRAILER_SLACK = 64  # bytes after the end marker that some cameras append
+
+
+def compressed_size(data: Any) -> tuple[str, int, int]:
+    """``(format, width, height)`` of a JPEG or PNG payload from its header, without decoding.
+
+    MalformedImage when the payload is neither, or its header is cut short or declares no size.
+    """
+    raw = memoryview(_data_bytes(data)).cast('B')
+    if bytes(raw[:8]) == _PNG_SIGNATURE:
+        if len(raw) < 24 or bytes(raw[12:16]) != b'IHDR':
+            raise MalformedImage(f'PNG payload of {len(raw)} bytes has no IHDR header')
+        width, height = struct.unpack('>II', raw[16:24])
+        fmt = 'png'
+    elif bytes(raw[:2]) == b'\xff\xd8':
+        fmt, width, height = 'jpeg', 0, 0
+        pos = 2
+        while pos + 4 <= len(raw):
+            if raw[pos] != 0xFF:
+                raise MalformedImage(f'JPEG payload: no marker at byte {pos} before the frame header (SOFn)')
+            marker = raw[pos + 1]
+            if marker == 0xFF or 0xD0 <= marker <= 0xD7 or marker == 0x01:  # fill byte / marker without length
+                pos += 1 if marker == 0xFF else 2
+                continue
+            length = struct.unpack('>H', raw[pos + 2:pos + 4])[0]
+            if marker in _JPEG_SOF:
+                if pos + 9 > len(raw) or length < 7:
+                    break
+                height, width = struct.unpack('>HH', raw[pos + 5:pos + 9])
+                break
+            if marker in (0xD9, 0xDA):  # end of image / start of scan before any frame header
+                break
+            pos += 2 + length
+        else:
+            raise MalformedImage(f'JPEG payload of {len(raw)} bytes ends before its frame header (SOFn)')
+    else:
+        raise MalformedImage(f'compressed payload of {len(raw)} bytes is neither JPEG nor PNG '
+                             f'(starts with {bytes(raw[:8]).hex()})')
+    if width <= 0 or height <= 0:
+        raise MalformedImage(f'{fmt} header declares no size ({width}x{height})')
+    return fmt, int(width), int(height)
+
+
+_CODEC_LOCK = threading.Lock()
+_CODEC_MARKERS = ('JPEG', 'libpng', 'grfmt', 'imgcodecs')  # lines printed by libjpeg, libpng, OpenCV's codecs
+
+
+@contextmanager
+def _captured_stderr() -> Iterator[list[str]]:
+    """Collect what native code prints on file descriptor 2 meanwhile (one caller at a time)."""
+    lines: list[str] = []
+    with _CODEC_LOCK, tempfile.TemporaryFile() as sink:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield lines
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            lines.extend(line for line in sink.read(1 << 16).decode(errors='replace').splitlines() if line.strip())
+
+
+def compressed_to_rgb(msg: Any, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Decode a CompressedImage (jpeg / png; ``format`` like ``"rgb8; jpeg compressed bgr8"``) to RGB.
+
+    The size in the header is checked against ``max_pixels`` before decoding; payloads that are not
+    complete JPEG / PNG files or that the codec reports as corrupt are MalformedImage (see module doc).
+    """
     fmt = str(getattr(msg, 'format', '')).strip()
     if 'compresseddepth' in fmt.lower().replace(' ', ''):
-        raise UnsupportedEncoding(f'compressed format {fmt!r} (compressedDepth) is not a colour image; '
+        raise UnsupportedEncoding(f'compressed format {shorten(fmt)} (compressedDepth) is not a colour image; '
                                   'supported: jpeg and png colour images')
     data = _data_bytes(msg.data)
     if data.size == 0:
-        raise MalformedImage(f'compressed image (format {fmt!r}) has no data')
-    bgr = cv2.imdecode(data, cv2.IMREAD_COLOR)
-    if bgr is None:
-        raise MalformedImage(f'compressed image (format {fmt!r}, {data.size} bytes) could not be decoded')
+        raise MalformedImage(f'compressed image (format {shorten(fmt)}) has no data')
+    kind, width, height = compressed_size(data)
+    _check_pixels(width, height, max_pixels, f'{kind} image')
+    tail = data[-_TRAILER_SLACK:].tobytes()
+    if (kind == 'jpeg' and b'\xff\xd9' not in tail) or (kind == 'png' and _PNG_END not in tail):
+        raise MalformedImage(f'{kind} image ({width}x{height}, {data.size} bytes) is cut short: no end marker')
+    refused = []
+    with _captured_stderr() as codec_output:
+        try:
+            bgr = cv2.imdecode(data, cv2.IMREAD_COLOR)
+        except cv2.error as error:  # e.g. OpenCV's own size limit (the backstop)
+            bgr = None
+            refused.append('OpenCV imgcodecs refused it: ' + str(error).strip().splitlines()[-1].split(') ', 1)[-1])
+    codec_output += refused
+    codec = [line for line in codec_output if any(m in line for m in _CODEC_MARKERS)]
+    fatal = [line for line in codec if 'libpng warning' not in line]  # libpng warnings: image still complete
+    other = [line for line in codec_output if line not in codec]
+    if other:  # not the codec's (another thread's output): pass it on
+        os.write(2, ('\n'.join(other) + '\n').encode())
+    if bgr is None or fatal:
+        reason = f': {shorten("; ".join(fatal), 200)}' if fatal else ''
+        raise MalformedImage(f'{kind} image ({width}x{height}, {data.size} bytes) could not be decoded{reason}')
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 

@@ -101,22 +101,6 @@ def camera_info_msg(
     return msg
 
 
-def camera_info_to_K(msg: Any) -> np.ndarray:
-    """3x3 float64 K of a CameraInfo (rclpy or rosbags); raises ValueError when it is unusable.
-
-    Unusable: not 9 finite values, fx or fy not positive (e.g. an all-zero, uncalibrated K).
-    """
-    values = np.asarray(list(msg.k), dtype=np.float64)
-    if values.size != 9 or not np.isfinite(values).all():
-        raise ValueError(f'camera_info K must hold 9 finite numbers, got {values.tolist()}')
-    K = values.reshape(3, 3)
-    if K[0, 0] <= 0 or K[1, 1] <= 0:
-        raise ValueError(f'camera_info K has non-positive focal lengths fx={K[0, 0]}, fy={K[1, 1]} (uncalibrated?)')
-    if int(msg.width) <= 0 or int(msg.height) <= 0:
-        raise ValueError(f'camera_info has no size ({msg.width}x{msg.height})')
-    return K
-
-
 def pointcloud2_msg(
     points: np.ndarray,
     colors: np.ndarray | None = None,

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import sqlite3
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -171,3 +172,37 @@ def test_rosbag2_without_stored_definitions_uses_fallback_typestore(bag_dir):
     items = list(bags.read_messages(path, ['/camera/image_raw']))
     assert len(items) == FRAMES
     np.testing.assert_array_equal(image_to_rgb(items[3][3]), frame_rgb(3))
+
+
+@pytest.mark.parametrize('kind', ['mcap', 'sqlite3'])
+def test_truncated_rosbag2_is_read_to_its_last_readable_message_when_asked(tmp_path, kind):
+    from hr_depth_ros.make_synthetic_bag import write_synthetic_bag
+
+    full = write_synthetic_bag(tmp_path / 'full', frames=20, width=64, height=32, storage=kind)
+    expected = [msg for _, _, _, msg in bags.read_messages(full, ['/camera/image_raw'])]
+    target = write_synthetic_bag(tmp_path / kind, frames=20, width=64, height=32, storage=kind)
+    data_file = next(p for p in target.iterdir() if p.suffix in ('.mcap', '.db3'))
+    raw = data_file.read_bytes()
+    data_file.write_bytes(raw[: len(raw) // 2])
+    notes: list[str] = []
+    items = list(bags.read_messages(target, ['camera/image_raw'], on_partial=notes.append))
+    assert 5 <= len(items) < 20
+    for (_, _, _, msg), original in zip(items, expected):  # a prefix, every message whole
+        np.testing.assert_array_equal(image_to_rgb(msg), image_to_rgb(original))
+    assert len(notes) == 1 and str(target) in notes[0] and f'read {len(items)} messages' in notes[0]
+    assert bags.list_topics(target, partial=True)['/camera/image_raw'] == 'sensor_msgs/msg/Image'
+    assert bags.topic_counts(target, partial=True)['/camera/image_raw'] == len(items)
+    assert not list(Path(tempfile.gettempdir()).glob('hr_depth_salvage-*/' + data_file.name))  # copies removed
+
+
+def test_topics_without_leading_slash_are_absolute(bag_dir):
+    path = bag_dir / 'relative.bag'
+    typestore = get_typestore(Stores.ROS1_NOETIC)
+    String = typestore.types['std_msgs/msg/String']
+    with Writer1(path) as writer:
+        conn = writer.add_connection('chatter', 'std_msgs/msg/String', typestore=typestore)
+        writer.write(conn, T0, typestore.serialize_ros1(String(data='hi'), 'std_msgs/msg/String'))
+    assert bags.list_topics(path) == {'/chatter': 'std_msgs/msg/String'}
+    assert bags.topic_counts(path) == {'/chatter': 1}
+    for name in ('chatter', '/chatter'):
+        assert [(t, m.data) for t, _, _, m in bags.read_messages(path, [name])] == [('/chatter', 'hi')]

@@ -126,3 +126,53 @@ def test_half_precision_storage_loads_into_fp32_networks(tmp_path, lite_models):
     weight = loaded.decoder.state_dict()['convs.X_04_Conv_1.conv.conv.weight']
     assert weight.dtype == torch.float32
     assert torch.allclose(weight, decoder.state_dict()['convs.X_04_Conv_1.conv.conv.weight'], atol=1e-3)
+
+
+@pytest.mark.parametrize('value, message', [(0, 'height=0 is not a network input size'),
+                                            (100000, 'height=100000 is not a network input size'),
+                                            (100, 'height=100 is not a network input size'),
+                                            ('abc', "height must be an integer, got 'abc'"),
+                                            (True, 'height must be an integer')])
+def test_absurd_network_sizes_are_refused_naming_the_file(tmp_path, lite_models, value, message):
+    good = save_depth_checkpoint(tmp_path / 'ck', *lite_models, arch='lite_hr_depth', height=96, width=320)
+    state = torch.load(good / 'encoder.pth', weights_only=True)
+    state['height'] = value
+    torch.save(state, good / 'encoder.pth')
+    with pytest.raises(CheckpointError, match=message) as info:
+        load_depth_checkpoint(good)
+    assert str(good / 'encoder.pth') in str(info.value)
+
+
+@pytest.mark.parametrize('file', ['encoder.pth', 'depth.pth'])
+def test_non_finite_weights_are_refused_naming_the_file(tmp_path, lite_models, file):
+    good = save_depth_checkpoint(tmp_path / 'ck', *lite_models, arch='lite_hr_depth', height=96, width=320)
+    state = torch.load(good / file, weights_only=True)
+    key = next(k for k, v in state.items() if isinstance(v, torch.Tensor) and v.is_floating_point())
+    state[key] = torch.full_like(state[key], float('nan'))
+    torch.save(state, good / file)
+    with pytest.raises(CheckpointError, match='hold NaN or inf') as info:
+        load_depth_checkpoint(good)
+    assert str(good / file) in str(info.value) and key in str(info.value)
+
+
+def test_predict_and_trainer_init_refuse_a_nan_checkpoint_in_one_line(tmp_path, lite_models, capsys):
+    from hr_depth_ros import predict
+
+    bad = save_depth_checkpoint(tmp_path / 'nan', *lite_models, arch='lite_hr_depth', height=96, width=320)
+    state = torch.load(bad / 'depth.pth', weights_only=True)
+    state = {k: torch.full_like(v, float('inf')) if v.is_floating_point() else v for k, v in state.items()}
+    torch.save(state, bad / 'depth.pth')
+    image = tmp_path / 'frame.png'
+    import cv2
+    import numpy as np
+
+    cv2.imwrite(str(image), np.zeros((96, 320, 3), np.uint8))
+    assert predict.main([str(image), '--weights', str(bad), '--device', 'cpu', '--no-progress']) == 2
+    err = capsys.readouterr().err
+    assert err.count('\n') == 1 and 'NaN or inf' in err and str(bad / 'depth.pth') in err
+    assert not (tmp_path / 'frame_disp.npy').exists()
+    from hr_depth_ros.training.trainer import Trainer, TrainingConfig
+
+    config = TrainingConfig(bags=['unused'], output=str(tmp_path / 'out'), init=str(bad), steps=1, device='cpu')
+    with pytest.raises(CheckpointError, match='NaN or inf'):
+        Trainer(config)._build_models()

@@ -131,7 +131,7 @@ def test_camera_height_scale_on_the_synthetic_street(synthetic_bag):
     shrunk 4x: the ground-plane fit brings it back to metric within 5 %."""
     from hr_depth_ros import image_decoding
     from hr_depth_ros.bags import read_messages
-    from hr_depth_ros.ros_messages import camera_info_to_K
+    from hr_depth_ros.camera_info import camera_info_K
 
     frames: dict[int, dict] = {}
     for topic, _, stamp, msg in read_messages(synthetic_bag, ['/camera/depth_gt', INFO_TOPIC]):
@@ -142,7 +142,7 @@ def test_camera_height_scale_on_the_synthetic_street(synthetic_bag):
     per_frame = []
     for frame in list(frames.values())[:8]:
         depth = image_decoding.image_to_array(frame['/camera/depth_gt']) * np.float32(0.25)
-        per_frame.append(estimator.update(depth, camera_info_to_K(frame[INFO_TOPIC]), camera_height=1.5))
+        per_frame.append(estimator.update(depth, camera_info_K(frame[INFO_TOPIC])[0], camera_height=1.5))
     assert all(s is not None for s in per_frame), per_frame
     np.testing.assert_allclose(per_frame, 4.0, rtol=0.05)
     assert estimator.scale == pytest.approx(4.0, rel=0.05)
@@ -523,3 +523,25 @@ def test_node_exits_nonzero_without_weights(tmp_path, ros_domain, weights, expec
         pytest.fail(f'the node kept running with weights={weights!r}:\n{_tail(node.log)}')
     assert node.proc.returncode != 0
     assert expected in node.text() and 'cannot start' in node.text()
+
+
+def test_node_refuses_to_start_on_nan_weights(tmp_path, ros_domain, lite_checkpoint):
+    """Issue 12 item 6: such a checkpoint loaded, the node said 'ready' and published 100 % NaN depth."""
+    import shutil
+
+    import torch
+
+    bad = tmp_path / 'nan_weights'
+    shutil.copytree(lite_checkpoint, bad)
+    state = torch.load(bad / 'depth.pth', weights_only=True)
+    state = {k: torch.full_like(v, float('nan')) if v.is_floating_point() else v for k, v in state.items()}
+    torch.save(state, bad / 'depth.pth')
+    node = NodeProcess(local_ros_env(ros_domain), tmp_path / 'node.log', '/nan', str(bad))
+    try:
+        node.proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        node.stop()
+        pytest.fail(f'the node kept running on NaN weights:\n{_tail(node.log)}')
+    text = node.text()
+    assert node.proc.returncode != 0 and 'cannot start' in text and 'NaN or inf' in text
+    assert str(bad / 'depth.pth') in text and 'ready' not in text

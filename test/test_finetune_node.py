@@ -142,3 +142,14 @@ def test_node_fails_with_reason(tmp_path):
     assert result.returncode == 1
     assert 'fine-tuning failed' in result.stderr + result.stdout and 'no_such_bag' in result.stderr + result.stdout
     assert not output.exists()
+
+
+def test_node_unwritable_output_is_one_line_exit_2(tiny_bag, tmp_path):
+    blocker = tmp_path / 'a_file'
+    blocker.write_text('not a folder')
+    result = subprocess.run(_node_command(str(tiny_bag), blocker / 'out'), env=local_ros_env(),
+                            capture_output=True, text=True, timeout=120, cwd=REPO)
+    text = result.stderr + result.stdout
+    assert result.returncode == 2, text
+    failures = [line for line in text.splitlines() if 'fine-tuning failed' in line]
+    assert len(failures) == 1 and f'cannot write {blocker}' in failures[0] and 'Not a directory' in failures[0]

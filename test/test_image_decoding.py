@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import array
+from pathlib import Path
 from types import SimpleNamespace
 
 import cv2
@@ -186,7 +187,7 @@ def test_compressed_round_trip(fmt):
 
 
 def test_compressed_errors():
-    with pytest.raises(MalformedImage, match='could not be decoded'):
+    with pytest.raises(MalformedImage, match='neither JPEG nor PNG'):
         dec.compressed_to_rgb(SimpleNamespace(format='jpeg', data=b'not a jpeg at all'))
     with pytest.raises(MalformedImage, match='no data'):
         dec.compressed_to_rgb(SimpleNamespace(format='jpeg', data=b''))
@@ -224,3 +225,102 @@ def test_array_to_image_fields():
         dec.array_to_image_fields(depth, '16UC1')
     with pytest.raises(ValueError, match='does not match encoding'):
         dec.array_to_image_fields(depth[..., None].repeat(3, axis=2), '32FC1')
+
+
+# --- hostile input (issue 12 items 1 and 2, issue 13) -------------------------------------------
+
+def _patched_size(payload: bytes, fmt: str, width: int, height: int) -> bytes:
+    """``payload`` with the size in its header replaced (a decompression bomb of a few KB)."""
+    if fmt == 'png':
+        return payload[:16] + width.to_bytes(4, 'big') + height.to_bytes(4, 'big') + payload[24:]
+    at = payload.index(b'\xff\xc0') + 5
+    return payload[:at] + height.to_bytes(2, 'big') + width.to_bytes(2, 'big') + payload[at + 4:]
+
+
+@pytest.mark.parametrize('fmt', ['png', 'jpeg'])
+def test_decompression_bombs_are_refused_from_the_header_before_decoding(fmt, monkeypatch):
+    bilevel = cv2.imencode('.png', np.zeros((8000, 8000), np.uint8), [cv2.IMWRITE_PNG_BILEVEL, 1])[1].tobytes()
+    payload = bilevel if fmt == 'png' else _patched_size(dec.encode_compressed(smooth_rgb(), 'jpeg').data, fmt,
+                                                         8000, 8000)
+    assert len(payload) < 30_000 and dec.compressed_size(payload) == (fmt, 8000, 8000)
+    calls = []
+    monkeypatch.setattr(dec.cv2, 'imdecode', lambda *a: calls.append(a))
+    with pytest.raises(MalformedImage, match=r'8000x8000 = 64.0 MP is above the limit of 50.0 MP'):
+        dec.compressed_to_rgb(SimpleNamespace(format=fmt, data=payload))
+    assert calls == []  # never handed to the decoder
+    with pytest.raises(MalformedImage, match='above the limit of 0.0 MP'):
+        dec.compressed_to_rgb(SimpleNamespace(format=fmt, data=dec.encode_compressed(smooth_rgb(), fmt).data),
+                              max_pixels=100)
+
+
+def test_raw_images_above_max_pixels_are_malformed():
+    msg = SimpleNamespace(height=40000, width=50000, encoding='rgb8', is_bigendian=0, step=150000, data=b'')
+    with pytest.raises(MalformedImage, match='50000x40000 = 2000.0 MP'):
+        dec.image_to_rgb(msg)
+    small = image_msg(smooth_rgb(), 'rgb8')
+    with pytest.raises(MalformedImage, match='max_pixels'):
+        dec.image_to_array(small, max_pixels=100)
+    assert dec.image_to_rgb(small, max_pixels=16 * 24).shape == (16, 24, 3)
+
+
+def test_opencv_backstop_is_set_before_opencv_loads(tmp_path):
+    """In a fresh process that loads the node (which imports cv2 first): OpenCV itself refuses 300 MP."""
+    import os
+    import struct
+    import subprocess
+    import sys
+    import zlib
+
+    png = dec.encode_compressed(smooth_rgb(8, 8), 'png').data
+    ihdr = b'IHDR' + struct.pack('>II', 20000, 15000) + png[24:29]  # 300 MP, valid CRC
+    (tmp_path / 'big.png').write_bytes(png[:12] + ihdr + struct.pack('>I', zlib.crc32(ihdr)) + png[33:])
+    code = ('import sys, types; import hr_depth_ros.depth_node; import cv2, numpy as np\n'
+            'from hr_depth_ros import image_decoding as dec\n'
+            'data = np.fromfile(sys.argv[1], np.uint8)\n'
+            'try:\n    cv2.imdecode(data, cv2.IMREAD_COLOR)\nexcept cv2.error as e:\n    print("refused", e)\n'
+            'try:\n    dec.compressed_to_rgb(types.SimpleNamespace(format="png", data=data), max_pixels=1 << 30)\n'
+            'except dec.MalformedImage as e:\n    print("malformed", e)\n')
+    env = {k: v for k, v in os.environ.items() if k != 'OPENCV_IO_MAX_IMAGE_PIXELS'}
+    result = subprocess.run([sys.executable, '-c', code, str(tmp_path / 'big.png')], capture_output=True, text=True,
+                            timeout=120, env=env, cwd=Path(__file__).resolve().parents[1])
+    refused = result.stdout.split('malformed')[0]
+    malformed = result.stdout[len(refused):]
+    assert refused.startswith('refused') and 'CV_IO_MAX_IMAGE_PIXELS' in refused, result.stderr[-2000:]
+    # the backstop surfaces as a malformed frame, without a traceback or codec noise
+    assert 'CV_IO_MAX_IMAGE_PIXELS' in malformed and result.stderr == ''
+
+
+def test_corrupt_or_cut_payloads_are_malformed_and_codec_noise_stays_off_stderr(capfd):
+    jpeg = dec.encode_compressed(np.random.default_rng(0).integers(0, 255, (64, 64, 3), np.uint8), 'jpeg').data
+    png = dec.encode_compressed(smooth_rgb(64, 64), 'png').data
+    middle = len(jpeg) // 2
+    garbled_jpeg = jpeg[:middle] + bytes(50) + jpeg[middle + 50:]  # libjpeg would return a partly decoded image
+    middle = len(png) // 2
+    garbled_png = png[:middle] + bytes(50) + png[middle + 50:]
+    for payload, reason in [(jpeg[:len(jpeg) // 2], 'no end marker'), (garbled_jpeg, 'Corrupt JPEG data'),
+                            (png[:len(png) // 2], 'no end marker'), (garbled_png, 'libpng error')]:
+        with pytest.raises(MalformedImage, match=reason):
+            dec.compressed_to_rgb(SimpleNamespace(format='jpeg', data=payload))
+    captured = capfd.readouterr()
+    assert captured.err == '' and captured.out == ''
+
+
+def test_user_strings_are_shortened_in_errors():
+    with pytest.raises(UnsupportedEncoding) as info:
+        dec.image_to_rgb(SimpleNamespace(height=2, width=2, encoding='x' * 100_000, is_bigendian=0, step=6,
+                                         data=bytes(12)))
+    assert len(str(info.value)) < 600 and '100000 chars' in str(info.value)
+
+
+def test_step_zero_with_packed_data_is_accepted_with_one_warning(caplog):
+    rgb = smooth_rgb()
+    msg = image_msg(rgb, 'rgb8')
+    msg.step = 0
+    dec._WARNED.discard('step0')
+    with caplog.at_level('WARNING', logger='hr_depth_ros.image_decoding'):
+        np.testing.assert_array_equal(dec.image_to_rgb(msg), rgb)
+        np.testing.assert_array_equal(dec.image_to_rgb(msg), rgb)
+    assert len([r for r in caplog.records if 'step 0' in r.getMessage()]) == 1
+    msg.data = msg.data[:-1]  # step 0 and a length that does not fit: dropped with the reason as before
+    with pytest.raises(MalformedImage, match='step 0 is less than'):
+        dec.image_to_rgb(msg)

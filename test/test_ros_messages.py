@@ -9,10 +9,10 @@ from sensor_msgs.msg import Image
 from std_msgs.msg import Header
 
 from hr_depth_ros import image_decoding
+from hr_depth_ros.camera_info import camera_info_K
 from hr_depth_ros.pointcloud import unpack_points
 from hr_depth_ros.ros_messages import (
     camera_info_msg,
-    camera_info_to_K,
     compressed_image_msg,
     header_copy,
     image_msg,
@@ -74,10 +74,10 @@ def test_camera_info_fields_and_validation():
     np.testing.assert_array_equal(np.array(msg.r).reshape(3, 3), np.eye(3))
     np.testing.assert_array_equal(np.array(msg.p).reshape(3, 4), np.hstack([K, np.zeros((3, 1))]))
     assert list(msg.d) == [0.0] * 5
-    np.testing.assert_array_equal(camera_info_to_K(msg), K)
+    np.testing.assert_array_equal(camera_info_K(msg)[0], K)
     msg.k = [0.0] * 9
     with pytest.raises(ValueError, match='focal'):
-        camera_info_to_K(msg)
+        camera_info_K(msg)[0]
     with pytest.raises(ValueError, match='3x3'):
         camera_info_msg(np.eye(2), 4, 4)
 

@@ -38,8 +38,8 @@ def trained(bag, tmp_path_factory):
     return output, first, first_adam
 
 
-def test_overfits_a_fixed_batch(bag):
-    config = TrainingConfig(bags=[str(bag)], output='/nonexistent', width=W, height=H, steps=1, batch_size=2,
+def test_overfits_a_fixed_batch(bag, tmp_path):
+    config = TrainingConfig(bags=[str(bag)], output=str(tmp_path / 'out'), width=W, height=H, steps=1, batch_size=2,
                             device='cpu', lr=5e-4, val_fraction=0.0)
     trainer = Trainer(config)
     torch.manual_seed(0)
@@ -113,7 +113,7 @@ def test_nan_weights_are_never_saved(trained, bag):
 def test_bad_inputs_exit_2_and_write_nothing(case, bag, tmp_path, capsys):
     output = tmp_path / 'out'
     args = ['--bag', str(bag), '--output', str(output), '--steps', '2', *COMMON]
-    expected = {'missing_topic': '/no/such/topic', 'corrupt_bag': 'broken', 'two_frames': 'too few usable training',
+    expected = {'missing_topic': '/no/such/topic', 'corrupt_bag': 'broken', 'two_frames': 'no consecutive frames',
                 'resume_nothing': 'cannot resume', 'bad_size': 'multiples of 32'}[case]
     if case == 'missing_topic':
         args += ['--image-topic', '/no/such/topic']

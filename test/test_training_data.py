@@ -1,14 +1,16 @@
 """Bag -> triplet samples: topics, intrinsics, gaps, motion filter, time-block split, augmentation."""
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import pytest
 import torch
 
-from hr_depth_ros.bags import BagError
+from hr_depth_ros.bags import BagError, read_messages
 from hr_depth_ros.make_synthetic_bag import write_synthetic_bag
 from hr_depth_ros.training.data import (DataConfig, DataError, SampleReport, TripletDataset, build_samples,
                                         extract_frames, prepare_data, split_samples)
@@ -118,9 +120,9 @@ def test_too_few_samples_says_why(small_bag, tmp_path):
         prepare_data(DataConfig(bags=[small_bag], width=W, height=H, min_motion=1000.0))
     assert 'found 0' in str(info.value) and '28 without camera motion' in str(info.value)
     two = write_synthetic_bag(tmp_path / 'two', frames=2, width=64, height=32)
-    with pytest.raises(DataError, match='2 frames -> 0 training') as info:
+    with pytest.raises(DataError, match='no consecutive frames') as info:
         prepare_data(DataConfig(bags=[two], width=64, height=32))
-    assert '2 at sequence ends' in str(info.value)
+    assert f'{two}: 2 usable frames' in str(info.value)
 
 
 def test_missing_topic_lists_topics(small_bag):
@@ -173,3 +175,142 @@ def test_dataset_items_and_flip(prepared):
             delta = aug['color_aug'] - aug['color']
             assert delta.abs().mean() > 0
     assert 0 < flipped < 12 and 0 < jittered < 12
+
+
+# --- ROS 1 bags, partial bags, undecodable frames (issue 12, items 8 and 9) ----------------------
+
+def write_ros1_camera_bag(path: Path, frames: int, image_topic: str = 'camera/image_raw/compressed',
+                          info_topic: str = 'camera/camera_info', corrupt: Sequence[int] = (),
+                          replace: dict | None = None) -> Path:
+    """A ROS 1 camera bag as a Raspberry Pi camera records it: CompressedImage (jpeg) + CameraInfo.
+
+    Topic names without the leading '/'; frames in ``corrupt`` hold a JPEG cut in half, ``replace``
+    maps frame index -> raw payload bytes.
+    """
+    from rosbags.rosbag1 import Writer
+    from rosbags.typesys import Stores, get_typestore
+
+    from hr_depth_ros.image_decoding import encode_compressed
+    from hr_depth_ros.synthetic import SyntheticDrive
+
+    typestore = get_typestore(Stores.ROS1_NOETIC)
+    types = typestore.types
+    Header, Time = types['std_msgs/msg/Header'], types['builtin_interfaces/msg/Time']
+    drive = SyntheticDrive(width=W * 2, height=H * 2, fps=10.0, seed=5, num_frames=frames)
+    K = drive.K
+    with Writer(path) as writer:
+        image_conn = writer.add_connection(image_topic, 'sensor_msgs/msg/CompressedImage', typestore=typestore)
+        info_conn = writer.add_connection(info_topic, 'sensor_msgs/msg/CameraInfo', typestore=typestore)
+        for i in range(frames):
+            frame = drive.frame(i)
+            header = Header(seq=i, stamp=Time(sec=frame.stamp_ns // 10**9, nanosec=frame.stamp_ns % 10**9),
+                            frame_id='camera')
+            payload = encode_compressed(frame.rgb, 'jpeg').data
+            if i in corrupt:
+                payload = payload[:len(payload) // 2]
+            payload = (replace or {}).get(i, payload)
+            image = types['sensor_msgs/msg/CompressedImage'](header=header, format='jpeg',
+                                                             data=np.frombuffer(payload, np.uint8))
+            info = types['sensor_msgs/msg/CameraInfo'](
+                header=header, height=drive.height, width=drive.width, distortion_model='plumb_bob',
+                D=np.zeros(5), K=K.ravel(), R=np.eye(3).ravel(), P=np.hstack([K, np.zeros((3, 1))]).ravel(),
+                binning_x=0, binning_y=0, roi=types['sensor_msgs/msg/RegionOfInterest'](
+                    x_offset=0, y_offset=0, height=0, width=0, do_rectify=False))
+            writer.write(info_conn, frame.stamp_ns, typestore.serialize_ros1(info, 'sensor_msgs/msg/CameraInfo'))
+            writer.write(image_conn, frame.stamp_ns + 1000,
+                         typestore.serialize_ros1(image, 'sensor_msgs/msg/CompressedImage'))
+    return path
+
+
+def test_ros1_bag_with_upper_case_camera_info_and_relative_topics(tmp_path):
+    bag = write_ros1_camera_bag(tmp_path / 'pi.bag', frames=12)
+    # Asked for with and without the leading '/', as a new user would.
+    data = prepare_data(DataConfig(bags=[bag], width=W, height=H, image_topic='/camera/image_raw/compressed',
+                                   camera_info_topic='camera/camera_info', val_fraction=0.0))
+    try:
+        assert len(data.store) == 12 and len(data.train) > 0
+        from hr_depth_ros.synthetic import SyntheticDrive
+
+        K = SyntheticDrive(width=W * 2, height=H * 2, num_frames=1).K
+        np.testing.assert_allclose(data.store.K[0][0, 0], K[0, 0] / 2)
+        np.testing.assert_allclose(data.store.K[0][1, 2], (K[1, 2] + 0.5) / 2 - 0.5)
+    finally:
+        data.close()
+
+
+def test_ros1_bag_with_one_image_is_refused_clearly(tmp_path):
+    bag = write_ros1_camera_bag(tmp_path / 'one.bag', frames=1)
+    with pytest.raises(DataError, match='no consecutive frames') as info:
+        prepare_data(DataConfig(bags=[bag], width=W, height=H, image_topic='camera/image_raw/compressed',
+                                camera_info_topic='/camera/camera_info'))
+    assert f'{bag}: 1 usable frames' in str(info.value)
+
+
+def test_undecodable_frames_are_skipped_counted_and_a_bad_bag_refused(tmp_path):
+    from hr_depth_ros.image_decoding import encode_compressed
+
+    bomb = encode_compressed(np.zeros((8, 8, 3), np.uint8), 'png').data
+    bomb = bomb[:16] + (9000).to_bytes(4, 'big') * 2 + bomb[24:]  # IHDR says 9000 x 9000 (81 MP)
+    bag = write_ros1_camera_bag(tmp_path / 'some_bad.bag', frames=14, corrupt=(3, 7), replace={10: bomb})
+    config = DataConfig(bags=[bag], width=W, height=H, image_topic='camera/image_raw/compressed',
+                        camera_info_topic='camera/camera_info', val_fraction=0.0, min_motion=0.0)
+    data = prepare_data(config)
+    try:
+        assert len(data.store) == 11 and data.report.skipped_frames == 3
+        summary = data.report.summary()
+        assert '3 undecodable frames skipped' in summary and '3 of 14 frames' in summary
+        for i in range(len(data.store)):  # nothing zero-filled or partly decoded was stored
+            assert data.store.image(i).std() > 5
+    finally:
+        data.close()
+    bad = write_ros1_camera_bag(tmp_path / 'mostly_bad.bag', frames=6, corrupt=(0, 1, 2, 4))
+    with pytest.raises(DataError, match=r'only 2 of 6 frames .* decode \(need 50%\)'):
+        prepare_data(DataConfig(**{**vars(config), 'bags': [bad]}))
+    bombed = write_ros1_camera_bag(tmp_path / 'bomb.bag', frames=4, replace={0: bomb})
+    with pytest.raises(DataError, match='9000x9000 = 81.0 MP is above the limit of 50.0 MP'):
+        prepare_data(DataConfig(**{**vars(config), 'bags': [bombed], 'min_decodable_fraction': 1.0}))
+
+
+@pytest.mark.parametrize('storage', ['mcap', 'sqlite3', 'ros1'])
+def test_bag_cut_short_is_used_up_to_its_last_readable_frame(tmp_path, storage):
+    config = DataConfig(bags=[], width=W, height=H, val_fraction=0.0)
+    if storage == 'ros1':
+        full = write_ros1_camera_bag(tmp_path / 'full.bag', frames=30)
+        bag = data_file = tmp_path / 'cut.bag'
+        config = DataConfig(**{**vars(config), 'image_topic': 'camera/image_raw/compressed',
+                               'camera_info_topic': 'camera/camera_info'})
+        raw = full.read_bytes()
+    else:
+        full = write_synthetic_bag(tmp_path / 'full', frames=30, width=320, height=96, storage=storage, seed=3)
+        bag = tmp_path / 'cut'
+        shutil.copytree(full, bag)
+        data_file = next(p for p in bag.iterdir() if p.suffix in ('.mcap', '.db3'))
+        raw = data_file.read_bytes()
+    data_file.write_bytes(raw[:int(len(raw) * 0.6)])
+    with pytest.raises(BagError, match='cut|corrupt|malformed|damaged'):  # refused without partial reading
+        list(read_messages(bag, [config.image_topic]))
+    data = prepare_data(DataConfig(**{**vars(config), 'bags': [bag]}))
+    try:
+        assert 5 <= len(data.store) < 30
+        assert any(f'bag {bag}' in note and 'last readable' in note for note in data.report.notes)
+        assert 'last readable' in data.report.summary()
+        for i in range(len(data.store)):
+            assert data.store.image(i).std() > 5
+    finally:
+        data.close()
+
+
+def test_finetune_cli_trains_on_a_ros1_camera_bag(tmp_path, capsys):
+    """The issue's report: finetune on a ROS 1 CompressedImage + CameraInfo bag died with AttributeError 'k'."""
+    from hr_depth_ros import finetune
+
+    bag = write_ros1_camera_bag(tmp_path / 'pi.bag', frames=12)
+    output = tmp_path / 'out'
+    code = finetune.main(['--bag', str(bag), '--output', str(output), '--image-topic', 'camera/image_raw/compressed',
+                          '--camera-info-topic', 'camera/camera_info', '--steps', '1', '--width', '128',
+                          '--height', '64', '--batch-size', '2', '--device', 'cpu', '--quiet', '--val-fraction', '0'])
+    assert code == 0, capsys.readouterr().err
+    import json
+
+    meta = json.loads((output / 'latest' / 'hr_depth_ros.json').read_text())
+    assert meta['step'] == 1 and meta['samples']['train'] > 0

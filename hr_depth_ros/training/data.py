@@ -16,6 +16,12 @@ Pipeline:
    period, a TF pose for all three frames when poses come from TF, and at least ``min_motion`` mean
    absolute grey-level difference between the centre thumbnail and each neighbour's (a camera that
    barely moved teaches nothing).
+
+Bad input costs only what is bad: a bag cut short is read up to its last readable message
+(:mod:`hr_depth_ros.bags`), and frames that do not decode (corrupt, partly decoded, above
+``max_pixels``) are skipped and counted; a bag is refused only when fewer than
+``min_decodable_fraction`` (default half) of its frames decode, or when no bag has the three
+consecutive frames a sample needs. What was skipped is reported in the sample summary.
 3. :func:`split_samples` holds out contiguous time blocks: a sample goes to validation only if all
    its frames lie in a held-out block, to training only if none does, otherwise it is dropped, so no
    frame is seen by both sets.
@@ -38,9 +44,10 @@ from torch.utils.data import Dataset
 from torchvision.transforms import ColorJitter
 from torchvision.transforms import functional as TF
 
-from hr_depth_ros.bags import BagError, list_topics, read_messages, topic_counts
+from hr_depth_ros.bags import BagError, canonical_topic, list_topics, read_messages, topic_counts
+from hr_depth_ros.camera_info import camera_info_K, implausible_intrinsics
 from hr_depth_ros.geometry import intrinsics_4x4, relative_transform, scale_intrinsics
-from hr_depth_ros.image_decoding import compressed_to_rgb, image_to_array, image_to_rgb
+from hr_depth_ros.image_decoding import DEFAULT_MAX_PIXELS, compressed_to_rgb, image_to_array, image_to_rgb
 from hr_depth_ros.tf_poses import DEFAULT_MAX_TF_GAP_S, TransformError, TransformTree, normalize_frame
 
 __all__ = ['DataError', 'DataConfig', 'FrameStore', 'SampleReport', 'extract_frames', 'build_samples',
@@ -85,6 +92,14 @@ class DataConfig:
     tf_topic: str = '/tf'
     tf_static_topic: str = '/tf_static'
     max_tf_gap: float = DEFAULT_MAX_TF_GAP_S    # seconds; longer TF silences give no pose
+    cache_prefix: str = 'hr_depth_frames-'      # name prefix of the cache folder
+    max_pixels: int = DEFAULT_MAX_PIXELS        # larger images are skipped as malformed
+    min_decodable_fraction: float = 0.5         # refuse a bag when fewer of its frames decode
+
+    def __post_init__(self) -> None:  # bags list topics in absolute form (bags.canonical_topic)
+        for name in ('image_topic', 'camera_info_topic', 'gt_depth_topic', 'tf_topic', 'tf_static_topic'):
+            if getattr(self, name):
+                setattr(self, name, canonical_topic(getattr(self, name)))
 
 
 def _describe_topics(topics: dict[str, str]) -> str:
@@ -115,6 +130,8 @@ class FrameStore:
     tf_notes: list[str] = field(default_factory=list)
     frames_without_tf: int = 0
     owns_folder: bool = True
+    skipped: int = 0                            # undecodable image messages
+    notes: list[str] = field(default_factory=list)  # partial bags, skipped frames: one line each
     _arrays: dict[str, np.ndarray] | None = field(default=None, repr=False)
 
     def __len__(self) -> int:
@@ -160,16 +177,21 @@ class FrameStore:
 
 
 def _camera_K(msg: Any, topic: str, bag: Path) -> tuple[np.ndarray, int, int]:
-    K = np.asarray(msg.k, dtype=np.float64).reshape(3, 3)
-    if K[0, 0] <= 0 or K[1, 1] <= 0 or not np.isfinite(K).all():
-        raise DataError(f'bag {bag}: {topic} has an uncalibrated K {K.ravel().tolist()}; '
-                        'give the intrinsics (fx, fy, cx, cy) as parameters instead')
-    return K, int(msg.width), int(msg.height)
+    try:
+        K, width, height = camera_info_K(msg)
+    except ValueError as error:
+        raise DataError(f'bag {bag}: {topic}: {error}; give the intrinsics (fx, fy, cx, cy) as parameters '
+                        'instead') from error
+    problem = implausible_intrinsics(K, (width, height))
+    if problem:
+        raise DataError(f'bag {bag}: {topic} has implausible intrinsics: {problem}; give the intrinsics '
+                        '(fx, fy, cx, cy) as parameters instead')
+    return K, width, height
 
 
 def _check_topics(bag: Path, config: DataConfig) -> tuple[dict[str, str], bool]:
     """Validate the topics of one bag; returns (topics, whether camera_info is read from the bag)."""
-    topics = list_topics(bag)
+    topics = list_topics(bag, partial=True)
     image_type = topics.get(config.image_topic)
     if image_type is None:
         raise DataError(f'bag {bag} has no image topic {config.image_topic}; its topics are: '
@@ -222,14 +244,14 @@ def extract_frames(config: DataConfig) -> FrameStore:
     checked = [(bag, *_check_topics(bag, config)) for bag in bags]
     capacity = 0
     for bag, _, _ in checked:
-        capacity += topic_counts(bag).get(config.image_topic, 0)
+        capacity += topic_counts(bag, partial=True).get(config.image_topic, 0)
     if capacity == 0:
         raise DataError(f'no messages on {config.image_topic} in {", ".join(map(str, bags))}')
     w, h = int(config.width), int(config.height)
     parent = Path(config.cache_dir).expanduser() if config.cache_dir else None
     if parent is not None:
         parent.mkdir(parents=True, exist_ok=True)
-    folder = Path(tempfile.mkdtemp(prefix='hr_depth_frames-', dir=parent))
+    folder = Path(tempfile.mkdtemp(prefix=config.cache_prefix, dir=parent))
     try:
         images = np.memmap(folder / 'images.u8', np.uint8, 'w+', shape=(capacity, h, w, 3))
         depth = (np.memmap(folder / 'depth.f32', np.float32, 'w+', shape=(capacity, h, w))
@@ -243,7 +265,8 @@ def extract_frames(config: DataConfig) -> FrameStore:
         tf_notes: list[str] = []
         frames_without_tf = 0
         Ks: list[np.ndarray] = []
-        count = 0
+        notes: list[str] = []
+        count = skipped = 0
         for seg, (bag, topics, has_info) in enumerate(checked):
             compressed = topics[config.image_topic] == COMPRESSED_TYPE
             wanted = [config.image_topic]
@@ -264,7 +287,8 @@ def extract_frames(config: DataConfig) -> FrameStore:
             by_stamp: dict[int, int] = {}
             pending_depth: dict[int, np.ndarray] = {}
             first = count
-            for topic, t_ns, stamp_ns, msg in read_messages(bag, wanted):
+            bag_skipped: list[str] = []
+            for topic, t_ns, stamp_ns, msg in read_messages(bag, wanted, on_partial=notes.append):
                 stamp = stamp_ns if stamp_ns else t_ns
                 if topic == config.camera_info_topic:
                     if K_raw is None:
@@ -281,9 +305,11 @@ def extract_frames(config: DataConfig) -> FrameStore:
                     if stamp in by_stamp:
                         continue  # duplicate stamp: keep the first
                     try:
-                        rgb = compressed_to_rgb(msg) if compressed else image_to_rgb(msg)
-                    except ValueError as error:
-                        raise DataError(f'bag {bag}: cannot decode {topic} at {stamp} ns: {error}') from error
+                        rgb = (compressed_to_rgb(msg, config.max_pixels) if compressed
+                               else image_to_rgb(msg, config.max_pixels))
+                    except ValueError as error:  # skipped (never stored partly decoded), counted below
+                        bag_skipped.append(f'{stamp} ns: {error}')
+                        continue
                     if image_size is None:
                         image_size = (rgb.shape[1], rgb.shape[0])
                     elif image_size != (rgb.shape[1], rgb.shape[0]):
@@ -300,15 +326,19 @@ def extract_frames(config: DataConfig) -> FrameStore:
                         has_depth[count] = True
                     count += 1
                 else:  # ground-truth depth, matched by header stamp
-                    gt = _resize(image_to_array(msg).astype(np.float32).reshape(msg.height, msg.width), w, h,
-                                 nearest=True)
+                    try:
+                        gt = _resize(image_to_array(msg, config.max_pixels).astype(np.float32).reshape(
+                            msg.height, msg.width), w, h, nearest=True)
+                    except ValueError as error:
+                        notes.append(f'bag {bag}: {topic} at {stamp} ns skipped: {error}')
+                        continue
                     if stamp in by_stamp:
                         depth[by_stamp[stamp]] = gt
                         has_depth[by_stamp[stamp]] = True
                     else:
                         pending_depth[stamp] = gt
-            if image_size is None:
-                raise DataError(f'bag {bag}: no messages on {config.image_topic}')
+            _check_decodable(bag, config, count - first, bag_skipped, notes)
+            skipped += len(bag_skipped)
             if K_raw is None:
                 if config.intrinsics is None:
                     raise DataError(f'bag {bag}: no message on {config.camera_info_topic} and no intrinsics given')
@@ -348,7 +378,8 @@ def extract_frames(config: DataConfig) -> FrameStore:
         return FrameStore(folder=folder, width=w, height=h, stamps_ns=np.asarray(stamps, dtype=np.int64),
                           segment=np.asarray(segments, dtype=np.int64), K=Ks, has_depth=has_depth[:count].copy(),
                           bags=[str(b) for b in bags], poses=poses[:count].copy(), tf_segments=tf_segments,
-                          tf_notes=tf_notes, frames_without_tf=frames_without_tf)
+                          tf_notes=tf_notes, frames_without_tf=frames_without_tf,
+                          skipped=skipped, notes=notes)
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)
         raise
@@ -382,6 +413,19 @@ def _segment_poses(tree: TransformTree, config: DataConfig, bag: Path, camera_fr
     return False, note, len(stamps)
 
 
+def _check_decodable(bag: Path, config: DataConfig, decoded: int, skipped: list[str], notes: list[str]) -> None:
+    """Note skipped frames of one bag; DataError when too few decoded (``min_decodable_fraction``)."""
+    total = decoded + len(skipped)
+    if total == 0:
+        raise DataError(f'bag {bag}: no readable messages on {config.image_topic}')
+    if skipped:
+        notes.append(f'bag {bag}: {len(skipped)} of {total} frames on {config.image_topic} skipped '
+                     f'(undecodable; first: {skipped[0]})')
+    if decoded < config.min_decodable_fraction * total or decoded == 0:
+        raise DataError(f'bag {bag}: only {decoded} of {total} frames on {config.image_topic} decode (need '
+                        f'{config.min_decodable_fraction:.0%}); first failure: {skipped[0]}')
+
+
 def _truncate(path: Path, size: int) -> None:
     with open(path, 'r+b') as stream:
         stream.truncate(size)
@@ -401,13 +445,17 @@ class SampleReport:
     pose_source: str = ''
     train: int = 0
     val: int = 0
+    skipped_frames: int = 0
+    notes: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
         return (f'{self.frames} frames -> {self.train} training + {self.val} validation samples '
                 f'(dropped: {self.dropped_edges} at sequence ends, {self.dropped_gap} across time gaps, '
                 f'{self.dropped_no_motion} without camera motion, {self.dropped_no_pose} without a TF pose, '
-                f'{self.dropped_split} straddling the train/validation split)'
-                + (f'; camera poses from {self.pose_source}' if self.pose_source else ''))
+                f'{self.dropped_split} straddling the train/validation split; {self.skipped_frames} '
+                f'undecodable frames skipped)'
+                + (f'; camera poses from {self.pose_source}' if self.pose_source else '')
+                + (f'; {"; ".join(self.notes)}' if self.notes else ''))
 
 
 def build_samples(store: FrameStore, frame_stride: int = 1, max_gap_factor: float = 2.5,
@@ -572,8 +620,10 @@ def prepare_data(config: DataConfig, min_train_samples: int = 1) -> PreparedData
     store = extract_frames(config)
     try:
         pose_source = resolve_pose_source(config.pose_source, store)
-        report = SampleReport(pose_source='TF (' + config.odom_frame + ' -> camera)' if pose_source == 'tf'
+        report = SampleReport(skipped_frames=store.skipped, notes=list(store.notes),
+                              pose_source='TF (' + config.odom_frame + ' -> camera)' if pose_source == 'tf'
                               else 'the pose network')
+        _check_consecutive(store, config.frame_stride)
         samples = build_samples(store, config.frame_stride, config.max_gap_factor, config.min_motion, report,
                                 require_pose=pose_source == 'tf')
         train, val = split_samples(store, samples, config.val_fraction, config.val_block_frames, report)
@@ -584,6 +634,15 @@ def prepare_data(config: DataConfig, min_train_samples: int = 1) -> PreparedData
     except BaseException:
         store.close()
         raise
+
+
+def _check_consecutive(store: FrameStore, frame_stride: int) -> None:
+    """DataError when no bag has the 2 x frame_stride + 1 consecutive frames one sample needs."""
+    per_bag = np.bincount(store.segment, minlength=len(store.bags))
+    if per_bag.max(initial=0) < 2 * frame_stride + 1:
+        counts = ', '.join(f'{bag}: {n}' for bag, n in zip(store.bags, per_bag))
+        raise DataError(f'no consecutive frames to train on: a sample needs {2 * frame_stride + 1} frames of one '
+                        f'bag (frame_stride {frame_stride}), the bags have {counts} usable frames')
 
 
 # Kept for callers that catch both kinds of input error at once.

@@ -50,6 +50,7 @@ from hr_depth_ros.checkpoint import (CheckpointError, load_depth_checkpoint, loa
                                      save_depth_checkpoint)
 from hr_depth_ros.evaluation import evaluate_depth, mean_errors
 from hr_depth_ros.geometry import disp_to_depth, normalized_intrinsics, transformation_from_parameters, warp_image
+from hr_depth_ros.image_decoding import DEFAULT_MAX_PIXELS
 from hr_depth_ros.inference import select_device
 from hr_depth_ros.networks import ARCHITECTURES, build_depth_model, build_pose_model
 from hr_depth_ros.tf_poses import DEFAULT_MAX_TF_GAP_S
@@ -57,6 +58,8 @@ from hr_depth_ros.training.data import POSE_SOURCES, DataConfig, PreparedData, T
 from hr_depth_ros.training.losses import (SMOOTHNESS_WEIGHT, distillation_loss, min_reprojection, photometric_error,
                                           smoothness_loss, upsample_to)
 from hr_depth_ros.training.scale import ScaleSearch, search_scale
+from hr_depth_ros.training.output import (FRAME_CACHE_PREFIX, prepare_output, remove_previous_run,
+                                          removed_if_left_empty)
 
 __all__ = ['TrainingConfig', 'TrainingError', 'Trainer', 'train', 'METRICS_COLUMNS']
 
@@ -135,6 +138,8 @@ class TrainingConfig:
     log_every: int = 10
     max_val_samples: int = 200
     resume: bool = False
+    overwrite: bool = False                 # a fresh run may replace a previous run in output
+    max_pixels: int = DEFAULT_MAX_PIXELS    # larger bag images are skipped as malformed
     frame_stride: int = 1
     max_gap_factor: float = 2.5
     min_motion: float = 0.5
@@ -150,7 +155,9 @@ class TrainingConfig:
                           max_gap_factor=self.max_gap_factor, min_motion=self.min_motion,
                           val_fraction=self.val_fraction, val_block_frames=self.val_block_frames,
                           pose_source=self.pose_source, odom_frame=self.odom_frame, camera_frame=self.camera_frame,
-                          max_tf_gap=self.max_tf_gap)
+                          max_tf_gap=self.max_tf_gap,
+                          cache_dir=Path(self.output).expanduser(), cache_prefix=FRAME_CACHE_PREFIX,
+                          max_pixels=self.max_pixels)
 
     def validate(self) -> None:
         """TrainingError naming the first bad setting."""
@@ -539,11 +546,17 @@ class Trainer:
     def run(self) -> dict[str, Any]:
         """Train; returns ``{'step', 'epoch', 'latest', 'best', 'val', 'samples_per_s', 'data'}``."""
         cfg = self.config
+        for action in prepare_output(cfg.output, cfg.resume, cfg.overwrite):  # before validate looks for latest/
+            self._log(action)
         cfg.validate()
         _seed_everything(cfg.seed, cfg.deterministic)
         self.device = select_device(cfg.device)
-        data = prepare_data(cfg.data_config(), min_train_samples=1)
+        with removed_if_left_empty(cfg.output):  # the frame cache lives in output: bad input leaves nothing
+            data = prepare_data(cfg.data_config(), min_train_samples=1)
         try:
+            if cfg.overwrite and not cfg.resume:  # only now that the new run's data is ready
+                for action in remove_previous_run(cfg.output):
+                    self._log(action)
             return self._run(data)
         finally:
             data.close()
