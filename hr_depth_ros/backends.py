@@ -18,10 +18,12 @@ machine busy with other work: OpenMP threads spin-waiting for a descheduled sibl
 """
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -64,6 +66,34 @@ def default_threads() -> int:
     cores = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else (os.cpu_count() or 1)
     limit = os.environ.get('OMP_NUM_THREADS', '')
     return max(1, min(cores, int(limit))) if limit.isdigit() and int(limit) > 0 else max(1, cores)
+
+
+@dataclass(frozen=True)
+class BackendOptions:
+    """What ``--backend``, ``--threads`` and ``--cache-dir`` asked for (None: the defaults)."""
+
+    backend: str = 'auto'
+    threads: int | None = None
+    cache_dir: str | None = None
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f'must be >= 1, got {value}')
+    return value
+
+
+def add_backend_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--backend``, ``--threads`` and ``--cache-dir``, shared by the command-line tools."""
+    parser.add_argument('--backend', default='auto', choices=BACKENDS,
+                        help='auto: torch on CUDA, OpenVINO on the CPU when installed (default auto)')
+    parser.add_argument('--threads', type=positive_int, default=None,
+                        help='CPU inference threads (default: the cores this process may use; use fewer '
+                             'on a machine busy with other work)')
+    parser.add_argument('--cache-dir', default=None,
+                        help='converted-model cache (default $HR_DEPTH_ROS_CACHE or ~/.cache/hr_depth_ros)')
 
 
 def configure_threads(threads: int | None) -> int:

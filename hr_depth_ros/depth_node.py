@@ -56,6 +56,13 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
                   choices=('fp32', 'fp16', 'bf16'), read_only=True),
     ParameterSpec('channels_last', True, 'channels-last memory format (faster on CUDA and on the CPU)', read_only=True),
     ParameterSpec('compile', False, 'torch.compile the model (slow first frames)', read_only=True),
+    ParameterSpec('backend', 'auto', "'auto' (torch on CUDA, OpenVINO on the CPU if installed), 'torch' or "
+                  "'openvino' (CPU)", choices=('auto', 'torch', 'openvino'), read_only=True),
+    ParameterSpec('threads', 0, 'CPU inference threads; 0 = the cores the process may use (use fewer on a '
+                  'busy machine: oversubscription made torch 20-30x slower)', min_value=0, max_value=1024,
+                  read_only=True),
+    ParameterSpec('cache_dir', '', 'converted-model cache; empty = $HR_DEPTH_ROS_CACHE or ~/.cache/hr_depth_ros',
+                  read_only=True),
     ParameterSpec('min_depth', 0.1, 'depth of the largest disparity (m, before depth_scale)',
                   min_value=1e-3, read_only=True),
     ParameterSpec('max_depth', 100.0, 'depth of the smallest disparity (m, before depth_scale)',
@@ -112,6 +119,9 @@ class NodeConfig:
     precision: str
     channels_last: bool
     compile: bool
+    backend: str
+    threads: int
+    cache_dir: str
     min_depth: float
     max_depth: float
     depth_scale: float
@@ -571,7 +581,8 @@ def _make_node_class():  # noqa: C901 - the node is one class; rclpy is imported
             self.worker.start()
             self.get_logger().info(
                 f'ready: {self.estimator.arch} {self.estimator.width}x{self.estimator.height} on '
-                f'{self.estimator.device} ({getattr(self.estimator, "precision", "")}); '
+                f'{self.estimator.device} ({getattr(self.estimator, "precision", "")}, '
+                f'{getattr(self.estimator, "backend_description", "torch")}); '
                 f'listening on {self.image_sub.topic_name} '
                 f'({self.config.qos_reliability}), output {self.config.output_resolution} resolution')
 
@@ -600,7 +611,8 @@ def _make_node_class():  # noqa: C901 - the node is one class; rclpy is imported
                 self.estimator = DepthEstimator(
                     config.weights, device=device, precision=precision, channels_last=config.channels_last,
                     compile=config.compile, min_depth=config.min_depth, max_depth=config.max_depth,
-                    depth_scale=config.depth_scale)
+                    depth_scale=config.depth_scale, backend=config.backend, threads=config.threads or None,
+                    cache_dir=config.cache_dir or None)
             except Exception as error:
                 raise ConfigError(f'cannot load the checkpoint weights={config.weights!r}: '
                                   f'{type(error).__name__}: {error}') from error

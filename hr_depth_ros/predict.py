@@ -1,6 +1,7 @@
 """Depth for images on disk, like monodepth2's ``test_simple.py``.
 
-    python -m hr_depth_ros.predict --weights HR_Depth_K_MS_1024x320 [--output-dir DIR] IMAGE_OR_FOLDER...
+    python -m hr_depth_ros.predict --weights HR_Depth_K_MS_1024x320 [--output-dir DIR]
+        [--backend auto|torch|openvino] [--threads N] IMAGE_OR_FOLDER...
 
 For each image writes ``<stem>_disp.npy`` (the network's scale-0 sigmoid disparity, an
 ``height x width`` float32 array at network resolution) and ``<stem>_disp.jpeg`` (colourised, magma, range from the minimum to the
@@ -15,6 +16,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from hr_depth_ros.backends import add_backend_arguments
 from hr_depth_ros.visualization import colorize
 
 IMAGE_EXTENSIONS = ('jpg', 'jpeg', 'png', 'bmp', 'ppm', 'tif', 'tiff', 'webp')
@@ -53,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--weights', required=True, help='checkpoint folder (encoder.pth + depth.pth)')
     parser.add_argument('--output-dir', help='where to write results (default: beside each image)')
     parser.add_argument('--device', default='auto', choices=('auto', 'cuda', 'cpu'))
+    add_backend_arguments(parser)
     parser.add_argument('--ext', help='only this extension inside folders (default: common image types)')
     parser.add_argument('--cmap', default='magma', help='colour map of the jpeg (default magma)')
     parser.add_argument('--no-progress', action='store_true', help='no progress bar')
@@ -68,7 +71,8 @@ def main(argv: list[str] | None = None) -> int:
     from hr_depth_ros.inference import DepthEstimator
 
     try:
-        estimator = DepthEstimator(args.weights, device=args.device)
+        estimator = DepthEstimator(args.weights, device=args.device, backend=args.backend, threads=args.threads,
+                                   cache_dir=args.cache_dir)
     except CheckpointError as error:
         print(f'predict: {error}', file=sys.stderr)
         return 2
@@ -79,7 +83,8 @@ def main(argv: list[str] | None = None) -> int:
     output_dir = Path(args.output_dir).expanduser() if args.output_dir else None
     if output_dir:
         output_dir.mkdir(parents=True, exist_ok=True)
-    print(f'-> {estimator.arch} at {estimator.width}x{estimator.height} on {estimator.device}; '
+    print(f'-> {estimator.arch} at {estimator.width}x{estimator.height} on {estimator.device} '
+          f'with {estimator.backend_description}; '
           f'{len(images)} image(s)')
     failed: list[str] = []
     for path in tqdm(images, unit='img', disable=args.no_progress or len(images) < 2):
