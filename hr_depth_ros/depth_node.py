@@ -26,7 +26,8 @@ from typing import Any
 import cv2
 import numpy as np
 
-from hr_depth_ros.geometry import depth_to_points, pixel_intrinsics, scale_intrinsics
+from hr_depth_ros.geometry import depth_to_points, pixel_intrinsics, ray_planes, scale_intrinsics
+from hr_depth_ros.pointcloud import CloudPacker, PackedCloud
 from hr_depth_ros.visualization import colorize
 
 NODE_NAME = 'hr_depth'
@@ -342,10 +343,18 @@ class FrameResult:
     K: np.ndarray  # intrinsics of ``depth``
     intrinsics_source: str
     colored_bgr: np.ndarray | None = None
-    points: np.ndarray | None = None  # N x 3, or h x w x 3 when organised
-    point_colors: np.ndarray | None = None
+    cloud: PackedCloud | None = None  # PointCloud2 bytes; a view valid until the engine's next frame
     scale: float = 1.0
     timings_ms: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def points(self) -> np.ndarray | None:
+        """N x 3, or h x w x 3 when organised (views of ``cloud``)."""
+        return None if self.cloud is None else self.cloud.points
+
+    @property
+    def point_colors(self) -> np.ndarray | None:
+        return None if self.cloud is None else self.cloud.colors
 
 
 class DepthEngine:
@@ -360,6 +369,7 @@ class DepthEngine:
         self.config = config
         self.checkpoint_K = checkpoint_K
         self.camera_height_scale = CameraHeightScale()
+        self.cloud_packer = CloudPacker()
 
     def process(
         self,
@@ -412,7 +422,7 @@ class DepthEngine:
             start = time.perf_counter()
             if config.points_rgb and rgb_out is None:
                 rgb_out = cv2.resize(rgb, out_size, interpolation=cv2.INTER_AREA)
-            result.points, result.point_colors = self.points(depth, result.K, rgb_out if config.points_rgb else None)
+            result.cloud = self.points(depth, result.K, rgb_out if config.points_rgb else None)
             timings['points'] = _elapsed_ms(start)
         return result
 
@@ -424,19 +434,15 @@ class DepthEngine:
             return colorize(values, config.colormap, vmin=config.colored_min, vmax=config.colored_max, bgr=True)
         return colorize(values, config.colormap, bgr=True)
 
-    def points(
-        self, depth: np.ndarray, K: np.ndarray, rgb: np.ndarray | None
-    ) -> tuple[np.ndarray, np.ndarray | None]:
-        """Strided, range-limited points of ``depth`` (``h x w x 3`` with NaN when organised, else ``N x 3``)."""
+    def points(self, depth: np.ndarray, K: np.ndarray, rgb: np.ndarray | None) -> PackedCloud:
+        """Strided, range-limited cloud of ``depth`` (organised h x w with NaN points, else 1 x N)."""
         config = self.config
         stride = config.points_stride
-        points, valid = depth_to_points(
-            depth, K, stride=stride, max_range=config.points_max_range if config.points_max_range > 0 else None,
+        return self.cloud_packer.pack(
+            depth[::stride, ::stride], ray_planes(K, *depth.shape, stride=stride),
+            None if rgb is None else rgb[::stride, ::stride],
+            max_range=config.points_max_range if config.points_max_range > 0 else None,
             organized=config.points_organized)
-        if rgb is None:
-            return points, None
-        colors = rgb[::stride, ::stride]
-        return points, (colors if config.points_organized else colors[valid])
 
 
 def _elapsed_ms(start: float) -> float:
@@ -709,10 +715,8 @@ def _make_node_class():  # noqa: C901 - the node is one class; rclpy is imported
             self.depth_info_pub.publish(ros_messages.camera_info_msg(result.K, width, height, header))
             if result.colored_bgr is not None:
                 self.colored_pub.publish(ros_messages.image_msg(result.colored_bgr, 'bgr8', header))
-            if result.points is not None:
-                organized = result.points.shape[:2] if result.points.ndim == 3 else None
-                self.points_pub.publish(ros_messages.pointcloud2_msg(
-                    result.points, result.point_colors, header, organized_shape=organized))
+            if result.cloud is not None:
+                self.points_pub.publish(ros_messages.packed_cloud_msg(result.cloud, header))
             timings = dict(result.timings_ms, decode=decode_ms, publish=_elapsed_ms(start))
             stamp_ns = int(header.stamp.sec) * 1_000_000_000 + int(header.stamp.nanosec)
             latency_ms = (self.get_clock().now().nanoseconds - stamp_ns) / 1e6
