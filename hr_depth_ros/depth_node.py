@@ -57,8 +57,8 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
                   choices=('fp32', 'fp16', 'bf16'), read_only=True),
     ParameterSpec('channels_last', True, 'channels-last memory format (faster on CUDA and on the CPU)', read_only=True),
     ParameterSpec('compile', False, 'torch.compile the model (slow first frames)', read_only=True),
-    ParameterSpec('backend', 'auto', "'auto' (torch on CUDA, OpenVINO on the CPU if installed), 'torch' or "
-                  "'openvino' (CPU)", choices=('auto', 'torch', 'openvino'), read_only=True),
+    ParameterSpec('backend', 'auto', "'auto': torch on CUDA, OpenVINO on the CPU if installed; 'openvino' runs on "
+                  "the CPU", choices=('auto', 'torch', 'openvino'), read_only=True),
     ParameterSpec('threads', 0, 'CPU inference threads; 0 = the cores the process may use (use fewer on a '
                   'busy machine: oversubscription made torch 20-30x slower)', min_value=0, max_value=1024,
                   read_only=True),

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import cv2
@@ -47,6 +49,13 @@ def read_rgb(path: Path) -> np.ndarray:
     if bgr is None:
         raise ValueError(f'{path}: not a readable image')
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+def write_results(target: Path, disparity: np.ndarray, rgb: np.ndarray, cmap: str) -> None:
+    """``<target>_disp.npy`` (network-resolution disparity) and ``<target>_disp.jpeg`` (colourised, image size)."""
+    np.save(f'{target}_disp.npy', disparity.astype(np.float32))
+    full = cv2.resize(disparity, (rgb.shape[1], rgb.shape[0]), interpolation=cv2.INTER_LINEAR)
+    cv2.imwrite(f'{target}_disp.jpeg', colorize(full, cmap=cmap, bgr=True))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -87,18 +96,27 @@ def main(argv: list[str] | None = None) -> int:
           f'with {estimator.backend_description}; '
           f'{len(images)} image(s)')
     failed: list[str] = []
-    for path in tqdm(images, unit='img', disable=args.no_progress or len(images) < 2):
-        try:
-            rgb = read_rgb(path)
-        except ValueError as error:
-            failed.append(str(error))
-            tqdm.write(f'skipped {error}', file=sys.stderr)
-            continue
-        disparity = estimator.predict_disparity(rgb)
-        target = (output_dir or path.parent) / path.stem
-        np.save(f'{target}_disp.npy', disparity.astype(np.float32))
-        full = cv2.resize(disparity, (rgb.shape[1], rgb.shape[0]), interpolation=cv2.INTER_LINEAR)
-        cv2.imwrite(f'{target}_disp.jpeg', colorize(full, cmap=args.cmap, bgr=True))
+    # Reading the next image and writing results run in I/O threads while the network runs
+    # (both backends release the GIL): per image the slower of the two, not their sum.
+    with ThreadPoolExecutor(max_workers=2, thread_name_prefix='predict_io') as io:
+        next_rgb = io.submit(read_rgb, images[0])
+        writes: deque[Future] = deque()
+        for index, path in enumerate(tqdm(images, unit='img', disable=args.no_progress or len(images) < 2)):
+            rgb_future = next_rgb
+            if index + 1 < len(images):
+                next_rgb = io.submit(read_rgb, images[index + 1])
+            try:
+                rgb = rgb_future.result()
+            except ValueError as error:
+                failed.append(str(error))
+                tqdm.write(f'skipped {error}', file=sys.stderr)
+                continue
+            disparity = estimator.predict_disparity(rgb)
+            writes.append(io.submit(write_results, (output_dir or path.parent) / path.stem, disparity, rgb, args.cmap))
+            while len(writes) > 2:  # bounded: results are written about as fast as they come
+                writes.popleft().result()
+        for write in writes:
+            write.result()
     done = len(images) - len(failed)
     where = output_dir if output_dir else "the images' folders"
     print(f'-> wrote {done} result(s) to {where}' + (f'; skipped {len(failed)}' if failed else ''))
