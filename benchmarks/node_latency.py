@@ -198,6 +198,7 @@ def run_case(arch: str, width: int, height: int, args: argparse.Namespace, workd
         return {
             'model': arch, 'size': f'{width}x{height}', 'camera': f'{camera_width}x{camera_height}',
             'device': args.device, 'backend': 'openvino' if 'openvino' in ready else 'torch',
+            'threads': args.threads or 'default',
             'frames': args.frames, 'input_hz': len(inputs) / played_s,
             'processed_hz': (len(arrivals) - 1) / ((arrivals[-1] - arrivals[0]) / 1e9) if len(arrivals) > 1 else 0.0,
             'received': after['received'] - before['received'],
@@ -267,15 +268,15 @@ def main(argv: list[str] | None = None) -> int:
             for size in args.size:
                 width, height = parse_size(size)
                 rows.append(run_case(arch, width, height, args, Path(tmp)))
-    print(f'| model | size | camera | device | backend | input Hz | processed Hz | dropped / received | stamp->depth p50/p95/p99 ms '
+    print(f'| model | size | camera | device | backend | threads | input Hz | processed Hz | dropped / received | stamp->depth p50/p95/p99 ms '
           f'| stamp->points p50/p95/p99 ms | {" | ".join(STAGES)} (mean ms, share) |')
-    print('| --- | --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ' + ' | '.join('---:' for _ in STAGES) + ' |')
+    print('| --- | --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ' + ' | '.join('---:' for _ in STAGES) + ' |')
     for row in rows:
         depth = '/'.join(f'{v:.0f}' for v in row['depth_ms'])
         points = '/'.join(f'{v:.0f}' for v in row['points_ms'])
         stages = ' | '.join(f"{row['stage_ms'][s]:.1f} ({row['stage_share'][s]:.0f}%)" for s in STAGES)
         print(f"| {row['model']} | {row['size']} | {row['camera']} | {row['device']} | {row['backend']} "
-              f"| {row['input_hz']:.1f} | {row['processed_hz']:.1f} "
+              f"| {row['threads']} | {row['input_hz']:.1f} | {row['processed_hz']:.1f} "
               f"| {row['dropped']} / {row['received']} | {depth} | {points} | {stages} |")
     return 0
 
