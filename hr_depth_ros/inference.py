@@ -99,10 +99,18 @@ class DepthEstimator:
         self.max_depth = float(max_depth)
         self.depth_scale = float(depth_scale)
         net = _DepthNet(checkpoint.encoder, checkpoint.decoder).eval()
+        self.runner: TorchBackend | OpenVINOBackend | None = None
         if self.backend == 'openvino':
-            self.runner: TorchBackend | OpenVINOBackend = OpenVINOBackend(
-                net, checkpoint.arch, checkpoint.width, checkpoint.height, self.threads, cache_dir)
-        else:
+            try:
+                self.runner = OpenVINOBackend(net, checkpoint.arch, checkpoint.width, checkpoint.height,
+                                              self.threads, cache_dir)
+            except Exception as error:  # noqa: BLE001 - conversion/compilation failures of any kind
+                if backend != 'auto':
+                    raise
+                LOGGER.warning('backend auto: OpenVINO failed (%s: %s); running PyTorch',
+                               type(error).__name__, error)
+                self.backend = 'torch'
+        if self.runner is None:
             self.runner = TorchBackend(net, self.device, PRECISIONS[precision], self.channels_last, compile)
         self.net: nn.Module = getattr(self.runner, 'net', net)  # the torch module (what OpenVINO converted)
 

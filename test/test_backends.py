@@ -110,6 +110,24 @@ def test_backend_choice():
         resolve_backend('tensorrt', cpu)
 
 
+def test_auto_falls_back_to_torch_when_openvino_fails(monkeypatch, caplog):
+    import hr_depth_ros.inference as inference
+
+    def broken(*args, **kwargs):
+        raise RuntimeError('cannot convert this network')
+
+    monkeypatch.setattr(inference, 'resolve_backend', lambda name, device, compile=False:
+                        'openvino' if name == 'auto' else name)
+    monkeypatch.setattr(inference, 'OpenVINOBackend', broken)
+    checkpoint = golden_checkpoint('lite_hr_depth', 128, 64)
+    with caplog.at_level(logging.WARNING):
+        estimator = DepthEstimator(checkpoint, device='cpu')
+    assert estimator.backend == 'torch' and 'cannot convert this network' in caplog.text
+    assert estimator.predict_disparity(np.zeros((64, 128, 3), np.uint8)).shape == (64, 128)
+    with pytest.raises(RuntimeError, match='cannot convert'):  # asked for explicitly: the error stands
+        DepthEstimator(checkpoint, device='cpu', backend='openvino')
+
+
 def test_threads_default_to_usable_cores_and_apply_to_torch(monkeypatch):
     before = torch.get_num_threads()
     try:
