@@ -257,7 +257,7 @@ def run_node_session(weights: Path, frames: list[EvalFrame], device: str, backen
                '--params-file', str(REPO_ROOT / 'config' / 'depth.yaml'),
                '-p', f'weights:={weights}', '-p', f'device:={device}', '-p', 'points_stride:=2',
                '-p', f'backend:={backend.backend}', '-p', f'threads:={backend.threads or 0}',
-               '-p', f'cache_dir:={backend.cache_dir or ""}',
+               *(('-p', f'cache_dir:={backend.cache_dir}') if backend.cache_dir else ()),  # '' does not parse
                '-p', 'qos_reliability:=reliable', '-p', 'qos_depth:=5',
                # Metric scale from the known camera height above the road (the synthetic camera's).
                '-p', 'scale_mode:=camera_height', '-p', f'camera_height:={SYNTHETIC_CAMERA_HEIGHT}',
