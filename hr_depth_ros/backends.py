@@ -25,12 +25,13 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from hr_depth_ros.model_cache import cached_entry, default_cache_dir, weights_hash
+from hr_depth_ros.model_cache import cached_entry, default_cache_dir, remove_entry, weights_hash
 
 LOGGER = logging.getLogger(__name__)
 BACKENDS = ('auto', 'torch', 'openvino')
@@ -163,16 +164,30 @@ class OpenVINOBackend:
             ov.save_model(model, folder / OPENVINO_MODEL_FILE, compress_to_fp16=False)  # fp32 weights: parity
             self.converted_s = time.perf_counter() - start
 
-        root = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
-        self.cache_entry, _ = cached_entry(root, key, convert)
-        start = time.perf_counter()
         core = ov.Core()
         core.set_property({'ENABLE_MMAP': False})  # own copy of the weights: the cache files may be replaced
         # fp32 everywhere: CPUs with bf16/AMX units would otherwise default to bf16 and lose parity.
         config = {'INFERENCE_NUM_THREADS': int(threads), 'INFERENCE_PRECISION_HINT': 'f32',
                   'PERFORMANCE_HINT': 'LATENCY', 'NUM_STREAMS': 1}
-        compiled = core.compile_model(core.read_model(self.cache_entry / OPENVINO_MODEL_FILE), 'CPU', config)
-        self.compile_s = time.perf_counter() - start
+
+        def compile_entry() -> Any:
+            start = time.perf_counter()
+            compiled = core.compile_model(core.read_model(self.cache_entry / OPENVINO_MODEL_FILE), 'CPU', config)
+            self.compile_s = time.perf_counter() - start
+            return compiled
+
+        root = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
+        self.cache_entry, _ = cached_entry(root, key, convert)
+        try:
+            compiled = compile_entry()
+        except Exception as error:  # noqa: BLE001 - OpenVINO raises RuntimeError subclasses of its own
+            if self.converted_s is not None:
+                raise  # a fresh conversion that does not compile is a real failure
+            LOGGER.warning('cached model %s does not load (%s: %s): converting again',
+                           self.cache_entry, type(error).__name__, error)
+            remove_entry(self.cache_entry)
+            self.cache_entry, _ = cached_entry(root, key, convert)
+            compiled = compile_entry()
         self.request = compiled.create_infer_request()
         origin = (f'converted in {self.converted_s:.1f} s' if self.converted_s is not None
                   else 'loaded from the cache')

@@ -66,7 +66,7 @@ def _is_complete(entry: Path) -> bool:
         return False
 
 
-def _remove(entry: Path) -> None:
+def remove_entry(entry: Path) -> None:
     """Move ``entry`` aside (one atomic rename) and delete it; a concurrent reader never sees half of it."""
     trash = entry.parent / f'.{entry.name}.trash-{os.getpid()}-{os.urandom(4).hex()}'
     try:
@@ -90,7 +90,7 @@ def cached_entry(root: Path, key: str, build: Callable[[Path], None]) -> tuple[P
         if _is_complete(entry):
             return entry, False
         LOGGER.warning('model cache entry %s is incomplete or corrupt: rebuilding it', entry)
-        _remove(entry)
+        remove_entry(entry)
     root.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f'.{key}.tmp-', dir=root))
     try:
@@ -109,7 +109,7 @@ def cached_entry(root: Path, key: str, build: Callable[[Path], None]) -> tuple[P
             os.rename(staging, entry)
         except OSError:
             if not _is_complete(entry):  # lost the race to a broken entry: replace it
-                _remove(entry)
+                remove_entry(entry)
                 os.rename(staging, entry)
             # else another process finished the same entry first: use theirs
     finally:

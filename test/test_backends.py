@@ -100,6 +100,23 @@ def test_cache_key_and_corrupt_entries(tmp_path, caplog):
         rebuilt(torch.zeros(1, 3, 32, 32))
 
 
+@needs_openvino
+def test_cached_model_that_does_not_load_is_converted_again(tmp_path, caplog):
+    from hr_depth_ros.backends import OpenVINOBackend, openvino_cache_key
+
+    def garbage(folder: Path) -> None:  # a complete entry (manifest matches) that OpenVINO cannot read
+        (folder / 'model.xml').write_text('<net name="broken"')
+        (folder / 'model.bin').write_bytes(b'\0' * 8)
+
+    key = openvino_cache_key('tiny', 64, 32, weights_hash(tiny_net()), openvino_version())
+    cached_entry(tmp_path, key, garbage)
+    with caplog.at_level(logging.WARNING):
+        backend = OpenVINOBackend(tiny_net(), 'tiny', 64, 32, threads=1, cache_dir=tmp_path)
+    assert 'does not load' in caplog.text and backend.converted_s is not None
+    images = torch.rand(1, 3, 32, 64)
+    np.testing.assert_allclose(backend(images).numpy(), tiny_net()(images).detach().numpy(), atol=1e-5)
+
+
 def test_backend_choice():
     cpu = torch.device('cpu')
     assert resolve_backend('auto', cpu) == ('openvino' if openvino_version() else 'torch')
