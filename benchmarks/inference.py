@@ -2,14 +2,16 @@
 
     .venv/bin/python benchmarks/inference.py [--device auto|cpu|cuda]
         [--models hr_depth,lite_hr_depth,monodepth2] [--resolutions 640x192,1024x320,1280x384]
-        [--modes eager,channels_last,fp16,bf16,compile] [--repeats N] [--warmup N]
+        [--modes eager,channels_last,fp16,bf16,compile,openvino] [--repeats N] [--warmup N]
         [--threads N] [--markdown] [--authors-dir DIR]
 
 Times ``DepthEstimator.predict_batch`` on a pre-made ``1 x 3 x H x W`` tensor already on the
 device (network only: no decoding, resizing or copies back) under ``torch.inference_mode``.
 Modes: ``eager`` fp32 NCHW (the baseline), ``channels_last`` fp32 NHWC, ``fp16`` / ``bf16``
 autocast (fp16 on CUDA only; both NHWC on CUDA, NCHW on the CPU), ``compile``
-``torch.compile`` inductor, fp32 (NHWC on CUDA). ``--authors-dir`` adds an "authors eager" row
+``torch.compile`` inductor, fp32 (NHWC on CUDA), ``openvino`` the OpenVINO backend (CPU, fp32;
+its one-off conversion is not in the warm-up time; converted models go to a temporary cache).
+``--threads`` applies to torch and OpenVINO alike. ``--authors-dir`` adds an "authors eager" row
 timing the authors' own networks (a checkout of shawLyu/HR-Depth, imported, never committed).
 
 All modes of one model/resolution are built and warmed up first, then timed interleaved
@@ -29,6 +31,7 @@ import os
 import platform
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,11 +43,12 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from hr_depth_ros.backends import configure_threads, openvino_version  # noqa: E402
 from hr_depth_ros.checkpoint import DepthCheckpoint  # noqa: E402
 from hr_depth_ros.inference import DepthEstimator, select_device  # noqa: E402
 from hr_depth_ros.networks import ARCHITECTURES, build_depth_model  # noqa: E402
 
-MODES = ('eager', 'channels_last', 'fp16', 'bf16', 'compile')
+MODES = ('eager', 'channels_last', 'fp16', 'bf16', 'compile', 'openvino')
 DEFAULT_MODELS = ('hr_depth', 'lite_hr_depth', 'monodepth2')
 DEFAULT_RESOLUTIONS = ('640x192', '1024x320', '1280x384')
 AUTHORS_ROW = 'authors eager'
@@ -128,22 +132,28 @@ def load_authors_networks(root: Path):
 
 
 def make_runners(arch: str, width: int, height: int, modes: list[str], device: torch.device,
-                 images: torch.Tensor, authors_networks) -> list[Runner]:
+                 images: torch.Tensor, authors_networks, threads: int | None = None,
+                 cache_dir: str | None = None) -> list[Runner]:
     """The eager baseline first, then the other modes, then the authors' row if asked for."""
     runners = []
     for mode in ['eager'] + [m for m in modes if m != 'eager']:
         if mode == 'fp16' and device.type != 'cuda':
             runners.append(Runner(mode, None, 'n/a (CUDA only)'))
             continue
+        if mode == 'openvino' and (device.type != 'cpu' or openvino_version() is None):
+            runners.append(Runner(mode, None, 'n/a (CPU only)' if device.type != 'cpu' else 'n/a (not installed)'))
+            continue
         options = {'eager': {'channels_last': False},
                    'channels_last': {'channels_last': True},
                    'fp16': {'precision': 'fp16', 'channels_last': None},
                    'bf16': {'precision': 'bf16', 'channels_last': device.type == 'cuda'},
-                   'compile': {'compile': True, 'channels_last': False}}[mode]
+                   'compile': {'compile': True, 'channels_last': False},
+                   'openvino': {'backend': 'openvino', 'cache_dir': cache_dir}}[mode]
+        options.setdefault('backend', 'torch')
         encoder, decoder = build_depth_model(arch)
         checkpoint = DepthCheckpoint(arch=arch, encoder=encoder.eval(), decoder=decoder.eval(),
                                      height=height, width=width, use_stereo=False)
-        estimator = DepthEstimator(checkpoint, device=device, **options)
+        estimator = DepthEstimator(checkpoint, device=device, threads=threads, **options)
         runners.append(Runner(mode, lambda estimator=estimator: estimator.predict_batch(images)))
     if authors_networks is not None:
         if arch not in AUTHORS_FACTORIES:
@@ -228,25 +238,24 @@ def main(argv: list[str] | None = None) -> int:
                         type=lambda s: parse_list(s, ARCHITECTURES, 'model'))
     parser.add_argument('--resolutions', default=','.join(DEFAULT_RESOLUTIONS),
                         type=lambda s: [parse_resolution(r) for r in s.split(',') if r.strip()])
-    parser.add_argument('--modes', default='eager,channels_last,fp16,bf16',
+    parser.add_argument('--modes', default='eager,channels_last,fp16,bf16,openvino',
                         type=lambda s: parse_list(s, MODES, 'mode'),
                         help='default: all but compile (inductor compiles for minutes on a small CPU)')
     parser.add_argument('--repeats', type=int, default=20, help='timed calls per configuration (default 20)')
     parser.add_argument('--warmup', type=int, default=3, help='untimed calls per configuration first (default 3)')
     parser.add_argument('--threads', type=int, default=None,
-                        help='torch.set_num_threads (default: torch default, one per core). On a CPU shared '
-                             'with other busy processes use fewer threads than cores: OpenMP threads waiting '
-                             'for a descheduled sibling make 2-thread runs on 2 busy cores ~20x slower')
+                        help='CPU threads of torch and OpenVINO (default: the cores this process may use). On a '
+                             'CPU shared with other busy processes use fewer threads than cores: OpenMP threads '
+                             'waiting for a descheduled sibling make 2-thread runs on 2 busy cores ~20x slower')
     parser.add_argument('--markdown', action='store_true', help='print a Markdown table')
     parser.add_argument('--authors-dir', type=Path, default=None,
                         help="checkout of the authors' HR-Depth code: adds an 'authors eager' row")
     args = parser.parse_args(argv)
     if args.repeats < 1 or args.warmup < 0:
         parser.error('--repeats must be >= 1 and --warmup >= 0')
-    if args.threads is not None:
-        if args.threads < 1:
-            parser.error('--threads must be >= 1')
-        torch.set_num_threads(args.threads)
+    if args.threads is not None and args.threads < 1:
+        parser.error('--threads must be >= 1')
+    configure_threads(args.threads)
     try:
         authors_networks = load_authors_networks(args.authors_dir) if args.authors_dir else None
     except (FileNotFoundError, ImportError) as error:
@@ -256,7 +265,8 @@ def main(argv: list[str] | None = None) -> int:
 
     comment = '' if not args.markdown else '- '
     print(f'{comment}device: {device} ({device_name(device)})')
-    print(f'{comment}torch {torch.__version__}, Python {platform.python_version()}, '
+    print(f'{comment}torch {torch.__version__}, OpenVINO {openvino_version() or "not installed"}, '
+          f'Python {platform.python_version()}, '
           f'threads {torch.get_num_threads()}, batch 1, random weights')
     load = ', load average %.1f (other processes share these cores)' % os.getloadavg()[0] \
         if device.type == 'cpu' and hasattr(os, 'getloadavg') else ''
@@ -265,15 +275,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.markdown:
         print()
     rows: list[list[str]] = []
-    for arch in args.models:
-        for width, height in args.resolutions:
-            images = torch.rand(1, 3, height, width, device=device)
-            runners = make_runners(arch, width, height, args.modes, device, images, authors_networks)
-            time_runners(runners, device, args.repeats, args.warmup)
-            new_rows = table_rows(arch, width, height, runners)
-            rows += new_rows
-            for row in new_rows:  # progress on long CPU runs
-                print('  done:', ' '.join(row), file=sys.stderr, flush=True)
+    with tempfile.TemporaryDirectory(prefix='hr_depth_ros_benchmark_cache_') as cache_dir:
+        for arch in args.models:
+            for width, height in args.resolutions:
+                images = torch.rand(1, 3, height, width, device=device)
+                runners = make_runners(arch, width, height, args.modes, device, images, authors_networks,
+                                       args.threads, cache_dir)
+                time_runners(runners, device, args.repeats, args.warmup)
+                new_rows = table_rows(arch, width, height, runners)
+                rows += new_rows
+                for row in new_rows:  # progress on long CPU runs
+                    print('  done:', ' '.join(row), file=sys.stderr, flush=True)
     print(format_table(rows, args.markdown))
     return 0
 

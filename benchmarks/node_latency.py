@@ -1,14 +1,17 @@
 """End-to-end latency of the depth node: synthetic bag -> play_bag (30 Hz) -> depth node -> subscriber.
 
     .venv/bin/python benchmarks/node_latency.py [--arch lite_hr_depth hr_depth] [--size 640x192]
-        [--frames 90] [--rate-hz 30] [--device cpu] [--weights FOLDER]
+        [--camera 640x480] [--frames 90] [--rate-hz 30] [--device cpu] [--backend auto] [--threads N]
+        [--weights FOLDER]
 
-For each model and resolution: writes a synthetic bag at that resolution, starts the node
+For each model and network resolution: writes a synthetic bag at the camera resolution
+(``--camera``, default: the network's), starts the node
 (subprocess, local DDS with the large-data profile), plays the bag into it with restamped
 headers and measures in this process: processed rate, dropped frames, latency stamp->depth
 and stamp->points (p50/p95/p99; the stamp is set when play_bag publishes), and the share of
 the node's time per stage (from its ~/statistics topic). Random weights unless --weights
-(speed does not depend on the values). Also a micro-benchmark of building a 1024x320 cloud.
+(speed does not depend on the values). Also a micro-benchmark of building a 1024x320 cloud
+(benchmarks/pointcloud.py compares it with the previous path).
 Prints a Markdown table.
 """
 from __future__ import annotations
@@ -35,25 +38,23 @@ STAGES = ('decode', 'inference', 'resize', 'colorize', 'points', 'publish')
 
 
 def pointcloud_microbenchmark(width: int = 1024, height: int = 320, repeats: int = 20) -> dict[str, float]:
-    """ms to back-project + pack a full-resolution xyzrgb cloud, and to build the PointCloud2 message."""
-    from hr_depth_ros.geometry import depth_to_points
-    from hr_depth_ros.pointcloud import pack_points
-    from hr_depth_ros.ros_messages import pointcloud2_msg
+    """ms to build a full-resolution xyzrgb cloud as the node does, and its PointCloud2 message."""
+    from hr_depth_ros.geometry import ray_planes
+    from hr_depth_ros.pointcloud import CloudPacker
+    from hr_depth_ros.ros_messages import packed_cloud_msg
 
-    rng = np.random.default_rng(0)
-    depth = rng.uniform(1, 80, (height, width)).astype(np.float32)
-    rgb = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
-    K = np.array([[0.58 * width, 0, width / 2 - 0.5], [0, 1.92 * height, height / 2 - 0.5], [0, 0, 1]])
-    timings = {'backproject': [], 'pack': [], 'message': []}
+    sys.path.insert(0, str(REPO / 'benchmarks'))
+    from pointcloud import make_frame
+
+    depth, rgb, K = make_frame(width, height)
+    packer = CloudPacker()
+    timings: dict[str, list[float]] = {'cloud': [], 'message': []}
     for _ in range(repeats):
         start = time.perf_counter()
-        points, valid = depth_to_points(depth, K)
-        timings['backproject'].append(time.perf_counter() - start)
+        cloud = packer.pack(depth, ray_planes(K, height, width), rgb, max_range=50.0)
+        timings['cloud'].append(time.perf_counter() - start)
         start = time.perf_counter()
-        pack_points(points, rgb.reshape(-1, 3)[valid.ravel()])
-        timings['pack'].append(time.perf_counter() - start)
-        start = time.perf_counter()
-        pointcloud2_msg(points, rgb.reshape(-1, 3)[valid.ravel()])
+        packed_cloud_msg(cloud)
         timings['message'].append(time.perf_counter() - start)
     return {name: float(np.median(values) * 1000) for name, values in timings.items()}
 
@@ -156,15 +157,18 @@ def run_case(arch: str, width: int, height: int, args: argparse.Namespace, workd
 
     case = workdir / f'{arch}_{width}x{height}'
     case.mkdir()
-    bag = write_synthetic_bag(case / 'bag', frames=args.frames, width=width, height=height, fps=args.rate_hz,
-                              storage='mcap', seed=0)
+    camera_width, camera_height = parse_size(args.camera) if args.camera else (width, height)
+    bag = write_synthetic_bag(case / 'bag', frames=args.frames, width=camera_width, height=camera_height,
+                              fps=args.rate_hz, storage='mcap', seed=0)
     weights = Path(args.weights) if args.weights else make_checkpoint(arch, width, height, case / 'weights')
     env = local_ros_env()
-    env.update(PYTHONUNBUFFERED='1', RCUTILS_LOGGING_BUFFERED_STREAM='0')
+    env.update(PYTHONUNBUFFERED='1', RCUTILS_LOGGING_BUFFERED_STREAM='0',
+               HR_DEPTH_ROS_CACHE=str(workdir / 'model_cache'))  # converts on start, like a first start
     node_log = case / 'node.log'
     node_cmd = [sys.executable, '-m', 'hr_depth_ros.depth_node', '--ros-args', '--params-file',
                 str(REPO / 'config' / 'depth.yaml'), '-p', f'weights:={weights}', '-p', f'device:={args.device}',
-                '-p', f'points_stride:={args.points_stride}', '-p', 'statistics_period:=0.5']
+                '-p', f'points_stride:={args.points_stride}', '-p', 'statistics_period:=0.5',
+                '-p', f'backend:={args.backend}', '-p', f'threads:={args.threads}']
     listener = Listener(int(env['ROS_DOMAIN_ID']))
     with open(node_log, 'wb') as handle:
         node = subprocess.Popen(node_cmd, env=env, stdout=handle, stderr=subprocess.STDOUT, cwd=REPO)
@@ -190,8 +194,11 @@ def run_case(arch: str, width: int, height: int, args: argparse.Namespace, workd
         played_s = (inputs[-1] - inputs[0]) / 1e9 * len(inputs) / max(1, len(inputs) - 1)
         stage_means = {s: after['stage_ms'].get(s, {}).get('mean', 0.0) for s in STAGES}
         total = sum(stage_means.values()) or 1.0
+        ready = next((line for line in node_log.read_text(errors='replace').splitlines() if 'ready:' in line), '')
         return {
-            'model': arch, 'size': f'{width}x{height}', 'device': args.device,
+            'model': arch, 'size': f'{width}x{height}', 'camera': f'{camera_width}x{camera_height}',
+            'device': args.device, 'backend': 'openvino' if 'openvino' in ready else 'torch',
+            'threads': args.threads or 'default',
             'frames': args.frames, 'input_hz': len(inputs) / played_s,
             'processed_hz': (len(arrivals) - 1) / ((arrivals[-1] - arrivals[0]) / 1e9) if len(arrivals) > 1 else 0.0,
             'received': after['received'] - before['received'],
@@ -219,6 +226,12 @@ def stop_process(proc: subprocess.Popen, timeout: float = 15.0) -> int:
     return proc.returncode
 
 
+def parse_size(text: str) -> tuple[int, int]:
+    """'640x192' -> (640, 192)."""
+    width, height = (int(v) for v in text.lower().split('x'))
+    return width, height
+
+
 def machine_description() -> str:
     import torch
 
@@ -242,31 +255,35 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--frames', type=int, default=90, help='frames played per case')
     parser.add_argument('--warmup', type=int, default=5, help='frames played before measuring')
     parser.add_argument('--rate-hz', type=float, default=30.0, help='camera rate')
+    parser.add_argument('--camera', help='WxH camera resolution of the played images (default: --size)')
     parser.add_argument('--device', default='cpu')
+    parser.add_argument('--backend', default='auto', choices=('auto', 'torch', 'openvino'))
+    parser.add_argument('--threads', type=int, default=0, help="the node's threads parameter (0: its default)")
     parser.add_argument('--points-stride', type=int, default=2)
     parser.add_argument('--weights', help='checkpoint folder to use instead of random weights (one --arch)')
     args = parser.parse_args(argv)
 
     print(f'Machine: {machine_description()}\n')
     micro = pointcloud_microbenchmark()
-    print('| point cloud 1024x320 xyzrgb (stride 1) | back-projection | packing | PointCloud2 message (pack + copy) |')
-    print('| --- | ---: | ---: | ---: |')
-    print(f"| median of 20 | {micro['backproject']:.1f} ms | {micro['pack']:.1f} ms | {micro['message']:.1f} ms |\n")
+    print('| point cloud 1024x320 xyzrgb (stride 1) | CloudPacker (back-project + pack) | PointCloud2 message (copy) |')
+    print('| --- | ---: | ---: |')
+    print(f"| median of 20 | {micro['cloud']:.1f} ms | {micro['message']:.1f} ms |\n")
 
     rows = []
     with tempfile.TemporaryDirectory(prefix='node_latency_') as tmp:
         for arch in args.arch:
             for size in args.size:
-                width, height = (int(v) for v in size.lower().split('x'))
+                width, height = parse_size(size)
                 rows.append(run_case(arch, width, height, args, Path(tmp)))
-    print(f'| model | size | device | input Hz | processed Hz | dropped / received | stamp->depth p50/p95/p99 ms '
+    print(f'| model | size | camera | device | backend | threads | input Hz | processed Hz | dropped / received | stamp->depth p50/p95/p99 ms '
           f'| stamp->points p50/p95/p99 ms | {" | ".join(STAGES)} (mean ms, share) |')
-    print('| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ' + ' | '.join('---:' for _ in STAGES) + ' |')
+    print('| --- | --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ' + ' | '.join('---:' for _ in STAGES) + ' |')
     for row in rows:
         depth = '/'.join(f'{v:.0f}' for v in row['depth_ms'])
         points = '/'.join(f'{v:.0f}' for v in row['points_ms'])
         stages = ' | '.join(f"{row['stage_ms'][s]:.1f} ({row['stage_share'][s]:.0f}%)" for s in STAGES)
-        print(f"| {row['model']} | {row['size']} | {row['device']} | {row['input_hz']:.1f} | {row['processed_hz']:.1f} "
+        print(f"| {row['model']} | {row['size']} | {row['camera']} | {row['device']} | {row['backend']} "
+              f"| {row['threads']} | {row['input_hz']:.1f} | {row['processed_hz']:.1f} "
               f"| {row['dropped']} / {row['received']} | {depth} | {points} | {stages} |")
     return 0
 

@@ -1,6 +1,6 @@
 """The whole loop in one command, on synthetic data, on a CPU in a few minutes.
 
-    python -m hr_depth_ros.demo [--output demo_output] [--device auto]
+    python -m hr_depth_ros.demo [--output demo_output] [--device auto] [--backend auto|torch|openvino]
 
 1. writes two synthetic drives as rosbag2 files (one to fine-tune on, with the robot's odometry
    in TF as a real robot records it, and one held out: other scenes than the bundled
@@ -35,6 +35,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from hr_depth_ros.backends import BackendOptions, add_backend_arguments
 from hr_depth_ros.evaluation import evaluate_depth, mean_errors
 from hr_depth_ros.visualization import colorize
 
@@ -149,13 +150,14 @@ def finetune(train_bag: Path, output: Path, init: Path | None, steps: int, width
     return output / 'best' if (output / 'best' / 'depth.pth').is_file() else latest
 
 
-def direct_metrics(weights: Path, frames: list[EvalFrame], device: str,
+def direct_metrics(weights: Path, frames: list[EvalFrame], device: str, backend: BackendOptions,
                    median_scaling: bool = True) -> dict[str, float]:
     """Metrics of a checkpoint on the held-out frames through the inference engine: median-scaled
     (monocular), or as published (``median_scaling=False``: the checkpoint's own metric scale)."""
     from hr_depth_ros.inference import DepthEstimator
 
-    estimator = DepthEstimator(weights, device=device)
+    estimator = DepthEstimator(weights, device=device, backend=backend.backend, threads=backend.threads,
+                               cache_dir=backend.cache_dir)
     per_frame = []
     for frame in frames:
         depth = estimator.predict_depth(frame.rgb)
@@ -253,7 +255,7 @@ class NodeSession:
         self.rclpy.try_shutdown()
 
 
-def run_node_session(weights: Path, frames: list[EvalFrame], device: str, log_path: Path,
+def run_node_session(weights: Path, frames: list[EvalFrame], device: str, backend: BackendOptions, log_path: Path,
                      timeout: float) -> tuple[NodeSession, dict[int, float]]:
     """Start depth_node, play ``frames`` into it one by one; returns the session and send times."""
     from hr_depth_ros.transport import local_ros_env
@@ -264,6 +266,8 @@ def run_node_session(weights: Path, frames: list[EvalFrame], device: str, log_pa
     command = [sys.executable, '-m', 'hr_depth_ros.depth_node', '--ros-args',
                '--params-file', str(REPO_ROOT / 'config' / 'depth.yaml'),
                '-p', f'weights:={weights}', '-p', f'device:={device}', '-p', 'points_stride:=2',
+               '-p', f'backend:={backend.backend}', '-p', f'threads:={backend.threads or 0}',
+               *(('-p', f'cache_dir:={backend.cache_dir}') if backend.cache_dir else ()),  # '' does not parse
                '-p', 'qos_reliability:=reliable', '-p', 'qos_depth:=5',
                # Metres come from the checkpoint itself (fine-tuned with the odometry's metric poses).
                '-p', 'scale_mode:=fixed',
@@ -361,6 +365,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog='demo', description=__doc__.split('\n\n')[0])
     parser.add_argument('--output', default='demo_output', help='output folder (default: demo_output)')
     parser.add_argument('--device', default='auto', choices=('auto', 'cuda', 'cpu'))
+    add_backend_arguments(parser)
     parser.add_argument('--width', type=int, default=640, help='camera width of the synthetic drives')
     parser.add_argument('--height', type=int, default=192, help='camera height of the synthetic drives')
     parser.add_argument('--net-width', type=int, default=320, help='network width for fine-tuning')
@@ -418,17 +423,19 @@ def main(argv: list[str] | None = None) -> int:
 
     t = step(3, total, 'evaluating random weights, the starting checkpoint and the fine-tuned ones')
     random_weights = make_random_checkpoint(output / 'random_init', args.net_width, args.net_height)
-    results = {'random_init': direct_metrics(random_weights, frames, args.device)}
+    backend = BackendOptions(args.backend, args.threads, args.cache_dir)
+    results = {'random_init': direct_metrics(random_weights, frames, args.device, backend)}
     if init is not None:
-        results['start_checkpoint'] = direct_metrics(init, frames, args.device)
-    results['finetuned_tf'] = direct_metrics(finetuned, frames, args.device)
-    results['finetuned_tf_metric'] = direct_metrics(finetuned, frames, args.device, median_scaling=False)
+        results['start_checkpoint'] = direct_metrics(init, frames, args.device, backend)
+    results['finetuned_tf'] = direct_metrics(finetuned, frames, args.device, backend)
+    results['finetuned_tf_metric'] = direct_metrics(finetuned, frames, args.device, backend, median_scaling=False)
     if 'net' in checkpoints:
-        results['finetuned_net'] = direct_metrics(checkpoints['net'], frames, args.device)
+        results['finetuned_net'] = direct_metrics(checkpoints['net'], frames, args.device, backend)
     done(t)
 
     t = step(4, total, 'running depth_node and playing the held-out frames into it over ROS 2')
-    session, sent = run_node_session(finetuned, frames, args.device, output / 'depth_node.log', args.timeout)
+    session, sent = run_node_session(finetuned, frames, args.device, backend, output / 'depth_node.log',
+                                     args.timeout)
     per_frame, per_frame_metric = [], []
     latency_depth, latency_points = [], []
     for frame in frames:
@@ -466,6 +473,7 @@ def main(argv: list[str] | None = None) -> int:
         'metrics': results,
         'checkpoints': {'start': str(init) if init else None, **{f'finetuned_{k}': str(v) for k, v in checkpoints.items()}},
         'device': args.device,
+        'backend': args.backend,
     }
     (output / 'report.json').write_text(json.dumps(report, indent=2))
     lines = ['# hr_depth_ros demo report', '',

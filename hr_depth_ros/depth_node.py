@@ -27,9 +27,10 @@ import cv2
 import numpy as np
 
 from hr_depth_ros.camera_info import camera_info_K, implausible_intrinsics
-from hr_depth_ros.geometry import depth_to_points, pixel_intrinsics, scale_intrinsics
+from hr_depth_ros.geometry import depth_to_points, pixel_intrinsics, ray_planes, scale_intrinsics
 from hr_depth_ros.image_decoding import DEFAULT_MAX_PIXELS, MAX_PIXELS_LIMIT, shorten
 from hr_depth_ros.log_limit import LogLimiter
+from hr_depth_ros.pointcloud import CloudPacker, PackedCloud
 from hr_depth_ros.visualization import colorize
 
 NODE_NAME = 'hr_depth'
@@ -59,6 +60,13 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
                   choices=('fp32', 'fp16', 'bf16'), read_only=True),
     ParameterSpec('channels_last', True, 'channels-last memory format (faster on CUDA and on the CPU)', read_only=True),
     ParameterSpec('compile', False, 'torch.compile the model (slow first frames)', read_only=True),
+    ParameterSpec('backend', 'auto', "'auto': torch on CUDA, OpenVINO on the CPU if installed; 'openvino' runs on "
+                  "the CPU", choices=('auto', 'torch', 'openvino'), read_only=True),
+    ParameterSpec('threads', 0, 'CPU inference threads; 0 = the cores the process may use (use fewer on a '
+                  'busy machine: oversubscription made torch 20-30x slower)', min_value=0, max_value=1024,
+                  read_only=True),
+    ParameterSpec('cache_dir', '', 'converted-model cache; empty = $HR_DEPTH_ROS_CACHE or ~/.cache/hr_depth_ros',
+                  read_only=True),
     ParameterSpec('min_depth', 0.1, 'depth of the largest disparity (m, before depth_scale)',
                   min_value=1e-3, read_only=True),
     ParameterSpec('max_depth', 100.0, 'depth of the smallest disparity (m, before depth_scale)',
@@ -118,6 +126,9 @@ class NodeConfig:
     precision: str
     channels_last: bool
     compile: bool
+    backend: str
+    threads: int
+    cache_dir: str
     min_depth: float
     max_depth: float
     depth_scale: float
@@ -339,10 +350,18 @@ class FrameResult:
     K: np.ndarray  # intrinsics of ``depth``
     intrinsics_source: str
     colored_bgr: np.ndarray | None = None
-    points: np.ndarray | None = None  # N x 3, or h x w x 3 when organised
-    point_colors: np.ndarray | None = None
+    cloud: PackedCloud | None = None  # PointCloud2 bytes; a view valid until the engine's next frame
     scale: float = 1.0
     timings_ms: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def points(self) -> np.ndarray | None:
+        """N x 3, or h x w x 3 when organised (views of ``cloud``)."""
+        return None if self.cloud is None else self.cloud.points
+
+    @property
+    def point_colors(self) -> np.ndarray | None:
+        return None if self.cloud is None else self.cloud.colors
 
 
 class DepthEngine:
@@ -357,6 +376,7 @@ class DepthEngine:
         self.config = config
         self.checkpoint_K = checkpoint_K
         self.camera_height_scale = CameraHeightScale()
+        self.cloud_packer = CloudPacker()
 
     def process(
         self,
@@ -409,7 +429,7 @@ class DepthEngine:
             start = time.perf_counter()
             if config.points_rgb and rgb_out is None:
                 rgb_out = cv2.resize(rgb, out_size, interpolation=cv2.INTER_AREA)
-            result.points, result.point_colors = self.points(depth, result.K, rgb_out if config.points_rgb else None)
+            result.cloud = self.points(depth, result.K, rgb_out if config.points_rgb else None)
             timings['points'] = _elapsed_ms(start)
         return result
 
@@ -421,19 +441,15 @@ class DepthEngine:
             return colorize(values, config.colormap, vmin=config.colored_min, vmax=config.colored_max, bgr=True)
         return colorize(values, config.colormap, bgr=True)
 
-    def points(
-        self, depth: np.ndarray, K: np.ndarray, rgb: np.ndarray | None
-    ) -> tuple[np.ndarray, np.ndarray | None]:
-        """Strided, range-limited points of ``depth`` (``h x w x 3`` with NaN when organised, else ``N x 3``)."""
+    def points(self, depth: np.ndarray, K: np.ndarray, rgb: np.ndarray | None) -> PackedCloud:
+        """Strided, range-limited cloud of ``depth`` (organised h x w with NaN points, else 1 x N)."""
         config = self.config
         stride = config.points_stride
-        points, valid = depth_to_points(
-            depth, K, stride=stride, max_range=config.points_max_range if config.points_max_range > 0 else None,
+        return self.cloud_packer.pack(
+            depth[::stride, ::stride], ray_planes(K, *depth.shape, stride=stride),
+            None if rgb is None else rgb[::stride, ::stride],
+            max_range=config.points_max_range if config.points_max_range > 0 else None,
             organized=config.points_organized)
-        if rgb is None:
-            return points, None
-        colors = rgb[::stride, ::stride]
-        return points, (colors if config.points_organized else colors[valid])
 
 
 def _elapsed_ms(start: float) -> float:
@@ -579,7 +595,8 @@ def _make_node_class():  # noqa: C901 - the node is one class; rclpy is imported
             self.worker.start()
             self.get_logger().info(
                 f'ready: {self.estimator.arch} {self.estimator.width}x{self.estimator.height} on '
-                f'{self.estimator.device} ({getattr(self.estimator, "precision", "")}); '
+                f'{self.estimator.device} ({getattr(self.estimator, "precision", "")}, '
+                f'{getattr(self.estimator, "backend_description", "torch")}); '
                 f'listening on {self.image_sub.topic_name} '
                 f'({self.config.qos_reliability}), output {self.config.output_resolution} resolution')
 
@@ -608,7 +625,8 @@ def _make_node_class():  # noqa: C901 - the node is one class; rclpy is imported
                 self.estimator = DepthEstimator(
                     config.weights, device=device, precision=precision, channels_last=config.channels_last,
                     compile=config.compile, min_depth=config.min_depth, max_depth=config.max_depth,
-                    depth_scale=config.depth_scale)
+                    depth_scale=config.depth_scale, backend=config.backend, threads=config.threads or None,
+                    cache_dir=config.cache_dir or None)
             except Exception as error:
                 raise ConfigError(f'cannot load the checkpoint weights={config.weights!r}: '
                                   f'{type(error).__name__}: {error}') from error
@@ -740,10 +758,8 @@ def _make_node_class():  # noqa: C901 - the node is one class; rclpy is imported
             self.depth_info_pub.publish(ros_messages.camera_info_msg(result.K, width, height, header))
             if result.colored_bgr is not None:
                 self.colored_pub.publish(ros_messages.image_msg(result.colored_bgr, 'bgr8', header))
-            if result.points is not None:
-                organized = result.points.shape[:2] if result.points.ndim == 3 else None
-                self.points_pub.publish(ros_messages.pointcloud2_msg(
-                    result.points, result.point_colors, header, organized_shape=organized))
+            if result.cloud is not None:
+                self.points_pub.publish(ros_messages.packed_cloud_msg(result.cloud, header))
             timings = dict(result.timings_ms, decode=decode_ms, publish=_elapsed_ms(start))
             stamp_ns = int(header.stamp.sec) * 1_000_000_000 + int(header.stamp.nanosec)
             latency_ms = (self.get_clock().now().nanoseconds - stamp_ns) / 1e6

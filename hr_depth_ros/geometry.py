@@ -148,6 +148,23 @@ def pixel_rays(K: Any, height: int, width: int) -> np.ndarray:
     return _cached_rays(tuple(float(x) for x in K.ravel()), int(height), int(width))
 
 
+def ray_planes(K: Any, height: int, width: int, stride: int = 1) -> np.ndarray:
+    """Rays of every ``stride``-th pixel (from (0, 0)) as contiguous planes ``3 x H' x W'`` float32, read-only.
+
+    The same values as ``pixel_rays(K, height, width)[::stride, ::stride]``, laid out so that
+    ``planes[i] * depth`` is one contiguous pass; cached per (K, size, stride).
+    """
+    K = _as_K(K)
+    return _cached_ray_planes(tuple(float(x) for x in K.ravel()), int(height), int(width), int(stride))
+
+
+@lru_cache(maxsize=16)
+def _cached_ray_planes(K_key: tuple[float, ...], height: int, width: int, stride: int) -> np.ndarray:
+    planes = np.ascontiguousarray(_cached_rays(K_key, height, width)[::stride, ::stride].transpose(2, 0, 1))
+    planes.flags.writeable = False
+    return planes
+
+
 def depth_to_points(
     depth: np.ndarray,
     K: Any,

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from hr_depth_ros.backends import OpenVINOBackend, TorchBackend, configure_threads, resolve_backend
 from hr_depth_ros.checkpoint import DepthCheckpoint, load_depth_checkpoint
 from hr_depth_ros.geometry import disp_to_depth
 
@@ -53,16 +54,23 @@ class _DepthNet(nn.Module):
 class DepthEstimator:
     """Disparity / metric depth for RGB images with one checkpoint.
 
-    ``precision``: 'fp32', or 'fp16' / 'bf16' autocast (CUDA; on the CPU fp16 falls back to
-    fp32 with a warning, bf16 autocast runs). ``channels_last``: None turns it on (measured
-    1.06-1.19x faster than NCHW on the CPU too, benchmarks/RESULTS.md).
-    ``compile``: ``torch.compile`` the network (True: the default inductor backend, whose
-    first calls are slow; a string names another backend, e.g. 'aot_eager').
+    ``backend``: 'auto' (PyTorch on CUDA, OpenVINO on the CPU when installed, else PyTorch),
+    'torch' or 'openvino' (CPU only); see :mod:`hr_depth_ros.backends`. ``threads``: CPU
+    threads for PyTorch and OpenVINO (None: the cores this process may use).
+    ``cache_dir``: where OpenVINO keeps converted models (None: ``$HR_DEPTH_ROS_CACHE`` or
+    ``~/.cache/hr_depth_ros``).
+    The torch backend's options: ``precision``: 'fp32', or 'fp16' / 'bf16' autocast (CUDA; on
+    the CPU fp16 falls back to fp32 with a warning, bf16 autocast runs). ``channels_last``:
+    None turns it on (measured 1.06-1.19x faster than NCHW on the CPU too,
+    benchmarks/RESULTS.md). ``compile``: ``torch.compile`` the network (True: the default
+    inductor backend, whose first calls are slow; a string names another backend, e.g.
+    'aot_eager'). OpenVINO always runs fp32.
     """
 
     def __init__(self, checkpoint: DepthCheckpoint | str | Path, device: str | torch.device = 'auto',
                  precision: str = 'fp32', channels_last: bool | None = None, compile: bool | str = False,
-                 min_depth: float = 0.1, max_depth: float = 100.0, depth_scale: float = 1.0) -> None:
+                 min_depth: float = 0.1, max_depth: float = 100.0, depth_scale: float = 1.0,
+                 backend: str = 'auto', threads: int | None = None, cache_dir: str | Path | None = None) -> None:
         if not isinstance(checkpoint, DepthCheckpoint):
             checkpoint = load_depth_checkpoint(checkpoint)
         if precision not in PRECISIONS:
@@ -73,8 +81,17 @@ class DepthEstimator:
             raise ValueError(f'depth_scale must be positive, got {depth_scale}')
         self.checkpoint = checkpoint
         self.device = device if isinstance(device, torch.device) else select_device(device)
+        self.backend = resolve_backend(backend, self.device, compile)
+        self.threads = configure_threads(threads)
+        if self.backend == 'openvino' and self.device.type != 'cpu':
+            LOGGER.warning('backend openvino runs on the CPU, not %s', self.device)
+            self.device = torch.device('cpu')
         if precision == 'fp16' and self.device.type != 'cuda':
             LOGGER.warning('fp16 autocast needs CUDA; running fp32 on %s', self.device)
+            precision = 'fp32'
+        if self.backend == 'openvino' and (precision != 'fp32' or compile):
+            LOGGER.warning('backend openvino runs fp32 without torch.compile; ignoring precision=%s compile=%s',
+                           precision, compile)
             precision = 'fp32'
         self.precision = precision
         self.channels_last = True if channels_last is None else bool(channels_last)
@@ -83,12 +100,26 @@ class DepthEstimator:
         self.depth_scale = float(depth_scale)
         # A checkpoint fine-tuned with metric poses records metres per depth unit (checkpoint.metric_scale_of).
         self.metric_scale = checkpoint.metric_scale
-        net = _DepthNet(checkpoint.encoder, checkpoint.decoder).eval().to(self.device)
-        if self.channels_last:
-            net = net.to(memory_format=torch.channels_last)
-        if compile:
-            net = torch.compile(net, backend=compile if isinstance(compile, str) else 'inductor')
-        self.net: nn.Module = net
+        net = _DepthNet(checkpoint.encoder, checkpoint.decoder).eval()
+        self.runner: TorchBackend | OpenVINOBackend | None = None
+        if self.backend == 'openvino':
+            try:
+                self.runner = OpenVINOBackend(net, checkpoint.arch, checkpoint.width, checkpoint.height,
+                                              self.threads, cache_dir)
+            except Exception as error:  # noqa: BLE001 - conversion/compilation failures of any kind
+                if backend != 'auto':
+                    raise
+                LOGGER.warning('backend auto: OpenVINO failed (%s: %s); running PyTorch',
+                               type(error).__name__, error)
+                self.backend = 'torch'
+        if self.runner is None:
+            self.runner = TorchBackend(net, self.device, PRECISIONS[precision], self.channels_last, compile)
+        self.net: nn.Module = getattr(self.runner, 'net', net)  # the torch module (what OpenVINO converted)
+
+    @property
+    def backend_description(self) -> str:
+        """What runs the network, e.g. 'openvino 2026.4.1 (loaded from the cache, ...)'."""
+        return self.runner.description
 
     @property
     def arch(self) -> str:
@@ -115,14 +146,7 @@ class DepthEstimator:
 
     def predict_batch(self, images: torch.Tensor) -> torch.Tensor:
         """Scale-0 disparity ``B x 1 x H x W`` (float32) for ``B x 3 x H x W`` images in [0, 1]."""
-        images = images.to(self.device)
-        if self.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        dtype = PRECISIONS[self.precision]
-        with torch.inference_mode(), torch.autocast(self.device.type, dtype=dtype or torch.float32,
-                                                    enabled=dtype is not None):
-            disparity = self.net(images)
-        return disparity.float()
+        return self.runner(images)
 
     def predict_disparity(self, rgb: np.ndarray) -> np.ndarray:
         """The network's sigmoid disparity (``height x width`` float32) for one RGB image."""

@@ -4,14 +4,17 @@ The layout is the one ``depth_image_proc`` and PCL use: float32 ``x, y, z`` at o
 and a 16-byte point. For coloured clouds the 4 bytes at offset 12 hold ``rgb``: the uint32
 ``0x00RRGGBB`` reinterpreted as a float32 (little-endian bytes b, g, r, 0), which rviz2's
 "RGB8" colour transformer reads; for xyz clouds they are padding. Points come from
-:func:`hr_depth_ros.geometry.depth_to_points`; this module never back-projects itself.
+:func:`hr_depth_ros.geometry.depth_to_points`, or, in :class:`CloudPacker` (the depth node's
+one-pass path), from the rays of :func:`hr_depth_ros.geometry.ray_planes` times depth.
 """
 from __future__ import annotations
 
 import os
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
 
 # sensor_msgs/PointField datatype constants (kept here so this module needs no ROS).
@@ -71,6 +74,100 @@ def pack_points(points: np.ndarray, colors_rgb: np.ndarray | None = None) -> tup
     as_bytes[:, 14] = rgb[:, 0]
     as_bytes[:, 15] = 0
     return as_bytes.reshape(-1), POINT_STEP
+
+
+@dataclass
+class PackedCloud:
+    """PointCloud2 bytes (:func:`pack_points` layout) with their ``height x width`` arrangement.
+
+    Unorganised clouds are ``1 x N`` of the valid points only; organised ones keep every pixel
+    of the grid, with NaN points where depth was invalid (``is_dense`` False then).
+    """
+
+    data: np.ndarray  # 1-D uint8, height * width * POINT_STEP bytes
+    height: int
+    width: int
+    with_rgb: bool
+    organized: bool
+    is_dense: bool
+
+    @property
+    def points(self) -> np.ndarray:
+        """float32 view: ``N x 3``, or ``height x width x 3`` when organised."""
+        xyz = self.data.view(np.float32).reshape(-1, 4)[:, :3]
+        return xyz.reshape(self.height, self.width, 3) if self.organized else xyz
+
+    @property
+    def colors(self) -> np.ndarray | None:
+        """uint8 RGB matching :attr:`points`, or None for xyz clouds."""
+        if not self.with_rgb:
+            return None
+        return unpack_rgb_float(self.data.view(np.float32)[3::4]).reshape(self.points.shape)
+
+
+class CloudPacker:
+    """Depth -> PointCloud2 bytes in one pass, into buffers kept from frame to frame.
+
+    ``pack`` multiplies the precomputed rays (:func:`hr_depth_ros.geometry.ray_planes`) by the
+    depth, interleaves x, y, z and the packed rgb with one ``cv2.merge`` into a preallocated
+    ``h x w x 4`` float32 grid and, for unorganised clouds, gathers the valid 16-byte points
+    into a preallocated output: no per-point Python and no per-frame allocation of the large
+    arrays. The returned cloud's data is a view of those buffers: valid until the next call.
+    """
+
+    def __init__(self) -> None:
+        self._shape: tuple[int, int] | None = None
+
+    def _allocate(self, height: int, width: int) -> None:
+        if self._shape == (height, width):
+            return
+        self._xyz = np.empty((3, height, width), dtype=np.float32)
+        self._bgra = np.empty((height, width, 4), dtype=np.uint8)
+        self._no_rgb = np.zeros((height, width), dtype=np.float32)
+        self._grid = np.empty((height, width, 4), dtype=np.float32)
+        self._gathered = np.empty(height * width, dtype=np.complex128)  # one 16-byte point per element
+        self._shape = (height, width)
+
+    def pack(self, depth: np.ndarray, rays: np.ndarray, rgb: np.ndarray | None = None,
+             max_range: float | None = None, organized: bool = False) -> PackedCloud:
+        """Cloud of ``depth`` (``h x w``, metres along z), ``rays`` (``3 x h x w``) and optional ``h x w x 3`` RGB.
+
+        Depth that is NaN, inf, ``<= 0`` or ``> max_range`` is invalid, as in ``depth_to_points``,
+        whose points (and their order) this reproduces exactly.
+        """
+        depth = np.asarray(depth, dtype=np.float32)
+        if depth.ndim != 2:
+            raise ValueError(f'depth must be H x W, got shape {depth.shape}')
+        height, width = depth.shape
+        if rays.shape != (3, height, width):
+            raise ValueError(f'rays of shape {rays.shape} do not match depth of shape {depth.shape}')
+        if rgb is not None and (rgb.shape != (height, width, 3) or rgb.dtype != np.uint8):
+            raise ValueError(f'colours must be uint8 of shape {(height, width, 3)}, got {rgb.dtype} {rgb.shape}')
+        self._allocate(height, width)
+        with np.errstate(invalid='ignore', over='ignore'):
+            valid = np.isfinite(depth) & (depth > 0)
+            if max_range is not None:
+                valid &= depth <= max_range
+            dense = bool(valid.all())
+            if organized and not dense:
+                depth = np.where(valid, depth, np.float32(np.nan))
+            np.multiply(rays, depth, out=self._xyz)
+        packed_rgb = self._no_rgb
+        if rgb is not None:
+            # One SIMD pass to bytes b, g, r, 255, then clear byte 3: the rgb float of pack_rgb_float.
+            packed = cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2BGRA, dst=self._bgra).view(np.uint32)[..., 0]
+            np.bitwise_and(packed, np.uint32(0x00FFFFFF), out=packed)
+            packed_rgb = packed.view(np.float32)
+        cv2.merge([self._xyz[0], self._xyz[1], self._xyz[2], packed_rgb], dst=self._grid)
+        if organized:
+            return PackedCloud(self._grid.reshape(-1).view(np.uint8), height, width, rgb is not None, True, dense)
+        rows = self._grid.reshape(-1).view(np.complex128)
+        if dense:
+            gathered = rows
+        else:
+            gathered = self._gathered[:int(np.count_nonzero(valid))]
+            np.take(rows, np.flatnonzero(valid), out=gathered)
+        return PackedCloud(gathered.view(np.uint8), 1, gathered.size, rgb is not None, False, True)
 
 
 def unpack_points(data: bytes | np.ndarray, with_rgb: bool) -> tuple[np.ndarray, np.ndarray | None]:

@@ -1,6 +1,7 @@
 """Depth for images on disk, like monodepth2's ``test_simple.py``.
 
-    python -m hr_depth_ros.predict --weights HR_Depth_K_MS_1024x320 [--output-dir DIR] IMAGE_OR_FOLDER...
+    python -m hr_depth_ros.predict --weights HR_Depth_K_MS_1024x320 [--output-dir DIR]
+        [--backend auto|torch|openvino] [--threads N] IMAGE_OR_FOLDER...
 
 For each image writes ``<stem>_disp.npy`` (the network's scale-0 sigmoid disparity, an
 ``height x width`` float32 array at network resolution), ``<stem>_depth.npy`` (float32 depth
@@ -14,11 +15,14 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import cv2
 import numpy as np
 
+from hr_depth_ros.backends import add_backend_arguments
 from hr_depth_ros.visualization import colorize
 
 IMAGE_EXTENSIONS = ('jpg', 'jpeg', 'png', 'bmp', 'ppm', 'tif', 'tiff', 'webp')
@@ -51,12 +55,22 @@ def read_rgb(path: Path) -> np.ndarray:
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
+def write_results(target: Path, disparity: np.ndarray, depth: np.ndarray, rgb: np.ndarray, cmap: str) -> None:
+    """``<target>_disp.npy`` / ``<target>_depth.npy`` (network resolution) and ``<target>_disp.jpeg``
+    (colourised, image size)."""
+    np.save(f'{target}_disp.npy', disparity.astype(np.float32))
+    np.save(f'{target}_depth.npy', depth.astype(np.float32))
+    full = cv2.resize(disparity, (rgb.shape[1], rgb.shape[0]), interpolation=cv2.INTER_LINEAR)
+    cv2.imwrite(f'{target}_disp.jpeg', colorize(full, cmap=cmap, bgr=True))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog='predict', description=__doc__.split('\n\n')[0])
     parser.add_argument('inputs', nargs='+', help='image files and/or folders of images')
     parser.add_argument('--weights', required=True, help='checkpoint folder (encoder.pth + depth.pth)')
     parser.add_argument('--output-dir', help='where to write results (default: beside each image)')
     parser.add_argument('--device', default='auto', choices=('auto', 'cuda', 'cpu'))
+    add_backend_arguments(parser)
     parser.add_argument('--ext', help='only this extension inside folders (default: common image types)')
     parser.add_argument('--cmap', default='magma', help='colour map of the jpeg (default magma)')
     parser.add_argument('--depth-scale', type=float, default=1.0,
@@ -75,7 +89,8 @@ def main(argv: list[str] | None = None) -> int:
     from hr_depth_ros.inference import DepthEstimator
 
     try:
-        estimator = DepthEstimator(args.weights, device=args.device, depth_scale=args.depth_scale)
+        estimator = DepthEstimator(args.weights, device=args.device, depth_scale=args.depth_scale,
+                                   backend=args.backend, threads=args.threads, cache_dir=args.cache_dir)
     except (CheckpointError, ValueError) as error:
         print(f'predict: {error}', file=sys.stderr)
         return 2
@@ -88,22 +103,32 @@ def main(argv: list[str] | None = None) -> int:
         output_dir.mkdir(parents=True, exist_ok=True)
     units = (f'metres (checkpoint metric scale {estimator.metric_scale:.4g})' if estimator.metric_scale
              else 'relative units (no metric scale in the checkpoint)')
-    print(f'-> {estimator.arch} at {estimator.width}x{estimator.height} on {estimator.device}; '
+    print(f'-> {estimator.arch} at {estimator.width}x{estimator.height} on {estimator.device} '
+          f'with {estimator.backend_description}; '
           f'{len(images)} image(s); depth in {units} x {args.depth_scale:g}')
     failed: list[str] = []
-    for path in tqdm(images, unit='img', disable=args.no_progress or len(images) < 2):
-        try:
-            rgb = read_rgb(path)
-        except ValueError as error:
-            failed.append(str(error))
-            tqdm.write(f'skipped {error}', file=sys.stderr)
-            continue
-        disparity = estimator.predict_disparity(rgb)
-        target = (output_dir or path.parent) / path.stem
-        np.save(f'{target}_disp.npy', disparity.astype(np.float32))
-        np.save(f'{target}_depth.npy', estimator.disparity_to_depth(disparity))
-        full = cv2.resize(disparity, (rgb.shape[1], rgb.shape[0]), interpolation=cv2.INTER_LINEAR)
-        cv2.imwrite(f'{target}_disp.jpeg', colorize(full, cmap=args.cmap, bgr=True))
+    # Reading the next image and writing results run in I/O threads while the network runs
+    # (both backends release the GIL): per image the slower of the two, not their sum.
+    with ThreadPoolExecutor(max_workers=2, thread_name_prefix='predict_io') as io:
+        next_rgb = io.submit(read_rgb, images[0])
+        writes: deque[Future] = deque()
+        for index, path in enumerate(tqdm(images, unit='img', disable=args.no_progress or len(images) < 2)):
+            rgb_future = next_rgb
+            if index + 1 < len(images):
+                next_rgb = io.submit(read_rgb, images[index + 1])
+            try:
+                rgb = rgb_future.result()
+            except ValueError as error:
+                failed.append(str(error))
+                tqdm.write(f'skipped {error}', file=sys.stderr)
+                continue
+            disparity = estimator.predict_disparity(rgb)
+            writes.append(io.submit(write_results, (output_dir or path.parent) / path.stem, disparity,
+                                   estimator.disparity_to_depth(disparity), rgb, args.cmap))
+            while len(writes) > 2:  # bounded: results are written about as fast as they come
+                writes.popleft().result()
+        for write in writes:
+            write.result()
     done = len(images) - len(failed)
     where = output_dir if output_dir else "the images' folders"
     print(f'-> wrote {done} result(s) to {where}' + (f'; skipped {len(failed)}' if failed else ''))

@@ -16,7 +16,7 @@ from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2, Poi
 from std_msgs.msg import Header
 
 from hr_depth_ros import image_decoding
-from hr_depth_ros.pointcloud import pack_points, pointcloud_fields
+from hr_depth_ros.pointcloud import POINT_STEP, PackedCloud, pack_points, pointcloud_fields
 
 
 def header_copy(header: Any | None, frame_id: str | None = None) -> Header:
@@ -120,15 +120,22 @@ def pointcloud2_msg(
     height, width = (int(organized_shape[0]), int(organized_shape[1])) if organized_shape else (1, n_points)
     if height * width != n_points:
         raise ValueError(f'organized_shape {organized_shape} does not hold {n_points} points')
+    cloud = PackedCloud(buffer, height, width, colors is not None, organized_shape is not None,
+                        bool(np.isfinite(points).all()))
+    return packed_cloud_msg(cloud, header)
+
+
+def packed_cloud_msg(cloud: PackedCloud, header: Any | None = None) -> PointCloud2:
+    """sensor_msgs/PointCloud2 from a :class:`~hr_depth_ros.pointcloud.PackedCloud` (its bytes are copied)."""
     msg = PointCloud2()
     msg.header = header_copy(header)
-    msg.height = height
-    msg.width = width
+    msg.height = cloud.height
+    msg.width = cloud.width
     msg.fields = [PointField(name=name, offset=offset, datatype=datatype, count=count)
-                  for name, offset, datatype, count in pointcloud_fields(colors is not None)]
+                  for name, offset, datatype, count in pointcloud_fields(cloud.with_rgb)]
     msg.is_bigendian = False
-    msg.point_step = point_step
-    msg.row_step = point_step * width
-    msg.is_dense = bool(np.isfinite(points).all())
-    msg.data = uint8_array(buffer)
+    msg.point_step = POINT_STEP
+    msg.row_step = POINT_STEP * cloud.width
+    msg.is_dense = cloud.is_dense
+    msg.data = uint8_array(cloud.data)
     return msg

@@ -17,6 +17,21 @@ os.environ['ROS_AUTOMATIC_DISCOVERY_RANGE'] = 'LOCALHOST'
 os.environ.setdefault('ROS_DOMAIN_ID', str(random.Random(os.getpid()).randint(1, 100)))
 
 
+@pytest.fixture(scope='session', autouse=True)
+def model_cache_dir(tmp_path_factory) -> Path:
+    """Converted models (OpenVINO) go to a per-session folder, never the user's ~/.cache."""
+    from hr_depth_ros.model_cache import CACHE_ENV
+
+    folder = tmp_path_factory.mktemp('model_cache')
+    previous = os.environ.get(CACHE_ENV)
+    os.environ[CACHE_ENV] = str(folder)  # inherited by the nodes and CLIs the tests start
+    yield folder
+    if previous is None:
+        os.environ.pop(CACHE_ENV, None)
+    else:
+        os.environ[CACHE_ENV] = previous
+
+
 @pytest.fixture(scope='session')
 def synthetic_bag(tmp_path_factory) -> Path:
     """A 60-frame 640x192 synthetic drive (MCAP) with every topic, made once per session."""

@@ -32,17 +32,22 @@ def test_script_prints_markdown_table_from_repo_root():
     """Runs as ``python benchmarks/inference.py`` (no install); header, baseline and CPU-only fp16 row."""
     result = subprocess.run(
         [sys.executable, str(SCRIPT), '--device', 'cpu', '--models', 'lite_hr_depth', '--resolutions', '192x64',
-         '--modes', 'eager,channels_last,fp16', '--repeats', '1', '--warmup', '0', '--threads', '1', '--markdown'],
+         '--modes', 'eager,channels_last,fp16,openvino', '--repeats', '1', '--warmup', '0', '--threads', '1', '--markdown'],
         cwd=REPO, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert 'torch ' + __import__('torch').__version__ in result.stdout
     assert 'threads 1' in result.stdout and 'cpu' in result.stdout
     rows = {row[2]: row for row in table_lines(result.stdout)}
-    assert set(rows) == {'eager', 'channels_last', 'fp16'}
+    assert set(rows) == {'eager', 'channels_last', 'fp16', 'openvino'}
     assert rows['eager'][:2] == ['lite_hr_depth', '192x64']
     assert rows['eager'][6] == '1.00x'
     assert float(rows['channels_last'][3]) > 0 and rows['channels_last'][6].endswith('x')
     assert rows['fp16'][3] == 'n/a (CUDA only)'
+    from hr_depth_ros.backends import openvino_version
+    if openvino_version():
+        assert f'OpenVINO {openvino_version()}' in result.stdout and float(rows['openvino'][3]) > 0
+    else:
+        assert rows['openvino'][3] == 'n/a (not installed)'
 
 
 def test_bad_arguments_name_the_problem(inference_benchmark, capsys):

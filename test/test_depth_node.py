@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from hr_depth_ros.backends import openvino_version
 from hr_depth_ros.depth_node import (
     CameraHeightScale,
     ConfigError,
@@ -75,6 +76,10 @@ def test_config_rejects_bad_values_with_the_parameter_name():
     assert config(depth_scale=5).depth_scale == 5.0  # ints are fine for float parameters
     with pytest.raises(ConfigError, match='points_rgb must be bool'):
         config(points_rgb='yes')
+    with pytest.raises(ConfigError, match='backend'):
+        config(backend='tensorrt')
+    with pytest.raises(ConfigError, match='threads'):
+        config(threads=-1)
 
 
 def test_intrinsics_priority_and_rescaling():
@@ -419,6 +424,7 @@ def test_node_outputs_match_input_raw(raw_node, camera_frames):
     points = decode_cloud(cloud)
     assert points.shape == expected.shape and cloud.width == len(expected)
     np.testing.assert_allclose(points, expected, rtol=1e-5, atol=1e-6)
+    assert f"fp32, {'openvino' if openvino_version() else 'torch'}" in node.text()  # backend auto on the CPU
 
 
 def test_node_survives_bad_input_and_bursts(raw_node, camera_frames):
@@ -472,9 +478,9 @@ def test_node_survives_bad_input_and_bursts(raw_node, camera_frames):
 
 @pytest.fixture(scope='module')
 def compressed_node(tmp_path_factory, lite_checkpoint, ros_domain):
-    """A node on compressed images with network-resolution output and an organised xyz cloud."""
+    """A node on compressed images with network-resolution output and an organised xyz cloud (PyTorch)."""
     yield from node_with_camera(tmp_path_factory, lite_checkpoint, ros_domain, '/compressed',
-                                'image_transport:=compressed', 'output_resolution:=network',
+                                'backend:=torch', 'threads:=1', 'image_transport:=compressed', 'output_resolution:=network',
                                 'points_organized:=true', 'points_rgb:=false', 'points_stride:=3', 'colormap:=turbo')
 
 

@@ -14,7 +14,7 @@ from hr_depth_ros.inference import DepthEstimator, select_device
 
 @pytest.fixture(scope='module')
 def estimator(lite_checkpoint):
-    return DepthEstimator(lite_checkpoint, device='cpu')
+    return DepthEstimator(lite_checkpoint, device='cpu', backend='torch')
 
 
 @pytest.fixture(scope='module')
@@ -64,11 +64,22 @@ def test_fp16_on_cpu_falls_back_to_fp32(lite_checkpoint, caplog):
         DepthEstimator(lite_checkpoint, device='cpu', min_depth=5, max_depth=1)
 
 
+def test_cpu_backend_choice_and_threads(lite_checkpoint, estimator):
+    from hr_depth_ros.backends import default_threads, openvino_version
+
+    auto = DepthEstimator(lite_checkpoint, device='cpu')
+    assert auto.backend == ('openvino' if openvino_version() else 'torch')
+    assert estimator.backend == 'torch' and estimator.threads == default_threads() == torch.get_num_threads()
+    assert DepthEstimator(lite_checkpoint, device='cpu', backend='torch', threads=1).threads == 1
+    with pytest.raises(ValueError, match='unknown backend'):
+        DepthEstimator(lite_checkpoint, device='cpu', backend='onnx')
+
+
 def test_channels_last_and_bf16_agree_with_eager(estimator, lite_checkpoint, image):
     reference = estimator.predict_disparity(image)
-    channels_last = DepthEstimator(lite_checkpoint, device='cpu', channels_last=True)
+    channels_last = DepthEstimator(lite_checkpoint, device='cpu', backend='torch', channels_last=True)
     np.testing.assert_allclose(channels_last.predict_disparity(image), reference, atol=NETWORK_OUTPUT_ATOL)
-    bf16 = DepthEstimator(lite_checkpoint, device='cpu', precision='bf16')
+    bf16 = DepthEstimator(lite_checkpoint, device='cpu', backend='torch', precision='bf16')
     assert np.abs(bf16.predict_disparity(image) - reference).mean() < 0.02
 
 

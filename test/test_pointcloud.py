@@ -97,3 +97,54 @@ def test_ply_bad_colours_write_nothing(tmp_path):
     with pytest.raises(ValueError, match='colours'):
         write_ply(tmp_path / 'bad.ply', np.zeros((3, 3), np.float32), np.zeros((3, 3), np.float32))
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize('stride, max_range, organized, with_rgb', [
+    (1, 50.0, False, True), (2, None, False, False), (3, 20.0, True, True), (1, None, True, False)])
+def test_cloud_packer_reproduces_depth_to_points_and_pack_points(stride, max_range, organized, with_rgb):
+    from hr_depth_ros.geometry import depth_to_points, ray_planes
+    from hr_depth_ros.pointcloud import CloudPacker
+
+    rng = np.random.default_rng(stride)
+    height, width = 40, 70
+    K = np.array([[60.0, 0.0, 33.5], [0.0, 55.0, 18.0], [0.0, 0.0, 1.0]])
+    depth = rng.uniform(0.5, 80.0, (height, width)).astype(np.float32)
+    depth[3, :] = np.nan
+    depth[5, 4:9] = [np.inf, 0.0, -1.0, 90.0, 49.0]
+    rgb = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+    points, valid = depth_to_points(depth, K, stride=stride, max_range=max_range, organized=organized)
+    colors = rgb[::stride, ::stride] if organized else rgb[::stride, ::stride][valid]
+    expected, _ = pack_points(points, colors if with_rgb else None)
+    packer = CloudPacker()
+    for _ in range(2):  # the second call reuses the buffers
+        cloud = packer.pack(depth[::stride, ::stride], ray_planes(K, height, width, stride),
+                            rgb[::stride, ::stride] if with_rgb else None, max_range=max_range, organized=organized)
+        assert cloud.data.tobytes() == expected.tobytes()
+    assert cloud.organized == organized and cloud.with_rgb == with_rgb
+    assert (cloud.height, cloud.width) == (points.shape[:2] if organized else (1, len(points)))
+    assert cloud.is_dense == bool(np.isfinite(points).all())
+    np.testing.assert_array_equal(cloud.points, points)
+    if with_rgb:
+        np.testing.assert_array_equal(cloud.colors, colors)
+    else:
+        assert cloud.colors is None
+
+
+def test_cloud_packer_edge_cases():
+    from hr_depth_ros.geometry import pixel_rays, ray_planes
+    from hr_depth_ros.pointcloud import CloudPacker
+
+    K = np.array([[50.0, 0.0, 15.5], [0.0, 50.0, 7.5], [0.0, 0.0, 1.0]])
+    planes = ray_planes(K, 16, 32, 2)
+    assert planes.shape == (3, 8, 16) and planes.flags.c_contiguous and not planes.flags.writeable
+    np.testing.assert_array_equal(planes.transpose(1, 2, 0), pixel_rays(K, 16, 32)[::2, ::2])
+    packer = CloudPacker()
+    empty = packer.pack(np.full((16, 32), np.nan, np.float32), ray_planes(K, 16, 32))
+    assert (empty.height, empty.width, empty.data.size) == (1, 0, 0)
+    dense = packer.pack(np.ones((8, 16), np.float32), planes)  # new size: buffers reallocated
+    assert dense.width == 128 and dense.is_dense
+    np.testing.assert_array_equal(dense.points[:, 2], 1.0)
+    with pytest.raises(ValueError, match='rays of shape'):
+        packer.pack(np.ones((4, 4), np.float32), planes)
+    with pytest.raises(ValueError, match='colours must be uint8'):
+        packer.pack(np.ones((8, 16), np.float32), planes, np.zeros((8, 16, 3), np.float32))

@@ -61,6 +61,22 @@ def test_predict_matches_the_inference_engine(image_folder, lite_checkpoint, tmp
     np.testing.assert_allclose(np.load(tmp_path / 'b_disp.npy'), expected, atol=1e-6)
 
 
+def test_backends_write_the_same_disparity(image_folder, lite_checkpoint, tmp_path, capsys):
+    from hr_depth_ros.backends import openvino_version
+
+    if openvino_version() is None:
+        pytest.skip('openvino is not installed')
+    image = str(image_folder / 'b.jpg')
+    for backend in ('torch', 'openvino'):
+        assert main(['--weights', str(lite_checkpoint), '--device', 'cpu', '--backend', backend, '--threads', '1',
+                     '--output-dir', str(tmp_path / backend), '--no-progress', image]) == 0
+        assert f'with {backend}' in capsys.readouterr().out
+    disparity = {backend: np.load(tmp_path / backend / 'b_disp.npy') for backend in ('torch', 'openvino')}
+    assert np.abs(disparity['openvino'] - disparity['torch']).max() <= 1e-3  # the issue's parity bound
+    with pytest.raises(SystemExit):
+        main(['--weights', str(lite_checkpoint), '--threads', '0', image])
+
+
 def test_missing_weights_is_a_clear_error(tmp_path, capsys):
     missing = tmp_path / 'no_such_checkpoint'
     assert main(['--weights', str(missing), str(tmp_path)]) == 2
