@@ -597,6 +597,10 @@ class Trainer:
                      '; depth without metric scale')
                   + (f'; pose network lr {pose_lr:g}, {pose_warmup} pose-only warm-up steps'
                      if data.pose_source == 'net' else ''))
+        if data.pose_source == 'net' and not data.val_has_poses and not cfg.gt_depth_topic:
+            self._log('warning: no odometry (TF) and no ground-truth depth to validate with: best/ is chosen by the '
+                      "pose network's own loss, which can fall while depth gets worse (benchmarks/RESULTS.md); "
+                      'record /tf with the camera, or give --gt-depth-topic, to select by depth quality')
         steps_per_epoch = max(1, len(train_loader))
         total = cfg.steps if cfg.steps is not None else cfg.epochs * steps_per_epoch
         output = Path(cfg.output).expanduser()
