@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from hr_depth_ros.backends import openvino_version
-from hr_depth_ros.depth_node import (
+from hr_depth_ros.depth_engine import (
     CameraHeightScale,
     ConfigError,
     DepthEngine,
