@@ -135,17 +135,18 @@ class DepthNode(LifecycleNode):
         config = self.config
         reliability = (ReliabilityPolicy.BEST_EFFORT if config.qos_reliability == 'best_effort'
                        else ReliabilityPolicy.RELIABLE)
-        input_qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=config.qos_depth, reliability=reliability)
-        overrides = QoSOverridingOptions.with_default_policies()
+
+        def subscribe(msg_type: Any, topic: str, callback: Any) -> Any:
+            # A profile per subscription: rclpy writes the qos_overrides.<topic>.* values into it.
+            qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=config.qos_depth, reliability=reliability)
+            return self.create_subscription(msg_type, topic, callback, qos,
+                                            qos_overriding_options=QoSOverridingOptions.with_default_policies())
+
         if config.image_transport == 'compressed':
-            self.image_sub = self.create_subscription(
-                CompressedImage, 'image/compressed', lambda m: self._on_image(m, True), input_qos,
-                qos_overriding_options=overrides)
+            self.image_sub = subscribe(CompressedImage, 'image/compressed', lambda m: self._on_image(m, True))
         else:
-            self.image_sub = self.create_subscription(
-                Image, 'image', lambda m: self._on_image(m, False), input_qos, qos_overriding_options=overrides)
-        self.info_sub = self.create_subscription(
-            CameraInfo, 'camera_info', self._on_camera_info, input_qos, qos_overriding_options=overrides)
+            self.image_sub = subscribe(Image, 'image', lambda m: self._on_image(m, False))
+        self.info_sub = subscribe(CameraInfo, 'camera_info', self._on_camera_info)
         self.inputs = [self.image_sub, self.info_sub]
         self.stopping = False
         self.worker = threading.Thread(target=self._work_loop, name='hr_depth_worker', daemon=True)

@@ -229,7 +229,7 @@ def stamp_key(header) -> tuple[int, int]:
 class CameraHarness:
     """In-process rclpy node that plays camera, subscribes to the depth node's outputs and records them."""
 
-    def __init__(self, domain_id: int, namespace: str) -> None:
+    def __init__(self, domain_id: int, namespace: str, outputs: bool = True) -> None:
         import rclpy
         from rclpy.context import Context
         from rclpy.executors import SingleThreadedExecutor
@@ -246,14 +246,27 @@ class CameraHarness:
         self.info_pub = self.node.create_publisher(CameraInfo, 'camera_info', qos)
         self.lock = threading.Lock()
         self.received: dict[str, list] = {name: [] for name in (*OUTPUTS, 'statistics')}
-        types = {'depth': Image, 'depth/camera_info': CameraInfo, 'depth/colored': Image, 'points': PointCloud2}
-        self.subs = [self.node.create_subscription(types[name], name, self._recorder(name), qos) for name in OUTPUTS]
-        self.subs.append(self.node.create_subscription(
-            String, f'{namespace}/hr_depth/statistics', self._recorder('statistics'), 10))
+        self.subs = [self.node.create_subscription(
+            String, f'{namespace}/hr_depth/statistics', self._recorder('statistics'), 10)]
+        if outputs:
+            self.subscribe_outputs()
         self.executor = SingleThreadedExecutor(context=self.context)
         self.executor.add_node(self.node)
         self.thread = threading.Thread(target=self.executor.spin, daemon=True)
         self.thread.start()
+
+    def subscribe_outputs(self, names: tuple[str, ...] = OUTPUTS) -> None:
+        """Subscribe to (and record) the node's outputs ``names``."""
+        from rclpy.qos import QoSProfile, ReliabilityPolicy
+        from sensor_msgs.msg import CameraInfo, Image, PointCloud2
+
+        types = {'depth': Image, 'depth/camera_info': CameraInfo, 'depth/colored': Image, 'points': PointCloud2}
+        qos = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+        self.subs += [self.node.create_subscription(types[name], name, self._recorder(name), qos) for name in names]
+
+    def statistics(self) -> list[dict]:
+        with self.lock:
+            return [json.loads(m.data) for m in self.received['statistics']]
 
     def _recorder(self, name: str):
         def record(msg) -> None:
@@ -551,3 +564,108 @@ def test_node_refuses_to_start_on_nan_weights(tmp_path, ros_domain, lite_checkpo
     text = node.text()
     assert node.proc.returncode != 0 and 'cannot start' in text and 'NaN or inf' in text
     assert str(bad / 'depth.pth') in text and 'ready' not in text
+
+
+# --- the managed node over DDS: lifecycle services, idle without subscribers, QoS overrides -------
+
+def lifecycle_call(harness: CameraHarness, node: NodeProcess, service: str, request, timeout: float = 30.0):
+    """Call the node's lifecycle service ``service`` (e.g. 'change_state') over DDS and return the response."""
+    from lifecycle_msgs.srv import ChangeState, GetState
+
+    types = {'change_state': ChangeState, 'get_state': GetState}
+    clients = harness.__dict__.setdefault('lifecycle_clients', {})
+    if service not in clients:
+        clients[service] = harness.node.create_client(types[service], f'/lifecycle/hr_depth/{service}')
+    client = clients[service]
+    wait_until(lambda: client.service_is_ready(), timeout, f'the {service} service', node.proc, node.log)
+    future = client.call_async(request)
+    wait_until(future.done, timeout, f'the {service} response', node.proc, node.log)
+    return future.result()
+
+
+def transition(harness: CameraHarness, node: NodeProcess, transition_id: int, timeout: float = 30.0) -> bool:
+    from lifecycle_msgs.msg import Transition
+    from lifecycle_msgs.srv import ChangeState
+
+    request = ChangeState.Request(transition=Transition(id=transition_id))
+    return lifecycle_call(harness, node, 'change_state', request, timeout).success
+
+
+def state_label(harness: CameraHarness, node: NodeProcess) -> str:
+    from lifecycle_msgs.srv import GetState
+
+    return lifecycle_call(harness, node, 'get_state', GetState.Request()).current_state.label
+
+
+def test_node_lifecycle_idle_and_qos_overrides(tmp_path, ros_domain, lite_checkpoint, camera_frames):
+    """autostart off: a failing configure is a FAILURE (node alive, unconfigured), fixed in place;
+    activate subscribes (image reliability from qos_overrides.*, camera_info from qos_reliability);
+    no inference until someone subscribes to an output, then the next frame is processed;
+    deactivate unsubscribes; cleanup frees the model."""
+    from lifecycle_msgs.msg import Transition
+    from rclpy.parameter import Parameter
+    from rclpy.parameter_client import AsyncParameterClient
+    from rclpy.qos import ReliabilityPolicy
+
+    node = NodeProcess(local_ros_env(ros_domain), tmp_path / 'node.log', '/lifecycle', '/nonexistent/weights',
+                       'autostart:=false', 'statistics_period:=0.2', 'backend:=torch', 'threads:=1',
+                       'qos_overrides./lifecycle/image.subscription.reliability:=reliable')
+    harness = CameraHarness(ros_domain, '/lifecycle', outputs=False)
+    try:
+        assert state_label(harness, node) == 'unconfigured'
+        assert not transition(harness, node, Transition.TRANSITION_CONFIGURE)
+        assert 'configure failed' in node.text() and '/nonexistent/weights' in node.text()
+        assert node.proc.poll() is None and state_label(harness, node) == 'unconfigured'
+
+        client = AsyncParameterClient(harness.node, '/lifecycle/hr_depth')
+        assert client.wait_for_services(10.0)
+        future = client.set_parameters([Parameter('weights', value=str(lite_checkpoint))])
+        wait_until(future.done, 10.0, 'setting weights', node.proc, node.log)
+        assert future.result().results[0].successful  # read-only only while configured
+        assert transition(harness, node, Transition.TRANSITION_CONFIGURE, timeout=FIRST_FRAME_TIMEOUT)
+        assert state_label(harness, node) == 'inactive'
+        time.sleep(1.0)
+        assert harness.image_pub.get_subscription_count() == 0  # inactive: not subscribed
+        future = client.set_parameters([Parameter('weights', value='/elsewhere')])
+        wait_until(future.done, 10.0, 'setting weights while configured', node.proc, node.log)
+        assert not future.result().results[0].successful
+
+        assert transition(harness, node, Transition.TRANSITION_ACTIVATE)
+        assert state_label(harness, node) == 'active'
+        wait_until(lambda: harness.image_pub.get_subscription_count() > 0
+                   and harness.info_pub.get_subscription_count() > 0, FRAME_TIMEOUT, 'the subscriptions',
+                   node.proc, node.log)
+        qos = {topic: harness.node.get_subscriptions_info_by_topic(topic)[0].qos_profile.reliability
+               for topic in ('/lifecycle/image', '/lifecycle/camera_info')}
+        assert qos == {'/lifecycle/image': ReliabilityPolicy.RELIABLE,
+                       '/lifecycle/camera_info': ReliabilityPolicy.BEST_EFFORT}
+
+        # nobody listens: frames are received, not processed, and the statistics say so
+        for i in range(3):
+            send_frame(harness, camera_frames[0], (3000, i))
+        idle = wait_until(lambda: [s for s in harness.statistics() if s['skipped_no_subscribers'] >= 3],
+                          FRAME_TIMEOUT, 'statistics while idle', node.proc, node.log)[-1]
+        assert idle['idle_no_subscribers'] and idle['processed'] == 0 and idle['received'] >= 3
+
+        # one subscriber to depth only: the next frame is processed
+        harness.subscribe_outputs(('depth',))
+        wait_until(lambda: harness.subs[-1].get_publisher_count() > 0, FRAME_TIMEOUT, 'depth discovery',
+                   node.proc, node.log)
+        send_frame(harness, camera_frames[1], (3001, 0))
+        wait_until(lambda: harness.by_stamp('depth', (3001, 0)), FIRST_FRAME_TIMEOUT, 'depth of the first frame '
+                   'after a subscriber appeared', node.proc, node.log)
+        busy = wait_until(lambda: [s for s in harness.statistics() if s['processed'] >= 1],
+                          FRAME_TIMEOUT, 'statistics after processing', node.proc, node.log)[-1]
+        assert not busy['idle_no_subscribers'] and busy['skipped_no_subscribers'] == idle['skipped_no_subscribers']
+        assert not harness.received['depth/colored'] and not harness.received['points']
+
+        assert transition(harness, node, Transition.TRANSITION_DEACTIVATE)
+        wait_until(lambda: harness.image_pub.get_subscription_count() == 0, FRAME_TIMEOUT,
+                   'the image subscription to go', node.proc, node.log)
+        assert state_label(harness, node) == 'inactive'
+        assert transition(harness, node, Transition.TRANSITION_CLEANUP)
+        assert state_label(harness, node) == 'unconfigured' and 'model released' in node.text()
+        assert node.proc.poll() is None
+    finally:
+        harness.close()
+        node.stop()
