@@ -183,15 +183,26 @@ def test_engine_network_resolution_organized_cloud_has_nan():
     assert np.isnan(result.points[:5]).all() and np.isfinite(result.points[5:]).all()
 
 
-def test_engine_colored_fixed_range_and_disparity():
-    depth = np.tile(np.linspace(1.0, 20.0, 64, dtype=np.float32), (8, 1))
-    engine = DepthEngine(ConstantEstimator(depth), config(colored_mode='depth', colored_range='fixed',
-                                                          colored_min=1.0, colored_max=20.0, colormap='turbo'))
-    near_far = engine.colorize(depth)
-    disparity_engine = DepthEngine(ConstantEstimator(depth), config(colored_mode='disparity'))
-    assert not np.array_equal(near_far, disparity_engine.colorize(depth))
-    # fixed range: the same depth gets the same colour whatever else is in the frame
-    np.testing.assert_array_equal(engine.colorize(depth[:, :32])[:, :32], near_far[:, :32])
+# OpenCV's colour maps at indices 0 and 128 and 255, BGR (the published turbo and matplotlib magma tables).
+TURBO_BGR = {0: (59, 18, 48), 128: (60, 252, 164), 255: (3, 4, 122)}
+MAGMA_BGR = {0: (4, 0, 0), 255: (191, 253, 252)}
+
+
+def test_engine_colour_modes_give_known_pixel_values():
+    depth = np.array([[1.0, 10.5, 20.0, 30.0, np.nan]], np.float32)  # near, middle, far, beyond, invalid
+    fixed_depth = DepthEngine(ConstantEstimator(depth), config(
+        colored_mode='depth', colored_range='fixed', colored_min=1.0, colored_max=20.0, colormap='turbo'))
+    colored = fixed_depth.colorize(depth)
+    expected = [TURBO_BGR[0], TURBO_BGR[128], TURBO_BGR[255], TURBO_BGR[255], (0, 0, 0)]
+    np.testing.assert_array_equal(colored[0], np.array(expected, np.uint8))
+    # fixed range: a pixel's colour does not depend on the rest of the frame
+    np.testing.assert_array_equal(fixed_depth.colorize(depth[:, 1:2]), colored[:, 1:2])
+
+    # disparity (1/depth) over the frame's min..95th percentile: near is the top of the map, far the bottom
+    disparity = DepthEngine(ConstantEstimator(depth), config(colored_mode='disparity', colormap='magma'))
+    colored = disparity.colorize(depth)
+    assert tuple(colored[0, 0]) == MAGMA_BGR[255] and tuple(colored[0, 3]) == MAGMA_BGR[0]
+    assert tuple(colored[0, 4]) == (0, 0, 0)
 
 
 # --- the node over DDS ---------------------------------------------------------------------------

@@ -107,6 +107,11 @@ def test_launch_passes_only_declared_parameters():
                 and node.arg == 'remappings' for elt in node.value.elts}
     assert remapped == {'image', 'image/compressed', 'camera_info'}
     assert 'FASTDDS_DEFAULT_PROFILES_FILE' in LAUNCH_FILE.read_text()
+    # The managed node reaches active by default (as before the lifecycle), whatever the params file says.
+    autostart = next(node for node in ast.walk(tree) if isinstance(node, ast.Call)
+                     and getattr(node.func, 'id', None) == 'DeclareLaunchArgument' and node.args[0].value == 'autostart')
+    default = next(kw.value.value for kw in autostart.keywords if kw.arg == 'default_value')
+    assert yaml.safe_load(default) is True and PARAMETERS_BY_NAME['autostart'].default is True
 
 
 def test_depth_yaml_declares_every_parameter_with_the_right_type():
