@@ -680,3 +680,39 @@ def test_node_lifecycle_idle_and_qos_overrides(tmp_path, ros_domain, lite_checkp
     finally:
         harness.close()
         node.stop()
+
+
+def test_node_transitions_in_process(lite_checkpoint, ros_domain):
+    """The transitions called directly: what each builds and frees (on CUDA: deactivate returns cached memory)."""
+    import rclpy
+    import torch
+    from rclpy.context import Context
+    from rclpy.parameter import Parameter
+
+    from hr_depth_ros.depth_node import SUCCESS, DepthNode
+
+    cuda = torch.cuda.is_available()
+    context = Context()
+    rclpy.init(context=context, domain_id=ros_domain)
+    try:
+        node = DepthNode(context=context, parameter_overrides=[
+            Parameter('weights', value=str(lite_checkpoint)), Parameter('device', value='cuda' if cuda else 'cpu'),
+            Parameter('backend', value='torch'), Parameter('threads', value=1), Parameter('autostart', value=False)])
+        assert node.engine is None and node.inputs == []
+        assert node.trigger_configure() == SUCCESS
+        assert node.engine is not None and node.inputs == [] and node.worker is None and len(node.outputs) == 4
+        assert node.trigger_activate() == SUCCESS
+        assert len(node.inputs) == 2 and node.worker.is_alive() and node.stats_timer is not None
+        node.engine.process(np.zeros((192, 640, 3), np.uint8))  # leaves cached blocks on CUDA
+        reserved = torch.cuda.memory_reserved() if cuda else 0
+        assert node.trigger_deactivate() == SUCCESS
+        assert node.inputs == [] and node.worker is None and node.stats_timer is None and node.engine is not None
+        if cuda:
+            assert torch.cuda.memory_reserved() < reserved
+        assert node.trigger_cleanup() == SUCCESS
+        assert node.engine is None and node.config is None and node.outputs == []
+        assert node.trigger_configure() == SUCCESS  # configurable again after cleanup
+        assert node.trigger_shutdown() == SUCCESS and node.engine is None
+        node.destroy_node()
+    finally:
+        rclpy.shutdown(context=context)
