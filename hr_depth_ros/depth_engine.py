@@ -11,6 +11,7 @@ without ROS: ``DepthEngine(estimator, NodeConfig.from_values({...})).process(rgb
   metadata or KITTI-like defaults.
 - :class:`CameraHeightScale`: metric scale from a RANSAC ground-plane fit.
 - :class:`DepthEngine`: rgb -> depth -> colourised depth -> packed point cloud.
+- :class:`InputChecker`: image decoding and camera_info plausibility, bad input warned and dropped.
 - :class:`FrameStatistics`: what ``~/statistics`` reports.
 """
 from __future__ import annotations
@@ -21,13 +22,15 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import Any, Callable
 
 import cv2
 import numpy as np
 
 from hr_depth_ros.geometry import depth_to_points, pixel_intrinsics, ray_planes, scale_intrinsics
-from hr_depth_ros.image_decoding import DEFAULT_MAX_PIXELS, MAX_PIXELS_LIMIT
+from hr_depth_ros import image_decoding
+from hr_depth_ros.camera_info import camera_info_K, implausible_intrinsics
+from hr_depth_ros.image_decoding import DEFAULT_MAX_PIXELS, MAX_PIXELS_LIMIT, shorten
 from hr_depth_ros.pointcloud import CloudPacker, PackedCloud
 from hr_depth_ros.visualization import colorize
 
@@ -451,6 +454,67 @@ class DepthEngine:
             None if rgb is None else rgb[::stride, ::stride],
             max_range=config.points_max_range if config.points_max_range > 0 else None,
             organized=config.points_organized)
+
+
+Warn = Callable[..., None]  # warn(reason, text, error=False): a rate-limited log line (the node's _warn)
+
+
+class InputChecker:
+    """Decodes image messages and keeps the latest plausible camera_info; bad input is warned and dropped.
+
+    Messages are duck-typed (rclpy or rosbags), see :mod:`hr_depth_ros.image_decoding`.
+    """
+
+    def __init__(self, warn: Warn) -> None:
+        self.warn = warn
+        self.camera_info: Intrinsics | None = None
+        self.last_image_size: tuple[int, int] | None = None
+
+    def on_camera_info(self, msg: Any, topic: str) -> None:
+        """Store ``msg``'s intrinsics unless they are implausible (then warned, the previous ones kept)."""
+        try:
+            K, width, height = camera_info_K(msg)
+        except ValueError as error:
+            self.warn('camera_info', f'ignoring camera_info on {topic}: {error}')
+            return
+        size = (width, height) if width > 0 and height > 0 else self.last_image_size
+        problem = 'width/height not set' if size is None else implausible_intrinsics(K, size, self.last_image_size)
+        if problem:
+            self.warn('camera_info', f'ignoring camera_info on {topic}: {problem} '
+                      f'(keeping {"the previous good one" if self.camera_info else "the fallback intrinsics"})')
+            return
+        self.camera_info = Intrinsics(K, size, 'camera_info')
+
+    def decode(self, msg: Any, compressed: bool, max_pixels: int, topic: str) -> np.ndarray | None:
+        """``H x W x 3`` uint8 RGB of an Image / CompressedImage message, or None (warned) when unusable."""
+        try:
+            rgb = (image_decoding.compressed_to_rgb(msg, max_pixels) if compressed
+                   else image_decoding.image_to_rgb(msg, max_pixels))
+        except image_decoding.UnsupportedEncoding as error:
+            key = shorten(getattr(msg, 'format' if compressed else 'encoding', ''), 32)
+            self.warn(f'encoding {key}', f'dropping frames on {topic}: unsupported encoding {key}: {error}',
+                      error=True)
+            return None
+        except (image_decoding.MalformedImage, ValueError) as error:
+            reason = 'too large' if isinstance(error, image_decoding.ImageTooLarge) else 'malformed'
+            self.warn(reason, f'dropping malformed frame on {topic}: {shorten(error, 300)}')
+            return None
+        if rgb.ndim != 3 or rgb.shape[0] < 2 or rgb.shape[1] < 2:
+            self.warn('too small', f'dropping frame on {topic}: image of shape {rgb.shape} is too small')
+            return None
+        return rgb
+
+    def camera_info_for(self, image_size: tuple[int, int], topic: str) -> Intrinsics | None:
+        """The stored camera_info unless its aspect ratio disagrees with this image (then warned)."""
+        self.last_image_size = image_size
+        info = self.camera_info
+        if info is None:
+            return None
+        problem = implausible_intrinsics(info.K, info.size, image_size)
+        if problem:
+            self.warn('camera_info', f'not using camera_info from {topic}: {problem}')
+            return None
+        return info
 
 
 def elapsed_ms(start: float) -> float:

@@ -39,8 +39,7 @@ from rclpy.qos_overriding_options import QoSOverridingOptions
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 from std_msgs.msg import String
 
-from hr_depth_ros import image_decoding, ros_messages
-from hr_depth_ros.camera_info import camera_info_K, implausible_intrinsics
+from hr_depth_ros import ros_messages
 from hr_depth_ros.depth_engine import (  # noqa: F401 - NODE_NAME, checkpoint_intrinsics: public names
     NODE_NAME,
     PARAMETER_NAMES,
@@ -49,7 +48,7 @@ from hr_depth_ros.depth_engine import (  # noqa: F401 - NODE_NAME, checkpoint_in
     ConfigError,
     DepthEngine,
     FrameStatistics,
-    Intrinsics,
+    InputChecker,
     NodeConfig,
     checkpoint_intrinsics,
     elapsed_ms,
@@ -96,8 +95,7 @@ class DepthNode(LifecycleNode):
         self.stats = FrameStatistics()
         self.mailbox_lock = threading.Condition()
         self.mailbox: tuple[Any, bool, float] | None = None
-        self.camera_info: Intrinsics | None = None
-        self.last_image_size: tuple[int, int] | None = None
+        self.input_checker = InputChecker(self._warn)
         self.last_result_info: dict[str, Any] = {}
         self.log_limit = LogLimiter()
         self.outputs: list[Any] = []
@@ -146,7 +144,8 @@ class DepthNode(LifecycleNode):
             self.image_sub = subscribe(CompressedImage, 'image/compressed', lambda m: self._on_image(m, True))
         else:
             self.image_sub = subscribe(Image, 'image', lambda m: self._on_image(m, False))
-        self.info_sub = subscribe(CameraInfo, 'camera_info', self._on_camera_info)
+        self.info_sub = subscribe(CameraInfo, 'camera_info',
+                                  lambda m: self.input_checker.on_camera_info(m, self.info_sub.topic_name))
         self.inputs = [self.image_sub, self.info_sub]
         self.stopping = False
         self.worker = threading.Thread(target=self._work_loop, name='hr_depth_worker', daemon=True)
@@ -204,7 +203,7 @@ class DepthNode(LifecycleNode):
                 self.destroy_lifecycle_publisher(publisher)
         self.outputs = []
         self.stats_pub = None
-        self.engine = self.config = self.camera_info = None
+        self.engine = self.config = self.input_checker.camera_info = None
         gc.collect()
         release_cached_gpu_memory()
 
@@ -275,20 +274,6 @@ class DepthNode(LifecycleNode):
             self.mailbox_lock.notify()
         self.stats.on_received(overwritten)
 
-    def _on_camera_info(self, msg: Any) -> None:
-        try:
-            K, width, height = camera_info_K(msg)
-        except ValueError as error:
-            self._warn('camera_info', f'ignoring camera_info on {self.info_sub.topic_name}: {error}')
-            return
-        size = (width, height) if width > 0 and height > 0 else self.last_image_size
-        problem = 'width/height not set' if size is None else implausible_intrinsics(K, size, self.last_image_size)
-        if problem:
-            self._warn('camera_info', f'ignoring camera_info on {self.info_sub.topic_name}: {problem} '
-                       f'(keeping {"the previous good one" if self.camera_info else "the fallback intrinsics"})')
-            return
-        self.camera_info = Intrinsics(K, size, 'camera_info')
-
     # -- worker
     def _work_loop(self) -> None:
         while True:
@@ -318,46 +303,15 @@ class DepthNode(LifecycleNode):
         else:
             self.get_logger().warning(text)
 
-    def _decode(self, msg: Any, compressed: bool, max_pixels: int) -> Any:
-        topic = self.image_sub.topic_name
-        try:
-            rgb = (image_decoding.compressed_to_rgb(msg, max_pixels) if compressed
-                   else image_decoding.image_to_rgb(msg, max_pixels))
-        except image_decoding.UnsupportedEncoding as error:
-            key = shorten(getattr(msg, 'format' if compressed else 'encoding', ''), 32)
-            self._warn(f'encoding {key}', f'dropping frames on {topic}: unsupported encoding {key}: {error}',
-                       error=True)
-            return None
-        except (image_decoding.MalformedImage, ValueError) as error:
-            reason = 'too large' if isinstance(error, image_decoding.ImageTooLarge) else 'malformed'
-            self._warn(reason, f'dropping malformed frame on {topic}: {shorten(error, 300)}')
-            return None
-        if rgb.ndim != 3 or rgb.shape[0] < 2 or rgb.shape[1] < 2:
-            self._warn('too small', f'dropping frame on {topic}: image of shape {rgb.shape} is too small')
-            return None
-        return rgb
-
-    def _usable_camera_info(self, image_size: tuple[int, int]) -> Intrinsics | None:
-        """The stored camera_info unless its aspect ratio disagrees with this image (then warned)."""
-        self.last_image_size = image_size
-        info = self.camera_info
-        if info is None:
-            return None
-        problem = implausible_intrinsics(info.K, info.size, image_size)
-        if problem:
-            self._warn('camera_info', f'not using camera_info from {self.info_sub.topic_name}: {problem}')
-            return None
-        return info
-
     def _process(self, msg: Any, compressed: bool) -> None:
         engine = self.engine
         start = time.perf_counter()
-        rgb = self._decode(msg, compressed, engine.config.max_pixels)
+        rgb = self.input_checker.decode(msg, compressed, engine.config.max_pixels, self.image_sub.topic_name)
         if rgb is None:
             self.stats.on_bad_frame()
             return
         decode_ms = elapsed_ms(start)
-        camera_info = self._usable_camera_info((rgb.shape[1], rgb.shape[0]))
+        camera_info = self.input_checker.camera_info_for((rgb.shape[1], rgb.shape[0]), self.info_sub.topic_name)
         result = engine.process(rgb, camera_info, want_colored=self.colored_pub.get_subscription_count() > 0,
                                 want_points=self.points_pub.get_subscription_count() > 0)
         start = time.perf_counter()

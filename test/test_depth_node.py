@@ -17,6 +17,7 @@ from hr_depth_ros.depth_engine import (
     CameraHeightScale,
     ConfigError,
     DepthEngine,
+    InputChecker,
     Intrinsics,
     NodeConfig,
     checkpoint_intrinsics,
@@ -203,6 +204,32 @@ def test_engine_colour_modes_give_known_pixel_values():
     colored = disparity.colorize(depth)
     assert tuple(colored[0, 0]) == MAGMA_BGR[255] and tuple(colored[0, 3]) == MAGMA_BGR[0]
     assert tuple(colored[0, 4]) == (0, 0, 0)
+
+
+def test_input_checker_drops_bad_input_with_a_reason():
+    from types import SimpleNamespace
+
+    warnings = []
+    checker = InputChecker(lambda reason, text, error=False: warnings.append((reason, text, error)))
+    good = SimpleNamespace(k=K_640.ravel().tolist(), width=640, height=192)
+    checker.on_camera_info(good, '/cam/info')
+    checker.on_camera_info(SimpleNamespace(k=[0.0] * 9, width=640, height=192), '/cam/info')
+    assert warnings[-1][0] == 'camera_info' and 'non-positive focal lengths' in warnings[-1][1]
+    huge_focal = K_640 * [[1000], [1000], [1]]
+    checker.on_camera_info(SimpleNamespace(k=huge_focal.ravel().tolist(), width=640, height=192), '/cam/info')
+    assert 'keeping the previous good one' in warnings[-1][1]
+    np.testing.assert_array_equal(checker.camera_info_for((640, 192), '/cam/info').K, K_640)
+    assert checker.camera_info_for((640, 480), '/cam/info') is None  # aspect ratio disagrees
+    assert 'not using camera_info from /cam/info' in warnings[-1][1]
+
+    image = SimpleNamespace(height=2, width=3, encoding='rgb8', step=9, is_bigendian=0, data=bytes(range(18)))
+    np.testing.assert_array_equal(checker.decode(image, False, 100, '/cam/image'),
+                                  np.arange(18, dtype=np.uint8).reshape(2, 3, 3))
+    assert checker.decode(SimpleNamespace(**dict(vars(image), data=bytes(10))), False, 100, '/cam/image') is None
+    assert warnings[-1][0] == 'malformed' and '/cam/image' in warnings[-1][1]
+    assert checker.decode(SimpleNamespace(**dict(vars(image), encoding='weird16')), False, 100, '/cam/image') is None
+    reason, text, error = warnings[-1]
+    assert 'weird16' in reason and 'unsupported encoding' in text and error
 
 
 # --- the node over DDS ---------------------------------------------------------------------------
