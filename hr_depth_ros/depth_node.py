@@ -1,4 +1,4 @@
-"""The depth node (rclpy): camera images in, metric depth, colourised depth and point clouds out.
+"""The depth node (rclpy, managed): camera images in, metric depth, colourised depth and point clouds out.
 
     ros2 run hr_depth_ros depth_node --ros-args --params-file config/depth.yaml -p weights:=<folder>
     python -m hr_depth_ros.depth_node --ros-args -p weights:=<folder> -r image:=/camera/image_raw
@@ -8,533 +8,71 @@ Topics (relative, remap them): in ``image`` (sensor_msgs/Image) or ``image/compr
 ``depth/camera_info``, ``depth/colored`` (bgr8), ``points`` (PointCloud2) and
 ``~/statistics`` (std_msgs/String holding JSON). Outputs carry the input header.
 
-Subscription callbacks only store the newest frame (a one-slot mailbox; overwritten frames
-count as dropped); a worker thread processes the newest one. The per-frame work lives in the
-ROS-free :class:`DepthEngine`; messages are built in :mod:`hr_depth_ros.ros_messages`.
+Lifecycle (``rclpy.lifecycle``, services ``~/change_state``, ``~/get_state``): configure
+validates the parameters, loads the weights and builds the backend; activate subscribes and
+starts the worker; deactivate unsubscribes, stops the worker and returns cached GPU memory;
+cleanup frees the model. A failing configure logs the reason and returns FAILURE (the node
+stays unconfigured; fix the parameters and configure again). With ``autostart`` (default) the
+node configures and activates itself on start-up and exits 1 if that fails, as before.
+
+Frames arriving while nobody subscribes to an output are skipped (``idle_no_subscribers`` in
+``~/statistics``). Subscription callbacks only store the newest frame (a one-slot mailbox;
+overwritten frames count as dropped); a worker thread processes it with the ROS-free
+:class:`~hr_depth_ros.depth_engine.DepthEngine`; messages are built in :mod:`hr_depth_ros.ros_messages`.
 """
 from __future__ import annotations
 
+import gc
 import json
-import math
 import sys
 import threading
 import time
-from collections import deque
-from dataclasses import dataclass, field, fields
 from typing import Any
 
-import cv2
-import numpy as np
+import rclpy
+from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, SetParametersResult
+from rclpy.executors import ExternalShutdownException
+from rclpy.lifecycle import Node as LifecycleNode
+from rclpy.lifecycle import State, TransitionCallbackReturn
+from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
+from rclpy.qos_overriding_options import QoSOverridingOptions
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
+from std_msgs.msg import String
 
-from hr_depth_ros.camera_info import camera_info_K, implausible_intrinsics
-from hr_depth_ros.geometry import depth_to_points, pixel_intrinsics, ray_planes, scale_intrinsics
-from hr_depth_ros.image_decoding import DEFAULT_MAX_PIXELS, MAX_PIXELS_LIMIT, shorten
-from hr_depth_ros.log_limit import LogLimiter
-from hr_depth_ros.pointcloud import CloudPacker, PackedCloud
-from hr_depth_ros.visualization import colorize
-
-NODE_NAME = 'hr_depth'
-# monodepth2's KITTI intrinsics, normalised by image width/height.
-KITTI_NORMALIZED_K = np.array([[0.58, 0.0, 0.5], [0.0, 1.92, 0.5], [0.0, 0.0, 1.0]])
-GROUND_BAND_START = 0.65  # the ground-plane fit uses image rows below this fraction of the height
-SCALE_SMOOTHING = 0.2  # weight of a new camera-height scale estimate (EMA in log space)
-
-
-@dataclass(frozen=True)
-class ParameterSpec:
-    """One node parameter: name, default (its type is the parameter's type), description, limits."""
-
-    name: str
-    default: Any
-    description: str
-    choices: tuple[str, ...] = ()
-    min_value: float | None = None
-    max_value: float | None = None
-    read_only: bool = False
-
-
-PARAMETERS: tuple[ParameterSpec, ...] = (
-    ParameterSpec('weights', '', 'checkpoint folder (encoder.pth + depth.pth); required', read_only=True),
-    ParameterSpec('device', 'auto', "'auto' (CUDA if available), 'cuda', 'cuda:N' or 'cpu'", read_only=True),
-    ParameterSpec('precision', 'fp16', 'inference precision on CUDA (CPU always runs fp32)',
-                  choices=('fp32', 'fp16', 'bf16'), read_only=True),
-    ParameterSpec('channels_last', True, 'channels-last memory format (faster on CUDA and on the CPU)', read_only=True),
-    ParameterSpec('compile', False, 'torch.compile the model (slow first frames)', read_only=True),
-    ParameterSpec('backend', 'auto', "'auto': torch on CUDA, OpenVINO on the CPU if installed; 'openvino' runs on "
-                  "the CPU", choices=('auto', 'torch', 'openvino'), read_only=True),
-    ParameterSpec('threads', 0, 'CPU inference threads; 0 = the cores the process may use (use fewer on a '
-                  'busy machine: oversubscription made torch 20-30x slower)', min_value=0, max_value=1024,
-                  read_only=True),
-    ParameterSpec('cache_dir', '', 'converted-model cache; empty = $HR_DEPTH_ROS_CACHE or ~/.cache/hr_depth_ros',
-                  read_only=True),
-    ParameterSpec('min_depth', 0.1, 'depth of the largest disparity (m, before depth_scale)',
-                  min_value=1e-3, read_only=True),
-    ParameterSpec('max_depth', 100.0, 'depth of the smallest disparity (m, before depth_scale)',
-                  min_value=1e-3, read_only=True),
-    ParameterSpec('depth_scale', 1.0, 'metric scale factor (5.4 for stereo-trained checkpoints)',
-                  min_value=1e-6, read_only=True),
-    ParameterSpec('scale_mode', 'fixed', "'fixed' (depth_scale) or 'camera_height' (ground-plane estimate)",
-                  choices=('fixed', 'camera_height')),
-    ParameterSpec('camera_height', 1.65, 'camera height above the ground (m) for scale_mode camera_height',
-                  min_value=0.01, max_value=100.0),
-    ParameterSpec('output_resolution', 'camera', "'camera' (input image size) or 'network' (model size)",
-                  choices=('camera', 'network')),
-    ParameterSpec('colormap', 'magma', 'colour map of depth/colored', choices=('magma', 'turbo')),
-    ParameterSpec('colored_mode', 'disparity', "colourise 'depth' or 'disparity' (1/depth)",
-                  choices=('depth', 'disparity')),
-    ParameterSpec('colored_range', 'percentile', "'percentile' (per frame, min..95th) or 'fixed'",
-                  choices=('percentile', 'fixed')),
-    ParameterSpec('colored_min', 0.0, 'lower end of the fixed colour range (m, or 1/m for disparity)'),
-    ParameterSpec('colored_max', 50.0, 'upper end of the fixed colour range (m, or 1/m for disparity)'),
-    ParameterSpec('publish_points', True, 'publish the point cloud on points'),
-    ParameterSpec('points_stride', 2, 'use every Nth pixel in both directions for points',
-                  min_value=1, max_value=64),
-    ParameterSpec('points_max_range', 50.0, 'drop points deeper than this (m, along the optical axis); 0 = no limit',
-                  min_value=0.0),
-    ParameterSpec('points_organized', False, 'organised cloud (H x W with NaN points) instead of 1 x N'),
-    ParameterSpec('points_rgb', True, 'xyzrgb cloud coloured from the image (else xyz)'),
-    ParameterSpec('image_transport', 'raw', "'raw' (image) or 'compressed' (image/compressed, jpeg/png)",
-                  choices=('raw', 'compressed'), read_only=True),
-    ParameterSpec('qos_reliability', 'best_effort', 'reliability of the input subscriptions',
-                  choices=('best_effort', 'reliable'), read_only=True),
-    ParameterSpec('qos_depth', 1, 'history depth of the input subscriptions', min_value=1, max_value=100,
-                  read_only=True),
-    ParameterSpec('fx', 0.0, 'focal length x (px, input image) used when no camera_info; 0 = unset', min_value=0.0),
-    ParameterSpec('fy', 0.0, 'focal length y (px, input image) used when no camera_info; 0 = unset', min_value=0.0),
-    ParameterSpec('cx', 0.0, 'principal point x (px, input image) used when no camera_info; 0 = unset', min_value=0.0),
-    ParameterSpec('cy', 0.0, 'principal point y (px, input image) used when no camera_info; 0 = unset', min_value=0.0),
-    ParameterSpec('statistics_period', 1.0, 'seconds between ~/statistics messages', min_value=0.05,
-                  max_value=3600.0, read_only=True),
-    ParameterSpec('max_pixels', DEFAULT_MAX_PIXELS, 'larger input images (width x height, read from the raw '
-                  'fields or the JPEG/PNG header before decoding) are dropped as malformed',
-                  min_value=1, max_value=MAX_PIXELS_LIMIT),
+from hr_depth_ros import ros_messages
+from hr_depth_ros.depth_engine import (  # noqa: F401 - NODE_NAME, checkpoint_intrinsics: public names
+    NODE_NAME,
+    PARAMETER_NAMES,
+    PARAMETERS,
+    PARAMETERS_BY_NAME,
+    ConfigError,
+    DepthEngine,
+    FrameStatistics,
+    InputChecker,
+    NodeConfig,
+    checkpoint_intrinsics,
+    elapsed_ms,
+    release_cached_gpu_memory,
 )
-PARAMETER_NAMES = tuple(spec.name for spec in PARAMETERS)
-PARAMETERS_BY_NAME = {spec.name: spec for spec in PARAMETERS}
+from hr_depth_ros.image_decoding import shorten
+from hr_depth_ros.log_limit import LogLimiter
+
+SUCCESS = TransitionCallbackReturn.SUCCESS
+FAILURE = TransitionCallbackReturn.FAILURE
 
 
-class ConfigError(ValueError):
-    """A parameter value the node cannot run with."""
+def _declare_parameters(node: Any) -> None:
+    """Declare every entry of PARAMETERS on ``node`` with its descriptor.
 
-
-@dataclass(frozen=True)
-class NodeConfig:
-    """Validated parameter values (one field per entry of PARAMETERS)."""
-
-    weights: str
-    device: str
-    precision: str
-    channels_last: bool
-    compile: bool
-    backend: str
-    threads: int
-    cache_dir: str
-    min_depth: float
-    max_depth: float
-    depth_scale: float
-    scale_mode: str
-    camera_height: float
-    output_resolution: str
-    colormap: str
-    colored_mode: str
-    colored_range: str
-    colored_min: float
-    colored_max: float
-    publish_points: bool
-    points_stride: int
-    points_max_range: float
-    points_organized: bool
-    points_rgb: bool
-    image_transport: str
-    qos_reliability: str
-    qos_depth: int
-    fx: float
-    fy: float
-    cx: float
-    cy: float
-    statistics_period: float
-    max_pixels: int
-
-    @classmethod
-    def from_values(cls, values: dict[str, Any]) -> NodeConfig:
-        """Check types, choices and ranges; missing names take their defaults. Raises ConfigError."""
-        unknown = sorted(set(values) - set(PARAMETERS_BY_NAME))
-        if unknown:
-            raise ConfigError(f'unknown parameters {unknown}; known: {list(PARAMETER_NAMES)}')
-        checked: dict[str, Any] = {}
-        for spec in PARAMETERS:
-            value = values.get(spec.name, spec.default)
-            kind = type(spec.default)
-            if kind is float and isinstance(value, int) and not isinstance(value, bool):
-                value = float(value)
-            if type(value) is not kind:
-                raise ConfigError(f'parameter {spec.name} must be {kind.__name__}, got {value!r}')
-            if spec.choices and value not in spec.choices:
-                raise ConfigError(f'parameter {spec.name}={value!r} must be one of {list(spec.choices)}')
-            if kind is float and not math.isfinite(value):
-                raise ConfigError(f'parameter {spec.name} must be finite, got {value}')
-            if spec.min_value is not None and value < spec.min_value:
-                raise ConfigError(f'parameter {spec.name}={value} is below its minimum {spec.min_value}')
-            if spec.max_value is not None and value > spec.max_value:
-                raise ConfigError(f'parameter {spec.name}={value} is above its maximum {spec.max_value}')
-            checked[spec.name] = value
-        config = cls(**checked)
-        config._check_relations()
-        return config
-
-    def _check_relations(self) -> None:
-        if not self.weights:
-            raise ConfigError('parameter weights is empty: give the checkpoint folder, '
-                              'e.g. -p weights:=/path/to/HR_Depth_K_M_1280x384')
-        if not (self.device in ('auto', 'cpu', 'cuda') or (self.device.startswith('cuda:')
-                                                            and self.device[5:].isdigit())):
-            raise ConfigError(f"parameter device={self.device!r} must be 'auto', 'cpu', 'cuda' or 'cuda:N'")
-        if self.max_depth <= self.min_depth:
-            raise ConfigError(f'max_depth ({self.max_depth}) must be larger than min_depth ({self.min_depth})')
-        if self.colored_range == 'fixed' and self.colored_max <= self.colored_min:
-            raise ConfigError(f'colored_max ({self.colored_max}) must be larger than colored_min '
-                              f'({self.colored_min}) when colored_range is fixed')
-        manual = (self.fx, self.fy, self.cx, self.cy)
-        if any(v > 0 for v in manual) and not all(v > 0 for v in manual):
-            raise ConfigError(f'set all of fx, fy, cx, cy (> 0) or none of them; got {manual}')
-
-    def as_dict(self) -> dict[str, Any]:
-        """Field name -> value."""
-        return {f.name: getattr(self, f.name) for f in fields(self)}
-
-
-# ---------------------------------------------------------------------------------------------
-# Intrinsics and scale (ROS-free)
-
-@dataclass(frozen=True)
-class Intrinsics:
-    """K (3x3, pixels) of an image of ``size = (width, height)`` and where it came from."""
-
-    K: np.ndarray
-    size: tuple[int, int]
-    source: str
-
-
-def default_intrinsics(width: int, height: int) -> Intrinsics:
-    """KITTI-like intrinsics (monodepth2's normalised K) for an image of this size."""
-    return Intrinsics(pixel_intrinsics(KITTI_NORMALIZED_K, width, height), (int(width), int(height)), 'kitti_default')
-
-
-def checkpoint_intrinsics(metadata: dict | None) -> Intrinsics | None:
-    """Intrinsics stored in checkpoint metadata (``{"intrinsics": {"K", "width", "height"}}``), if any.
-
-    Raises ConfigError when the entry exists but is malformed.
+    ``read_only`` specs stay settable while the node is unconfigured (the node's set-parameters
+    callback refuses them once configured), so a failed configure can be fixed in place.
     """
-    entry = (metadata or {}).get('intrinsics')
-    if entry is None:
-        return None
-    try:
-        K = np.asarray(entry['K'], dtype=np.float64).reshape(3, 3)
-        size = (int(entry['width']), int(entry['height']))
-    except (KeyError, TypeError, ValueError) as error:
-        raise ConfigError(f'checkpoint metadata "intrinsics" must hold K (3x3), width and height: {error}') from error
-    if not np.isfinite(K).all() or K[0, 0] <= 0 or K[1, 1] <= 0 or min(size) <= 0:
-        raise ConfigError(f'checkpoint metadata "intrinsics" is not usable: K={K.tolist()}, size={size}')
-    return Intrinsics(K, size, 'checkpoint')
-
-
-def select_intrinsics(
-    image_size: tuple[int, int],
-    camera_info: Intrinsics | None,
-    config: NodeConfig,
-    from_checkpoint: Intrinsics | None,
-) -> Intrinsics:
-    """K for the input image (``image_size = (width, height)``), by priority.
-
-    camera_info, then the fx/fy/cx/cy parameters (pixels of the input image), then the
-    checkpoint's metadata, then KITTI-like defaults; rescaled to ``image_size`` when the
-    source describes another resolution.
-    """
-    if camera_info is not None:
-        chosen = camera_info
-    elif config.fx > 0:
-        K = np.array([[config.fx, 0.0, config.cx], [0.0, config.fy, config.cy], [0.0, 0.0, 1.0]])
-        chosen = Intrinsics(K, tuple(image_size), 'parameters')
-    elif from_checkpoint is not None:
-        chosen = from_checkpoint
-    else:
-        return default_intrinsics(*image_size)
-    if tuple(chosen.size) == tuple(image_size):
-        return chosen
-    return Intrinsics(_resize_K(chosen.K, chosen.size, image_size), tuple(image_size), chosen.source)
-
-
-def _resize_K(K: np.ndarray, from_size: tuple[int, int], to_size: tuple[int, int]) -> np.ndarray:
-    """K of an image of ``from_size = (width, height)`` resized to ``to_size``."""
-    return scale_intrinsics(K, to_size[0] / from_size[0], to_size[1] / from_size[1])
-
-
-def fit_ground_plane(
-    points: np.ndarray,
-    rng: np.random.Generator,
-    iterations: int = 64,
-    relative_threshold: float = 0.03,
-    max_tilt_deg: float = 30.0,
-    min_inlier_fraction: float = 0.3,
-) -> tuple[np.ndarray, float] | None:
-    """Robust (RANSAC + least-squares refit) plane ``n . p + d = 0`` through ``N x 3`` camera-frame points.
-
-    Only planes whose normal is within ``max_tilt_deg`` of the optical frame's y axis (down)
-    count as ground. Returns ``(unit normal, d)`` or None when no plane has enough inliers.
-    """
-    points = points[np.isfinite(points).all(axis=1)]
-    if len(points) < 10:
-        return None
-    threshold = relative_threshold * float(np.median(points[:, 2]))
-    min_cos = math.cos(math.radians(max_tilt_deg))
-    best_inliers: np.ndarray | None = None
-    for _ in range(iterations):
-        a, b, c = points[rng.choice(len(points), 3, replace=False)]
-        normal = np.cross(b - a, c - a)
-        norm = np.linalg.norm(normal)
-        if norm < 1e-12 or abs(normal[1]) / norm < min_cos:
-            continue
-        normal /= norm
-        inliers = np.abs(points @ normal - normal @ a) < threshold
-        if best_inliers is None or inliers.sum() > best_inliers.sum():
-            best_inliers = inliers
-    if best_inliers is None or best_inliers.sum() < max(3, min_inlier_fraction * len(points)):
-        return None
-    inlier_points = points[best_inliers]
-    centroid = inlier_points.mean(axis=0)
-    normal = np.linalg.svd(inlier_points - centroid, full_matrices=False)[2][-1]
-    if abs(normal[1]) < min_cos:
-        return None
-    return normal, float(-normal @ centroid)
-
-
-class CameraHeightScale:
-    """Scale that makes the fitted ground plane lie ``camera_height`` below the camera, smoothed over frames."""
-
-    def __init__(self, max_points: int = 2000, seed: int = 0) -> None:
-        self.max_points = max_points
-        self.rng = np.random.default_rng(seed)
-        self.log_scale: float | None = None
-
-    @property
-    def scale(self) -> float:
-        """The smoothed scale (1.0 before the first successful fit)."""
-        return 1.0 if self.log_scale is None else math.exp(self.log_scale)
-
-    def update(self, depth: np.ndarray, K: np.ndarray, camera_height: float) -> float | None:
-        """Fit the ground in the lower band of ``depth`` (intrinsics ``K``); this frame's scale, or None."""
-        stride = 2
-        grid, valid = depth_to_points(depth, K, stride=stride, organized=True)
-        band = slice(int(math.ceil(GROUND_BAND_START * depth.shape[0] / stride)), None)
-        points = grid[band][valid[band]]
-        if len(points) > self.max_points:
-            points = points[self.rng.choice(len(points), self.max_points, replace=False)]
-        plane = fit_ground_plane(points, self.rng)
-        if plane is None or abs(plane[1]) < 1e-6:
-            return None
-        frame_scale = camera_height / abs(plane[1])
-        log_new = math.log(frame_scale)
-        self.log_scale = log_new if self.log_scale is None else (
-            (1.0 - SCALE_SMOOTHING) * self.log_scale + SCALE_SMOOTHING * log_new)
-        return frame_scale
-
-
-# ---------------------------------------------------------------------------------------------
-# Per-frame work (ROS-free)
-
-@dataclass
-class FrameResult:
-    """Everything published for one frame."""
-
-    depth: np.ndarray  # H x W float32 metres, NaN invalid, at the output resolution
-    K: np.ndarray  # intrinsics of ``depth``
-    intrinsics_source: str
-    colored_bgr: np.ndarray | None = None
-    cloud: PackedCloud | None = None  # PointCloud2 bytes; a view valid until the engine's next frame
-    scale: float = 1.0
-    timings_ms: dict[str, float] = field(default_factory=dict)
-
-    @property
-    def points(self) -> np.ndarray | None:
-        """N x 3, or h x w x 3 when organised (views of ``cloud``)."""
-        return None if self.cloud is None else self.cloud.points
-
-    @property
-    def point_colors(self) -> np.ndarray | None:
-        return None if self.cloud is None else self.cloud.colors
-
-
-class DepthEngine:
-    """rgb -> depth at the output resolution -> colourised depth -> point cloud, without ROS.
-
-    ``estimator`` is an :class:`hr_depth_ros.inference.DepthEstimator` (or anything with
-    ``height``, ``width`` and ``predict_depth(rgb) -> (height x width) metres``).
-    """
-
-    def __init__(self, estimator: Any, config: NodeConfig, checkpoint_K: Intrinsics | None = None) -> None:
-        self.estimator = estimator
-        self.config = config
-        self.checkpoint_K = checkpoint_K
-        self.camera_height_scale = CameraHeightScale()
-        self.cloud_packer = CloudPacker()
-
-    def process(
-        self,
-        rgb: np.ndarray,
-        camera_info: Intrinsics | None = None,
-        want_colored: bool = True,
-        want_points: bool = True,
-    ) -> FrameResult:
-        """Run one ``H x W x 3`` uint8 RGB frame; ``camera_info`` is the latest valid camera intrinsics."""
-        config = self.config
-        timings: dict[str, float] = {}
-        image_height, image_width = rgb.shape[:2]
-        intrinsics = select_intrinsics((image_width, image_height), camera_info, config, self.checkpoint_K)
-
-        start = time.perf_counter()
-        network_depth = np.asarray(self.estimator.predict_depth(rgb), dtype=np.float32)
-        timings['inference'] = _elapsed_ms(start)
-
-        start = time.perf_counter()
-        net_height, net_width = network_depth.shape
-        scale = 1.0
-        if config.scale_mode == 'camera_height':
-            net_K = _resize_K(intrinsics.K, (image_width, image_height), (net_width, net_height))
-            self.camera_height_scale.update(network_depth, net_K, config.camera_height)
-            scale = self.camera_height_scale.scale
-        if config.output_resolution == 'camera':
-            out_size = (image_width, image_height)
-            depth = cv2.resize(network_depth, out_size, interpolation=cv2.INTER_LINEAR) \
-                if (net_width, net_height) != out_size else network_depth
-            K_out = intrinsics.K
-            rgb_out = rgb
-        else:
-            out_size = (net_width, net_height)
-            depth = network_depth
-            K_out = _resize_K(intrinsics.K, (image_width, image_height), out_size)
-            rgb_out = None
-        if scale != 1.0:
-            depth = depth * np.float32(scale)
-        depth = np.where(np.isfinite(depth) & (depth > 0), depth, np.float32(np.nan)).astype(np.float32, copy=False)
-        timings['resize'] = _elapsed_ms(start)
-        result = FrameResult(depth=depth, K=np.asarray(K_out, dtype=np.float64),
-                             intrinsics_source=intrinsics.source, scale=scale, timings_ms=timings)
-
-        if want_colored:
-            start = time.perf_counter()
-            result.colored_bgr = self.colorize(depth)
-            timings['colorize'] = _elapsed_ms(start)
-
-        if want_points and config.publish_points:
-            start = time.perf_counter()
-            if config.points_rgb and rgb_out is None:
-                rgb_out = cv2.resize(rgb, out_size, interpolation=cv2.INTER_AREA)
-            result.cloud = self.points(depth, result.K, rgb_out if config.points_rgb else None)
-            timings['points'] = _elapsed_ms(start)
-        return result
-
-    def colorize(self, depth: np.ndarray) -> np.ndarray:
-        """bgr8 colour image of depth or disparity with the configured map and range."""
-        config = self.config
-        values = depth if config.colored_mode == 'depth' else 1.0 / depth
-        if config.colored_range == 'fixed':
-            return colorize(values, config.colormap, vmin=config.colored_min, vmax=config.colored_max, bgr=True)
-        return colorize(values, config.colormap, bgr=True)
-
-    def points(self, depth: np.ndarray, K: np.ndarray, rgb: np.ndarray | None) -> PackedCloud:
-        """Strided, range-limited cloud of ``depth`` (organised h x w with NaN points, else 1 x N)."""
-        config = self.config
-        stride = config.points_stride
-        return self.cloud_packer.pack(
-            depth[::stride, ::stride], ray_planes(K, *depth.shape, stride=stride),
-            None if rgb is None else rgb[::stride, ::stride],
-            max_range=config.points_max_range if config.points_max_range > 0 else None,
-            organized=config.points_organized)
-
-
-def _elapsed_ms(start: float) -> float:
-    return (time.perf_counter() - start) * 1000.0
-
-
-class FrameStatistics:
-    """Rates, drops, latencies and stage times for ``~/statistics`` (thread-safe)."""
-
-    def __init__(self, window: int = 300) -> None:
-        self.lock = threading.Lock()
-        self.received = 0
-        self.processed = 0
-        self.dropped = 0
-        self.bad_frames = 0
-        self.received_times: deque[float] = deque(maxlen=window)
-        self.processed_times: deque[float] = deque(maxlen=window)
-        self.latency_ms: deque[float] = deque(maxlen=window)
-        self.stage_ms: dict[str, deque[float]] = {}
-
-    def on_received(self, overwritten: bool) -> None:
-        with self.lock:
-            self.received += 1
-            self.dropped += int(overwritten)
-            self.received_times.append(time.monotonic())
-
-    def on_bad_frame(self) -> None:
-        with self.lock:
-            self.bad_frames += 1
-
-    def on_processed(self, latency_ms: float, timings_ms: dict[str, float]) -> None:
-        with self.lock:
-            self.processed += 1
-            self.processed_times.append(time.monotonic())
-            self.latency_ms.append(latency_ms)
-            for stage, value in timings_ms.items():
-                self.stage_ms.setdefault(stage, deque(maxlen=self.latency_ms.maxlen)).append(value)
-
-    def snapshot(self, extra: dict[str, Any] | None = None) -> dict[str, Any]:
-        """JSON-ready summary: counts, rates (Hz, over the recent window) and ms percentiles."""
-        with self.lock:
-            latencies = np.array(self.latency_ms, dtype=np.float64)
-            summary: dict[str, Any] = {
-                'received': self.received,
-                'processed': self.processed,
-                'dropped': self.dropped,
-                'bad_frames': self.bad_frames,
-                'input_rate_hz': _rate(self.received_times),
-                'processed_rate_hz': _rate(self.processed_times),
-                'latency_ms': {
-                    'p50': _percentile(latencies, 50), 'p95': _percentile(latencies, 95),
-                    'p99': _percentile(latencies, 99)},
-                'stage_ms': {stage: {'mean': round(float(np.mean(v)), 3), 'p95': _percentile(np.array(v), 95)}
-                             for stage, v in self.stage_ms.items() if v},
-            }
-        summary.update(extra or {})
-        return summary
-
-
-def _rate(times: deque[float]) -> float:
-    if len(times) < 2:
-        return 0.0
-    recent = [t for t in times if t >= time.monotonic() - 10.0]
-    if len(recent) < 2 or recent[-1] <= recent[0]:
-        return 0.0
-    return round((len(recent) - 1) / (recent[-1] - recent[0]), 3)
-
-
-def _percentile(values: np.ndarray, q: float) -> float | None:
-    return round(float(np.percentile(values, q)), 3) if values.size else None
-
-
-# ---------------------------------------------------------------------------------------------
-# The rclpy node
-
-def _declare_parameters(node: Any) -> dict[str, Any]:
-    """Declare every entry of PARAMETERS on ``node`` (with descriptors) and return the values."""
-    from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
-
-    values: dict[str, Any] = {}
     for spec in PARAMETERS:
-        constraints = f'one of {list(spec.choices)}' if spec.choices else ''
+        constraints = [f'one of {list(spec.choices)}'] if spec.choices else []
+        if spec.read_only:
+            constraints.append('changeable only while unconfigured')
         descriptor = ParameterDescriptor(
-            name=spec.name, description=spec.description, read_only=spec.read_only,
-            additional_constraints=constraints,
+            name=spec.name, description=spec.description, additional_constraints='; '.join(constraints),
             dynamic_typing=isinstance(spec.default, float))
         bounded = spec.min_value is not None and spec.max_value is not None
         if bounded and isinstance(spec.default, int) and not isinstance(spec.default, bool):
@@ -543,258 +81,276 @@ def _declare_parameters(node: Any) -> dict[str, Any]:
         elif bounded and isinstance(spec.default, float):
             descriptor.floating_point_range = [
                 FloatingPointRange(from_value=float(spec.min_value), to_value=float(spec.max_value), step=0.0)]
-        values[spec.name] = node.declare_parameter(spec.name, spec.default, descriptor).value
-    return values
+        node.declare_parameter(spec.name, spec.default, descriptor)
 
 
-def _make_node_class():  # noqa: C901 - the node is one class; rclpy is imported only here
-    import rclpy
-    from rclpy.node import Node
-    from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
-    from rcl_interfaces.msg import SetParametersResult
-    from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
-    from std_msgs.msg import String
+class DepthNode(LifecycleNode):
+    """Managed rclpy adapter over :class:`~hr_depth_ros.depth_engine.DepthEngine` (see the module docstring)."""
 
-    from hr_depth_ros import image_decoding, ros_messages
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(NODE_NAME, **kwargs)
+        _declare_parameters(self)
+        self.config: NodeConfig | None = None  # set while configured
+        self.engine: DepthEngine | None = None
+        self.stats = FrameStatistics()
+        self.mailbox_lock = threading.Condition()
+        self.mailbox: tuple[Any, bool, float] | None = None
+        self.input_checker = InputChecker(self._warn)
+        self.last_result_info: dict[str, Any] = {}
+        self.log_limit = LogLimiter()
+        self.outputs: list[Any] = []
+        self.inputs: list[Any] = []
+        self.stats_timer: Any = None
+        self.worker: threading.Thread | None = None
+        self.stopping = False
+        self.idle = False
+        self.add_on_set_parameters_callback(self._on_set_parameters)
 
-    class DepthNode(Node):
-        """rclpy adapter over :class:`DepthEngine` (see the module docstring)."""
+    # -- lifecycle transitions
+    def on_configure(self, state: State) -> TransitionCallbackReturn:
+        """Validate the parameters, load the weights, build the backend and the publishers."""
+        try:
+            self.config = NodeConfig.from_values({name: self.get_parameter(name).value for name in PARAMETER_NAMES})
+            estimator = self._load_estimator(self.config)
+            self.engine = DepthEngine(estimator, self.config, checkpoint_intrinsics(
+                getattr(estimator.checkpoint, 'metadata', None)))
+        except Exception as error:  # ConfigError, CheckpointError, ...: reported through the transition
+            self.config = self.engine = None
+            self.get_logger().error(f'configure failed: {type(error).__name__}: {error}')
+            return FAILURE
+        output_qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=self.config.qos_depth,
+                                reliability=ReliabilityPolicy.RELIABLE)
+        self.depth_pub = self.create_lifecycle_publisher(Image, 'depth', output_qos)
+        self.depth_info_pub = self.create_lifecycle_publisher(CameraInfo, 'depth/camera_info', output_qos)
+        self.colored_pub = self.create_lifecycle_publisher(Image, 'depth/colored', output_qos)
+        self.points_pub = self.create_lifecycle_publisher(PointCloud2, 'points', output_qos)
+        self.stats_pub = self.create_lifecycle_publisher(String, '~/statistics', 10)
+        self.outputs = [self.depth_pub, self.depth_info_pub, self.colored_pub, self.points_pub]
+        return super().on_configure(state)
 
-        def __init__(self, **kwargs: Any) -> None:
-            super().__init__(NODE_NAME, **kwargs)
-            self.config = NodeConfig.from_values(_declare_parameters(self))
-            self.engine = DepthEngine(self._load_estimator(), self.config, self._checkpoint_intrinsics)
-            self.stats = FrameStatistics()
-            self.mailbox_lock = threading.Condition()
-            self.mailbox: tuple[Any, bool, float] | None = None
-            self.camera_info: Intrinsics | None = None
-            self.last_image_size: tuple[int, int] | None = None
-            self.log_limit = LogLimiter()
-            self.stopping = False
+    def on_activate(self, state: State) -> TransitionCallbackReturn:
+        """Subscribe to the inputs (QoS from qos_* and qos_overrides.*), start the worker and statistics."""
+        config = self.config
+        reliability = (ReliabilityPolicy.BEST_EFFORT if config.qos_reliability == 'best_effort'
+                       else ReliabilityPolicy.RELIABLE)
 
-            reliability = (ReliabilityPolicy.BEST_EFFORT if self.config.qos_reliability == 'best_effort'
-                           else ReliabilityPolicy.RELIABLE)
-            input_qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=self.config.qos_depth,
-                                   reliability=reliability)
-            output_qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=max(1, self.config.qos_depth),
-                                    reliability=ReliabilityPolicy.RELIABLE)
-            self.depth_pub = self.create_publisher(Image, 'depth', output_qos)
-            self.depth_info_pub = self.create_publisher(CameraInfo, 'depth/camera_info', output_qos)
-            self.colored_pub = self.create_publisher(Image, 'depth/colored', output_qos)
-            self.points_pub = self.create_publisher(PointCloud2, 'points', output_qos)
-            self.stats_pub = self.create_publisher(String, '~/statistics', 10)
-            if self.config.image_transport == 'compressed':
-                self.image_sub = self.create_subscription(
-                    CompressedImage, 'image/compressed', lambda m: self._on_image(m, True), input_qos)
-            else:
-                self.image_sub = self.create_subscription(Image, 'image', lambda m: self._on_image(m, False), input_qos)
-            self.info_sub = self.create_subscription(CameraInfo, 'camera_info', self._on_camera_info, input_qos)
-            self.stats_timer = self.create_timer(self.config.statistics_period, self._publish_statistics)
-            self.add_on_set_parameters_callback(self._on_set_parameters)
-            self.worker = threading.Thread(target=self._work_loop, name='hr_depth_worker', daemon=True)
-            self.worker.start()
-            self.get_logger().info(
-                f'ready: {self.estimator.arch} {self.estimator.width}x{self.estimator.height} on '
-                f'{self.estimator.device} ({getattr(self.estimator, "precision", "")}, '
-                f'{getattr(self.estimator, "backend_description", "torch")}); '
-                f'listening on {self.image_sub.topic_name} '
-                f'({self.config.qos_reliability}), output {self.config.output_resolution} resolution')
+        def subscribe(msg_type: Any, topic: str, callback: Any) -> Any:
+            # A profile per subscription: rclpy writes the qos_overrides.<topic>.* values into it.
+            qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=config.qos_depth, reliability=reliability)
+            return self.create_subscription(msg_type, topic, callback, qos,
+                                            qos_overriding_options=QoSOverridingOptions.with_default_policies())
 
-        # -- start-up
-        def _load_estimator(self) -> Any:
-            from hr_depth_ros.inference import DepthEstimator
+        if config.image_transport == 'compressed':
+            self.image_sub = subscribe(CompressedImage, 'image/compressed', lambda m: self._on_image(m, True))
+        else:
+            self.image_sub = subscribe(Image, 'image', lambda m: self._on_image(m, False))
+        self.info_sub = subscribe(CameraInfo, 'camera_info',
+                                  lambda m: self.input_checker.on_camera_info(m, self.info_sub.topic_name))
+        self.inputs = [self.image_sub, self.info_sub]
+        self.stopping = False
+        self.worker = threading.Thread(target=self._work_loop, name='hr_depth_worker', daemon=True)
+        self.worker.start()
+        self.stats_timer = self.create_timer(config.statistics_period, self._publish_statistics)
+        estimator = self.engine.estimator
+        self.get_logger().info(
+            f'ready: {estimator.arch} {estimator.width}x{estimator.height} on {estimator.device} '
+            f'({getattr(estimator, "precision", "")}, {getattr(estimator, "backend_description", "torch")}); '
+            f'listening on {self.image_sub.topic_name} ({config.qos_reliability}), '
+            f'output {config.output_resolution} resolution')
+        return super().on_activate(state)
 
-            config = self.config
-            device = config.device
-            try:
-                import torch
-                cuda = torch.cuda.is_available()
-            except Exception:  # pragma: no cover - torch missing is a broken install
-                cuda = False
-            if device.startswith('cuda') and not cuda:
-                self.get_logger().error(f'device {device!r} requested but CUDA is not available: falling back to CPU')
-                device = 'cpu'
-            elif device == 'auto':
-                device = 'cuda' if cuda else 'cpu'
-                if not cuda:
-                    self.get_logger().warning('CUDA is not available: running on the CPU (slow)')
-            on_cuda = device.startswith('cuda')
-            # fp16 and channels-last are CUDA settings; the CPU runs fp32 (bf16 only when asked for).
-            precision = config.precision if on_cuda or config.precision == 'bf16' else 'fp32'
-            try:
-                self.estimator = DepthEstimator(
-                    config.weights, device=device, precision=precision, channels_last=config.channels_last,
-                    compile=config.compile, min_depth=config.min_depth, max_depth=config.max_depth,
-                    depth_scale=config.depth_scale, backend=config.backend, threads=config.threads or None,
-                    cache_dir=config.cache_dir or None)
-            except Exception as error:
-                raise ConfigError(f'cannot load the checkpoint weights={config.weights!r}: '
-                                  f'{type(error).__name__}: {error}') from error
-            metadata = getattr(self.estimator.checkpoint, 'metadata', None) or {}
-            self._checkpoint_intrinsics = checkpoint_intrinsics(metadata)
-            if self.estimator.metric_scale is not None:
-                self.get_logger().info(
-                    f'the checkpoint is metric (fine-tuned with metric poses, metric_scale '
-                    f'{self.estimator.metric_scale:.4g}): publishing metres x depth_scale {config.depth_scale:g}')
-            elif metadata.get('use_stereo') and config.depth_scale == 1.0 and config.scale_mode == 'fixed':
-                self.get_logger().warning(
-                    'the checkpoint was trained with stereo (use_stereo): set depth_scale:=5.4 for metric depth')
-            if self._checkpoint_intrinsics is None and config.fx <= 0:
-                self.get_logger().info('intrinsics: from camera_info; until one arrives, KITTI-like defaults')
-            return self.estimator
+    def on_deactivate(self, state: State) -> TransitionCallbackReturn:
+        """Unsubscribe, stop the worker and statistics, return cached GPU memory."""
+        self._stop_work()
+        release_cached_gpu_memory()
+        self.get_logger().info('inactive: not subscribed to the inputs')
+        return super().on_deactivate(state)
 
-        def _on_set_parameters(self, parameters: list[Any]) -> Any:
-            values = self.config.as_dict()
-            for parameter in parameters:
-                if parameter.name in PARAMETERS_BY_NAME and PARAMETERS_BY_NAME[parameter.name].read_only:
-                    return SetParametersResult(successful=False, reason=f'{parameter.name} is read-only')
-                values[parameter.name] = parameter.value
-            try:
-                new_config = NodeConfig.from_values(values)
-            except ConfigError as error:
-                return SetParametersResult(successful=False, reason=str(error))
-            self.config = new_config
-            self.engine.config = new_config
-            return SetParametersResult(successful=True)
+    def on_cleanup(self, state: State) -> TransitionCallbackReturn:
+        """Drop the publishers and the model."""
+        self._release()
+        self.get_logger().info('unconfigured: model released')
+        return super().on_cleanup(state)
 
-        # -- callbacks: store only
-        def _on_image(self, msg: Any, compressed: bool) -> None:
+    def on_shutdown(self, state: State) -> TransitionCallbackReturn:
+        self._stop_work()
+        self._release()
+        return super().on_shutdown(state)
+
+    def on_error(self, state: State) -> TransitionCallbackReturn:
+        self._stop_work()
+        self._release()
+        return super().on_error(state)
+
+    def _stop_work(self) -> None:
+        for subscription in self.inputs:
+            self.destroy_subscription(subscription)
+        self.inputs = []
+        if self.stats_timer is not None:
+            self.destroy_timer(self.stats_timer)
+            self.stats_timer = None
+        if self.worker is not None:
             with self.mailbox_lock:
-                overwritten = self.mailbox is not None
-                self.mailbox = (msg, compressed, time.monotonic())
-                self.mailbox_lock.notify()
-            self.stats.on_received(overwritten)
+                self.stopping = True
+                self.mailbox = None
+                self.mailbox_lock.notify_all()
+            self.worker.join(timeout=10.0)
+            self.worker = None
 
-        def _on_camera_info(self, msg: Any) -> None:
+    def _release(self) -> None:
+        for publisher in (*self.outputs, getattr(self, 'stats_pub', None)):
+            if publisher is not None:
+                self.destroy_lifecycle_publisher(publisher)
+        self.outputs = []
+        self.stats_pub = None
+        self.engine = self.config = self.input_checker.camera_info = None
+        gc.collect()
+        release_cached_gpu_memory()
+
+    def _load_estimator(self, config: NodeConfig) -> Any:
+        """The DepthEstimator; its own rules pick the device and precision (CPU fallback, fp32 on the CPU)."""
+        from hr_depth_ros.inference import DepthEstimator
+
+        try:
+            estimator = DepthEstimator(
+                config.weights, device=config.device, precision=config.precision, channels_last=config.channels_last,
+                compile=config.compile, min_depth=config.min_depth, max_depth=config.max_depth,
+                depth_scale=config.depth_scale, backend=config.backend, threads=config.threads or None,
+                cache_dir=config.cache_dir or None)
+        except Exception as error:
+            raise ConfigError(f'cannot load the checkpoint weights={config.weights!r}: '
+                              f'{type(error).__name__}: {error}') from error
+        if config.device == 'auto' and estimator.device.type == 'cpu':
+            self.get_logger().warning('CUDA is not available: running on the CPU (slow)')
+        metadata = getattr(estimator.checkpoint, 'metadata', None) or {}
+        if estimator.metric_scale is not None:
+            self.get_logger().info(
+                f'the checkpoint is metric (fine-tuned with metric poses, metric_scale '
+                f'{estimator.metric_scale:.4g}): publishing metres x depth_scale {config.depth_scale:g}')
+        elif metadata.get('use_stereo') and config.depth_scale == 1.0 and config.scale_mode == 'fixed':
+            self.get_logger().warning(
+                'the checkpoint was trained with stereo (use_stereo): set depth_scale:=5.4 for metric depth')
+        if 'intrinsics' not in metadata and config.fx <= 0:
+            self.get_logger().info('intrinsics: from camera_info; until one arrives, KITTI-like defaults')
+        return estimator
+
+    def _on_set_parameters(self, parameters: list[Any]) -> SetParametersResult:
+        """While configured: refuse read-only parameters, validate the rest together and apply them."""
+        ours = [p for p in parameters if p.name in PARAMETERS_BY_NAME]  # not qos_overrides.*
+        if self.config is None or not ours:
+            return SetParametersResult(successful=True)  # checked by the next configure
+        values = self.config.as_dict()
+        for parameter in ours:
+            if PARAMETERS_BY_NAME[parameter.name].read_only:
+                return SetParametersResult(successful=False, reason=f'{parameter.name} is read-only while '
+                                           'configured (deactivate and cleanup to change it)')
+            values[parameter.name] = parameter.value
+        try:
+            new_config = NodeConfig.from_values(values)
+        except ConfigError as error:
+            return SetParametersResult(successful=False, reason=str(error))
+        self.config = self.engine.config = new_config
+        return SetParametersResult(successful=True)
+
+    # -- callbacks: store only
+    def _listening(self) -> bool:
+        return any(publisher.get_subscription_count() > 0 for publisher in self.outputs)
+
+    def _on_image(self, msg: Any, compressed: bool) -> None:
+        if not self._listening():
+            self.stats.on_received(False)
+            self.stats.on_skipped()
+            if not self.idle:
+                self.idle = True
+                self.get_logger().info('idle: nobody subscribes to depth, depth/colored, points or '
+                                       'depth/camera_info; skipping frames')
+            return
+        if self.idle:
+            self.idle = False
+            self.get_logger().info('a subscriber appeared: processing frames again')
+        with self.mailbox_lock:
+            overwritten = self.mailbox is not None
+            self.mailbox = (msg, compressed, time.monotonic())
+            self.mailbox_lock.notify()
+        self.stats.on_received(overwritten)
+
+    # -- worker
+    def _work_loop(self) -> None:
+        while True:
+            with self.mailbox_lock:
+                while self.mailbox is None and not self.stopping:
+                    self.mailbox_lock.wait(0.5)
+                if self.stopping:
+                    return
+                msg, compressed, _ = self.mailbox
+                self.mailbox = None
             try:
-                K, width, height = camera_info_K(msg)
-            except ValueError as error:
-                self._warn('camera_info', f'ignoring camera_info on {self.info_sub.topic_name}: {error}')
-                return
-            size = (width, height) if width > 0 and height > 0 else self.last_image_size
-            problem = 'width/height not set' if size is None else implausible_intrinsics(K, size, self.last_image_size)
-            if problem:
-                self._warn('camera_info', f'ignoring camera_info on {self.info_sub.topic_name}: {problem} '
-                           f'(keeping {"the previous good one" if self.camera_info else "the fallback intrinsics"})')
-                return
-            self.camera_info = Intrinsics(K, size, 'camera_info')
-
-        # -- worker
-        def _work_loop(self) -> None:
-            while True:
-                with self.mailbox_lock:
-                    while self.mailbox is None and not self.stopping:
-                        self.mailbox_lock.wait(0.5)
-                    if self.stopping:
-                        return
-                    msg, compressed, _ = self.mailbox
-                    self.mailbox = None
-                try:
-                    self._process(msg, compressed)
-                except Exception as error:  # keep serving; a bug in one frame must not kill the node
-                    self.stats.on_bad_frame()
-                    self._warn(f'failed {type(error).__name__}',
-                               f'frame failed: {type(error).__name__}: {shorten(error, 300)}', error=True)
-
-        def _warn(self, reason: str, text: str, error: bool = False) -> None:
-            """Log ``text`` unless ``reason`` was logged recently or too much was (see LogLimiter)."""
-            suppressed = self.log_limit.allow(reason)
-            if suppressed is None:
-                return
-            if suppressed:
-                text += f' ({suppressed} similar lines suppressed)'
-            if error:  # rclpy wants one severity per call site
-                self.get_logger().error(text)
-            else:
-                self.get_logger().warning(text)
-
-        def _decode(self, msg: Any, compressed: bool) -> np.ndarray | None:
-            topic = self.image_sub.topic_name
-            limit = self.config.max_pixels
-            try:
-                rgb = (image_decoding.compressed_to_rgb(msg, limit) if compressed
-                       else image_decoding.image_to_rgb(msg, limit))
-            except image_decoding.UnsupportedEncoding as error:
-                key = shorten(getattr(msg, 'format' if compressed else 'encoding', ''), 32)
-                self._warn(f'encoding {key}', f'dropping frames on {topic}: unsupported encoding {key}: {error}',
-                           error=True)
-                return None
-            except (image_decoding.MalformedImage, ValueError) as error:
-                reason = 'too large' if isinstance(error, image_decoding.ImageTooLarge) else 'malformed'
-                self._warn(reason, f'dropping malformed frame on {topic}: {shorten(error, 300)}')
-                return None
-            if rgb.ndim != 3 or rgb.shape[0] < 2 or rgb.shape[1] < 2:
-                self._warn('too small', f'dropping frame on {topic}: image of shape {rgb.shape} is too small')
-                return None
-            return rgb
-
-        def _usable_camera_info(self, image_size: tuple[int, int]) -> Intrinsics | None:
-            """The stored camera_info unless its aspect ratio disagrees with this image (then warned)."""
-            self.last_image_size = image_size
-            info = self.camera_info
-            if info is None:
-                return None
-            problem = implausible_intrinsics(info.K, info.size, image_size)
-            if problem:
-                self._warn('camera_info', f'not using camera_info from {self.info_sub.topic_name}: {problem}')
-                return None
-            return info
-
-        def _process(self, msg: Any, compressed: bool) -> None:
-            start = time.perf_counter()
-            rgb = self._decode(msg, compressed)
-            if rgb is None:
+                self._process(msg, compressed)
+            except Exception as error:  # keep serving; a bug in one frame must not kill the node
                 self.stats.on_bad_frame()
-                return
-            decode_ms = _elapsed_ms(start)
-            want_colored = self.colored_pub.get_subscription_count() > 0
-            want_points = self.points_pub.get_subscription_count() > 0
-            camera_info = self._usable_camera_info((rgb.shape[1], rgb.shape[0]))
-            result = self.engine.process(rgb, camera_info, want_colored=want_colored, want_points=want_points)
-            start = time.perf_counter()
-            header = msg.header
-            height, width = result.depth.shape
-            self.depth_pub.publish(ros_messages.image_msg(result.depth, '32FC1', header))
-            self.depth_info_pub.publish(ros_messages.camera_info_msg(result.K, width, height, header))
-            if result.colored_bgr is not None:
-                self.colored_pub.publish(ros_messages.image_msg(result.colored_bgr, 'bgr8', header))
-            if result.cloud is not None:
-                self.points_pub.publish(ros_messages.packed_cloud_msg(result.cloud, header))
-            timings = dict(result.timings_ms, decode=decode_ms, publish=_elapsed_ms(start))
-            stamp_ns = int(header.stamp.sec) * 1_000_000_000 + int(header.stamp.nanosec)
-            latency_ms = (self.get_clock().now().nanoseconds - stamp_ns) / 1e6
-            self.stats.on_processed(latency_ms, timings)
-            self.last_result_info = {'scale': round(result.scale, 6), 'intrinsics_source': result.intrinsics_source,
-                                     'output_size': [width, height]}
+                self._warn(f'failed {type(error).__name__}',
+                           f'frame failed: {type(error).__name__}: {shorten(error, 300)}', error=True)
 
-        def _publish_statistics(self) -> None:
-            extra = dict(getattr(self, 'last_result_info', {}))
-            self.stats_pub.publish(String(data=json.dumps(self.stats.snapshot(extra))))
+    def _warn(self, reason: str, text: str, error: bool = False) -> None:
+        """Log ``text`` unless ``reason`` was logged recently or too much was (see LogLimiter)."""
+        suppressed = self.log_limit.allow(reason)
+        if suppressed is None:
+            return
+        if suppressed:
+            text += f' ({suppressed} similar lines suppressed)'
+        if error:  # rclpy wants one severity per call site
+            self.get_logger().error(text)
+        else:
+            self.get_logger().warning(text)
 
-        def destroy_node(self) -> None:
-            if hasattr(self, 'worker'):  # a node whose start-up failed has no worker
-                with self.mailbox_lock:
-                    self.stopping = True
-                    self.mailbox_lock.notify_all()
-                if self.worker.is_alive():
-                    self.worker.join(timeout=5.0)
-            super().destroy_node()
+    def _process(self, msg: Any, compressed: bool) -> None:
+        engine = self.engine
+        start = time.perf_counter()
+        rgb = self.input_checker.decode(msg, compressed, engine.config.max_pixels, self.image_sub.topic_name)
+        if rgb is None:
+            self.stats.on_bad_frame()
+            return
+        decode_ms = elapsed_ms(start)
+        camera_info = self.input_checker.camera_info_for((rgb.shape[1], rgb.shape[0]), self.info_sub.topic_name)
+        result = engine.process(rgb, camera_info, want_colored=self.colored_pub.get_subscription_count() > 0,
+                                want_points=self.points_pub.get_subscription_count() > 0)
+        start = time.perf_counter()
+        header = msg.header
+        height, width = result.depth.shape
+        self.depth_pub.publish(ros_messages.image_msg(result.depth, '32FC1', header))
+        self.depth_info_pub.publish(ros_messages.camera_info_msg(result.K, width, height, header))
+        if result.colored_bgr is not None:
+            self.colored_pub.publish(ros_messages.image_msg(result.colored_bgr, 'bgr8', header))
+        if result.cloud is not None:
+            self.points_pub.publish(ros_messages.packed_cloud_msg(result.cloud, header))
+        timings = dict(result.timings_ms, decode=decode_ms, publish=elapsed_ms(start))
+        stamp_ns = int(header.stamp.sec) * 1_000_000_000 + int(header.stamp.nanosec)
+        self.stats.on_processed((self.get_clock().now().nanoseconds - stamp_ns) / 1e6, timings)
+        self.last_result_info = {'scale': round(result.scale, 6), 'intrinsics_source': result.intrinsics_source,
+                                 'output_size': [width, height]}
 
-    return DepthNode, rclpy
+    def _publish_statistics(self) -> None:
+        extra = dict(self.last_result_info, idle_no_subscribers=not self._listening())
+        self.stats_pub.publish(String(data=json.dumps(self.stats.snapshot(extra))))
+
+    def destroy_node(self) -> None:
+        self._stop_work()
+        super().destroy_node()
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the node until shutdown; returns 1 (after logging why) when it cannot start."""
-    DepthNode, rclpy = _make_node_class()
-    from rclpy.executors import ExternalShutdownException
-
+    """Run the node until shutdown; with autostart, returns 1 (after logging why) when it cannot start."""
     rclpy.init(args=sys.argv if argv is None else argv)
     logger = rclpy.logging.get_logger(NODE_NAME)
     node = None
     try:
         try:
             node = DepthNode()
-        except Exception as error:  # ConfigError, CheckpointError, parameter exceptions, ...
+            if node.get_parameter('autostart').value:
+                for step, trigger in (('configure', node.trigger_configure), ('activate', node.trigger_activate)):
+                    if trigger() != SUCCESS:
+                        raise RuntimeError(f'autostart: {step} failed (see the reason above)')
+        except Exception as error:  # parameter exceptions, a failed autostart transition, ...
             logger.fatal(f'cannot start: {type(error).__name__}: {error}')
             return 1
         rclpy.spin(node)

@@ -6,6 +6,10 @@
 Arguments left empty (weights, device, image_transport, depth_scale) keep the value from
 ``params_file`` (default: the installed config/depth.yaml).
 
+The node is a managed (lifecycle) node. ``autostart:=true`` (default) makes it configure and
+activate itself, so it publishes as soon as it runs; ``autostart:=false`` leaves it unconfigured
+for a lifecycle manager (``ros2 lifecycle set /hr_depth configure`` / ``activate``).
+
 Transport: unless FASTDDS_DEFAULT_PROFILES_FILE is already set in the environment, it is set
 to the shipped config/fastdds_large_data.xml for the processes started here. Without that
 profile Fast DDS silently drops images and clouds over ~0.5 MB; the camera driver and any
@@ -30,6 +34,7 @@ NODE_PARAMETER_ARGUMENTS = {
     'device': str,
     'image_transport': str,
     'depth_scale': float,
+    'autostart': bool,
 }
 
 
@@ -62,7 +67,7 @@ def _depth_node(context, *args, **kwargs):
 
 
 def generate_launch_description() -> LaunchDescription:
-    """image, camera_info, weights, device, image_transport, params_file, use_rviz, depth_scale."""
+    """image, camera_info, weights, device, image_transport, params_file, use_rviz, depth_scale, autostart."""
     return LaunchDescription([
         DeclareLaunchArgument('image', default_value='image', description='input image topic'),
         DeclareLaunchArgument('camera_info', default_value='camera_info', description='input camera_info topic'),
@@ -73,6 +78,8 @@ def generate_launch_description() -> LaunchDescription:
                               description='raw | compressed (subscribes <image>/compressed); empty: params_file'),
         DeclareLaunchArgument('depth_scale', default_value='',
                               description='metric scale, 5.4 for stereo-trained checkpoints (empty: params_file)'),
+        DeclareLaunchArgument('autostart', default_value='true',
+                              description='configure and activate the lifecycle node on start-up (true | false)'),
         DeclareLaunchArgument('params_file', default_value=_share('config', 'depth.yaml'),
                               description='node parameters (YAML, hr_depth: ros__parameters:)'),
         DeclareLaunchArgument('use_rviz', default_value='false', description='start rviz2 with config/depth.rviz'),

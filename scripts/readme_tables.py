@@ -1,4 +1,4 @@
-"""Generate the README's parameter table from the code (hr_depth_ros.depth_node.PARAMETERS).
+"""Generate the README's parameter table from the code (hr_depth_ros.depth_engine.PARAMETERS).
 
     python scripts/readme_tables.py          # print the table
     python scripts/readme_tables.py --write  # rewrite it in README.md between its markers
@@ -26,7 +26,7 @@ def format_default(value: object) -> str:
 
 def depth_parameter_table() -> str:
     """Markdown table of the depth node's parameters: name, default, description."""
-    from hr_depth_ros.depth_node import PARAMETERS
+    from hr_depth_ros.depth_engine import PARAMETERS
 
     rows = ['| parameter | default | description |', '|---|---|---|']
     for spec in PARAMETERS:

@@ -13,10 +13,11 @@ import numpy as np
 import pytest
 
 from hr_depth_ros.backends import openvino_version
-from hr_depth_ros.depth_node import (
+from hr_depth_ros.depth_engine import (
     CameraHeightScale,
     ConfigError,
     DepthEngine,
+    InputChecker,
     Intrinsics,
     NodeConfig,
     checkpoint_intrinsics,
@@ -183,15 +184,52 @@ def test_engine_network_resolution_organized_cloud_has_nan():
     assert np.isnan(result.points[:5]).all() and np.isfinite(result.points[5:]).all()
 
 
-def test_engine_colored_fixed_range_and_disparity():
-    depth = np.tile(np.linspace(1.0, 20.0, 64, dtype=np.float32), (8, 1))
-    engine = DepthEngine(ConstantEstimator(depth), config(colored_mode='depth', colored_range='fixed',
-                                                          colored_min=1.0, colored_max=20.0, colormap='turbo'))
-    near_far = engine.colorize(depth)
-    disparity_engine = DepthEngine(ConstantEstimator(depth), config(colored_mode='disparity'))
-    assert not np.array_equal(near_far, disparity_engine.colorize(depth))
-    # fixed range: the same depth gets the same colour whatever else is in the frame
-    np.testing.assert_array_equal(engine.colorize(depth[:, :32])[:, :32], near_far[:, :32])
+# OpenCV's colour maps at indices 0 and 128 and 255, BGR (the published turbo and matplotlib magma tables).
+TURBO_BGR = {0: (59, 18, 48), 128: (60, 252, 164), 255: (3, 4, 122)}
+MAGMA_BGR = {0: (4, 0, 0), 255: (191, 253, 252)}
+
+
+def test_engine_colour_modes_give_known_pixel_values():
+    depth = np.array([[1.0, 10.5, 20.0, 30.0, np.nan]], np.float32)  # near, middle, far, beyond, invalid
+    fixed_depth = DepthEngine(ConstantEstimator(depth), config(
+        colored_mode='depth', colored_range='fixed', colored_min=1.0, colored_max=20.0, colormap='turbo'))
+    colored = fixed_depth.colorize(depth)
+    expected = [TURBO_BGR[0], TURBO_BGR[128], TURBO_BGR[255], TURBO_BGR[255], (0, 0, 0)]
+    np.testing.assert_array_equal(colored[0], np.array(expected, np.uint8))
+    # fixed range: a pixel's colour does not depend on the rest of the frame
+    np.testing.assert_array_equal(fixed_depth.colorize(depth[:, 1:2]), colored[:, 1:2])
+
+    # disparity (1/depth) over the frame's min..95th percentile: near is the top of the map, far the bottom
+    disparity = DepthEngine(ConstantEstimator(depth), config(colored_mode='disparity', colormap='magma'))
+    colored = disparity.colorize(depth)
+    assert tuple(colored[0, 0]) == MAGMA_BGR[255] and tuple(colored[0, 3]) == MAGMA_BGR[0]
+    assert tuple(colored[0, 4]) == (0, 0, 0)
+
+
+def test_input_checker_drops_bad_input_with_a_reason():
+    from types import SimpleNamespace
+
+    warnings = []
+    checker = InputChecker(lambda reason, text, error=False: warnings.append((reason, text, error)))
+    good = SimpleNamespace(k=K_640.ravel().tolist(), width=640, height=192)
+    checker.on_camera_info(good, '/cam/info')
+    checker.on_camera_info(SimpleNamespace(k=[0.0] * 9, width=640, height=192), '/cam/info')
+    assert warnings[-1][0] == 'camera_info' and 'non-positive focal lengths' in warnings[-1][1]
+    huge_focal = K_640 * [[1000], [1000], [1]]
+    checker.on_camera_info(SimpleNamespace(k=huge_focal.ravel().tolist(), width=640, height=192), '/cam/info')
+    assert 'keeping the previous good one' in warnings[-1][1]
+    np.testing.assert_array_equal(checker.camera_info_for((640, 192), '/cam/info').K, K_640)
+    assert checker.camera_info_for((640, 480), '/cam/info') is None  # aspect ratio disagrees
+    assert 'not using camera_info from /cam/info' in warnings[-1][1]
+
+    image = SimpleNamespace(height=2, width=3, encoding='rgb8', step=9, is_bigendian=0, data=bytes(range(18)))
+    np.testing.assert_array_equal(checker.decode(image, False, 100, '/cam/image'),
+                                  np.arange(18, dtype=np.uint8).reshape(2, 3, 3))
+    assert checker.decode(SimpleNamespace(**dict(vars(image), data=bytes(10))), False, 100, '/cam/image') is None
+    assert warnings[-1][0] == 'malformed' and '/cam/image' in warnings[-1][1]
+    assert checker.decode(SimpleNamespace(**dict(vars(image), encoding='weird16')), False, 100, '/cam/image') is None
+    reason, text, error = warnings[-1]
+    assert 'weird16' in reason and 'unsupported encoding' in text and error
 
 
 # --- the node over DDS ---------------------------------------------------------------------------
@@ -229,7 +267,7 @@ def stamp_key(header) -> tuple[int, int]:
 class CameraHarness:
     """In-process rclpy node that plays camera, subscribes to the depth node's outputs and records them."""
 
-    def __init__(self, domain_id: int, namespace: str) -> None:
+    def __init__(self, domain_id: int, namespace: str, outputs: bool = True) -> None:
         import rclpy
         from rclpy.context import Context
         from rclpy.executors import SingleThreadedExecutor
@@ -246,14 +284,27 @@ class CameraHarness:
         self.info_pub = self.node.create_publisher(CameraInfo, 'camera_info', qos)
         self.lock = threading.Lock()
         self.received: dict[str, list] = {name: [] for name in (*OUTPUTS, 'statistics')}
-        types = {'depth': Image, 'depth/camera_info': CameraInfo, 'depth/colored': Image, 'points': PointCloud2}
-        self.subs = [self.node.create_subscription(types[name], name, self._recorder(name), qos) for name in OUTPUTS]
-        self.subs.append(self.node.create_subscription(
-            String, f'{namespace}/hr_depth/statistics', self._recorder('statistics'), 10))
+        self.subs = [self.node.create_subscription(
+            String, f'{namespace}/hr_depth/statistics', self._recorder('statistics'), 10)]
+        if outputs:
+            self.subscribe_outputs()
         self.executor = SingleThreadedExecutor(context=self.context)
         self.executor.add_node(self.node)
         self.thread = threading.Thread(target=self.executor.spin, daemon=True)
         self.thread.start()
+
+    def subscribe_outputs(self, names: tuple[str, ...] = OUTPUTS) -> None:
+        """Subscribe to (and record) the node's outputs ``names``."""
+        from rclpy.qos import QoSProfile, ReliabilityPolicy
+        from sensor_msgs.msg import CameraInfo, Image, PointCloud2
+
+        types = {'depth': Image, 'depth/camera_info': CameraInfo, 'depth/colored': Image, 'points': PointCloud2}
+        qos = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+        self.subs += [self.node.create_subscription(types[name], name, self._recorder(name), qos) for name in names]
+
+    def statistics(self) -> list[dict]:
+        with self.lock:
+            return [json.loads(m.data) for m in self.received['statistics']]
 
     def _recorder(self, name: str):
         def record(msg) -> None:
@@ -551,3 +602,144 @@ def test_node_refuses_to_start_on_nan_weights(tmp_path, ros_domain, lite_checkpo
     text = node.text()
     assert node.proc.returncode != 0 and 'cannot start' in text and 'NaN or inf' in text
     assert str(bad / 'depth.pth') in text and 'ready' not in text
+
+
+# --- the managed node over DDS: lifecycle services, idle without subscribers, QoS overrides -------
+
+def lifecycle_call(harness: CameraHarness, node: NodeProcess, service: str, request, timeout: float = 30.0):
+    """Call the node's lifecycle service ``service`` (e.g. 'change_state') over DDS and return the response."""
+    from lifecycle_msgs.srv import ChangeState, GetState
+
+    types = {'change_state': ChangeState, 'get_state': GetState}
+    clients = harness.__dict__.setdefault('lifecycle_clients', {})
+    if service not in clients:
+        clients[service] = harness.node.create_client(types[service], f'/lifecycle/hr_depth/{service}')
+    client = clients[service]
+    wait_until(lambda: client.service_is_ready(), timeout, f'the {service} service', node.proc, node.log)
+    future = client.call_async(request)
+    wait_until(future.done, timeout, f'the {service} response', node.proc, node.log)
+    return future.result()
+
+
+def transition(harness: CameraHarness, node: NodeProcess, transition_id: int, timeout: float = 30.0) -> bool:
+    from lifecycle_msgs.msg import Transition
+    from lifecycle_msgs.srv import ChangeState
+
+    request = ChangeState.Request(transition=Transition(id=transition_id))
+    return lifecycle_call(harness, node, 'change_state', request, timeout).success
+
+
+def state_label(harness: CameraHarness, node: NodeProcess) -> str:
+    from lifecycle_msgs.srv import GetState
+
+    return lifecycle_call(harness, node, 'get_state', GetState.Request()).current_state.label
+
+
+def test_node_lifecycle_idle_and_qos_overrides(tmp_path, ros_domain, lite_checkpoint, camera_frames):
+    """autostart off: a failing configure is a FAILURE (node alive, unconfigured), fixed in place;
+    activate subscribes (image reliability from qos_overrides.*, camera_info from qos_reliability);
+    no inference until someone subscribes to an output, then the next frame is processed;
+    deactivate unsubscribes; cleanup frees the model."""
+    from lifecycle_msgs.msg import Transition
+    from rclpy.parameter import Parameter
+    from rclpy.parameter_client import AsyncParameterClient
+    from rclpy.qos import ReliabilityPolicy
+
+    node = NodeProcess(local_ros_env(ros_domain), tmp_path / 'node.log', '/lifecycle', '/nonexistent/weights',
+                       'autostart:=false', 'statistics_period:=0.2', 'backend:=torch', 'threads:=1',
+                       'qos_overrides./lifecycle/image.subscription.reliability:=reliable')
+    harness = CameraHarness(ros_domain, '/lifecycle', outputs=False)
+    try:
+        assert state_label(harness, node) == 'unconfigured'
+        assert not transition(harness, node, Transition.TRANSITION_CONFIGURE)
+        assert 'configure failed' in node.text() and '/nonexistent/weights' in node.text()
+        assert node.proc.poll() is None and state_label(harness, node) == 'unconfigured'
+
+        client = AsyncParameterClient(harness.node, '/lifecycle/hr_depth')
+        assert client.wait_for_services(10.0)
+        future = client.set_parameters([Parameter('weights', value=str(lite_checkpoint))])
+        wait_until(future.done, 10.0, 'setting weights', node.proc, node.log)
+        assert future.result().results[0].successful  # read-only only while configured
+        assert transition(harness, node, Transition.TRANSITION_CONFIGURE, timeout=FIRST_FRAME_TIMEOUT)
+        assert state_label(harness, node) == 'inactive'
+        time.sleep(1.0)
+        assert harness.image_pub.get_subscription_count() == 0  # inactive: not subscribed
+        future = client.set_parameters([Parameter('weights', value='/elsewhere')])
+        wait_until(future.done, 10.0, 'setting weights while configured', node.proc, node.log)
+        assert not future.result().results[0].successful
+
+        assert transition(harness, node, Transition.TRANSITION_ACTIVATE)
+        assert state_label(harness, node) == 'active'
+        wait_until(lambda: harness.image_pub.get_subscription_count() > 0
+                   and harness.info_pub.get_subscription_count() > 0, FRAME_TIMEOUT, 'the subscriptions',
+                   node.proc, node.log)
+        qos = {topic: harness.node.get_subscriptions_info_by_topic(topic)[0].qos_profile.reliability
+               for topic in ('/lifecycle/image', '/lifecycle/camera_info')}
+        assert qos == {'/lifecycle/image': ReliabilityPolicy.RELIABLE,
+                       '/lifecycle/camera_info': ReliabilityPolicy.BEST_EFFORT}
+
+        # nobody listens: frames are received, not processed, and the statistics say so
+        for i in range(3):
+            send_frame(harness, camera_frames[0], (3000, i))
+        idle = wait_until(lambda: [s for s in harness.statistics() if s['skipped_no_subscribers'] >= 3],
+                          FRAME_TIMEOUT, 'statistics while idle', node.proc, node.log)[-1]
+        assert idle['idle_no_subscribers'] and idle['processed'] == 0 and idle['received'] >= 3
+
+        # one subscriber to depth only: the next frame is processed
+        harness.subscribe_outputs(('depth',))
+        wait_until(lambda: harness.subs[-1].get_publisher_count() > 0, FRAME_TIMEOUT, 'depth discovery',
+                   node.proc, node.log)
+        send_frame(harness, camera_frames[1], (3001, 0))
+        wait_until(lambda: harness.by_stamp('depth', (3001, 0)), FIRST_FRAME_TIMEOUT, 'depth of the first frame '
+                   'after a subscriber appeared', node.proc, node.log)
+        busy = wait_until(lambda: [s for s in harness.statistics() if s['processed'] >= 1],
+                          FRAME_TIMEOUT, 'statistics after processing', node.proc, node.log)[-1]
+        assert not busy['idle_no_subscribers'] and busy['skipped_no_subscribers'] == idle['skipped_no_subscribers']
+        assert not harness.received['depth/colored'] and not harness.received['points']
+
+        assert transition(harness, node, Transition.TRANSITION_DEACTIVATE)
+        wait_until(lambda: harness.image_pub.get_subscription_count() == 0, FRAME_TIMEOUT,
+                   'the image subscription to go', node.proc, node.log)
+        assert state_label(harness, node) == 'inactive'
+        assert transition(harness, node, Transition.TRANSITION_CLEANUP)
+        assert state_label(harness, node) == 'unconfigured' and 'model released' in node.text()
+        assert node.proc.poll() is None
+    finally:
+        harness.close()
+        node.stop()
+
+
+def test_node_transitions_in_process(lite_checkpoint, ros_domain):
+    """The transitions called directly: what each builds and frees (on CUDA: deactivate returns cached memory)."""
+    import rclpy
+    import torch
+    from rclpy.context import Context
+    from rclpy.parameter import Parameter
+
+    from hr_depth_ros.depth_node import SUCCESS, DepthNode
+
+    cuda = torch.cuda.is_available()
+    context = Context()
+    rclpy.init(context=context, domain_id=ros_domain)
+    try:
+        node = DepthNode(context=context, parameter_overrides=[
+            Parameter('weights', value=str(lite_checkpoint)), Parameter('device', value='cuda' if cuda else 'cpu'),
+            Parameter('backend', value='torch'), Parameter('threads', value=1), Parameter('autostart', value=False)])
+        assert node.engine is None and node.inputs == []
+        assert node.trigger_configure() == SUCCESS
+        assert node.engine is not None and node.inputs == [] and node.worker is None and len(node.outputs) == 4
+        assert node.trigger_activate() == SUCCESS
+        assert len(node.inputs) == 2 and node.worker.is_alive() and node.stats_timer is not None
+        node.engine.process(np.zeros((192, 640, 3), np.uint8))  # leaves cached blocks on CUDA
+        reserved = torch.cuda.memory_reserved() if cuda else 0
+        assert node.trigger_deactivate() == SUCCESS
+        assert node.inputs == [] and node.worker is None and node.stats_timer is None and node.engine is not None
+        if cuda:
+            assert torch.cuda.memory_reserved() < reserved
+        assert node.trigger_cleanup() == SUCCESS
+        assert node.engine is None and node.config is None and node.outputs == []
+        assert node.trigger_configure() == SUCCESS  # configurable again after cleanup
+        assert node.trigger_shutdown() == SUCCESS and node.engine is None
+        node.destroy_node()
+    finally:
+        rclpy.shutdown(context=context)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import ast
+import fnmatch
 import importlib.util
 import json
 import subprocess
@@ -15,6 +16,7 @@ import yaml
 from hr_depth_ros.finetune_node import PARAMETERS, _Unset
 from hr_depth_ros.make_synthetic_bag import write_synthetic_bag
 from hr_depth_ros.transport import local_ros_env
+from test_launch import _installed_config_globs, _node_calls
 
 REPO = Path(__file__).resolve().parents[1]
 LAUNCH_FILE = REPO / 'launch' / 'finetune.launch.py'
@@ -63,8 +65,20 @@ def test_launch_starts_a_console_script_with_declared_parameters():
     arguments = {n.args[0].value for n in ast.walk(tree) if isinstance(n, ast.Call)
                  and getattr(n.func, 'id', None) == 'DeclareLaunchArgument'}
     assert arguments == {'bag', 'output_dir', 'params_file'}
-    assert "'finetune.yaml'" in LAUNCH_FILE.read_text() and "glob('config/*.yaml')" in setup
-    assert f"NODE_NAME = '{NODE_NAME}'" in LAUNCH_FILE.read_text()
+    # The launched node gets the name the node gives itself and the params file's top-level key.
+    launched_name = next(call['name'] for call in _node_calls(tree) if call.get('package') == 'hr_depth_ros')
+    node_source = ast.parse((REPO / 'hr_depth_ros' / 'finetune_node.py').read_text())
+    own_name = next(n.args[0].value for n in ast.walk(node_source) if isinstance(n, ast.Call)
+                    and getattr(n.func, 'attr', None) == '__init__' and n.args and isinstance(n.args[0], ast.Constant))
+    assert launched_name == own_name == NODE_NAME
+    assert list(yaml.safe_load(YAML_FILE.read_text())) == [launched_name]
+    # The default params_file (share/<package>/config/<name>) is a file in config/ that setup.py installs.
+    default = next(kw.value for n in ast.walk(tree) if isinstance(n, ast.Call)
+                   and getattr(n.func, 'id', None) == 'DeclareLaunchArgument' and n.args[0].value == 'params_file'
+                   for kw in n.keywords if kw.arg == 'default_value')
+    relative = Path(*(a.value for a in default.args if isinstance(a, ast.Constant)))
+    assert (REPO / relative).resolve() == YAML_FILE.resolve()
+    assert any(fnmatch.fnmatch(str(relative), pattern) for pattern in _installed_config_globs())
 
 
 @pytest.mark.skipif(importlib.util.find_spec('launch_ros') is None,

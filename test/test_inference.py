@@ -22,14 +22,33 @@ def image():
     return np.random.default_rng(0).integers(0, 256, (240, 800, 3), dtype=np.uint8)
 
 
-def test_preprocess_resizes_and_scales(estimator, image):
-    tensor = estimator.preprocess(image)
+def bilinear_columns(row: np.ndarray, width: int) -> np.ndarray:
+    """Hand-written half-pixel-centre linear resize of ``row`` (W x C) to ``width`` columns (OpenCV's rule)."""
+    source = np.clip((np.arange(width) + 0.5) * len(row) / width - 0.5, 0, len(row) - 1)
+    left = np.floor(source).astype(int)
+    right = np.minimum(left + 1, len(row) - 1)
+    weight = (source - left)[:, None]
+    return (1 - weight) * row[left] + weight * row[right]
+
+
+def test_preprocess_resizes_and_scales(estimator):
+    rng = np.random.default_rng(1)
+    # shrinking 2x: the mean of each 2 x 2 block (area), channels kept in order, scaled to [0, 1]
+    large = rng.integers(0, 256, (384, 1280, 3), dtype=np.uint8)
+    blocks = large.reshape(192, 2, 640, 2, 3).astype(np.float64).mean(axis=(1, 3)) / 255.0
+    tensor = estimator.preprocess(large)
     assert tensor.shape == (1, 3, 192, 640) and tensor.dtype == torch.float32
-    assert 0.0 <= tensor.min() and tensor.max() <= 1.0
-    same_size = np.full((192, 640, 3), 255, dtype=np.uint8)
-    assert torch.all(estimator.preprocess(same_size) == 1.0)
+    np.testing.assert_allclose(tensor[0].permute(1, 2, 0).numpy(), blocks, atol=0.51 / 255)
+    # enlarging 2x along the width: linear interpolation between neighbouring columns
+    narrow = np.repeat(rng.integers(0, 256, (1, 320, 3), dtype=np.uint8), 192, axis=0)
+    expected = bilinear_columns(narrow[0].astype(np.float64), 640) / 255.0
+    np.testing.assert_allclose(estimator.preprocess(narrow)[0, :, 5].T.numpy(), expected, atol=1.01 / 255)
+    # the network's size: no resize, exactly value / 255
+    same_size = rng.integers(0, 256, (192, 640, 3), dtype=np.uint8)
+    np.testing.assert_array_equal(estimator.preprocess(same_size)[0].permute(1, 2, 0).numpy(),
+                                  same_size.astype(np.float32) / np.float32(255.0))
     with pytest.raises(ValueError, match='uint8 RGB'):
-        estimator.preprocess(image[..., 0])
+        estimator.preprocess(large[..., 0])
 
 
 def test_depth_is_scaled_converted_disparity(lite_checkpoint, image):

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from hr_depth_ros.depth_node import NODE_NAME, PARAMETER_NAMES, PARAMETERS_BY_NAME, NodeConfig
+from hr_depth_ros.depth_engine import NODE_NAME, PARAMETER_NAMES, PARAMETERS_BY_NAME, NodeConfig
 
 REPO = Path(__file__).resolve().parents[1]
 LAUNCH_FILE = REPO / 'launch' / 'depth.launch.py'
@@ -94,19 +94,24 @@ def test_launch_passes_only_declared_parameters():
     table = next(node.value for node in ast.walk(tree) if isinstance(node, ast.Assign)
                  and any(getattr(t, 'id', None) == 'NODE_PARAMETER_ARGUMENTS' for t in node.targets))
     passed = {key.value for key in table.keys}
-    assert passed == {'weights', 'device', 'image_transport', 'depth_scale'}
+    assert passed == {'weights', 'device', 'image_transport', 'depth_scale', 'autostart'}
     assert passed <= set(PARAMETER_NAMES)
     for key, value in zip(table.keys, table.values):
         assert type(PARAMETERS_BY_NAME[key.value].default).__name__ == value.id
     declared_arguments = {node.args[0].value for node in ast.walk(tree) if isinstance(node, ast.Call)
                           and getattr(node.func, 'id', None) == 'DeclareLaunchArgument'}
     assert declared_arguments == {'image', 'camera_info', 'weights', 'device', 'image_transport',
-                                  'params_file', 'use_rviz', 'depth_scale'}
+                                  'params_file', 'use_rviz', 'depth_scale', 'autostart'}
     assert passed <= declared_arguments
     remapped = {elt.elts[0].value for node in ast.walk(tree) if isinstance(node, ast.keyword)
                 and node.arg == 'remappings' for elt in node.value.elts}
     assert remapped == {'image', 'image/compressed', 'camera_info'}
     assert 'FASTDDS_DEFAULT_PROFILES_FILE' in LAUNCH_FILE.read_text()
+    # The managed node reaches active by default (as before the lifecycle), whatever the params file says.
+    autostart = next(node for node in ast.walk(tree) if isinstance(node, ast.Call)
+                     and getattr(node.func, 'id', None) == 'DeclareLaunchArgument' and node.args[0].value == 'autostart')
+    default = next(kw.value.value for kw in autostart.keywords if kw.arg == 'default_value')
+    assert yaml.safe_load(default) is True and PARAMETERS_BY_NAME['autostart'].default is True
 
 
 def test_depth_yaml_declares_every_parameter_with_the_right_type():

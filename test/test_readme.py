@@ -25,8 +25,8 @@ def test_parameter_table_matches_the_node():
 def test_topic_table_names_every_topic_of_the_node():
     readme = (REPO / 'README.md').read_text()
     source = (REPO / 'hr_depth_ros' / 'depth_node.py').read_text()
-    topics = set(re.findall(r"create_(?:publisher|subscription)\(\s*\w+,\s*'([^']+)'", source))
-    topics |= set(re.findall(r"create_subscription\(\s*\n?\s*\w+,\s*'([^']+)'", source))
+    # create_lifecycle_publisher(Image, 'depth', ...), subscribe(Image, 'image', ...) (possibly after a newline)
+    topics = set(re.findall(r"(?:create_lifecycle_publisher|subscribe)\(\s*\w+,\s*'([^']+)'", source))
     assert {'image', 'camera_info', 'depth', 'depth/colored', 'points'} <= topics
     for topic in topics:
         assert f'| `{topic}` |' in readme, f'topic {topic} missing from the README topic table'
