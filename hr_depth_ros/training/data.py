@@ -49,10 +49,11 @@ from hr_depth_ros.camera_info import camera_info_K, implausible_intrinsics
 from hr_depth_ros.geometry import intrinsics_4x4, relative_transform, scale_intrinsics
 from hr_depth_ros.image_decoding import DEFAULT_MAX_PIXELS, compressed_to_rgb, image_to_array, image_to_rgb
 from hr_depth_ros.tf_poses import DEFAULT_MAX_TF_GAP_S, TransformError, TransformTree, normalize_frame
+from hr_depth_ros.training.sources import expand_bags
 
 __all__ = ['DataError', 'DataConfig', 'FrameStore', 'SampleReport', 'extract_frames', 'build_samples',
            'split_samples', 'TripletDataset', 'prepare_data', 'PreparedData', 'FRAME_OFFSETS', 'POSE_SOURCES',
-           'resolve_pose_source']
+           'resolve_pose_source', 'bag_reports']
 
 IMAGE_TYPE = 'sensor_msgs/msg/Image'
 COMPRESSED_TYPE = 'sensor_msgs/msg/CompressedImage'
@@ -131,6 +132,7 @@ class FrameStore:
     frames_without_tf: int = 0
     owns_folder: bool = True
     skipped: int = 0                            # undecodable image messages
+    bag_skipped: list[int] = field(default_factory=list)  # undecodable image messages per bag
     notes: list[str] = field(default_factory=list)  # partial bags, skipped frames: one line each
     _arrays: dict[str, np.ndarray] | None = field(default=None, repr=False)
 
@@ -240,7 +242,10 @@ def extract_frames(config: DataConfig) -> FrameStore:
     """
     if not config.bags:
         raise DataError('no bags given')
-    bags = [Path(b).expanduser() for b in config.bags]
+    try:
+        bags = expand_bags(config.bags)
+    except ValueError as error:
+        raise DataError(str(error)) from error
     checked = [(bag, *_check_topics(bag, config)) for bag in bags]
     capacity = 0
     for bag, _, _ in checked:
@@ -267,6 +272,7 @@ def extract_frames(config: DataConfig) -> FrameStore:
         Ks: list[np.ndarray] = []
         notes: list[str] = []
         count = skipped = 0
+        bag_skipped_counts: list[int] = []
         for seg, (bag, topics, has_info) in enumerate(checked):
             compressed = topics[config.image_topic] == COMPRESSED_TYPE
             wanted = [config.image_topic]
@@ -339,6 +345,7 @@ def extract_frames(config: DataConfig) -> FrameStore:
                         pending_depth[stamp] = gt
             _check_decodable(bag, config, count - first, bag_skipped, notes)
             skipped += len(bag_skipped)
+            bag_skipped_counts.append(len(bag_skipped))
             if K_raw is None:
                 if config.intrinsics is None:
                     raise DataError(f'bag {bag}: no message on {config.camera_info_topic} and no intrinsics given')
@@ -379,7 +386,7 @@ def extract_frames(config: DataConfig) -> FrameStore:
                           segment=np.asarray(segments, dtype=np.int64), K=Ks, has_depth=has_depth[:count].copy(),
                           bags=[str(b) for b in bags], poses=poses[:count].copy(), tf_segments=tf_segments,
                           tf_notes=tf_notes, frames_without_tf=frames_without_tf,
-                          skipped=skipped, notes=notes)
+                          skipped=skipped, bag_skipped=bag_skipped_counts, notes=notes)
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)
         raise
@@ -460,16 +467,19 @@ class SampleReport:
 
 def build_samples(store: FrameStore, frame_stride: int = 1, max_gap_factor: float = 2.5,
                   min_motion: float = 0.5, report: SampleReport | None = None,
-                  require_pose: bool = False) -> list[tuple[int, int, int]]:
-    """Triplets ``(previous, centre, next)`` of frame indices; see the module docstring for the rules."""
+                  require_pose: bool = False, segments: Sequence[int] | None = None) -> list[tuple[int, int, int]]:
+    """Triplets ``(previous, centre, next)`` of frame indices; see the module docstring for the rules.
+
+    ``segments``: only these bags (default: all).
+    """
     if frame_stride < 1:
         raise ValueError(f'frame_stride must be >= 1, got {frame_stride}')
     report = report if report is not None else SampleReport()
-    report.frames += len(store)
     thumbs = store.thumbs
     samples: list[tuple[int, int, int]] = []
-    for seg in np.unique(store.segment):
+    for seg in (np.unique(store.segment) if segments is None else segments):
         frames = np.flatnonzero(store.segment == seg)
+        report.frames += len(frames)
         stamps = store.stamps_ns[frames]
         gaps = np.diff(stamps).astype(np.float64)
         limit = max_gap_factor * float(np.median(gaps)) if len(gaps) else 0.0
@@ -598,6 +608,11 @@ class PreparedData:
     val: list[tuple[int, int, int]]
     report: SampleReport
     pose_source: str = 'net'        # what the trainer uses: 'tf' or 'net'
+    bag_reports: list[SampleReport] = field(default_factory=list)  # one per bag, in store.bags order
+
+    def bag_summaries(self) -> list[str]:
+        """One line per bag: frames, kept samples, dropped and why."""
+        return [f'bag {bag}: {report.summary()}' for bag, report in zip(self.store.bags, self.bag_reports)]
 
     @property
     def val_has_poses(self) -> bool:
@@ -627,13 +642,27 @@ def prepare_data(config: DataConfig, min_train_samples: int = 1) -> PreparedData
         samples = build_samples(store, config.frame_stride, config.max_gap_factor, config.min_motion, report,
                                 require_pose=pose_source == 'tf')
         train, val = split_samples(store, samples, config.val_fraction, config.val_block_frames, report)
+        by_bag = bag_reports(store, config, require_pose=pose_source == 'tf')
         if len(train) < min_train_samples:
             raise DataError(f'too few usable training samples in {", ".join(store.bags)}: found '
                             f'{len(train)}, need {min_train_samples}; {report.summary()}')
-        return PreparedData(store, train, val, report, pose_source)
+        return PreparedData(store, train, val, report, pose_source, by_bag)
     except BaseException:
         store.close()
         raise
+
+
+def bag_reports(store: FrameStore, config: DataConfig, require_pose: bool) -> list[SampleReport]:
+    """The sample report of every bag on its own (same rules as :func:`prepare_data`)."""
+    reports = []
+    for seg in range(len(store.bags)):
+        report = SampleReport(skipped_frames=store.bag_skipped[seg] if seg < len(store.bag_skipped) else 0,
+                              notes=[store.tf_notes[seg]] if seg < len(store.tf_notes) and store.tf_notes[seg] else [])
+        samples = build_samples(store, config.frame_stride, config.max_gap_factor, config.min_motion, report,
+                                require_pose=require_pose, segments=[seg])
+        split_samples(store, samples, config.val_fraction, config.val_block_frames, report)
+        reports.append(report)
+    return reports
 
 
 def _check_consecutive(store: FrameStore, frame_stride: int) -> None:

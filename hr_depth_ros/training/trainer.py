@@ -490,7 +490,7 @@ class Trainer:
             # The depth node reads "intrinsics" (depth_node.checkpoint_intrinsics) when no camera_info arrives.
             'intrinsics': {'K': K.tolist(), 'width': cfg.width, 'height': cfg.height},
             'K_normalized': normalized_intrinsics(K, cfg.width, cfg.height).tolist(),
-            'bags': [str(b) for b in cfg.bags],
+            'bags': [str(b) for b in data.store.bags],  # --bag folders and patterns expanded
             'topics': {'image': cfg.image_topic, 'camera_info': cfg.camera_info_topic, 'gt_depth': cfg.gt_depth_topic},
             'config': asdict(cfg), 'step': self.state.step, 'epoch': self.state.epoch,
             'metrics': self.state.last_val, 'best_val_loss': None if math.isinf(self.state.best_val) else self.state.best_val,
@@ -564,6 +564,9 @@ class Trainer:
     def _run(self, data: PreparedData) -> dict[str, Any]:
         cfg = self.config
         self._log(data.report.summary())
+        if len(data.store.bags) > 1:
+            for line in data.bag_summaries():
+                self._log(line)
         for note in data.store.tf_notes:
             if note:
                 self._log(note)
