@@ -15,12 +15,20 @@ Writes ``DIR/latest/`` (and ``DIR/best/``) checkpoint folders loadable by the de
 holding a previous run is refused unless ``--resume`` or ``--overwrite``. Bad input, and a
 folder that cannot be written (read-only, full disk, permissions): one line on stderr naming the
 path, exit code 2.
+
+Several processes (PyTorch DistributedDataParallel; gloo on the CPU, NCCL with one GPU per rank)::
+
+    torchrun --standalone --nproc_per_node N -m hr_depth_ros.finetune --bag BAGS ... --output DIR
+
+Rank 0 alone writes checkpoints, metrics.csv, TensorBoard and progress; the other ranks print
+errors only, naming their rank. ``--batch-size`` is per rank: the effective batch is N times it.
 """
 from __future__ import annotations
 
 import argparse
 import errno
 import logging
+import os
 import sys
 from typing import Sequence
 
@@ -44,7 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(prog='finetune', description=__doc__.split('\n\n')[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument('--bag', action='append', required=True, help='rosbag2 folder or ROS 1 .bag (repeatable)')
+    parser.add_argument('--bag', action='append', required=True, help='rosbag2 folder, ROS 1 .bag, a folder holding bags (searched recursively) or a glob '
+                             'pattern (quoted); repeatable')
     parser.add_argument('--output', required=True, help='output folder (latest/, best/, metrics.csv)')
     parser.add_argument('--image-topic', default='/camera/image_raw', help='sensor_msgs/Image or CompressedImage topic')
     parser.add_argument('--camera-info-topic', default='/camera/camera_info')
@@ -125,7 +134,9 @@ def config_from_args(args: argparse.Namespace):
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format='[finetune] %(message)s')
+    rank = int(os.environ.get('RANK', '0'))  # set by torchrun; ranks other than 0 report errors only
+    who = f'finetune (rank {rank})' if rank else 'finetune'
+    logging.basicConfig(level=logging.WARNING if args.quiet or rank else logging.INFO, format='[finetune] %(message)s')
     from hr_depth_ros.bags import BagError
     from hr_depth_ros.checkpoint import CheckpointError
     from hr_depth_ros.training.data import DataError
@@ -134,14 +145,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         result = train(config_from_args(args))
     except (BagError, DataError, CheckpointError, TrainingError, ValueError) as error:
-        print(f'finetune: error: {error}', file=sys.stderr)
+        print(f'{who}: error: {error}', file=sys.stderr)
         return 2
     except OSError as error:
-        print(f'finetune: error: {describe_os_error(error, args.output)}', file=sys.stderr)
+        print(f'{who}: error: {describe_os_error(error, args.output)}', file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print('finetune: interrupted (OUTPUT/latest holds the last saved step)', file=sys.stderr)
+        print(f'{who}: interrupted (OUTPUT/latest holds the last saved step)', file=sys.stderr)
         return 130
+    if rank:
+        return 0
     print(f'finetune: done at step {result["step"]}; checkpoint {result["latest"]}'
           + (f', best {result["best"]}' if result['best'] else ''))
     return 0

@@ -1,11 +1,18 @@
 """Fleet-scale fine-tuning (issue 14): many bags per --bag, per-bag summaries."""
 from __future__ import annotations
 
+import csv
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from hr_depth_ros import finetune
+from hr_depth_ros.checkpoint import load_depth_checkpoint
 from hr_depth_ros.make_synthetic_bag import write_synthetic_bag
 from hr_depth_ros.training.data import DataConfig, DataError, prepare_data
 from hr_depth_ros.training.sources import bags_in, expand_bags
@@ -68,3 +75,65 @@ def test_a_folder_of_bags_keeps_bags_apart_and_reports_each(fleet):
             assert sum(getattr(r, field) for r in reports) == getattr(data.report, field)
     finally:
         data.close()
+
+
+# --- torchrun + DistributedDataParallel --------------------------------------------------------
+REPO = Path(__file__).resolve().parents[1]
+TORCHRUN_ARGS = ['--width', str(W), '--height', str(H), '--batch-size', '2', '--device', 'cpu',
+                 '--gt-depth-topic', '/camera/depth_gt', '--val-fraction', '0.3', '--save-every', '100',
+                 '--val-every', '3', '--pose-source', 'net']
+
+
+def _torchrun(args: list[str], nproc: int = 2) -> subprocess.CompletedProcess:
+    """``torchrun --standalone`` (loopback rendezvous) on this worktree's package, 1 thread per rank."""
+    env = {**os.environ, 'PYTHONPATH': str(REPO), 'OMP_NUM_THREADS': '1', 'MASTER_ADDR': '127.0.0.1'}
+    command = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', str(nproc),
+               '-m', 'hr_depth_ros.finetune', *args]
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+
+
+def _rows(path: Path) -> list[dict[str, str]]:
+    with open(path, newline='') as stream:
+        return list(csv.DictReader(stream))
+
+
+@pytest.fixture(scope='module')
+def ddp_bag(tmp_path_factory) -> Path:
+    return write_synthetic_bag(tmp_path_factory.mktemp('ddp') / 'drive', frames=30, width=256, height=96, seed=5)
+
+
+def test_torchrun_two_processes_train_resume_and_validate_like_one(ddp_bag, tmp_path):
+    output = tmp_path / 'ddp'
+    args = ['--bag', str(ddp_bag), '--output', str(output), *TORCHRUN_ARGS]
+    run = _torchrun([*args, '--steps', '3'])
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert '2 processes (DistributedDataParallel), effective batch 4' in run.stderr
+    assert run.stdout.count('finetune: done') == 1  # rank 1 reports nothing
+    run = _torchrun([*args, '--steps', '5', '--resume'])
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert 'resumed from' in run.stderr
+    rows = _rows(output / 'metrics.csv')
+    keys = [(r['step'], r['split']) for r in rows]
+    assert len(keys) == len(set(keys)) and ('3', 'val') in keys and ('5', 'val') in keys  # rank 0 alone writes
+    meta = json.loads((output / 'latest' / 'hr_depth_ros.json').read_text())
+    assert meta['step'] == 5 and meta['world_size'] == 2 and meta['effective_batch_size'] == 4
+    assert meta['samples_seen'] == 5 * 2 * 2  # steps x per-rank batch x ranks, across the resume
+    assert not list(output.glob('.hr_depth_frames-*'))  # every rank's frame cache removed
+    load_depth_checkpoint(output / 'latest')
+    # A single process validating the same checkpoint (step 0 of a run started from it) gets the
+    # numbers the two ranks recorded for it.
+    single = tmp_path / 'single'
+    assert finetune.main(['--bag', str(ddp_bag), '--output', str(single), '--init', str(output / 'latest'),
+                          '--steps', '1', '--quiet', *TORCHRUN_ARGS]) == 0
+    ddp_val = next(r for r in rows if (r['step'], r['split']) == ('5', 'val'))
+    single_val = next(r for r in _rows(single / 'metrics.csv') if (r['step'], r['split']) == ('0', 'val'))
+    for key in ('loss', 'photometric', 'loss_tf', 'abs_rel', 'rmse', 'a1'):
+        assert float(single_val[key]) == pytest.approx(float(ddp_val[key]), rel=1e-4), key
+
+
+def test_torchrun_failure_stops_every_rank_with_the_reason(tmp_path):
+    run = _torchrun(['--bag', str(tmp_path / 'no_such_bag'), '--output', str(tmp_path / 'out'), *TORCHRUN_ARGS,
+                     '--steps', '1'])
+    assert run.returncode != 0
+    assert 'finetune: error: ' in run.stderr and 'no_such_bag' in run.stderr
+    assert not (tmp_path / 'out').exists()

@@ -33,6 +33,7 @@ import csv
 import functools
 import logging
 import math
+import os
 import random
 import sys
 import time
@@ -54,6 +55,7 @@ from hr_depth_ros.image_decoding import DEFAULT_MAX_PIXELS
 from hr_depth_ros.inference import select_device
 from hr_depth_ros.networks import ARCHITECTURES, build_depth_model, build_pose_model
 from hr_depth_ros.tf_poses import DEFAULT_MAX_TF_GAP_S
+from hr_depth_ros.training.distributed import SINGLE, Distributed, data_parallel, from_environment, train_sampler
 from hr_depth_ros.training.data import POSE_SOURCES, DataConfig, PreparedData, TripletDataset, prepare_data
 from hr_depth_ros.training.losses import (SMOOTHNESS_WEIGHT, distillation_loss, min_reprojection, photometric_error,
                                           smoothness_loss, upsample_to)
@@ -255,6 +257,7 @@ class _State:
     metric: bool = False                    # whether that depth is in metres
     selected_by: str = 'loss'               # what best/ is chosen by
     scale_search: dict[str, Any] = field(default_factory=dict)
+    samples_seen: int = 0                   # training samples consumed, all ranks together
 
 
 class Trainer:
@@ -269,9 +272,12 @@ class Trainer:
         self.callback = callback
         self.device = torch.device('cpu')
         self.state = _State()
+        self.dist: Distributed = SINGLE     # this process's rank in a torchrun job
 
     # -- reporting ------------------------------------------------------------------------------
     def _emit(self, event: str, **fields: Any) -> None:
+        if not self.dist.is_main:  # rank 0 alone reports; the others raise their errors
+            return
         if event == 'log':
             LOGGER.info('%s', fields['message'])
         if self.callback is not None:
@@ -314,10 +320,12 @@ class Trainer:
             module.to(self.device)
         return models
 
-    def _loader(self, dataset: TripletDataset, shuffle: bool, generator: torch.Generator | None = None) -> DataLoader:
+    def _loader(self, dataset: TripletDataset, shuffle: bool, generator: torch.Generator | None = None,
+                sampler: Any = None) -> DataLoader:
         cfg = self.config
-        return DataLoader(dataset, batch_size=cfg.batch_size, shuffle=shuffle, num_workers=cfg.num_workers,
-                          drop_last=shuffle and len(dataset) >= cfg.batch_size, generator=generator,
+        return DataLoader(dataset, batch_size=cfg.batch_size, shuffle=shuffle and sampler is None,
+                          num_workers=cfg.num_workers, sampler=sampler,
+                          drop_last=shuffle and len(sampler or dataset) >= cfg.batch_size, generator=generator,
                           pin_memory=self.device.type == 'cuda', persistent_workers=cfg.num_workers > 0)
 
     # -- the loss -------------------------------------------------------------------------------
@@ -481,6 +489,8 @@ class Trainer:
     def _save(self, models: _Models, optimizer: torch.optim.Optimizer, scheduler: Any, scaler: Any,
               data: PreparedData, name: str) -> Path | None:
         cfg = self.config
+        if not self.dist.is_main:  # rank 0 alone writes checkpoints
+            return None
         if not all(_finite(m) for m in models.trainable()):
             self._log(f'not saving {name}/: the weights contain NaN/inf (the previous checkpoint is kept)')
             return None
@@ -495,6 +505,8 @@ class Trainer:
             'config': asdict(cfg), 'step': self.state.step, 'epoch': self.state.epoch,
             'metrics': self.state.last_val, 'best_val_loss': None if math.isinf(self.state.best_val) else self.state.best_val,
             'samples': {'train': len(data.train), 'val': len(data.val)}, 'trained_with': 'hr_depth_ros.training',
+            'world_size': self.dist.world_size, 'effective_batch_size': cfg.batch_size * self.dist.world_size,
+            'samples_seen': self.state.samples_seen,
             'pose_source': self.state.pose_source, 'selected_by': self.state.selected_by,
             'depth_units': 'metres' if self.state.metric else 'relative (monocular: no metric scale)',
         }
@@ -505,6 +517,7 @@ class Trainer:
         training_state = {'optimizer': optimizer.state_dict(), 'scheduler': scheduler.state_dict(),
                           'scaler': scaler.state_dict() if scaler is not None else {},
                           'step': self.state.step, 'epoch': self.state.epoch, 'best_val': self.state.best_val,
+                          'samples_seen': self.state.samples_seen,
                           'torch_rng': torch.get_rng_state()}
         folder = save_depth_checkpoint(
             Path(cfg.output).expanduser() / name, models.encoder, models.decoder, arch=cfg.arch,
@@ -532,6 +545,7 @@ class Trainer:
                 scaler.load_state_dict(state['scaler'])
             self.state.step, self.state.epoch = int(state['step']), int(state['epoch'])
             self.state.best_val = float(state.get('best_val', math.inf))
+            self.state.samples_seen = int(state.get('samples_seen', 0))
             scale = metric_scale_of(ckpt.metadata)
             if scale is not None:
                 self.state.metric_scale, self.state.metric = scale, True
@@ -546,15 +560,25 @@ class Trainer:
     def run(self) -> dict[str, Any]:
         """Train; returns ``{'step', 'epoch', 'latest', 'best', 'val', 'samples_per_s', 'data'}``."""
         cfg = self.config
-        for action in prepare_output(cfg.output, cfg.resume, cfg.overwrite):  # before validate looks for latest/
-            self._log(action)
+        self.dist = from_environment(select_device(cfg.device).type)  # a torchrun job, or SINGLE
+        try:
+            return self._run_ranks()
+        finally:
+            self.dist.close()
+
+    def _run_ranks(self) -> dict[str, Any]:
+        cfg = self.config
+        if self.dist.is_main:  # the others wait until the output folder is recovered and checked
+            for action in prepare_output(cfg.output, cfg.resume, cfg.overwrite):  # before validate looks for latest/
+                self._log(action)
+        self.dist.barrier()
         cfg.validate()
         _seed_everything(cfg.seed, cfg.deterministic)
-        self.device = select_device(cfg.device)
+        self.device = self.dist.device(select_device(cfg.device))
         with removed_if_left_empty(cfg.output):  # the frame cache lives in output: bad input leaves nothing
             data = prepare_data(cfg.data_config(), min_train_samples=1)
         try:
-            if cfg.overwrite and not cfg.resume:  # only now that the new run's data is ready
+            if cfg.overwrite and not cfg.resume and self.dist.is_main:  # only now that the new run's data is ready
                 for action in remove_previous_run(cfg.output):
                     self._log(action)
             return self._run(data)
@@ -583,10 +607,15 @@ class Trainer:
         if cfg.resume:
             self._resume(models, optimizer, scheduler, scaler)
         generator = torch.Generator().manual_seed(cfg.seed + self.state.step)
-        train_loader = self._loader(TripletDataset(data.store, data.train, augment=cfg.augment), True, generator)
+        train_set = TripletDataset(data.store, data.train, augment=cfg.augment)
+        sampler = train_sampler(self.dist, train_set, cfg.seed)
+        train_loader = self._loader(train_set, True, generator, sampler)
         val_loader = self._loader(TripletDataset(data.store, data.val), False) if data.val else None
-        if not cfg.resume:
-            self._choose_metric_scale(models, data)
+        if not cfg.resume:  # on rank 0, the same scale for every rank
+            if self.dist.is_main:
+                self._choose_metric_scale(models, data)
+            state = self.dist.broadcast((self.state.metric, self.state.metric_scale, self.state.scale_search))
+            self.state.metric, self.state.metric_scale, self.state.scale_search = state
         pose_warmup = cfg.pose_warmup_steps
         if pose_warmup is None:
             pose_warmup = (AUTO_POSE_WARMUP_STEPS if data.pose_source == 'net' and cfg.init and models.pose_from_scratch
@@ -604,7 +633,7 @@ class Trainer:
         total = cfg.steps if cfg.steps is not None else cfg.epochs * steps_per_epoch
         output = Path(cfg.output).expanduser()
         output.mkdir(parents=True, exist_ok=True)
-        metrics_path = output / 'metrics.csv'
+        metrics_path = output / 'metrics.csv' if self.dist.is_main else Path(os.devnull)  # rank 0 alone writes
         new_csv = not (cfg.resume and metrics_path.is_file())
         csv_stream = open(metrics_path, 'w' if new_csv else 'a', newline='')
         writer = csv.DictWriter(csv_stream, fieldnames=METRICS_COLUMNS)
@@ -613,20 +642,27 @@ class Trainer:
         tensorboard = None
         try:
             from torch.utils.tensorboard import SummaryWriter  # optional
-            tensorboard = SummaryWriter(str(output / 'tensorboard'))
+            tensorboard = SummaryWriter(str(output / 'tensorboard')) if self.dist.is_main else None
         except Exception:  # tensorboard not installed
             tensorboard = None
-        show_bar = sys.stderr.isatty() if cfg.progress_bar is None else cfg.progress_bar
+        show_bar = (sys.stderr.isatty() if cfg.progress_bar is None else cfg.progress_bar) and self.dist.is_main
         bar = None
         if show_bar:
             from tqdm import tqdm
             bar = tqdm(total=total, initial=self.state.step, desc='fine-tuning', unit='step')
+        world = self.dist.world_size
         self._log(f'training {cfg.arch} at {cfg.width}x{cfg.height} on {self.device} for {total} steps '
-                  f'({steps_per_epoch} per epoch, batch {cfg.batch_size}, lr {cfg.lr}), output {output}')
+                  f'({steps_per_epoch} per epoch, batch {cfg.batch_size}, lr {cfg.lr}), output {output}'
+                  + (f'; {world} processes (DistributedDataParallel), effective batch {cfg.batch_size * world}'
+                     if self.dist.active else ''))
         val_every = cfg.val_every if cfg.val_every > 0 else steps_per_epoch
         validate = functools.partial(self._validation_step, models, val_loader, optimizer, scheduler, scaler, data,
                                      writer, csv_stream, tensorboard)
         best = validate() if not cfg.resume and cfg.init else None  # the start model: best/ is never worse
+        # One DistributedDataParallel over the whole step in a torchrun job (gradients averaged over
+        # the ranks); validation, the scale search and checkpoints use the plain networks.
+        train_step = data_parallel(self.dist, models.trainable(), functools.partial(self._losses, models),
+                                   self.device)
         start_step, start_time = self.state.step, time.perf_counter()
         samples_per_s = 0.0
         running: list[float] = []
@@ -637,6 +673,8 @@ class Trainer:
                 module.train()
             while self.state.step < total:
                 frozen = self.state.epoch < cfg.freeze_encoder_epochs
+                if sampler is not None:
+                    sampler.set_epoch(self.state.epoch)
                 for batch in train_loader:
                     warming_up = self.state.step < pose_warmup
                     models.encoder.requires_grad_(not (frozen or warming_up))
@@ -646,9 +684,12 @@ class Trainer:
                     if cfg.freeze_bn:
                         freeze_batch_norm(models.encoder)
                     with torch.autocast(self.device.type, dtype=torch.float16, enabled=use_amp):
-                        loss, info = self._losses(models, batch)
+                        loss, info = train_step(batch)
                     optimizer.zero_grad(set_to_none=True)
-                    if not torch.isfinite(loss):
+                    if not self.dist.all_true(bool(torch.isfinite(loss)), self.device):  # every rank skips
+                        if self.dist.active:
+                            loss.backward()  # completes DDP's gradient exchange; the gradients are dropped
+                            optimizer.zero_grad(set_to_none=True)
                         bad_in_a_row += 1
                         self.state.skipped_steps += 1
                         self._log(f'step {self.state.step + 1}: non-finite loss {loss.item()}, step skipped')
@@ -665,10 +706,11 @@ class Trainer:
                         loss.backward()
                         optimizer.step()
                     self.state.step += 1
+                    self.state.samples_seen += len(batch['index']) * world  # every rank's batch has this size
                     running.append(loss.item())
                     elapsed = time.perf_counter() - start_time
                     done = self.state.step - start_step
-                    samples_per_s = done * cfg.batch_size / max(elapsed, 1e-9)
+                    samples_per_s = done * cfg.batch_size * world / max(elapsed, 1e-9)  # all ranks together
                     eta = (total - self.state.step) * elapsed / max(done, 1)
                     if bar is not None:
                         bar.update(1)
@@ -708,7 +750,8 @@ class Trainer:
             latest = output / 'latest'
         self._log(f'finished at step {self.state.step}: {samples_per_s:.2f} samples/s, latest {latest}, '
                   f'best validation {self.state.selected_by} {self.state.best_val:.4f}')
-        return {'step': self.state.step, 'epoch': self.state.epoch, 'latest': latest,
+        return {'step': self.state.step, 'epoch': self.state.epoch, 'latest': latest, 'world_size': world,
+                'samples_seen': self.state.samples_seen,
                 'best': output / 'best' if (output / 'best').is_dir() else None, 'val': self.state.last_val,
                 'samples_per_s': samples_per_s, 'skipped_steps': self.state.skipped_steps,
                 'data': data.report.summary()}
@@ -716,7 +759,10 @@ class Trainer:
     def _validation_step(self, models: _Models, val_loader: DataLoader | None, optimizer: Any, scheduler: Any,
                          scaler: Any, data: PreparedData, writer: csv.DictWriter, csv_stream: Any,
                          tensorboard: Any) -> Path | None:
-        result = self._validate(models, val_loader, data.val_has_poses)
+        # Rank 0 validates on all the validation samples (the numbers of a single process) and
+        # broadcasts the result, so every rank keeps the same best / selection state.
+        result = self.dist.broadcast(self._validate(models, val_loader, data.val_has_poses)
+                                     if self.dist.is_main else None)
         if not result:
             return None
         self.state.last_val = result
