@@ -31,6 +31,7 @@ consecutive frames a sample needs. What was skipped is reported in the sample su
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -115,6 +116,8 @@ class FrameStore:
     segment are stored in time order. ``K[s]``: 3x3 intrinsics of segment ``s`` at training size.
     ``poses[i]``: camera-to-odometry 4x4 pose from TF (NaN when unknown); ``tf_segments[s]``:
     whether segment ``s`` had a TF chain to its camera (``tf_notes[s]`` says why not).
+    ``parts``: when set, segment ``s``'s files are in ``parts[s]`` (one store per bag, e.g. from
+    the persistent frame cache, :mod:`.cache`) instead of ``folder``.
     Pickles without the arrays, so each DataLoader worker maps the files itself.
     """
 
@@ -134,6 +137,7 @@ class FrameStore:
     skipped: int = 0                            # undecodable image messages
     bag_skipped: list[int] = field(default_factory=list)  # undecodable image messages per bag
     notes: list[str] = field(default_factory=list)  # partial bags, skipped frames: one line each
+    parts: list[Path] = field(default_factory=list)  # per-segment folders (default: all in folder)
     _arrays: dict[str, np.ndarray] | None = field(default=None, repr=False)
 
     def __len__(self) -> int:
@@ -144,14 +148,20 @@ class FrameStore:
         state['_arrays'] = None
         return state
 
-    def _open(self) -> dict[str, np.ndarray]:
+    def _open(self) -> dict[str, Any]:
         if self._arrays is None:
-            n, h, w = len(self), self.height, self.width
-            arrays = {'images': np.memmap(self.folder / 'images.u8', np.uint8, 'r', shape=(n, h, w, 3)),
-                      'thumbs': np.load(self.folder / 'thumbs.npy')}
+            h, w = self.height, self.width
+            if self.parts:
+                sizes = np.bincount(self.segment, minlength=len(self.parts)).tolist()
+                folders = list(zip(self.parts, sizes))
+            else:
+                folders = [(self.folder, len(self))]
+            files = {'images': ('images.u8', np.uint8, (h, w, 3)), 'thumbs': ('thumbs.f32', np.float32, thumb_shape(w, h))}
             if self.has_depth.any():
-                arrays['depth'] = np.memmap(self.folder / 'depth.f32', np.float32, 'r', shape=(n, h, w))
-            self._arrays = arrays
+                files['depth'] = ('depth.f32', np.float32, (h, w))
+            arrays = {key: _Rows([np.memmap(folder / name, dtype, 'r', shape=(n, *shape)) for folder, n in folders])
+                      for key, (name, dtype, shape) in files.items()}
+            self._arrays = {key: rows.arrays[0] if len(rows.arrays) == 1 else rows for key, rows in arrays.items()}
         return self._arrays
 
     def image(self, index: int) -> np.ndarray:
@@ -176,6 +186,21 @@ class FrameStore:
         self._arrays = None
         if self.owns_folder:
             shutil.rmtree(self.folder, ignore_errors=True)
+
+
+class _Rows:
+    """Rows of several arrays, indexed as one (the frames of per-bag stores)."""
+
+    def __init__(self, arrays: list[np.ndarray]) -> None:
+        self.arrays = arrays
+        self.starts = np.cumsum([0] + [len(a) for a in arrays])
+
+    def __len__(self) -> int:
+        return int(self.starts[-1])
+
+    def __getitem__(self, index: int) -> np.ndarray:
+        part = int(np.searchsorted(self.starts, index, side='right')) - 1
+        return self.arrays[part][int(index) - int(self.starts[part])]
 
 
 def _camera_K(msg: Any, topic: str, bag: Path) -> tuple[np.ndarray, int, int]:
@@ -229,9 +254,9 @@ def _resize(image: np.ndarray, width: int, height: int, nearest: bool = False) -
 
 
 def _thumbnail(rgb: np.ndarray) -> np.ndarray:
-    height = max(8, round(THUMB_WIDTH * rgb.shape[0] / rgb.shape[1]))
+    height, width = thumb_shape(rgb.shape[1], rgb.shape[0])
     grey = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
-    return cv2.resize(grey, (THUMB_WIDTH, height), interpolation=cv2.INTER_AREA).astype(np.float32)
+    return cv2.resize(grey, (width, height), interpolation=cv2.INTER_AREA).astype(np.float32)
 
 
 def extract_frames(config: DataConfig) -> FrameStore:
@@ -257,11 +282,12 @@ def extract_frames(config: DataConfig) -> FrameStore:
     if parent is not None:
         parent.mkdir(parents=True, exist_ok=True)
     folder = Path(tempfile.mkdtemp(prefix=config.cache_prefix, dir=parent))
+    images = depth = thumbs = None
     try:
-        images = np.memmap(folder / 'images.u8', np.uint8, 'w+', shape=(capacity, h, w, 3))
-        depth = (np.memmap(folder / 'depth.f32', np.float32, 'w+', shape=(capacity, h, w))
-                 if config.gt_depth_topic else None)
-        thumbs: list[np.ndarray] = []
+        # Written row by row (nothing mapped, nothing kept): memory does not grow with the bags.
+        images = _RowFile(folder / 'images.u8', (h, w, 3), np.uint8)
+        depth = _RowFile(folder / 'depth.f32', (h, w), np.float32) if config.gt_depth_topic else None
+        thumbs = _RowFile(folder / 'thumbs.f32', thumb_shape(w, h), np.float32)
         stamps: list[int] = []
         segments: list[int] = []
         has_depth = np.zeros(capacity, dtype=bool)
@@ -323,7 +349,7 @@ def extract_frames(config: DataConfig) -> FrameStore:
                                         f'to {rgb.shape[1]}x{rgb.shape[0]}')
                     small = _resize(rgb, w, h)
                     images[count] = small
-                    thumbs.append(_thumbnail(small))
+                    thumbs[count] = _thumbnail(small)
                     stamps.append(stamp)
                     segments.append(seg)
                     by_stamp[stamp] = count
@@ -360,27 +386,19 @@ def extract_frames(config: DataConfig) -> FrameStore:
             order = np.argsort(np.asarray(stamps[first:count], dtype=np.int64), kind='stable')
             if not np.array_equal(order, np.arange(len(order))):
                 index = first + order
-                images[first:count] = images[index]
-                if depth is not None:
-                    depth[first:count] = depth[index]
+                for rows in (images, depth, thumbs):
+                    if rows is not None:
+                        rows.reorder(first, index)
                 has_depth[first:count] = has_depth[index]
-                thumbs[first:count] = [thumbs[i] for i in index]
                 stamps[first:count] = [stamps[i] for i in index]
             tf_ok, note, missing = _segment_poses(tree, config, bag, camera_frame, stamps[first:count],
                                                   poses[first:count])
             tf_segments.append(tf_ok)
             tf_notes.append(note)
             frames_without_tf += missing
-        images.flush()
-        del images
-        if depth is not None:
-            depth.flush()
-            del depth
-        # Shrink the files to what was actually written (counts may over-estimate).
-        _truncate(folder / 'images.u8', count * h * w * 3)
-        if config.gt_depth_topic:
-            _truncate(folder / 'depth.f32', count * h * w * 4)
-        np.save(folder / 'thumbs.npy', np.stack(thumbs).astype(np.float32))
+        for rows in (images, depth, thumbs):
+            if rows is not None:
+                rows.close(count)
         (folder / 'index.json').write_text(json.dumps({'bags': [str(b) for b in bags], 'frames': count}))
         return FrameStore(folder=folder, width=w, height=h, stamps_ns=np.asarray(stamps, dtype=np.int64),
                           segment=np.asarray(segments, dtype=np.int64), K=Ks, has_depth=has_depth[:count].copy(),
@@ -388,8 +406,43 @@ def extract_frames(config: DataConfig) -> FrameStore:
                           tf_notes=tf_notes, frames_without_tf=frames_without_tf,
                           skipped=skipped, bag_skipped=bag_skipped_counts, notes=notes)
     except BaseException:
+        for rows in (images, depth, thumbs):
+            if rows is not None:
+                rows.stream.close()
         shutil.rmtree(folder, ignore_errors=True)
         raise
+
+
+class _RowFile:
+    """A file of fixed-size rows written by index with ``pwrite``: nothing mapped or kept in memory."""
+
+    def __init__(self, path: Path, shape: tuple[int, ...], dtype: Any) -> None:
+        self.path, self.dtype = path, np.dtype(dtype)
+        self.row_bytes = int(np.prod(shape)) * self.dtype.itemsize
+        self.stream = open(path, 'w+b')
+
+    def __setitem__(self, index: int, row: np.ndarray) -> None:
+        os.pwrite(self.stream.fileno(), np.ascontiguousarray(row, dtype=self.dtype).tobytes(), index * self.row_bytes)
+
+    def reorder(self, first: int, index: np.ndarray) -> None:
+        """Rows ``first, first + 1, ...`` := rows ``index``, one row in memory at a time."""
+        fd, size = self.stream.fileno(), self.row_bytes
+        os.ftruncate(fd, max(os.fstat(fd).st_size, (first + len(index)) * size))  # unwritten rows read as zeros
+        with tempfile.TemporaryFile(dir=self.path.parent) as scratch:
+            for i, source in enumerate(index):
+                os.pwrite(scratch.fileno(), os.pread(fd, size, int(source) * size), i * size)
+            for i in range(len(index)):
+                os.pwrite(fd, os.pread(scratch.fileno(), size, i * size), (first + i) * size)
+
+    def close(self, rows: int) -> None:
+        """Set the file to exactly ``rows`` rows (unwritten ones read as zeros) and close it."""
+        os.ftruncate(self.stream.fileno(), rows * self.row_bytes)
+        self.stream.close()
+
+
+def thumb_shape(width: int, height: int) -> tuple[int, int]:
+    """Rows x columns of the motion thumbnail of a ``width`` x ``height`` frame."""
+    return max(8, round(THUMB_WIDTH * height / width)), THUMB_WIDTH
 
 
 def _segment_poses(tree: TransformTree, config: DataConfig, bag: Path, camera_frame: str | None,
@@ -431,11 +484,6 @@ def _check_decodable(bag: Path, config: DataConfig, decoded: int, skipped: list[
     if decoded < config.min_decodable_fraction * total or decoded == 0:
         raise DataError(f'bag {bag}: only {decoded} of {total} frames on {config.image_topic} decode (need '
                         f'{config.min_decodable_fraction:.0%}); first failure: {skipped[0]}')
-
-
-def _truncate(path: Path, size: int) -> None:
-    with open(path, 'r+b') as stream:
-        stream.truncate(size)
 
 
 @dataclass
