@@ -80,6 +80,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--max-pixels', type=int, default=DEFAULT_MAX_PIXELS,
                         help='bag images larger than this (width x height) are skipped as malformed')
     parser.add_argument('--num-workers', type=int, default=0)
+    parser.add_argument('--frame-cache', default=None,
+                        help='folder of decoded frames at training resolution, one entry per bag and settings, reused '
+                             'by later runs and by the other ranks (default: decoded per run into OUTPUT)')
+    parser.add_argument('--prepare-workers', type=int, default=0,
+                        help='processes decoding bags in parallel (0: one per bag, at most the CPUs and 8)')
     parser.add_argument('--seed', type=int, default=0)
     parser.add_argument('--deterministic', action='store_true')
     parser.add_argument('--val-every', type=int, default=0, help='validate every N steps (0: every epoch)')
@@ -122,7 +127,8 @@ def config_from_args(args: argparse.Namespace):
         encoder_weights=args.encoder_weights, teacher=args.teacher, distill_weight=args.distill_weight,
         steps=steps if args.epochs is None else None, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
         device=args.device, amp=not args.no_amp, resume=args.resume, overwrite=args.overwrite,
-        max_pixels=args.max_pixels, num_workers=args.num_workers, seed=args.seed,
+        max_pixels=args.max_pixels, num_workers=args.num_workers, frame_cache=args.frame_cache,
+        prepare_workers=args.prepare_workers, seed=args.seed,
         deterministic=args.deterministic, val_every=args.val_every, save_every=args.save_every,
         freeze_encoder_epochs=args.freeze_encoder_epochs, pose_warmup_steps=args.pose_warmup_steps,
         pose_source=args.pose_source, odom_frame=args.odom_frame, camera_frame=args.camera_frame,

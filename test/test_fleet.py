@@ -137,3 +137,72 @@ def test_torchrun_failure_stops_every_rank_with_the_reason(tmp_path):
     assert run.returncode != 0
     assert 'finetune: error: ' in run.stderr and 'no_such_bag' in run.stderr
     assert not (tmp_path / 'out').exists()
+
+
+# --- the persistent frame cache ----------------------------------------------------------------
+def _same_frames(a, b) -> None:
+    assert a.bags == b.bags and np.array_equal(a.stamps_ns, b.stamps_ns) and np.array_equal(a.segment, b.segment)
+    assert all(np.array_equal(a.image(i), b.image(i)) for i in range(len(a)))
+    assert np.array_equal(np.asarray([a.thumbs[i] for i in range(len(a))]),
+                          np.asarray([b.thumbs[i] for i in range(len(b))]))
+    assert np.array_equal(a.poses, b.poses, equal_nan=True)
+
+
+def test_frame_cache_is_reused_and_keyed_by_bag_and_settings(fleet, tmp_path, monkeypatch):
+    from hr_depth_ros.training import cache
+
+    bags = [fleet / 'robot1_drive', fleet / 'robot2' / 'drive']
+    config = DataConfig(bags=bags, width=W, height=H, frame_cache=tmp_path / 'cache', prepare_workers=1,
+                        gt_depth_topic='/camera/depth_gt')
+    reference = prepare_data(DataConfig(bags=bags, width=W, height=H, gt_depth_topic='/camera/depth_gt'))
+    first = prepare_data(config)
+    entries = sorted(p.name for p in (tmp_path / 'cache').iterdir() if not p.name.startswith('.'))
+    assert len(entries) == 2 and entries[1].startswith('robot1_drive-')  # named by the bag, then the key
+    monkeypatch.setattr(cache, 'extract_frames', lambda *a, **k: pytest.fail('decoded a cached bag'))
+    second = prepare_data(config)
+    try:
+        for data in (first, second):
+            _same_frames(reference.store, data.store)  # the cache gives what decoding gives
+            assert data.train == reference.train and data.val == reference.val
+            assert data.store.depth(3) is not None and np.allclose(data.store.depth(3), reference.store.depth(3),
+                                                                   equal_nan=True)
+    finally:
+        for data in (reference, first, second):
+            data.close()
+    assert sorted(p.name for p in (tmp_path / 'cache').iterdir() if not p.name.startswith('.')) == entries  # kept
+    key = cache.cache_key(bags[0], config)
+    assert cache.cache_key(bags[0], DataConfig(**{**vars(config), 'width': 2 * W})) != key
+    assert cache.cache_key(bags[0], DataConfig(**{**vars(config), 'image_topic': '/other'})) != key
+    metadata = bags[0] / 'metadata.yaml'
+    os.utime(metadata, ns=(metadata.stat().st_atime_ns, metadata.stat().st_mtime_ns + 1_000_000))
+    assert cache.cache_key(bags[0], config) != key  # the bag changed
+
+
+def _prepare_in_child(args) -> bool:
+    from hr_depth_ros.training.cache import cached_bag
+    bag, config, root = args
+    return cached_bag(bag, config, root)[1]
+
+
+def test_concurrent_preparers_decode_a_bag_once(fleet, tmp_path):
+    import multiprocessing
+
+    config = DataConfig(bags=[], width=W, height=H)
+    with multiprocessing.get_context('spawn').Pool(2) as pool:
+        decoded = pool.map(_prepare_in_child, [(fleet / 'robot1_drive', config, tmp_path)] * 2)
+    assert sorted(decoded) == [False, True]
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith('.partial')] == []
+
+
+def test_a_folder_of_bags_trains_in_one_job(fleet, tmp_path, caplog):
+    caplog.set_level('INFO')
+    output = tmp_path / 'out'
+    assert finetune.main(['--bag', str(fleet), '--output', str(output), '--width', str(W), '--height', str(H),
+                          '--batch-size', '2', '--device', 'cpu', '--steps', '2', '--frame-cache',
+                          str(tmp_path / 'cache'), '--prepare-workers', '2']) == 0
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith('bag ')]
+    assert [line.split(':')[0] for line in lines] == [f'bag {fleet / "robot1_drive"}', f'bag {fleet / "robot2" / "drive"}',
+                                                      f'bag {fleet / "robot3_parked"}']
+    meta = json.loads((output / 'latest' / 'hr_depth_ros.json').read_text())
+    assert len(meta['bags']) == 3 and meta['samples_seen'] == 4 and meta['world_size'] == 1
+    assert not list(output.glob('.hr_depth_frames-*'))

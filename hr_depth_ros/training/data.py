@@ -97,6 +97,9 @@ class DataConfig:
     cache_prefix: str = 'hr_depth_frames-'      # name prefix of the cache folder
     max_pixels: int = DEFAULT_MAX_PIXELS        # larger images are skipped as malformed
     min_decodable_fraction: float = 0.5         # refuse a bag when fewer of its frames decode
+    frame_cache: str | Path | None = None       # persistent per-bag frame cache folder (see .cache)
+    prepare_workers: int = 0                    # processes decoding bags in parallel (0: one per bag, <= CPUs, 8)
+    progress: bool = False                      # a progress bar while preparing
 
     def __post_init__(self) -> None:  # bags list topics in absolute form (bags.canonical_topic)
         for name in ('image_topic', 'camera_info_topic', 'gt_depth_topic', 'tf_topic', 'tf_static_topic'):
@@ -680,7 +683,9 @@ def resolve_pose_source(requested: str, store: FrameStore) -> str:
 
 def prepare_data(config: DataConfig, min_train_samples: int = 1) -> PreparedData:
     """Extract, build triplets and split; DataError (naming the counts) when too few samples remain."""
-    store = extract_frames(config)
+    from hr_depth_ros.training.cache import prepare_frames  # (it builds on this module)
+
+    store = prepare_frames(config)
     try:
         pose_source = resolve_pose_source(config.pose_source, store)
         report = SampleReport(skipped_frames=store.skipped, notes=list(store.notes),

@@ -149,6 +149,8 @@ class TrainingConfig:
     val_block_frames: int = 50
     augment: bool = True
     progress_bar: bool | None = None        # None: when stderr is a TTY
+    frame_cache: str | None = None          # persistent frame cache folder shared by runs and ranks (None: per run)
+    prepare_workers: int = 0                # processes decoding bags (0: one per bag, at most the CPUs and 8)
 
     def data_config(self) -> DataConfig:
         return DataConfig(bags=list(self.bags), width=self.width, height=self.height, image_topic=self.image_topic,
@@ -159,7 +161,9 @@ class TrainingConfig:
                           pose_source=self.pose_source, odom_frame=self.odom_frame, camera_frame=self.camera_frame,
                           max_tf_gap=self.max_tf_gap,
                           cache_dir=Path(self.output).expanduser(), cache_prefix=FRAME_CACHE_PREFIX,
-                          max_pixels=self.max_pixels)
+                          max_pixels=self.max_pixels, frame_cache=self.frame_cache,
+                          prepare_workers=self.prepare_workers,
+                          progress=sys.stderr.isatty() if self.progress_bar is None else self.progress_bar)
 
     def validate(self) -> None:
         """TrainingError naming the first bad setting."""
@@ -576,7 +580,9 @@ class Trainer:
         _seed_everything(cfg.seed, cfg.deterministic)
         self.device = self.dist.device(select_device(cfg.device))
         with removed_if_left_empty(cfg.output):  # the frame cache lives in output: bad input leaves nothing
-            data = prepare_data(cfg.data_config(), min_train_samples=1)
+            data_config = cfg.data_config()
+            data_config.progress = data_config.progress and self.dist.is_main
+            data = prepare_data(data_config, min_train_samples=1)
         try:
             if cfg.overwrite and not cfg.resume and self.dist.is_main:  # only now that the new run's data is ready
                 for action in remove_previous_run(cfg.output):
