@@ -30,9 +30,9 @@ import errno
 import logging
 import os
 import sys
-from typing import Sequence
+from typing import Any, Sequence
 
-__all__ = ['build_parser', 'config_from_args', 'main']
+__all__ = ['build_parser', 'config_from_args', 'args_from_config', 'torchrun_command', 'main']
 
 
 def describe_os_error(error: OSError, output: str) -> str:
@@ -136,6 +136,43 @@ def config_from_args(args: argparse.Namespace):
         freeze_bn=args.freeze_bn,
         frame_stride=args.frame_stride,
         min_motion=args.min_motion, val_fraction=args.val_fraction)
+
+
+def args_from_config(config: Any) -> list[str]:
+    """A TrainingConfig -> the command-line arguments that give it back (:func:`config_from_args`).
+
+    Settings the command line does not have keep their defaults.
+    """
+    from dataclasses import asdict
+
+    fields = asdict(config)
+    args: list[str] = []
+    for action in build_parser()._actions:
+        flag, dest = (action.option_strings or [''])[0], action.dest
+        if dest in ('help', 'quiet'):
+            continue
+        if dest == 'no_amp':
+            args += [] if config.amp else [flag]
+            continue
+        value = fields.get({'bag': 'bags'}.get(dest, dest))
+        if isinstance(action, argparse._StoreTrueAction):
+            args += [flag] if value else []
+        elif value is None:  # a topic switched off is an empty argument; other unset settings are left out
+            args += [flag, ''] if isinstance(action.default, str) else []
+        elif dest == 'bag':
+            for bag in value:
+                args += [flag, str(bag)]
+        elif action.nargs:
+            args += [flag, *(str(v) for v in value)]
+        else:
+            args += [flag, str(value)]
+    return args
+
+
+def torchrun_command(config: Any, nproc: int) -> list[str]:
+    """The ``torchrun`` command running ``config`` on ``nproc`` local processes (loopback rendezvous)."""
+    return [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', str(nproc),
+            '-m', 'hr_depth_ros.finetune', *args_from_config(config)]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -206,3 +206,34 @@ def test_a_folder_of_bags_trains_in_one_job(fleet, tmp_path, caplog):
     meta = json.loads((output / 'latest' / 'hr_depth_ros.json').read_text())
     assert len(meta['bags']) == 3 and meta['samples_seen'] == 4 and meta['world_size'] == 1
     assert not list(output.glob('.hr_depth_frames-*'))
+
+
+# --- memory while preparing ----------------------------------------------------------------------
+PREPARE_MEMORY_BOUND = 64 * 2**20  # bytes of peak RSS growth over a warmed-up process, any bag length
+
+
+def test_preparing_a_bag_far_larger_than_the_bound_stays_within_it(tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location('fleet', REPO / 'benchmarks' / 'fleet.py')
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    warmup = bench.write_raw_bag(tmp_path / 'warmup', 8)
+    bag = bench.write_raw_bag(tmp_path / 'long', 110)  # 1280x720 rgb8: ~300 MB
+    assert bench.bag_bytes(bag) > 4 * PREPARE_MEMORY_BOUND
+    result = bench.memory_in_child(bag, warmup)
+    assert result['frames'] == 110
+    assert result['growth'] < PREPARE_MEMORY_BOUND, result
+
+
+def test_a_config_goes_through_the_command_line_unchanged(tmp_path):
+    from hr_depth_ros.training.trainer import TrainingConfig
+
+    config = TrainingConfig(bags=['/a', str(tmp_path / '*')], output='/out', arch='hr_depth', width=320, height=96,
+                            camera_info_topic=None, intrinsics=[1.0, 2.0, 3.0, 4.0], epochs=3, batch_size=5,
+                            lr=2e-4, device='cpu', amp=False, resume=True, pose_source='tf', metric_scale=2.5,
+                            frame_cache='/cache', prepare_workers=3, freeze_bn=True, min_motion=0.25)
+    command = finetune.torchrun_command(config, 2)
+    assert command[1:6] == ['-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2']
+    args = finetune.build_parser().parse_args(command[command.index('hr_depth_ros.finetune') + 1:])
+    assert finetune.config_from_args(args) == config
