@@ -24,7 +24,6 @@ import json
 import multiprocessing
 import os
 import shutil
-import tempfile
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
@@ -32,8 +31,8 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from hr_depth_ros.training.data import DataConfig, DataError, FrameStore, _check_topics, extract_frames
-from hr_depth_ros.training.sources import expand_bags
+from hr_depth_ros.training.data import (DataConfig, FrameStore, _check_topics, config_bags, extract_frames,
+                                        new_cache_folder)
 
 __all__ = ['cache_key', 'cached_bag', 'prepare_frames', 'save_store', 'load_store', 'concat_stores', 'CACHE_VERSION']
 
@@ -133,12 +132,7 @@ def prepare_frames(config: DataConfig) -> FrameStore:
     Topics of every bag are checked before anything is decoded. Without ``frame_cache`` and with
     one worker this is :func:`extract_frames` itself.
     """
-    if not config.bags:
-        raise DataError('no bags given')
-    try:
-        bags = expand_bags(config.bags)
-    except ValueError as error:
-        raise DataError(str(error)) from error
+    bags = config_bags(config)
     workers = _workers(config.prepare_workers, len(bags))
     if config.frame_cache is None and workers == 1:
         return extract_frames(replace(config, bags=bags))
@@ -148,10 +142,7 @@ def prepare_frames(config: DataConfig) -> FrameStore:
         root, owned = Path(config.frame_cache).expanduser(), False
         root.mkdir(parents=True, exist_ok=True)
     else:
-        parent = Path(config.cache_dir).expanduser() if config.cache_dir else None
-        if parent is not None:
-            parent.mkdir(parents=True, exist_ok=True)
-        root, owned = Path(tempfile.mkdtemp(prefix=config.cache_prefix, dir=parent)), True
+        root, owned = new_cache_folder(config), True
     try:
         jobs = [(bag, config, root) for bag in bags]
         bar = _progress(config.progress, len(bags))

@@ -262,18 +262,31 @@ def _thumbnail(rgb: np.ndarray) -> np.ndarray:
     return cv2.resize(grey, (width, height), interpolation=cv2.INTER_AREA).astype(np.float32)
 
 
+def config_bags(config: DataConfig) -> list[Path]:
+    """The bags ``config.bags`` names (folders and patterns expanded); DataError when none."""
+    if not config.bags:
+        raise DataError('no bags given')
+    try:
+        return expand_bags(config.bags)
+    except ValueError as error:
+        raise DataError(str(error)) from error
+
+
+def new_cache_folder(config: DataConfig) -> Path:
+    """A new, empty frame cache folder (``cache_prefix``*) in ``cache_dir`` (default: the system's temp)."""
+    parent = Path(config.cache_dir).expanduser() if config.cache_dir else None
+    if parent is not None:
+        parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=config.cache_prefix, dir=parent))
+
+
 def extract_frames(config: DataConfig) -> FrameStore:
     """Decode the image (and ground-truth depth) topic of every bag into a :class:`FrameStore`.
 
     Raises BagError for unreadable bags and DataError for missing topics / intrinsics, before
     anything is written. The cache folder is removed again on any failure.
     """
-    if not config.bags:
-        raise DataError('no bags given')
-    try:
-        bags = expand_bags(config.bags)
-    except ValueError as error:
-        raise DataError(str(error)) from error
+    bags = config_bags(config)
     checked = [(bag, *_check_topics(bag, config)) for bag in bags]
     capacity = 0
     for bag, _, _ in checked:
@@ -281,10 +294,7 @@ def extract_frames(config: DataConfig) -> FrameStore:
     if capacity == 0:
         raise DataError(f'no messages on {config.image_topic} in {", ".join(map(str, bags))}')
     w, h = int(config.width), int(config.height)
-    parent = Path(config.cache_dir).expanduser() if config.cache_dir else None
-    if parent is not None:
-        parent.mkdir(parents=True, exist_ok=True)
-    folder = Path(tempfile.mkdtemp(prefix=config.cache_prefix, dir=parent))
+    folder = new_cache_folder(config)
     images = depth = thumbs = None
     try:
         # Written row by row (nothing mapped, nothing kept): memory does not grow with the bags.
