@@ -11,7 +11,8 @@
   bag (``ru_maxrss``) next to the bag's size.
 - ``ddp``: ``torchrun --standalone --nproc_per_node N`` fine-tuning (128x64, batch 2 per rank, 1
   thread per rank, pose network) for ``--ddp-steps`` steps; samples/s of all ranks together as
-  the trainer reports it (steady-state: from the first step on, data preparation excluded).
+  the trainer reports it (steady-state: from the first step on, data preparation excluded);
+  ``--nproc 1 2 1 2`` interleaves repeated runs.
 
 Prints Markdown tables. Figures depend on the load of the machine: compare ratios within a run.
 """
@@ -133,8 +134,8 @@ def run_ddp(work: Path, nprocs: list[int], steps: int) -> None:
     bag = write_synthetic_bag(work / 'ddp_drive', frames=60, width=256, height=96, seed=7)
     print('\n| processes | per-rank batch | effective batch | steps | samples/s (all ranks) | wall s |')
     print('| --- | --- | --- | --- | --- | --- |')
-    for nproc in nprocs:
-        output = work / f'ddp{nproc}'
+    for run, nproc in enumerate(nprocs):
+        output = work / f'ddp{run}-{nproc}'
         command = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', str(nproc),
                    '-m', 'hr_depth_ros.finetune', '--bag', str(bag), '--output', str(output), '--width', '128',
                    '--height', '64', '--batch-size', '2', '--device', 'cpu', '--steps', str(steps),
