@@ -9,6 +9,9 @@ Usage::
         [--teacher CKPT_DIR] [--distill-weight W] [--steps N | --epochs N] [--batch-size N]
         [--width W --height H] [--lr LR] [--device auto|cuda|cpu] [--resume] [--num-workers N]
         [--seed S] [--val-every N] [--save-every N] [--overwrite] [--max-pixels N]
+        [--frame-cache DIR] [--prepare-workers N]
+
+``--bag`` takes bags, folders holding bags (searched recursively) and quoted glob patterns.
 
 Writes ``DIR/latest/`` (and ``DIR/best/``) checkpoint folders loadable by the depth node, and
 ``DIR/metrics.csv``; the frame cache lives in ``DIR/.hr_depth_frames-*`` while it runs. A folder

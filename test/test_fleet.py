@@ -237,3 +237,28 @@ def test_a_config_goes_through_the_command_line_unchanged(tmp_path):
     assert command[1:6] == ['-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2']
     args = finetune.build_parser().parse_args(command[command.index('hr_depth_ros.finetune') + 1:])
     assert finetune.config_from_args(args) == config
+
+
+FAILING_RANK = '''
+import os, sys
+from hr_depth_ros import finetune
+from hr_depth_ros.training import trainer
+
+if os.environ['RANK'] == '1':
+    def fail(self, *args, **kwargs):
+        raise trainer.TrainingError('injected failure on rank 1')
+    trainer.Trainer._losses = fail
+sys.exit(finetune.main())
+'''
+
+
+def test_a_failure_on_one_rank_stops_the_others_with_its_reason(ddp_bag, tmp_path):
+    script = tmp_path / 'failing_rank.py'
+    script.write_text(FAILING_RANK)
+    env = {**os.environ, 'PYTHONPATH': str(REPO), 'OMP_NUM_THREADS': '1', 'MASTER_ADDR': '127.0.0.1'}
+    run = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2',
+                          str(script), '--bag', str(ddp_bag), '--output', str(tmp_path / 'out'), *TORCHRUN_ARGS,
+                          '--steps', '50'], env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode != 0
+    assert 'finetune (rank 1): error: injected failure on rank 1' in run.stderr
+    assert 'finetune: done' not in run.stdout  # rank 0 was stopped, not left training alone

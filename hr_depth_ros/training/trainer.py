@@ -21,6 +21,11 @@ network that bends to fit wrong predicted poses lowers its own loss, not this on
 validation loss; the start model is scored too (step 0), so ``best/`` is never worse than the
 start by that measure.
 
+Under ``torchrun`` (:mod:`.distributed`) every rank runs this loop on its share of the training
+samples with the step wrapped in one DistributedDataParallel; rank 0 alone prepares the output
+folder, searches the metric scale, validates (results broadcast) and writes checkpoints, metrics
+and progress. ``samples_seen`` counts the training samples of all ranks.
+
 Checkpoints go through :func:`hr_depth_ros.checkpoint.save_depth_checkpoint` (atomic):
 ``OUTPUT/latest`` every ``save_every`` steps and at the end, ``OUTPUT/best`` at the lowest
 validation loss; each holds the authors' ``encoder.pth`` / ``depth.pth``, ``hr_depth_ros.json``
@@ -562,7 +567,8 @@ class Trainer:
 
     # -- the run --------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
-        """Train; returns ``{'step', 'epoch', 'latest', 'best', 'val', 'samples_per_s', 'data'}``."""
+        """Train; returns ``{'step', 'epoch', 'latest', 'best', 'val', 'samples_per_s', 'data', 'world_size',
+        'samples_seen'}``. Under ``torchrun`` every rank calls it (see :mod:`.distributed`)."""
         cfg = self.config
         self.dist = from_environment(select_device(cfg.device).type)  # a torchrun job, or SINGLE
         try:
