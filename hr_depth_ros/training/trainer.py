@@ -40,6 +40,7 @@ import logging
 import math
 import os
 import random
+import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -585,17 +586,30 @@ class Trainer:
         cfg.validate()
         _seed_everything(cfg.seed, cfg.deterministic)
         self.device = self.dist.device(select_device(cfg.device))
+        data_config = cfg.data_config()
+        data_config.progress = data_config.progress and self.dist.is_main
+        rank_cache = None
+        if self.dist.active and data_config.frame_cache is None:  # the ranks of a machine decode each bag once
+            rank_cache = data_config.frame_cache = Path(cfg.output).expanduser() / f'{FRAME_CACHE_PREFIX}ranks'
         with removed_if_left_empty(cfg.output):  # the frame cache lives in output: bad input leaves nothing
-            data_config = cfg.data_config()
-            data_config.progress = data_config.progress and self.dist.is_main
-            data = prepare_data(data_config, min_train_samples=1)
+            try:
+                data = prepare_data(data_config, min_train_samples=1)
+            except BaseException:
+                if rank_cache is not None:
+                    shutil.rmtree(rank_cache, ignore_errors=True)
+                raise
         try:
             if cfg.overwrite and not cfg.resume and self.dist.is_main:  # only now that the new run's data is ready
                 for action in remove_previous_run(cfg.output):
                     self._log(action)
-            return self._run(data)
+            result = self._run(data)
         finally:
             data.close()
+        if rank_cache is not None:  # once no rank maps it (after a failure: swept by the next run)
+            self.dist.barrier()
+            if self.dist.local_rank == 0:
+                shutil.rmtree(rank_cache, ignore_errors=True)
+        return result
 
     def _run(self, data: PreparedData) -> dict[str, Any]:
         cfg = self.config
