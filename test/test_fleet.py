@@ -173,6 +173,16 @@ def test_frame_cache_is_reused_and_keyed_by_bag_and_settings(fleet, tmp_path, mo
     key = cache.cache_key(bags[0], config)
     assert cache.cache_key(bags[0], DataConfig(**{**vars(config), 'width': 2 * W})) != key
     assert cache.cache_key(bags[0], DataConfig(**{**vars(config), 'image_topic': '/other'})) != key
+    # An entry cut short (a full disk, a copy interrupted) is decoded again, never read half.
+    images = tmp_path / 'cache' / entries[1] / 'images.u8'
+    os.truncate(images, images.stat().st_size // 2)
+    monkeypatch.undo()
+    again = prepare_data(config)
+    try:
+        assert images.stat().st_size == 16 * H * W * 3
+        _same_frames(again.store, first.store)
+    finally:
+        again.close()
     metadata = bags[0] / 'metadata.yaml'
     os.utime(metadata, ns=(metadata.stat().st_atime_ns, metadata.stat().st_mtime_ns + 1_000_000))
     assert cache.cache_key(bags[0], config) != key  # the bag changed

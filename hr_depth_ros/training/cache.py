@@ -32,7 +32,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from hr_depth_ros.training.data import (DataConfig, FrameStore, _check_topics, config_bags, extract_frames,
-                                        new_cache_folder)
+                                        new_cache_folder, thumb_shape)
 
 __all__ = ['cache_key', 'cached_bag', 'prepare_frames', 'save_store', 'load_store', 'concat_stores', 'CACHE_VERSION']
 
@@ -102,20 +102,33 @@ def cached_bag(bag: Path, config: DataConfig, root: Path) -> tuple[Path, bool]:
     key = cache_key(bag, config)
     entry = root / key
     with _locked(root / f'.{key}.lock'):
-        if (entry / 'store.json').is_file():
+        if _complete(entry):
             return entry, False
         for stale in root.glob(f'.partial-{key}-*'):  # left by a preparer killed while holding this lock
             shutil.rmtree(stale, ignore_errors=True)
         store = extract_frames(replace(config, bags=[bag], cache_dir=root, cache_prefix=f'.partial-{key}-'))
         try:
             save_store(store, store.folder)
-            if entry.exists():  # an incomplete entry (no store.json) left by a crash before the rename
+            if entry.exists():  # damaged (files cut short, index missing): decoded again
                 shutil.rmtree(entry)
             os.rename(store.folder, entry)
         except BaseException:
             store.close()
             raise
         return entry, True
+
+
+def _complete(entry: Path) -> bool:
+    """Whether ``entry`` holds a whole store: its index and every frame file at its full size."""
+    try:
+        store = load_store(entry)
+        rows = {'images.u8': store.height * store.width * 3, 'thumbs.f32': 4 * int(np.prod(thumb_shape(store.width,
+                                                                                             store.height)))}
+        if store.has_depth.any():
+            rows['depth.f32'] = store.height * store.width * 4
+        return all((entry / name).stat().st_size == len(store) * size for name, size in rows.items())
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
 
 
 def _cached_bag_job(job: tuple[Path, DataConfig, Path]) -> tuple[Path, bool]:

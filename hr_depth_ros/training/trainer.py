@@ -183,9 +183,9 @@ class TrainingConfig:
                 raise TrainingError(f'{name} must be >= 1, got {value}')
         if self.width % 32 or self.height % 32 or self.width < 64 or self.height < 32:
             raise TrainingError(f'width and height must be multiples of 32 (>= 64x32), got {self.width}x{self.height}')
-        if self.batch_size < 1 or self.lr <= 0 or self.num_workers < 0:
-            raise TrainingError(f'need batch_size >= 1, lr > 0, num_workers >= 0; got {self.batch_size}, '
-                                f'{self.lr}, {self.num_workers}')
+        if self.batch_size < 1 or self.lr <= 0 or self.num_workers < 0 or self.prepare_workers < 0:
+            raise TrainingError(f'need batch_size >= 1, lr > 0, num_workers >= 0, prepare_workers >= 0; got '
+                                f'{self.batch_size}, {self.lr}, {self.num_workers}, {self.prepare_workers}')
         if not 0 < self.min_depth < self.max_depth:
             raise TrainingError(f'need 0 < min_depth < max_depth, got {self.min_depth}, {self.max_depth}')
         output = Path(self.output).expanduser()
