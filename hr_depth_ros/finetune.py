@@ -55,7 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(prog='finetune', description=__doc__.split('\n\n')[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument('--bag', action='append', required=True, help='rosbag2 folder, ROS 1 .bag, a folder holding bags (searched recursively) or a glob '
+    parser.add_argument('--bag', action='append', required=True,
+                        help='rosbag2 folder, ROS 1 .bag, a folder holding bags (searched recursively) or a glob '
                              'pattern (quoted); repeatable')
     parser.add_argument('--output', required=True, help='output folder (latest/, best/, metrics.csv)')
     parser.add_argument('--image-topic', default='/camera/image_raw', help='sensor_msgs/Image or CompressedImage topic')

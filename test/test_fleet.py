@@ -211,8 +211,8 @@ def test_a_folder_of_bags_trains_in_one_job(fleet, tmp_path, caplog):
                           '--batch-size', '2', '--device', 'cpu', '--steps', '2', '--frame-cache',
                           str(tmp_path / 'cache'), '--prepare-workers', '2']) == 0
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith('bag ')]
-    assert [line.split(':')[0] for line in lines] == [f'bag {fleet / "robot1_drive"}', f'bag {fleet / "robot2" / "drive"}',
-                                                      f'bag {fleet / "robot3_parked"}']
+    names = ('robot1_drive', 'robot2/drive', 'robot3_parked')
+    assert [line.split(':')[0] for line in lines] == [f'bag {fleet / name}' for name in names]
     meta = json.loads((output / 'latest' / 'hr_depth_ros.json').read_text())
     assert len(meta['bags']) == 3 and meta['samples_seen'] == 4 and meta['world_size'] == 1
     assert not list(output.glob('.hr_depth_frames-*'))

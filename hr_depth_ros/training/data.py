@@ -159,7 +159,8 @@ class FrameStore:
                 folders = list(zip(self.parts, sizes))
             else:
                 folders = [(self.folder, len(self))]
-            files = {'images': ('images.u8', np.uint8, (h, w, 3)), 'thumbs': ('thumbs.f32', np.float32, thumb_shape(w, h))}
+            files = {'images': ('images.u8', np.uint8, (h, w, 3)),
+                     'thumbs': ('thumbs.f32', np.float32, thumb_shape(w, h))}
             if self.has_depth.any():
                 files['depth'] = ('depth.f32', np.float32, (h, w))
             arrays = {key: _Rows([np.memmap(folder / name, dtype, 'r', shape=(n, *shape)) for folder, n in folders])
