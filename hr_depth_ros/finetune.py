@@ -9,22 +9,33 @@ Usage::
         [--teacher CKPT_DIR] [--distill-weight W] [--steps N | --epochs N] [--batch-size N]
         [--width W --height H] [--lr LR] [--device auto|cuda|cpu] [--resume] [--num-workers N]
         [--seed S] [--val-every N] [--save-every N] [--overwrite] [--max-pixels N]
+        [--frame-cache DIR] [--prepare-workers N]
+
+``--bag`` takes bags, folders holding bags (searched recursively) and quoted glob patterns.
 
 Writes ``DIR/latest/`` (and ``DIR/best/``) checkpoint folders loadable by the depth node, and
 ``DIR/metrics.csv``; the frame cache lives in ``DIR/.hr_depth_frames-*`` while it runs. A folder
 holding a previous run is refused unless ``--resume`` or ``--overwrite``. Bad input, and a
 folder that cannot be written (read-only, full disk, permissions): one line on stderr naming the
 path, exit code 2.
+
+Several processes (PyTorch DistributedDataParallel; gloo on the CPU, NCCL with one GPU per rank)::
+
+    torchrun --standalone --nproc_per_node N -m hr_depth_ros.finetune --bag BAGS ... --output DIR
+
+Rank 0 alone writes checkpoints, metrics.csv, TensorBoard and progress; the other ranks print
+errors only, naming their rank. ``--batch-size`` is per rank: the effective batch is N times it.
 """
 from __future__ import annotations
 
 import argparse
 import errno
 import logging
+import os
 import sys
-from typing import Sequence
+from typing import Any, Sequence
 
-__all__ = ['build_parser', 'config_from_args', 'main']
+__all__ = ['build_parser', 'config_from_args', 'args_from_config', 'torchrun_command', 'main']
 
 
 def describe_os_error(error: OSError, output: str) -> str:
@@ -44,7 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(prog='finetune', description=__doc__.split('\n\n')[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument('--bag', action='append', required=True, help='rosbag2 folder or ROS 1 .bag (repeatable)')
+    parser.add_argument('--bag', action='append', required=True,
+                        help='rosbag2 folder, ROS 1 .bag, a folder holding bags (searched recursively) or a glob '
+                             'pattern (quoted); repeatable')
     parser.add_argument('--output', required=True, help='output folder (latest/, best/, metrics.csv)')
     parser.add_argument('--image-topic', default='/camera/image_raw', help='sensor_msgs/Image or CompressedImage topic')
     parser.add_argument('--camera-info-topic', default='/camera/camera_info')
@@ -71,6 +84,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--max-pixels', type=int, default=DEFAULT_MAX_PIXELS,
                         help='bag images larger than this (width x height) are skipped as malformed')
     parser.add_argument('--num-workers', type=int, default=0)
+    parser.add_argument('--frame-cache', default=None,
+                        help='folder of decoded frames at training resolution, one entry per bag and settings, reused '
+                             'by later runs and by the other ranks (default: decoded per run into OUTPUT)')
+    parser.add_argument('--prepare-workers', type=int, default=0,
+                        help='processes decoding bags in parallel (0: one per bag, at most the CPUs and 8)')
     parser.add_argument('--seed', type=int, default=0)
     parser.add_argument('--deterministic', action='store_true')
     parser.add_argument('--val-every', type=int, default=0, help='validate every N steps (0: every epoch)')
@@ -113,7 +131,8 @@ def config_from_args(args: argparse.Namespace):
         encoder_weights=args.encoder_weights, teacher=args.teacher, distill_weight=args.distill_weight,
         steps=steps if args.epochs is None else None, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
         device=args.device, amp=not args.no_amp, resume=args.resume, overwrite=args.overwrite,
-        max_pixels=args.max_pixels, num_workers=args.num_workers, seed=args.seed,
+        max_pixels=args.max_pixels, num_workers=args.num_workers, frame_cache=args.frame_cache,
+        prepare_workers=args.prepare_workers, seed=args.seed,
         deterministic=args.deterministic, val_every=args.val_every, save_every=args.save_every,
         freeze_encoder_epochs=args.freeze_encoder_epochs, pose_warmup_steps=args.pose_warmup_steps,
         pose_source=args.pose_source, odom_frame=args.odom_frame, camera_frame=args.camera_frame,
@@ -123,9 +142,48 @@ def config_from_args(args: argparse.Namespace):
         min_motion=args.min_motion, val_fraction=args.val_fraction)
 
 
+def args_from_config(config: Any) -> list[str]:
+    """A TrainingConfig -> the command-line arguments that give it back (:func:`config_from_args`).
+
+    Settings the command line does not have keep their defaults.
+    """
+    from dataclasses import asdict
+
+    fields = asdict(config)
+    args: list[str] = []
+    for action in build_parser()._actions:
+        flag, dest = (action.option_strings or [''])[0], action.dest
+        if dest in ('help', 'quiet'):
+            continue
+        if dest == 'no_amp':
+            args += [] if config.amp else [flag]
+            continue
+        value = fields.get({'bag': 'bags'}.get(dest, dest))
+        if isinstance(action, argparse._StoreTrueAction):
+            args += [flag] if value else []
+        elif value is None:  # a topic switched off is an empty argument; other unset settings are left out
+            args += [flag, ''] if isinstance(action.default, str) else []
+        elif dest == 'bag':
+            for bag in value:
+                args += [flag, str(bag)]
+        elif action.nargs:
+            args += [flag, *(str(v) for v in value)]
+        else:
+            args += [flag, str(value)]
+    return args
+
+
+def torchrun_command(config: Any, nproc: int) -> list[str]:
+    """The ``torchrun`` command running ``config`` on ``nproc`` local processes (loopback rendezvous)."""
+    return [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', str(nproc),
+            '-m', 'hr_depth_ros.finetune', *args_from_config(config)]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format='[finetune] %(message)s')
+    rank = int(os.environ.get('RANK', '0'))  # set by torchrun; ranks other than 0 report errors only
+    who = f'finetune (rank {rank})' if rank else 'finetune'
+    logging.basicConfig(level=logging.WARNING if args.quiet or rank else logging.INFO, format='[finetune] %(message)s')
     from hr_depth_ros.bags import BagError
     from hr_depth_ros.checkpoint import CheckpointError
     from hr_depth_ros.training.data import DataError
@@ -134,14 +192,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         result = train(config_from_args(args))
     except (BagError, DataError, CheckpointError, TrainingError, ValueError) as error:
-        print(f'finetune: error: {error}', file=sys.stderr)
+        print(f'{who}: error: {error}', file=sys.stderr)
         return 2
     except OSError as error:
-        print(f'finetune: error: {describe_os_error(error, args.output)}', file=sys.stderr)
+        print(f'{who}: error: {describe_os_error(error, args.output)}', file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print('finetune: interrupted (OUTPUT/latest holds the last saved step)', file=sys.stderr)
+        print(f'{who}: interrupted (OUTPUT/latest holds the last saved step)', file=sys.stderr)
         return 130
+    if rank:
+        return 0
     print(f'finetune: done at step {result["step"]}; checkpoint {result["latest"]}'
           + (f', best {result["best"]}' if result['best'] else ''))
     return 0

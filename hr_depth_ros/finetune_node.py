@@ -6,14 +6,20 @@
 Parameters mirror the ``finetune`` CLI (:data:`PARAMETERS`; defaults in config/finetune.yaml).
 Progress is published on ``~/progress`` (std_msgs/String, JSON: state, step, total, epoch, loss,
 eta_s, samples_per_s, best_val and, after a validation, its metrics) and logged through the node
-logger. Exit code 0 when the job finished, 1 with the reason logged when it failed, 2 when the
+logger. With ``nproc`` > 1 the node stays one process and runs the same job through ``torchrun
+--standalone`` (PyTorch DistributedDataParallel on ``nproc`` local processes, one GPU each on CUDA;
+``batch_size`` is per process): rank 0's log lines go to the node logger, ``~/progress`` says
+starting / training / done / failed (no per-step figures: they stay in metrics.csv).
+Exit code 0 when the job finished, 1 with the reason logged when it failed, 2 when the
 output folder cannot be written (read-only, full disk, permissions; one line naming the path).
 """
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any, Sequence
 
 import rclpy
@@ -84,6 +90,9 @@ PARAMETERS: dict[str, tuple[Any, str]] = {
     'overwrite': (False, 'replace a previous run in output_dir (otherwise refused)'),
     'max_pixels': (DEFAULT_MAX_PIXELS, 'bag images larger than this (width x height) are skipped as malformed'),
     'progress_period': (1.0, 'minimum seconds between ~/progress messages'),
+    'nproc': (1, 'processes: > 1 runs the job through torchrun (DistributedDataParallel; batch_size is per process)'),
+    'frame_cache': ('', 'folder of decoded frames reused by later runs and by every process (empty: per run)'),
+    'prepare_workers': (0, 'processes decoding bags in parallel (0: one per bag, at most the CPUs and 8)'),
 }
 
 
@@ -137,7 +146,8 @@ class FinetuneNode(Node):
             freeze_bn=bool(self.value('freeze_bn')),
             min_motion=float(self.value('min_motion')), val_fraction=float(self.value('val_fraction')),
             resume=bool(self.value('resume')), overwrite=bool(self.value('overwrite')),
-            max_pixels=int(self.value('max_pixels')), progress_bar=False)
+            max_pixels=int(self.value('max_pixels')), progress_bar=False,
+            frame_cache=self.value('frame_cache') or None, prepare_workers=int(self.value('prepare_workers')))
 
     def publish(self, payload: dict[str, Any]) -> None:
         self.progress_pub.publish(String(data=json.dumps(payload, default=str)))
@@ -157,6 +167,30 @@ class FinetuneNode(Node):
                 self.publish({'state': 'training', **{k: v for k, v in event.items() if k != 'event'},
                               'validation': self._last_validation})
 
+    def run_torchrun(self, config: Any, nproc: int) -> dict[str, Any]:
+        """The job on ``nproc`` processes through torchrun; TrainingError with the failing rank's reason."""
+        from hr_depth_ros.finetune import torchrun_command
+        from hr_depth_ros.training.trainer import TrainingError
+
+        self.publish({'state': 'training', 'processes': nproc})
+        process = subprocess.Popen(torchrun_command(config, nproc), stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.PIPE, text=True)
+        errors = []
+        for line in process.stderr:
+            line = line.rstrip()
+            if line.startswith('[finetune] '):
+                self.get_logger().info(line[len('[finetune] '):])
+            elif line.startswith('finetune'):  # 'finetune (rank N): error: ...'
+                errors.append(line)
+                self.get_logger().error(line)
+        if process.wait() != 0:
+            raise TrainingError(errors[0] if errors else f'torchrun exited with code {process.returncode}')
+        latest = Path(config.output).expanduser() / 'latest'
+        meta = json.loads((latest / 'hr_depth_ros.json').read_text())
+        best = latest.parent / 'best'
+        return {'step': meta['step'], 'latest': latest, 'best': best if best.is_dir() else None,
+                'val': meta.get('metrics', {})}
+
     def run(self) -> int:
         from hr_depth_ros.bags import BagError
         from hr_depth_ros.checkpoint import CheckpointError
@@ -167,7 +201,8 @@ class FinetuneNode(Node):
         try:
             config = self.config()
             self.publish({'state': 'starting', 'bags': list(config.bags), 'output': config.output})
-            result = train(config, callback=self.on_event)
+            nproc = int(self.value('nproc'))
+            result = self.run_torchrun(config, nproc) if nproc > 1 else train(config, callback=self.on_event)
         except (BagError, DataError, CheckpointError, TrainingError, ValueError) as error:
             self.get_logger().error(f'fine-tuning failed: {error}')
             self.publish({'state': 'failed', 'error': str(error)})

@@ -167,3 +167,15 @@ def test_node_unwritable_output_is_one_line_exit_2(tiny_bag, tmp_path):
     assert result.returncode == 2, text
     failures = [line for line in text.splitlines() if 'fine-tuning failed' in line]
     assert len(failures) == 1 and f'cannot write {blocker}' in failures[0] and 'Not a directory' in failures[0]
+
+
+def test_node_launches_the_job_through_torchrun_when_asked(tiny_bag, tmp_path):
+    output = tmp_path / 'out'
+    env = {**local_ros_env(), 'OMP_NUM_THREADS': '1', 'MASTER_ADDR': '127.0.0.1'}
+    result = subprocess.run(_node_command(str(tiny_bag), output, '-p', 'nproc:=2', '-p', 'pose_source:=net'),
+                            env=env, capture_output=True, text=True, timeout=240, cwd=REPO)
+    text = result.stderr + result.stdout
+    assert result.returncode == 0, text
+    assert 'fine-tuning done at step 3' in text and '2 processes (DistributedDataParallel)' in text
+    meta = json.loads((output / 'latest' / 'hr_depth_ros.json').read_text())
+    assert meta['world_size'] == 2 and meta['samples_seen'] == 3 * 2 * 2

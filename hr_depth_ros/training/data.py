@@ -31,6 +31,7 @@ consecutive frames a sample needs. What was skipped is reported in the sample su
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -49,10 +50,11 @@ from hr_depth_ros.camera_info import camera_info_K, implausible_intrinsics
 from hr_depth_ros.geometry import intrinsics_4x4, relative_transform, scale_intrinsics
 from hr_depth_ros.image_decoding import DEFAULT_MAX_PIXELS, compressed_to_rgb, image_to_array, image_to_rgb
 from hr_depth_ros.tf_poses import DEFAULT_MAX_TF_GAP_S, TransformError, TransformTree, normalize_frame
+from hr_depth_ros.training.sources import expand_bags
 
 __all__ = ['DataError', 'DataConfig', 'FrameStore', 'SampleReport', 'extract_frames', 'build_samples',
            'split_samples', 'TripletDataset', 'prepare_data', 'PreparedData', 'FRAME_OFFSETS', 'POSE_SOURCES',
-           'resolve_pose_source']
+           'resolve_pose_source', 'bag_reports']
 
 IMAGE_TYPE = 'sensor_msgs/msg/Image'
 COMPRESSED_TYPE = 'sensor_msgs/msg/CompressedImage'
@@ -95,6 +97,9 @@ class DataConfig:
     cache_prefix: str = 'hr_depth_frames-'      # name prefix of the cache folder
     max_pixels: int = DEFAULT_MAX_PIXELS        # larger images are skipped as malformed
     min_decodable_fraction: float = 0.5         # refuse a bag when fewer of its frames decode
+    frame_cache: str | Path | None = None       # persistent per-bag frame cache folder (see .cache)
+    prepare_workers: int = 0                    # processes decoding bags in parallel (0: one per bag, <= CPUs, 8)
+    progress: bool = False                      # a progress bar while preparing
 
     def __post_init__(self) -> None:  # bags list topics in absolute form (bags.canonical_topic)
         for name in ('image_topic', 'camera_info_topic', 'gt_depth_topic', 'tf_topic', 'tf_static_topic'):
@@ -114,6 +119,8 @@ class FrameStore:
     segment are stored in time order. ``K[s]``: 3x3 intrinsics of segment ``s`` at training size.
     ``poses[i]``: camera-to-odometry 4x4 pose from TF (NaN when unknown); ``tf_segments[s]``:
     whether segment ``s`` had a TF chain to its camera (``tf_notes[s]`` says why not).
+    ``parts``: when set, segment ``s``'s files are in ``parts[s]`` (one store per bag, e.g. from
+    the persistent frame cache, :mod:`.cache`) instead of ``folder``.
     Pickles without the arrays, so each DataLoader worker maps the files itself.
     """
 
@@ -131,7 +138,9 @@ class FrameStore:
     frames_without_tf: int = 0
     owns_folder: bool = True
     skipped: int = 0                            # undecodable image messages
+    bag_skipped: list[int] = field(default_factory=list)  # undecodable image messages per bag
     notes: list[str] = field(default_factory=list)  # partial bags, skipped frames: one line each
+    parts: list[Path] = field(default_factory=list)  # per-segment folders (default: all in folder)
     _arrays: dict[str, np.ndarray] | None = field(default=None, repr=False)
 
     def __len__(self) -> int:
@@ -142,14 +151,21 @@ class FrameStore:
         state['_arrays'] = None
         return state
 
-    def _open(self) -> dict[str, np.ndarray]:
+    def _open(self) -> dict[str, Any]:
         if self._arrays is None:
-            n, h, w = len(self), self.height, self.width
-            arrays = {'images': np.memmap(self.folder / 'images.u8', np.uint8, 'r', shape=(n, h, w, 3)),
-                      'thumbs': np.load(self.folder / 'thumbs.npy')}
+            h, w = self.height, self.width
+            if self.parts:
+                sizes = np.bincount(self.segment, minlength=len(self.parts)).tolist()
+                folders = list(zip(self.parts, sizes))
+            else:
+                folders = [(self.folder, len(self))]
+            files = {'images': ('images.u8', np.uint8, (h, w, 3)),
+                     'thumbs': ('thumbs.f32', np.float32, thumb_shape(w, h))}
             if self.has_depth.any():
-                arrays['depth'] = np.memmap(self.folder / 'depth.f32', np.float32, 'r', shape=(n, h, w))
-            self._arrays = arrays
+                files['depth'] = ('depth.f32', np.float32, (h, w))
+            arrays = {key: _Rows([np.memmap(folder / name, dtype, 'r', shape=(n, *shape)) for folder, n in folders])
+                      for key, (name, dtype, shape) in files.items()}
+            self._arrays = {key: rows.arrays[0] if len(rows.arrays) == 1 else rows for key, rows in arrays.items()}
         return self._arrays
 
     def image(self, index: int) -> np.ndarray:
@@ -174,6 +190,21 @@ class FrameStore:
         self._arrays = None
         if self.owns_folder:
             shutil.rmtree(self.folder, ignore_errors=True)
+
+
+class _Rows:
+    """Rows of several arrays, indexed as one (the frames of per-bag stores)."""
+
+    def __init__(self, arrays: list[np.ndarray]) -> None:
+        self.arrays = arrays
+        self.starts = np.cumsum([0] + [len(a) for a in arrays])
+
+    def __len__(self) -> int:
+        return int(self.starts[-1])
+
+    def __getitem__(self, index: int) -> np.ndarray:
+        part = int(np.searchsorted(self.starts, index, side='right')) - 1
+        return self.arrays[part][int(index) - int(self.starts[part])]
 
 
 def _camera_K(msg: Any, topic: str, bag: Path) -> tuple[np.ndarray, int, int]:
@@ -227,9 +258,27 @@ def _resize(image: np.ndarray, width: int, height: int, nearest: bool = False) -
 
 
 def _thumbnail(rgb: np.ndarray) -> np.ndarray:
-    height = max(8, round(THUMB_WIDTH * rgb.shape[0] / rgb.shape[1]))
+    height, width = thumb_shape(rgb.shape[1], rgb.shape[0])
     grey = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
-    return cv2.resize(grey, (THUMB_WIDTH, height), interpolation=cv2.INTER_AREA).astype(np.float32)
+    return cv2.resize(grey, (width, height), interpolation=cv2.INTER_AREA).astype(np.float32)
+
+
+def config_bags(config: DataConfig) -> list[Path]:
+    """The bags ``config.bags`` names (folders and patterns expanded); DataError when none."""
+    if not config.bags:
+        raise DataError('no bags given')
+    try:
+        return expand_bags(config.bags)
+    except ValueError as error:
+        raise DataError(str(error)) from error
+
+
+def new_cache_folder(config: DataConfig) -> Path:
+    """A new, empty frame cache folder (``cache_prefix``*) in ``cache_dir`` (default: the system's temp)."""
+    parent = Path(config.cache_dir).expanduser() if config.cache_dir else None
+    if parent is not None:
+        parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=config.cache_prefix, dir=parent))
 
 
 def extract_frames(config: DataConfig) -> FrameStore:
@@ -238,9 +287,7 @@ def extract_frames(config: DataConfig) -> FrameStore:
     Raises BagError for unreadable bags and DataError for missing topics / intrinsics, before
     anything is written. The cache folder is removed again on any failure.
     """
-    if not config.bags:
-        raise DataError('no bags given')
-    bags = [Path(b).expanduser() for b in config.bags]
+    bags = config_bags(config)
     checked = [(bag, *_check_topics(bag, config)) for bag in bags]
     capacity = 0
     for bag, _, _ in checked:
@@ -248,15 +295,13 @@ def extract_frames(config: DataConfig) -> FrameStore:
     if capacity == 0:
         raise DataError(f'no messages on {config.image_topic} in {", ".join(map(str, bags))}')
     w, h = int(config.width), int(config.height)
-    parent = Path(config.cache_dir).expanduser() if config.cache_dir else None
-    if parent is not None:
-        parent.mkdir(parents=True, exist_ok=True)
-    folder = Path(tempfile.mkdtemp(prefix=config.cache_prefix, dir=parent))
+    folder = new_cache_folder(config)
+    images = depth = thumbs = None
     try:
-        images = np.memmap(folder / 'images.u8', np.uint8, 'w+', shape=(capacity, h, w, 3))
-        depth = (np.memmap(folder / 'depth.f32', np.float32, 'w+', shape=(capacity, h, w))
-                 if config.gt_depth_topic else None)
-        thumbs: list[np.ndarray] = []
+        # Written row by row (nothing mapped, nothing kept): memory does not grow with the bags.
+        images = _RowFile(folder / 'images.u8', (h, w, 3), np.uint8)
+        depth = _RowFile(folder / 'depth.f32', (h, w), np.float32) if config.gt_depth_topic else None
+        thumbs = _RowFile(folder / 'thumbs.f32', thumb_shape(w, h), np.float32)
         stamps: list[int] = []
         segments: list[int] = []
         has_depth = np.zeros(capacity, dtype=bool)
@@ -267,6 +312,7 @@ def extract_frames(config: DataConfig) -> FrameStore:
         Ks: list[np.ndarray] = []
         notes: list[str] = []
         count = skipped = 0
+        bag_skipped_counts: list[int] = []
         for seg, (bag, topics, has_info) in enumerate(checked):
             compressed = topics[config.image_topic] == COMPRESSED_TYPE
             wanted = [config.image_topic]
@@ -317,7 +363,7 @@ def extract_frames(config: DataConfig) -> FrameStore:
                                         f'to {rgb.shape[1]}x{rgb.shape[0]}')
                     small = _resize(rgb, w, h)
                     images[count] = small
-                    thumbs.append(_thumbnail(small))
+                    thumbs[count] = _thumbnail(small)
                     stamps.append(stamp)
                     segments.append(seg)
                     by_stamp[stamp] = count
@@ -339,6 +385,7 @@ def extract_frames(config: DataConfig) -> FrameStore:
                         pending_depth[stamp] = gt
             _check_decodable(bag, config, count - first, bag_skipped, notes)
             skipped += len(bag_skipped)
+            bag_skipped_counts.append(len(bag_skipped))
             if K_raw is None:
                 if config.intrinsics is None:
                     raise DataError(f'bag {bag}: no message on {config.camera_info_topic} and no intrinsics given')
@@ -353,36 +400,63 @@ def extract_frames(config: DataConfig) -> FrameStore:
             order = np.argsort(np.asarray(stamps[first:count], dtype=np.int64), kind='stable')
             if not np.array_equal(order, np.arange(len(order))):
                 index = first + order
-                images[first:count] = images[index]
-                if depth is not None:
-                    depth[first:count] = depth[index]
+                for rows in (images, depth, thumbs):
+                    if rows is not None:
+                        rows.reorder(first, index)
                 has_depth[first:count] = has_depth[index]
-                thumbs[first:count] = [thumbs[i] for i in index]
                 stamps[first:count] = [stamps[i] for i in index]
             tf_ok, note, missing = _segment_poses(tree, config, bag, camera_frame, stamps[first:count],
                                                   poses[first:count])
             tf_segments.append(tf_ok)
             tf_notes.append(note)
             frames_without_tf += missing
-        images.flush()
-        del images
-        if depth is not None:
-            depth.flush()
-            del depth
-        # Shrink the files to what was actually written (counts may over-estimate).
-        _truncate(folder / 'images.u8', count * h * w * 3)
-        if config.gt_depth_topic:
-            _truncate(folder / 'depth.f32', count * h * w * 4)
-        np.save(folder / 'thumbs.npy', np.stack(thumbs).astype(np.float32))
+        for rows in (images, depth, thumbs):
+            if rows is not None:
+                rows.close(count)
         (folder / 'index.json').write_text(json.dumps({'bags': [str(b) for b in bags], 'frames': count}))
         return FrameStore(folder=folder, width=w, height=h, stamps_ns=np.asarray(stamps, dtype=np.int64),
                           segment=np.asarray(segments, dtype=np.int64), K=Ks, has_depth=has_depth[:count].copy(),
                           bags=[str(b) for b in bags], poses=poses[:count].copy(), tf_segments=tf_segments,
                           tf_notes=tf_notes, frames_without_tf=frames_without_tf,
-                          skipped=skipped, notes=notes)
+                          skipped=skipped, bag_skipped=bag_skipped_counts, notes=notes)
     except BaseException:
+        for rows in (images, depth, thumbs):
+            if rows is not None:
+                rows.stream.close()
         shutil.rmtree(folder, ignore_errors=True)
         raise
+
+
+class _RowFile:
+    """A file of fixed-size rows written by index with ``pwrite``: nothing mapped or kept in memory."""
+
+    def __init__(self, path: Path, shape: tuple[int, ...], dtype: Any) -> None:
+        self.path, self.dtype = path, np.dtype(dtype)
+        self.row_bytes = int(np.prod(shape)) * self.dtype.itemsize
+        self.stream = open(path, 'w+b')
+
+    def __setitem__(self, index: int, row: np.ndarray) -> None:
+        os.pwrite(self.stream.fileno(), np.ascontiguousarray(row, dtype=self.dtype).tobytes(), index * self.row_bytes)
+
+    def reorder(self, first: int, index: np.ndarray) -> None:
+        """Rows ``first, first + 1, ...`` := rows ``index``, one row in memory at a time."""
+        fd, size = self.stream.fileno(), self.row_bytes
+        os.ftruncate(fd, max(os.fstat(fd).st_size, (first + len(index)) * size))  # unwritten rows read as zeros
+        with tempfile.TemporaryFile(dir=self.path.parent) as scratch:
+            for i, source in enumerate(index):
+                os.pwrite(scratch.fileno(), os.pread(fd, size, int(source) * size), i * size)
+            for i in range(len(index)):
+                os.pwrite(fd, os.pread(scratch.fileno(), size, i * size), (first + i) * size)
+
+    def close(self, rows: int) -> None:
+        """Set the file to exactly ``rows`` rows (unwritten ones read as zeros) and close it."""
+        os.ftruncate(self.stream.fileno(), rows * self.row_bytes)
+        self.stream.close()
+
+
+def thumb_shape(width: int, height: int) -> tuple[int, int]:
+    """Rows x columns of the motion thumbnail of a ``width`` x ``height`` frame."""
+    return max(8, round(THUMB_WIDTH * height / width)), THUMB_WIDTH
 
 
 def _segment_poses(tree: TransformTree, config: DataConfig, bag: Path, camera_frame: str | None,
@@ -426,11 +500,6 @@ def _check_decodable(bag: Path, config: DataConfig, decoded: int, skipped: list[
                         f'{config.min_decodable_fraction:.0%}); first failure: {skipped[0]}')
 
 
-def _truncate(path: Path, size: int) -> None:
-    with open(path, 'r+b') as stream:
-        stream.truncate(size)
-
-
 @dataclass
 class SampleReport:
     """Why frames did or did not become samples (shown to the user)."""
@@ -460,16 +529,19 @@ class SampleReport:
 
 def build_samples(store: FrameStore, frame_stride: int = 1, max_gap_factor: float = 2.5,
                   min_motion: float = 0.5, report: SampleReport | None = None,
-                  require_pose: bool = False) -> list[tuple[int, int, int]]:
-    """Triplets ``(previous, centre, next)`` of frame indices; see the module docstring for the rules."""
+                  require_pose: bool = False, segments: Sequence[int] | None = None) -> list[tuple[int, int, int]]:
+    """Triplets ``(previous, centre, next)`` of frame indices; see the module docstring for the rules.
+
+    ``segments``: only these bags (default: all).
+    """
     if frame_stride < 1:
         raise ValueError(f'frame_stride must be >= 1, got {frame_stride}')
     report = report if report is not None else SampleReport()
-    report.frames += len(store)
     thumbs = store.thumbs
     samples: list[tuple[int, int, int]] = []
-    for seg in np.unique(store.segment):
+    for seg in (np.unique(store.segment) if segments is None else segments):
         frames = np.flatnonzero(store.segment == seg)
+        report.frames += len(frames)
         stamps = store.stamps_ns[frames]
         gaps = np.diff(stamps).astype(np.float64)
         limit = max_gap_factor * float(np.median(gaps)) if len(gaps) else 0.0
@@ -598,6 +670,11 @@ class PreparedData:
     val: list[tuple[int, int, int]]
     report: SampleReport
     pose_source: str = 'net'        # what the trainer uses: 'tf' or 'net'
+    bag_reports: list[SampleReport] = field(default_factory=list)  # one per bag, in store.bags order
+
+    def bag_summaries(self) -> list[str]:
+        """One line per bag: frames, kept samples, dropped and why."""
+        return [f'bag {bag}: {report.summary()}' for bag, report in zip(self.store.bags, self.bag_reports)]
 
     @property
     def val_has_poses(self) -> bool:
@@ -617,7 +694,9 @@ def resolve_pose_source(requested: str, store: FrameStore) -> str:
 
 def prepare_data(config: DataConfig, min_train_samples: int = 1) -> PreparedData:
     """Extract, build triplets and split; DataError (naming the counts) when too few samples remain."""
-    store = extract_frames(config)
+    from hr_depth_ros.training.cache import prepare_frames  # (it builds on this module)
+
+    store = prepare_frames(config)
     try:
         pose_source = resolve_pose_source(config.pose_source, store)
         report = SampleReport(skipped_frames=store.skipped, notes=list(store.notes),
@@ -627,13 +706,27 @@ def prepare_data(config: DataConfig, min_train_samples: int = 1) -> PreparedData
         samples = build_samples(store, config.frame_stride, config.max_gap_factor, config.min_motion, report,
                                 require_pose=pose_source == 'tf')
         train, val = split_samples(store, samples, config.val_fraction, config.val_block_frames, report)
+        by_bag = bag_reports(store, config, require_pose=pose_source == 'tf')
         if len(train) < min_train_samples:
             raise DataError(f'too few usable training samples in {", ".join(store.bags)}: found '
                             f'{len(train)}, need {min_train_samples}; {report.summary()}')
-        return PreparedData(store, train, val, report, pose_source)
+        return PreparedData(store, train, val, report, pose_source, by_bag)
     except BaseException:
         store.close()
         raise
+
+
+def bag_reports(store: FrameStore, config: DataConfig, require_pose: bool) -> list[SampleReport]:
+    """The sample report of every bag on its own (same rules as :func:`prepare_data`)."""
+    reports = []
+    for seg in range(len(store.bags)):
+        report = SampleReport(skipped_frames=store.bag_skipped[seg] if seg < len(store.bag_skipped) else 0,
+                              notes=[store.tf_notes[seg]] if seg < len(store.tf_notes) and store.tf_notes[seg] else [])
+        samples = build_samples(store, config.frame_stride, config.max_gap_factor, config.min_motion, report,
+                                require_pose=require_pose, segments=[seg])
+        split_samples(store, samples, config.val_fraction, config.val_block_frames, report)
+        reports.append(report)
+    return reports
 
 
 def _check_consecutive(store: FrameStore, frame_stride: int) -> None:

@@ -21,6 +21,11 @@ network that bends to fit wrong predicted poses lowers its own loss, not this on
 validation loss; the start model is scored too (step 0), so ``best/`` is never worse than the
 start by that measure.
 
+Under ``torchrun`` (:mod:`.distributed`) every rank runs this loop on its share of the training
+samples with the step wrapped in one DistributedDataParallel; rank 0 alone prepares the output
+folder, searches the metric scale, validates (results broadcast) and writes checkpoints, metrics
+and progress. ``samples_seen`` counts the training samples of all ranks.
+
 Checkpoints go through :func:`hr_depth_ros.checkpoint.save_depth_checkpoint` (atomic):
 ``OUTPUT/latest`` every ``save_every`` steps and at the end, ``OUTPUT/best`` at the lowest
 validation loss; each holds the authors' ``encoder.pth`` / ``depth.pth``, ``hr_depth_ros.json``
@@ -33,7 +38,9 @@ import csv
 import functools
 import logging
 import math
+import os
 import random
+import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -54,6 +61,7 @@ from hr_depth_ros.image_decoding import DEFAULT_MAX_PIXELS
 from hr_depth_ros.inference import select_device
 from hr_depth_ros.networks import ARCHITECTURES, build_depth_model, build_pose_model
 from hr_depth_ros.tf_poses import DEFAULT_MAX_TF_GAP_S
+from hr_depth_ros.training.distributed import SINGLE, Distributed, data_parallel, from_environment, train_sampler
 from hr_depth_ros.training.data import POSE_SOURCES, DataConfig, PreparedData, TripletDataset, prepare_data
 from hr_depth_ros.training.losses import (SMOOTHNESS_WEIGHT, distillation_loss, min_reprojection, photometric_error,
                                           smoothness_loss, upsample_to)
@@ -147,6 +155,8 @@ class TrainingConfig:
     val_block_frames: int = 50
     augment: bool = True
     progress_bar: bool | None = None        # None: when stderr is a TTY
+    frame_cache: str | None = None          # persistent frame cache folder shared by runs and ranks (None: per run)
+    prepare_workers: int = 0                # processes decoding bags (0: one per bag, at most the CPUs and 8)
 
     def data_config(self) -> DataConfig:
         return DataConfig(bags=list(self.bags), width=self.width, height=self.height, image_topic=self.image_topic,
@@ -157,7 +167,9 @@ class TrainingConfig:
                           pose_source=self.pose_source, odom_frame=self.odom_frame, camera_frame=self.camera_frame,
                           max_tf_gap=self.max_tf_gap,
                           cache_dir=Path(self.output).expanduser(), cache_prefix=FRAME_CACHE_PREFIX,
-                          max_pixels=self.max_pixels)
+                          max_pixels=self.max_pixels, frame_cache=self.frame_cache,
+                          prepare_workers=self.prepare_workers,
+                          progress=sys.stderr.isatty() if self.progress_bar is None else self.progress_bar)
 
     def validate(self) -> None:
         """TrainingError naming the first bad setting."""
@@ -171,9 +183,9 @@ class TrainingConfig:
                 raise TrainingError(f'{name} must be >= 1, got {value}')
         if self.width % 32 or self.height % 32 or self.width < 64 or self.height < 32:
             raise TrainingError(f'width and height must be multiples of 32 (>= 64x32), got {self.width}x{self.height}')
-        if self.batch_size < 1 or self.lr <= 0 or self.num_workers < 0:
-            raise TrainingError(f'need batch_size >= 1, lr > 0, num_workers >= 0; got {self.batch_size}, '
-                                f'{self.lr}, {self.num_workers}')
+        if self.batch_size < 1 or self.lr <= 0 or self.num_workers < 0 or self.prepare_workers < 0:
+            raise TrainingError(f'need batch_size >= 1, lr > 0, num_workers >= 0, prepare_workers >= 0; got '
+                                f'{self.batch_size}, {self.lr}, {self.num_workers}, {self.prepare_workers}')
         if not 0 < self.min_depth < self.max_depth:
             raise TrainingError(f'need 0 < min_depth < max_depth, got {self.min_depth}, {self.max_depth}')
         output = Path(self.output).expanduser()
@@ -255,6 +267,7 @@ class _State:
     metric: bool = False                    # whether that depth is in metres
     selected_by: str = 'loss'               # what best/ is chosen by
     scale_search: dict[str, Any] = field(default_factory=dict)
+    samples_seen: int = 0                   # training samples consumed, all ranks together
 
 
 class Trainer:
@@ -269,9 +282,12 @@ class Trainer:
         self.callback = callback
         self.device = torch.device('cpu')
         self.state = _State()
+        self.dist: Distributed = SINGLE     # this process's rank in a torchrun job
 
     # -- reporting ------------------------------------------------------------------------------
     def _emit(self, event: str, **fields: Any) -> None:
+        if not self.dist.is_main:  # rank 0 alone reports; the others raise their errors
+            return
         if event == 'log':
             LOGGER.info('%s', fields['message'])
         if self.callback is not None:
@@ -314,10 +330,12 @@ class Trainer:
             module.to(self.device)
         return models
 
-    def _loader(self, dataset: TripletDataset, shuffle: bool, generator: torch.Generator | None = None) -> DataLoader:
+    def _loader(self, dataset: TripletDataset, shuffle: bool, generator: torch.Generator | None = None,
+                sampler: Any = None) -> DataLoader:
         cfg = self.config
-        return DataLoader(dataset, batch_size=cfg.batch_size, shuffle=shuffle, num_workers=cfg.num_workers,
-                          drop_last=shuffle and len(dataset) >= cfg.batch_size, generator=generator,
+        return DataLoader(dataset, batch_size=cfg.batch_size, shuffle=shuffle and sampler is None,
+                          num_workers=cfg.num_workers, sampler=sampler,
+                          drop_last=shuffle and len(sampler or dataset) >= cfg.batch_size, generator=generator,
                           pin_memory=self.device.type == 'cuda', persistent_workers=cfg.num_workers > 0)
 
     # -- the loss -------------------------------------------------------------------------------
@@ -481,6 +499,8 @@ class Trainer:
     def _save(self, models: _Models, optimizer: torch.optim.Optimizer, scheduler: Any, scaler: Any,
               data: PreparedData, name: str) -> Path | None:
         cfg = self.config
+        if not self.dist.is_main:  # rank 0 alone writes checkpoints
+            return None
         if not all(_finite(m) for m in models.trainable()):
             self._log(f'not saving {name}/: the weights contain NaN/inf (the previous checkpoint is kept)')
             return None
@@ -490,11 +510,13 @@ class Trainer:
             # The depth node reads "intrinsics" (depth_node.checkpoint_intrinsics) when no camera_info arrives.
             'intrinsics': {'K': K.tolist(), 'width': cfg.width, 'height': cfg.height},
             'K_normalized': normalized_intrinsics(K, cfg.width, cfg.height).tolist(),
-            'bags': [str(b) for b in cfg.bags],
+            'bags': [str(b) for b in data.store.bags],  # --bag folders and patterns expanded
             'topics': {'image': cfg.image_topic, 'camera_info': cfg.camera_info_topic, 'gt_depth': cfg.gt_depth_topic},
             'config': asdict(cfg), 'step': self.state.step, 'epoch': self.state.epoch,
             'metrics': self.state.last_val, 'best_val_loss': None if math.isinf(self.state.best_val) else self.state.best_val,
             'samples': {'train': len(data.train), 'val': len(data.val)}, 'trained_with': 'hr_depth_ros.training',
+            'world_size': self.dist.world_size, 'effective_batch_size': cfg.batch_size * self.dist.world_size,
+            'samples_seen': self.state.samples_seen,
             'pose_source': self.state.pose_source, 'selected_by': self.state.selected_by,
             'depth_units': 'metres' if self.state.metric else 'relative (monocular: no metric scale)',
         }
@@ -505,6 +527,7 @@ class Trainer:
         training_state = {'optimizer': optimizer.state_dict(), 'scheduler': scheduler.state_dict(),
                           'scaler': scaler.state_dict() if scaler is not None else {},
                           'step': self.state.step, 'epoch': self.state.epoch, 'best_val': self.state.best_val,
+                          'samples_seen': self.state.samples_seen,
                           'torch_rng': torch.get_rng_state()}
         folder = save_depth_checkpoint(
             Path(cfg.output).expanduser() / name, models.encoder, models.decoder, arch=cfg.arch,
@@ -532,6 +555,7 @@ class Trainer:
                 scaler.load_state_dict(state['scaler'])
             self.state.step, self.state.epoch = int(state['step']), int(state['epoch'])
             self.state.best_val = float(state.get('best_val', math.inf))
+            self.state.samples_seen = int(state.get('samples_seen', 0))
             scale = metric_scale_of(ckpt.metadata)
             if scale is not None:
                 self.state.metric_scale, self.state.metric = scale, True
@@ -544,26 +568,55 @@ class Trainer:
 
     # -- the run --------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
-        """Train; returns ``{'step', 'epoch', 'latest', 'best', 'val', 'samples_per_s', 'data'}``."""
+        """Train; returns ``{'step', 'epoch', 'latest', 'best', 'val', 'samples_per_s', 'data', 'world_size',
+        'samples_seen'}``. Under ``torchrun`` every rank calls it (see :mod:`.distributed`)."""
         cfg = self.config
-        for action in prepare_output(cfg.output, cfg.resume, cfg.overwrite):  # before validate looks for latest/
-            self._log(action)
+        self.dist = from_environment(select_device(cfg.device).type)  # a torchrun job, or SINGLE
+        try:
+            return self._run_ranks()
+        finally:
+            self.dist.close()
+
+    def _run_ranks(self) -> dict[str, Any]:
+        cfg = self.config
+        if self.dist.is_main:  # the others wait until the output folder is recovered and checked
+            for action in prepare_output(cfg.output, cfg.resume, cfg.overwrite):  # before validate looks for latest/
+                self._log(action)
+        self.dist.barrier()
         cfg.validate()
         _seed_everything(cfg.seed, cfg.deterministic)
-        self.device = select_device(cfg.device)
+        self.device = self.dist.device(select_device(cfg.device))
+        data_config = cfg.data_config()
+        data_config.progress = data_config.progress and self.dist.is_main
+        rank_cache = None
+        if self.dist.active and data_config.frame_cache is None:  # the ranks of a machine decode each bag once
+            rank_cache = data_config.frame_cache = Path(cfg.output).expanduser() / f'{FRAME_CACHE_PREFIX}ranks'
         with removed_if_left_empty(cfg.output):  # the frame cache lives in output: bad input leaves nothing
-            data = prepare_data(cfg.data_config(), min_train_samples=1)
+            try:
+                data = prepare_data(data_config, min_train_samples=1)
+            except BaseException:
+                if rank_cache is not None:
+                    shutil.rmtree(rank_cache, ignore_errors=True)
+                raise
         try:
-            if cfg.overwrite and not cfg.resume:  # only now that the new run's data is ready
+            if cfg.overwrite and not cfg.resume and self.dist.is_main:  # only now that the new run's data is ready
                 for action in remove_previous_run(cfg.output):
                     self._log(action)
-            return self._run(data)
+            result = self._run(data)
         finally:
             data.close()
+        if rank_cache is not None:  # once no rank maps it (after a failure: swept by the next run)
+            self.dist.barrier()
+            if self.dist.local_rank == 0:
+                shutil.rmtree(rank_cache, ignore_errors=True)
+        return result
 
     def _run(self, data: PreparedData) -> dict[str, Any]:
         cfg = self.config
         self._log(data.report.summary())
+        if len(data.store.bags) > 1:
+            for line in data.bag_summaries():
+                self._log(line)
         for note in data.store.tf_notes:
             if note:
                 self._log(note)
@@ -580,10 +633,15 @@ class Trainer:
         if cfg.resume:
             self._resume(models, optimizer, scheduler, scaler)
         generator = torch.Generator().manual_seed(cfg.seed + self.state.step)
-        train_loader = self._loader(TripletDataset(data.store, data.train, augment=cfg.augment), True, generator)
+        train_set = TripletDataset(data.store, data.train, augment=cfg.augment)
+        sampler = train_sampler(self.dist, train_set, cfg.seed)
+        train_loader = self._loader(train_set, True, generator, sampler)
         val_loader = self._loader(TripletDataset(data.store, data.val), False) if data.val else None
-        if not cfg.resume:
-            self._choose_metric_scale(models, data)
+        if not cfg.resume:  # on rank 0, the same scale for every rank
+            if self.dist.is_main:
+                self._choose_metric_scale(models, data)
+            state = self.dist.broadcast((self.state.metric, self.state.metric_scale, self.state.scale_search))
+            self.state.metric, self.state.metric_scale, self.state.scale_search = state
         pose_warmup = cfg.pose_warmup_steps
         if pose_warmup is None:
             pose_warmup = (AUTO_POSE_WARMUP_STEPS if data.pose_source == 'net' and cfg.init and models.pose_from_scratch
@@ -605,7 +663,7 @@ class Trainer:
         total = cfg.steps if cfg.steps is not None else cfg.epochs * steps_per_epoch
         output = Path(cfg.output).expanduser()
         output.mkdir(parents=True, exist_ok=True)
-        metrics_path = output / 'metrics.csv'
+        metrics_path = output / 'metrics.csv' if self.dist.is_main else Path(os.devnull)  # rank 0 alone writes
         new_csv = not (cfg.resume and metrics_path.is_file())
         csv_stream = open(metrics_path, 'w' if new_csv else 'a', newline='')
         writer = csv.DictWriter(csv_stream, fieldnames=METRICS_COLUMNS)
@@ -614,20 +672,27 @@ class Trainer:
         tensorboard = None
         try:
             from torch.utils.tensorboard import SummaryWriter  # optional
-            tensorboard = SummaryWriter(str(output / 'tensorboard'))
+            tensorboard = SummaryWriter(str(output / 'tensorboard')) if self.dist.is_main else None
         except Exception:  # tensorboard not installed
             tensorboard = None
-        show_bar = sys.stderr.isatty() if cfg.progress_bar is None else cfg.progress_bar
+        show_bar = (sys.stderr.isatty() if cfg.progress_bar is None else cfg.progress_bar) and self.dist.is_main
         bar = None
         if show_bar:
             from tqdm import tqdm
             bar = tqdm(total=total, initial=self.state.step, desc='fine-tuning', unit='step')
+        world = self.dist.world_size
         self._log(f'training {cfg.arch} at {cfg.width}x{cfg.height} on {self.device} for {total} steps '
-                  f'({steps_per_epoch} per epoch, batch {cfg.batch_size}, lr {cfg.lr}), output {output}')
+                  f'({steps_per_epoch} per epoch, batch {cfg.batch_size}, lr {cfg.lr}), output {output}'
+                  + (f'; {world} processes (DistributedDataParallel), effective batch {cfg.batch_size * world}'
+                     if self.dist.active else ''))
         val_every = cfg.val_every if cfg.val_every > 0 else steps_per_epoch
         validate = functools.partial(self._validation_step, models, val_loader, optimizer, scheduler, scaler, data,
                                      writer, csv_stream, tensorboard)
         best = validate() if not cfg.resume and cfg.init else None  # the start model: best/ is never worse
+        # One DistributedDataParallel over the whole step in a torchrun job (gradients averaged over
+        # the ranks); validation, the scale search and checkpoints use the plain networks.
+        train_step = data_parallel(self.dist, models.trainable(), functools.partial(self._losses, models),
+                                   self.device)
         start_step, start_time = self.state.step, time.perf_counter()
         samples_per_s = 0.0
         running: list[float] = []
@@ -638,6 +703,8 @@ class Trainer:
                 module.train()
             while self.state.step < total:
                 frozen = self.state.epoch < cfg.freeze_encoder_epochs
+                if sampler is not None:
+                    sampler.set_epoch(self.state.epoch)
                 for batch in train_loader:
                     warming_up = self.state.step < pose_warmup
                     models.encoder.requires_grad_(not (frozen or warming_up))
@@ -647,9 +714,12 @@ class Trainer:
                     if cfg.freeze_bn:
                         freeze_batch_norm(models.encoder)
                     with torch.autocast(self.device.type, dtype=torch.float16, enabled=use_amp):
-                        loss, info = self._losses(models, batch)
+                        loss, info = train_step(batch)
                     optimizer.zero_grad(set_to_none=True)
-                    if not torch.isfinite(loss):
+                    if not self.dist.all_true(bool(torch.isfinite(loss)), self.device):  # every rank skips
+                        if self.dist.active:
+                            loss.backward()  # completes DDP's gradient exchange; the gradients are dropped
+                            optimizer.zero_grad(set_to_none=True)
                         bad_in_a_row += 1
                         self.state.skipped_steps += 1
                         self._log(f'step {self.state.step + 1}: non-finite loss {loss.item()}, step skipped')
@@ -666,10 +736,11 @@ class Trainer:
                         loss.backward()
                         optimizer.step()
                     self.state.step += 1
+                    self.state.samples_seen += len(batch['index']) * world  # every rank's batch has this size
                     running.append(loss.item())
                     elapsed = time.perf_counter() - start_time
                     done = self.state.step - start_step
-                    samples_per_s = done * cfg.batch_size / max(elapsed, 1e-9)
+                    samples_per_s = done * cfg.batch_size * world / max(elapsed, 1e-9)  # all ranks together
                     eta = (total - self.state.step) * elapsed / max(done, 1)
                     if bar is not None:
                         bar.update(1)
@@ -709,7 +780,8 @@ class Trainer:
             latest = output / 'latest'
         self._log(f'finished at step {self.state.step}: {samples_per_s:.2f} samples/s, latest {latest}, '
                   f'best validation {self.state.selected_by} {self.state.best_val:.4f}')
-        return {'step': self.state.step, 'epoch': self.state.epoch, 'latest': latest,
+        return {'step': self.state.step, 'epoch': self.state.epoch, 'latest': latest, 'world_size': world,
+                'samples_seen': self.state.samples_seen,
                 'best': output / 'best' if (output / 'best').is_dir() else None, 'val': self.state.last_val,
                 'samples_per_s': samples_per_s, 'skipped_steps': self.state.skipped_steps,
                 'data': data.report.summary()}
@@ -717,7 +789,10 @@ class Trainer:
     def _validation_step(self, models: _Models, val_loader: DataLoader | None, optimizer: Any, scheduler: Any,
                          scaler: Any, data: PreparedData, writer: csv.DictWriter, csv_stream: Any,
                          tensorboard: Any) -> Path | None:
-        result = self._validate(models, val_loader, data.val_has_poses)
+        # Rank 0 validates on all the validation samples (the numbers of a single process) and
+        # broadcasts the result, so every rank keeps the same best / selection state.
+        result = self.dist.broadcast(self._validate(models, val_loader, data.val_has_poses)
+                                     if self.dist.is_main else None)
         if not result:
             return None
         self.state.last_val = result

@@ -1,0 +1,68 @@
+"""``--bag`` arguments -> the bags they name: bags, folders holding bags, glob patterns (ROS-free).
+
+A rosbag2 bag is a folder with ``metadata.yaml`` (or, cut short, a folder of ``.db3`` / ``.mcap``
+files without it); a ROS 1 bag is a ``.bag`` file. A folder that is not itself a bag is searched
+recursively (hidden folders skipped, so frame caches are never taken for bags); a pattern matches
+bags and folders of bags. Bags named twice are read once; the order is the order of the arguments,
+then sorted paths.
+"""
+from __future__ import annotations
+
+import glob
+import os
+from pathlib import Path
+from typing import Sequence
+
+__all__ = ['is_bag', 'bags_in', 'expand_bags']
+
+ROSBAG2_FILES = ('.db3', '.mcap')
+
+
+def is_bag(path: Path) -> bool:
+    """Whether ``path`` is a rosbag2 folder or a ROS 1 ``.bag`` file."""
+    if path.is_file():
+        return path.suffix == '.bag'
+    if not path.is_dir():
+        return False
+    if (path / 'metadata.yaml').is_file():
+        return True
+    return any(child.suffix in ROSBAG2_FILES and child.is_file() for child in path.iterdir())
+
+
+def bags_in(folder: Path) -> list[Path]:
+    """Bags in ``folder`` (itself, when it is one), found recursively, sorted."""
+    if is_bag(folder):
+        return [folder]
+    found: list[Path] = []
+    for root, dirs, files in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if not d.startswith('.'))
+        here = Path(root)
+        for name in list(dirs):
+            if is_bag(here / name):
+                found.append(here / name)
+                dirs.remove(name)  # a bag's own folder is not searched further
+        found += [here / f for f in sorted(files) if f.endswith('.bag')]
+    return sorted(found)
+
+
+def expand_bags(specs: Sequence[str | Path]) -> list[Path]:
+    """The bags named by ``specs``; ValueError naming the argument that names none.
+
+    A path that does not exist is passed on as it is (the bag reader names it).
+    """
+    bags: list[Path] = []
+    for spec in specs:
+        text = os.path.expanduser(str(spec))
+        if glob.has_magic(text):
+            found = [bag for match in sorted(glob.glob(text)) for bag in bags_in(Path(match))]
+            if not found:
+                raise ValueError(f'--bag {spec}: the pattern matches no bag (rosbag2 folder or ROS 1 .bag file)')
+        elif Path(text).is_dir():
+            found = bags_in(Path(text))
+            if not found:
+                raise ValueError(f'--bag {spec}: the folder holds no bag (no rosbag2 folder with metadata.yaml, '
+                                 'no ROS 1 .bag file)')
+        else:
+            found = [Path(text)]
+        bags += [bag for bag in found if bag not in bags]
+    return bags
