@@ -50,96 +50,23 @@ def describe_os_error(error: OSError, output: str) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from hr_depth_ros.image_decoding import DEFAULT_MAX_PIXELS
-    from hr_depth_ros.networks import ARCHITECTURES
+    """The command line: one flag per option of TrainingConfig (:mod:`hr_depth_ros.training.options`)."""
+    from hr_depth_ros.training.options import add_arguments
+    from hr_depth_ros.training.trainer import TrainingConfig
 
     parser = argparse.ArgumentParser(prog='finetune', description=__doc__.split('\n\n')[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument('--bag', action='append', required=True,
-                        help='rosbag2 folder, ROS 1 .bag, a folder holding bags (searched recursively) or a glob '
-                             'pattern (quoted); repeatable')
-    parser.add_argument('--output', required=True, help='output folder (latest/, best/, metrics.csv)')
-    parser.add_argument('--image-topic', default='/camera/image_raw', help='sensor_msgs/Image or CompressedImage topic')
-    parser.add_argument('--camera-info-topic', default='/camera/camera_info')
-    parser.add_argument('--intrinsics', type=float, nargs=4, metavar=('FX', 'FY', 'CX', 'CY'),
-                        help='pixel intrinsics of the bag images when the bag has no camera_info')
-    parser.add_argument('--gt-depth-topic', default=None, help='ground-truth depth (32FC1/16UC1) for validation metrics')
-    parser.add_argument('--arch', default='lite_hr_depth', choices=ARCHITECTURES)
-    parser.add_argument('--init', default=None, help='checkpoint folder to start from (default: random init)')
-    parser.add_argument('--encoder-weights', default=None, help='local ImageNet state dict for the encoders')
-    parser.add_argument('--teacher', default=None, help='checkpoint folder of a distillation teacher')
-    parser.add_argument('--distill-weight', type=float, default=1.0)
-    length = parser.add_mutually_exclusive_group()
-    length.add_argument('--steps', type=int, default=None, help='total optimiser steps (default 1000)')
-    length.add_argument('--epochs', type=int, default=None)
-    parser.add_argument('--batch-size', type=int, default=12)
-    parser.add_argument('--width', type=int, default=640)
-    parser.add_argument('--height', type=int, default=192)
-    parser.add_argument('--lr', type=float, default=1e-4)
-    parser.add_argument('--device', default='auto', help='auto, cuda, cuda:N or cpu')
-    parser.add_argument('--no-amp', action='store_true', help='disable mixed precision on CUDA')
-    parser.add_argument('--resume', action='store_true', help='continue from OUTPUT/latest')
-    parser.add_argument('--overwrite', action='store_true',
-                        help='replace a previous run in OUTPUT (latest/, best/, metrics.csv); without it, refused')
-    parser.add_argument('--max-pixels', type=int, default=DEFAULT_MAX_PIXELS,
-                        help='bag images larger than this (width x height) are skipped as malformed')
-    parser.add_argument('--num-workers', type=int, default=0)
-    parser.add_argument('--frame-cache', default=None,
-                        help='folder of decoded frames at training resolution, one entry per bag and settings, reused '
-                             'by later runs and by the other ranks (default: decoded per run into OUTPUT)')
-    parser.add_argument('--prepare-workers', type=int, default=0,
-                        help='processes decoding bags in parallel (0: one per bag, at most the CPUs and 8)')
-    parser.add_argument('--seed', type=int, default=0)
-    parser.add_argument('--deterministic', action='store_true')
-    parser.add_argument('--val-every', type=int, default=0, help='validate every N steps (0: every epoch)')
-    parser.add_argument('--save-every', type=int, default=500, help='save OUTPUT/latest every N steps')
-    parser.add_argument('--freeze-encoder-epochs', type=int, default=0)
-    parser.add_argument('--freeze-bn', action='store_true',
-                        help='keep the depth encoder\'s batch-norm statistics fixed (short runs from a trained model)')
-    parser.add_argument('--pose-source', default='auto', choices=('auto', 'tf', 'net'),
-                        help="camera motion from the bag's TF (odometry; gives metric depth) or the pose network; "
-                             'auto: tf when every bag has a TF chain from --odom-frame to the camera')
-    parser.add_argument('--odom-frame', default='odom', help='fixed frame of the odometry in TF')
-    parser.add_argument('--camera-frame', default=None,
-                        help="camera's optical frame in TF (default: the images' header.frame_id)")
-    parser.add_argument('--max-tf-gap', type=float, default=0.25,
-                        help='seconds; frames inside a longer TF silence get no pose and are dropped')
-    parser.add_argument('--metric-scale', type=float, default=None,
-                        help='with TF poses: metres per depth unit of --init (default: its recorded one, else '
-                             'found by a photometric scale search)')
-    parser.add_argument('--pose-lr', type=float, default=None, help='pose network learning rate (default max(lr, 1e-4))')
-    parser.add_argument('--pose-warmup-steps', type=int, default=None,
-                        help='first N steps train only the pose network (default: 160 when --init has no pose '
-                             'network and poses come from it, else 0)')
-    parser.add_argument('--frame-stride', type=int, default=1, help='neighbour frames are this many frames away')
-    parser.add_argument('--min-motion', type=float, default=0.5,
-                        help='drop samples whose thumbnails differ less than this (grey levels)')
-    parser.add_argument('--val-fraction', type=float, default=0.1)
+    add_arguments(parser, TrainingConfig)
     parser.add_argument('--quiet', action='store_true', help='no log lines (errors still shown)')
     return parser
 
 
 def config_from_args(args: argparse.Namespace):
     """argparse namespace -> :class:`~hr_depth_ros.training.trainer.TrainingConfig`."""
+    from hr_depth_ros.training import options
     from hr_depth_ros.training.trainer import TrainingConfig
 
-    steps = args.steps if args.steps is not None or args.epochs is not None else 1000
-    return TrainingConfig(
-        bags=list(args.bag), output=args.output, arch=args.arch, width=args.width, height=args.height,
-        image_topic=args.image_topic, camera_info_topic=args.camera_info_topic or None,
-        gt_depth_topic=args.gt_depth_topic or None, intrinsics=args.intrinsics, init=args.init,
-        encoder_weights=args.encoder_weights, teacher=args.teacher, distill_weight=args.distill_weight,
-        steps=steps if args.epochs is None else None, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-        device=args.device, amp=not args.no_amp, resume=args.resume, overwrite=args.overwrite,
-        max_pixels=args.max_pixels, num_workers=args.num_workers, frame_cache=args.frame_cache,
-        prepare_workers=args.prepare_workers, seed=args.seed,
-        deterministic=args.deterministic, val_every=args.val_every, save_every=args.save_every,
-        freeze_encoder_epochs=args.freeze_encoder_epochs, pose_warmup_steps=args.pose_warmup_steps,
-        pose_source=args.pose_source, odom_frame=args.odom_frame, camera_frame=args.camera_frame,
-        max_tf_gap=args.max_tf_gap, metric_scale=args.metric_scale, pose_lr=args.pose_lr,
-        freeze_bn=args.freeze_bn,
-        frame_stride=args.frame_stride,
-        min_motion=args.min_motion, val_fraction=args.val_fraction)
+    return options.config_from_args(args, TrainingConfig)
 
 
 def args_from_config(config: Any) -> list[str]:
@@ -147,30 +74,9 @@ def args_from_config(config: Any) -> list[str]:
 
     Settings the command line does not have keep their defaults.
     """
-    from dataclasses import asdict
+    from hr_depth_ros.training import options
 
-    fields = asdict(config)
-    args: list[str] = []
-    for action in build_parser()._actions:
-        flag, dest = (action.option_strings or [''])[0], action.dest
-        if dest in ('help', 'quiet'):
-            continue
-        if dest == 'no_amp':
-            args += [] if config.amp else [flag]
-            continue
-        value = fields.get({'bag': 'bags'}.get(dest, dest))
-        if isinstance(action, argparse._StoreTrueAction):
-            args += [flag] if value else []
-        elif value is None:  # a topic switched off is an empty argument; other unset settings are left out
-            args += [flag, ''] if isinstance(action.default, str) else []
-        elif dest == 'bag':
-            for bag in value:
-                args += [flag, str(bag)]
-        elif action.nargs:
-            args += [flag, *(str(v) for v in value)]
-        else:
-            args += [flag, str(value)]
-    return args
+    return options.args_from_config(config)
 
 
 def torchrun_command(config: Any, nproc: int) -> list[str]:

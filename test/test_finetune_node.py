@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from hr_depth_ros.finetune_node import PARAMETERS, _Unset
+from hr_depth_ros.finetune_node import parameter_table
 from hr_depth_ros.make_synthetic_bag import write_synthetic_bag
 from hr_depth_ros.transport import local_ros_env
 from test_launch import _installed_config_globs, _node_calls
@@ -26,24 +26,29 @@ NODE_NAME = 'hr_depth_finetune'
 
 def test_yaml_matches_parameter_table():
     params = yaml.safe_load(YAML_FILE.read_text())[NODE_NAME]['ros__parameters']
-    required_arrays = {name for name, (default, _) in PARAMETERS.items() if isinstance(default, _Unset)}
-    assert required_arrays == {'bags', 'intrinsics'}
-    assert set(params) == set(PARAMETERS) - required_arrays, set(params) ^ (set(PARAMETERS) - required_arrays)
+    table = {p.name: p for p in parameter_table()}
+    lists = {name for name, p in table.items() if p.default is None}
+    assert lists == {'bags', 'intrinsics'}
+    assert set(params) == set(table) - lists, set(params) ^ (set(table) - lists)
     for name, value in params.items():
-        default = PARAMETERS[name][0]
+        default = table[name].default
         assert type(value) is type(default) and value == default, f'{name}: yaml {value!r} != code {default!r}'
-        assert PARAMETERS[name][1], f'{name} has no description'
+        assert table[name].description, f'{name} has no description'
 
 
 def test_node_defaults_match_the_cli():
     from hr_depth_ros.finetune import build_parser
+    from hr_depth_ros.training.options import options
+    from hr_depth_ros.training.trainer import TrainingConfig
 
     args = build_parser().parse_args(['--bag', 'b', '--output', 'o'])
-    for node_name, cli_name in [('arch', 'arch'), ('width', 'width'), ('height', 'height'), ('lr', 'lr'),
-                                ('batch_size', 'batch_size'), ('image_topic', 'image_topic'),
-                                ('camera_info_topic', 'camera_info_topic'), ('save_every', 'save_every'),
-                                ('val_fraction', 'val_fraction'), ('min_motion', 'min_motion')]:
-        assert PARAMETERS[node_name][0] == getattr(args, cli_name), node_name
+    table = {p.name: p.default for p in parameter_table()}
+    for spec in options(TrainingConfig):
+        if spec.flag and spec.parameter and not spec.required and spec.nargs is None:
+            cli = getattr(args, spec.name)
+            expected = spec.unset if cli is None and spec.fallback is None else (cli if cli is not None else
+                                                                                 spec.fallback)
+            assert table[spec.parameter] == expected, spec.name
 
 
 def _launch_tree() -> ast.Module:
@@ -61,7 +66,7 @@ def test_launch_starts_a_console_script_with_declared_parameters():
     assert keywords['name'].id == 'NODE_NAME'
     overridden = {n.slice.value for n in ast.walk(tree) if isinstance(n, ast.Subscript)
                   and getattr(n.value, 'id', None) == 'overrides'}
-    assert overridden == {'bags', 'output_dir'} and overridden <= set(PARAMETERS)
+    assert overridden == {'bags', 'output_dir'} and overridden <= {p.name for p in parameter_table()}
     arguments = {n.args[0].value for n in ast.walk(tree) if isinstance(n, ast.Call)
                  and getattr(n.func, 'id', None) == 'DeclareLaunchArgument'}
     assert arguments == {'bag', 'output_dir', 'params_file'}

@@ -65,6 +65,7 @@ from hr_depth_ros.training.distributed import SINGLE, Distributed, data_parallel
 from hr_depth_ros.training.data import POSE_SOURCES, DataConfig, PreparedData, TripletDataset, prepare_data
 from hr_depth_ros.training.losses import (SMOOTHNESS_WEIGHT, distillation_loss, min_reprojection, photometric_error,
                                           smoothness_loss, upsample_to)
+from hr_depth_ros.training.options import option
 from hr_depth_ros.training.scale import ScaleSearch, search_scale
 from hr_depth_ros.training.output import (FRAME_CACHE_PREFIX, prepare_output, remove_previous_run,
                                           removed_if_left_empty)
@@ -80,6 +81,7 @@ MAX_BAD_STEPS = 20  # consecutive non-finite losses before giving up
 MIN_POSE_LR = 1e-4  # measured: a fresh pose network barely learns below this
 AUTO_POSE_WARMUP_STEPS = 160  # measured: translation converges in 120-160 steps at 1e-4
 SCALE_SEARCH_SAMPLES = 24  # training samples the metric scale search looks at
+DEFAULT_STEPS = 1000  # run length when neither steps nor epochs is given (command line, node)
 
 
 class TrainingError(RuntimeError):
@@ -95,68 +97,102 @@ def freeze_batch_norm(module: nn.Module) -> None:
 
 @dataclass
 class TrainingConfig:
-    """Every setting of a fine-tuning run (recorded in the checkpoint metadata)."""
+    """Every setting of a fine-tuning run (recorded in the checkpoint metadata).
 
-    bags: Sequence[str]
-    output: str
-    arch: str = 'lite_hr_depth'
-    width: int = 640
-    height: int = 192
-    image_topic: str = '/camera/image_raw'
-    camera_info_topic: str | None = '/camera/camera_info'
-    gt_depth_topic: str | None = None
-    intrinsics: Sequence[float] | None = None
-    init: str | None = None                 # checkpoint folder (authors', monodepth2's or ours)
-    encoder_weights: str | None = None      # local ImageNet state dict for the encoders
-    teacher: str | None = None              # checkpoint folder of the distillation teacher
-    distill_weight: float = 1.0
-    steps: int | None = None
-    epochs: int | None = None
-    batch_size: int = 12
-    lr: float = 1e-4
-    scheduler_step_epochs: int = 15
-    scheduler_gamma: float = 0.1
-    min_depth: float = 0.1
-    max_depth: float = 100.0
-    smoothness_weight: float = SMOOTHNESS_WEIGHT
-    freeze_encoder_epochs: int = 0
+    Each field is one row of the option table (:mod:`.options`): the ``finetune`` command line, the
+    node's parameters, config/finetune.yaml and the README table are generated from it.
+    """
+
+    bags: Sequence[str] = option(
+        help='rosbag2 folder, ROS 1 .bag, a folder holding bags (searched recursively) or a glob pattern (quoted); '
+             'repeatable', type=str, nargs='+', cli='--bag')
+    output: str = option(help='output folder: latest/, best/ checkpoints and metrics.csv', type=str, unset='',
+                         ros='output_dir')
+    arch: str = option('lite_hr_depth', help='network architecture', choices=ARCHITECTURES)
+    width: int = option(640, help='training width (multiple of 32)')
+    height: int = option(192, help='training height (multiple of 32)')
+    image_topic: str = option('/camera/image_raw', help='sensor_msgs/Image or CompressedImage topic in the bags')
+    camera_info_topic: str | None = option('/camera/camera_info', unset='',
+                                           help='sensor_msgs/CameraInfo topic (empty: use intrinsics)')
+    gt_depth_topic: str | None = option(None, type=str, unset='',
+                                        help='ground-truth depth (32FC1/16UC1) topic for validation metrics')
+    intrinsics: Sequence[float] | None = option(None, type=float, nargs=4, metavar=('FX', 'FY', 'CX', 'CY'),
+                                                help='pixel intrinsics fx, fy, cx, cy of the bag images when the '
+                                                     'bags have no camera_info')
+    init: str | None = option(None, type=str, unset='', ros='init_weights',
+                              help="checkpoint folder to start from (authors', monodepth2's or ours; default: "
+                                   'random initialisation)')
+    encoder_weights: str | None = option(None, type=str, unset='', help='local ImageNet state dict for the encoders')
+    teacher: str | None = option(None, type=str, unset='', help='checkpoint folder of a distillation teacher')
+    distill_weight: float = option(1.0, help='weight of the distillation loss')
+    steps: int | None = option(None, type=int, exclusive='length', fallback=DEFAULT_STEPS,
+                               help=f'total optimiser steps (default {DEFAULT_STEPS}; not with epochs)')
+    epochs: int | None = option(None, type=int, exclusive='length', unset=0, help='epochs to train (instead of steps)')
+    batch_size: int = option(12, help='samples per optimiser step (per process under torchrun)')
+    lr: float = option(1e-4, help='Adam learning rate')
+    scheduler_step_epochs: int = option(15, help='the learning rate drops every N epochs (StepLR)')
+    scheduler_gamma: float = option(0.1, help='factor of each learning-rate drop')
+    min_depth: float = option(0.1, help='depth of the largest disparity')
+    max_depth: float = option(100.0, help='depth of the smallest disparity')
+    smoothness_weight: float = option(SMOOTHNESS_WEIGHT, help='weight of the edge-aware smoothness loss')
+    freeze_encoder_epochs: int = option(0, help='keep the encoder frozen for the first N epochs')
     # Steps at the start during which only the pose network learns (depth networks frozen, in eval
     # mode): for depth checkpoints that come without their pose network (the authors' releases),
     # so that a random pose net does not push the depth net away from its weights at first.
     # None: AUTO_POSE_WARMUP_STEPS when poses come from a fresh pose network beside an --init depth
     # network, else 0.
-    pose_warmup_steps: int | None = None
-    pose_source: str = 'auto'               # 'tf' (odometry in the bag), 'net', 'auto': tf when every bag has it
-    odom_frame: str = 'odom'
-    camera_frame: str | None = None         # default: the images' header.frame_id
-    max_tf_gap: float = DEFAULT_MAX_TF_GAP_S
-    pose_lr: float | None = None            # None: max(lr, MIN_POSE_LR)
-    metric_scale: float | None = None       # tf: None = the init checkpoint's, else found by the scale search
+    pose_warmup_steps: int | None = option(
+        None, type=int, unset=-1, help=f'first N steps train only the pose network (default: '
+                                       f'{AUTO_POSE_WARMUP_STEPS} when the start checkpoint has no pose network and '
+                                       'poses come from it, else 0)')
+    pose_source: str = option('auto', choices=POSE_SOURCES,
+                              help="camera motion from the bags' TF (odometry; gives metric depth) or the pose "
+                                   'network; auto: tf when every bag has a TF chain from odom_frame to the camera')
+    odom_frame: str = option('odom', help='fixed frame of the odometry in TF')
+    camera_frame: str | None = option(None, type=str, unset='',
+                                      help="camera's optical frame in TF (default: the images' header.frame_id)")
+    max_tf_gap: float = option(DEFAULT_MAX_TF_GAP_S,
+                               help='seconds; frames inside a longer TF silence get no pose and are dropped')
+    pose_lr: float | None = option(None, type=float, unset=0.0,
+                                   help=f'pose network learning rate (default: max(lr, {MIN_POSE_LR}))')
+    metric_scale: float | None = option(None, type=float, unset=0.0,
+                                        help='with TF poses: metres per depth unit of the start checkpoint (default: '
+                                             'its recorded one, else found by a photometric scale search)')
     # Keep the depth encoder's batch-norm statistics fixed (BN layers in eval mode): for short
     # fine-tuning runs with small batches from a trained checkpoint, where re-estimating them on a
     # few augmented batches moves the network more than the gradients do.
-    freeze_bn: bool = False
-    device: str = 'auto'
-    amp: bool = True                        # CUDA only
-    num_workers: int = 0
-    seed: int = 0
-    deterministic: bool = False
-    val_every: int = 0                      # steps; 0: at every epoch end
-    save_every: int = 500
-    log_every: int = 10
-    max_val_samples: int = 200
-    resume: bool = False
-    overwrite: bool = False                 # a fresh run may replace a previous run in output
-    max_pixels: int = DEFAULT_MAX_PIXELS    # larger bag images are skipped as malformed
-    frame_stride: int = 1
-    max_gap_factor: float = 2.5
-    min_motion: float = 0.5
-    val_fraction: float = 0.1
-    val_block_frames: int = 50
-    augment: bool = True
-    progress_bar: bool | None = None        # None: when stderr is a TTY
-    frame_cache: str | None = None          # persistent frame cache folder shared by runs and ranks (None: per run)
-    prepare_workers: int = 0                # processes decoding bags (0: one per bag, at most the CPUs and 8)
+    freeze_bn: bool = option(False, help="keep the depth encoder's batch-norm statistics fixed (short runs from a "
+                                         'trained model)')
+    device: str = option('auto', help='auto, cuda, cuda:N or cpu')
+    amp: bool = option(True, help='mixed precision on CUDA', cli_help='disable mixed precision on CUDA')
+    num_workers: int = option(0, help='DataLoader worker processes')
+    seed: int = option(0, help='random seed')
+    deterministic: bool = option(False, help='deterministic algorithms (slower)')
+    val_every: int = option(0, help='validate every N steps (0: every epoch)')
+    save_every: int = option(500, help='save OUTPUT/latest every N steps')
+    log_every: int = option(10, help='log a progress line every N steps')
+    max_val_samples: int = option(200, help='validation samples looked at, at most')
+    resume: bool = option(False, help='continue from OUTPUT/latest')
+    overwrite: bool = option(False, help='replace a previous run in OUTPUT (latest/, best/, metrics.csv); without '
+                                         'it, refused')
+    max_pixels: int = option(DEFAULT_MAX_PIXELS,
+                             help='bag images larger than this (width x height) are skipped as malformed')
+    frame_stride: int = option(1, help='neighbour frames are this many frames away')
+    max_gap_factor: float = option(2.5, help='a time gap longer than this many median frame intervals splits a '
+                                             'sequence')
+    min_motion: float = option(0.5, help='drop samples whose thumbnails differ less than this (grey levels)')
+    val_fraction: float = option(0.1, help='fraction of each bag held out (contiguous time blocks) for validation')
+    val_block_frames: int = option(50, help='frames per held-out validation block')
+    augment: bool = option(True, help='colour and flip augmentation of training samples',
+                           cli_help='no colour and flip augmentation')
+    progress_bar: bool | None = option(None, type=bool, internal='follows the terminal: a bar when stderr is a '
+                                                                 'TTY; the node reports on ~/progress instead')
+    frame_cache: str | None = option(None, type=str, unset='',
+                                     help='folder of decoded frames at training resolution, one entry per bag and '
+                                          'settings, reused by later runs and by the other ranks (default: decoded '
+                                          'per run into OUTPUT)')
+    prepare_workers: int = option(0, help='processes decoding bags in parallel (0: one per bag, at most the CPUs '
+                                          'and 8)')
 
     def data_config(self) -> DataConfig:
         return DataConfig(bags=list(self.bags), width=self.width, height=self.height, image_topic=self.image_topic,
