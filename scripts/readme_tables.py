@@ -1,7 +1,8 @@
-"""Generate the README's parameter table from the code (hr_depth_ros.depth_engine.PARAMETERS).
+"""Generate the README's parameter tables from the code: the depth node's (hr_depth_ros.depth_engine.PARAMETERS)
+and the fine-tuning options (the option table of hr_depth_ros.training.trainer.TrainingConfig).
 
-    python scripts/readme_tables.py          # print the table
-    python scripts/readme_tables.py --write  # rewrite it in README.md between its markers
+    python scripts/readme_tables.py          # print the tables
+    python scripts/readme_tables.py --write  # rewrite them in README.md between their markers
 
 test/test_readme.py fails when the README and the code drift apart.
 """
@@ -14,6 +15,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 MARKER = 'depth-parameters'
+FINETUNE_MARKER = 'finetune-options'
 
 
 def format_default(value: object) -> str:
@@ -37,6 +39,14 @@ def depth_parameter_table() -> str:
     return '\n'.join(rows)
 
 
+def finetune_option_table() -> str:
+    """Markdown table of the fine-tuning options: node parameter, CLI flag, default, description."""
+    from hr_depth_ros.training.options import markdown_table
+    from hr_depth_ros.training.trainer import TrainingConfig
+
+    return markdown_table(TrainingConfig)
+
+
 def replace_block(text: str, marker: str, body: str) -> str:
     pattern = re.compile(rf'(<!-- {marker}:start -->\n).*?(<!-- {marker}:end -->)', re.S)
     if not pattern.search(text):
@@ -50,13 +60,16 @@ def readme_block(text: str, marker: str) -> str:
 
 
 def main() -> int:
-    table = depth_parameter_table()
+    tables = {MARKER: depth_parameter_table(), FINETUNE_MARKER: finetune_option_table()}
     if '--write' in sys.argv[1:]:
         readme = REPO / 'README.md'
-        readme.write_text(replace_block(readme.read_text(), MARKER, table))
+        text = readme.read_text()
+        for marker, table in tables.items():
+            text = replace_block(text, marker, table)
+        readme.write_text(text)
         print(f'updated {readme}')
     else:
-        print(table)
+        print('\n\n'.join(tables.values()))
     return 0
 
 

@@ -22,6 +22,13 @@ def test_parameter_table_matches_the_node():
         'README parameter table is out of date: run python scripts/readme_tables.py --write')
 
 
+def test_finetune_option_table_matches_the_code():
+    tables = load_tables_script()
+    readme = (REPO / 'README.md').read_text()
+    assert tables.readme_block(readme, tables.FINETUNE_MARKER) == tables.finetune_option_table(), (
+        'README fine-tuning option table is out of date: run python scripts/readme_tables.py --write')
+
+
 def test_topic_table_names_every_topic_of_the_node():
     readme = (REPO / 'README.md').read_text()
     source = (REPO / 'hr_depth_ros' / 'depth_node.py').read_text()

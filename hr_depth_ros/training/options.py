@@ -307,9 +307,12 @@ def markdown_table(config_class: type, extra: Sequence[NodeParameter] = NODE_PAR
     for spec in options(config_class):
         if spec.internal:
             continue
-        description = (spec.help + (f' (one of {", ".join(spec.choices)})' if spec.choices else '')
-                       + (f'; node: `{yaml_scalar(spec.unset) if spec.unset != "" else chr(34) * 2}` = unset'
-                          if spec.unset is not None else '')).replace('|', '\\|')
+        description = spec.help + (f' (one of {", ".join(spec.choices)})' if spec.choices else '')
+        if spec.required:
+            description += ' (required)'
+        elif spec.unset is not None:
+            description += f'; node: {default_text(spec.unset)} = unset'
+        description = description.replace('|', '\\|')
         name = f'`{spec.parameter}`' if spec.parameter else ''
         flag = f'`{spec.flag}`' if spec.flag else ''
         rows.append(f'| {name} | {flag} | {default_text(spec.ros_default)} | {description} |')
