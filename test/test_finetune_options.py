@@ -174,3 +174,18 @@ def test_the_node_declares_the_table_and_builds_the_config():
             node.destroy_node()
     finally:
         rclpy.shutdown(context=context)
+
+
+def test_limits_from_the_table_are_checked_and_described():
+    from hr_depth_ros.training.trainer import TrainingError
+
+    specs = {spec.name: spec for spec in options.options(TrainingConfig)}
+    assert specs['save_every'].limits == '>= 1' and '(>= 1)' in specs['save_every'].description
+    assert specs['val_fraction'].limits == '0.0 .. 1.0'
+    options.check_limits(TrainingConfig(bags=['b'], output='o', steps=1))
+    for name, value in (('save_every', 0), ('val_fraction', 1.5), ('frame_stride', 0), ('seed', -1)):
+        config = TrainingConfig(bags=['b'], output='o', steps=1, **{name: value})
+        with pytest.raises(ValueError, match=f'{name} must be'):
+            options.check_limits(config)
+        with pytest.raises(TrainingError, match=f'{name} must be'):
+            config.validate()

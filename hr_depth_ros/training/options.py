@@ -24,7 +24,7 @@ import textwrap
 from dataclasses import MISSING, dataclass
 from typing import Any, Mapping, Sequence
 
-__all__ = ['Option', 'option', 'options', 'NodeParameter', 'NODE_PARAMETERS', 'node_parameters',
+__all__ = ['Option', 'option', 'options', 'NodeParameter', 'NODE_PARAMETERS', 'node_parameters', 'check_limits',
            'add_arguments', 'config_from_args', 'args_from_config', 'config_from_parameters', 'yaml_text',
            'markdown_table', 'NODE_NAME']
 
@@ -41,12 +41,15 @@ class Option:
     that stands for None (ROS parameters cannot be None; on the command line an empty string stands
     for None when ``unset`` is ''); ``nargs``: a list field (an int: that many values; '+': a
     repeatable flag); ``exclusive``: command-line group of which one member may be given;
-    ``fallback``: the value when no member of that group is given (also the node's default).
+    ``fallback``: the value when no member of that group is given (also the node's default);
+    ``min_value`` / ``max_value``: inclusive limits of a value that is not None (:func:`check_limits`).
     """
 
     help: str
     type: type | None = None
     choices: tuple[str, ...] = ()
+    min_value: float | None = None
+    max_value: float | None = None
     cli: str | None = ''
     ros: str | None = ''
     unset: Any = None
@@ -95,11 +98,20 @@ class Option:
         return self.unset if self.default is None else self.default
 
     @property
+    def limits(self) -> str:
+        """The limits in words ('' when none): '>= 1', '0 .. 1'."""
+        low, high = self.min_value, self.max_value
+        if low is not None and high is not None:
+            return f'{low} .. {high}'
+        return f'>= {low}' if low is not None else (f'<= {high}' if high is not None else '')
+
+    @property
     def description(self) -> str:
-        """The parameter's description (help, and what its unset value means)."""
+        """The parameter's description (help, limits, and what its unset value means)."""
+        text = self.help + (f' ({self.limits})' if self.limits else '')
         if self.required:
-            return f'{self.help} (required)'
-        return self.help + (f' (node: {json.dumps(self.unset)} = unset)' if self.unset is not None else '')
+            return f'{text} (required)'
+        return text + (f' (node: {json.dumps(self.unset)} = unset)' if self.unset is not None else '')
 
 
 def option(default: Any = MISSING, help: str = '', **kwargs: Any) -> Any:  # noqa: A002 - argparse's word
@@ -153,6 +165,17 @@ def node_parameters(config_class: type, extra: Sequence[NodeParameter] = NODE_PA
 def list_parameters(config_class: type) -> dict[str, type]:
     """Parameter name -> element type, for the list parameters (declared by type)."""
     return {spec.parameter: spec.value_type for spec in options(config_class) if spec.parameter and spec.nargs}
+
+
+def check_limits(config: Any) -> None:
+    """ValueError naming the first field of ``config`` outside its ``min_value`` / ``max_value``."""
+    for spec in options(type(config)):
+        value = getattr(config, spec.name)
+        if value is None or isinstance(value, (bool, str)) or spec.nargs is not None:
+            continue
+        if (spec.min_value is not None and not value >= spec.min_value) or (
+                spec.max_value is not None and not value <= spec.max_value):
+            raise ValueError(f'{spec.name} must be {spec.limits}, got {value}')
 
 
 # -- command line ------------------------------------------------------------------------------------
@@ -307,7 +330,8 @@ def markdown_table(config_class: type, extra: Sequence[NodeParameter] = NODE_PAR
     for spec in options(config_class):
         if spec.internal:
             continue
-        description = spec.help + (f' (one of {", ".join(spec.choices)})' if spec.choices else '')
+        description = spec.help + (f' (one of {", ".join(spec.choices)})' if spec.choices else '') + (
+            f' ({spec.limits})' if spec.limits else '')
         if spec.required:
             description += ' (required)'
         elif spec.unset is not None:

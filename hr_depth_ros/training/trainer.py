@@ -65,7 +65,7 @@ from hr_depth_ros.training.distributed import SINGLE, Distributed, data_parallel
 from hr_depth_ros.training.data import POSE_SOURCES, DataConfig, PreparedData, TripletDataset, prepare_data
 from hr_depth_ros.training.losses import (SMOOTHNESS_WEIGHT, distillation_loss, min_reprojection, photometric_error,
                                           smoothness_loss, upsample_to)
-from hr_depth_ros.training.options import option
+from hr_depth_ros.training.options import check_limits, option
 from hr_depth_ros.training.scale import ScaleSearch, search_scale
 from hr_depth_ros.training.output import (FRAME_CACHE_PREFIX, prepare_output, remove_previous_run,
                                           removed_if_left_empty)
@@ -109,8 +109,8 @@ class TrainingConfig:
     output: str = option(help='output folder: latest/, best/ checkpoints and metrics.csv', type=str, unset='',
                          ros='output_dir')
     arch: str = option('lite_hr_depth', help='network architecture', choices=ARCHITECTURES)
-    width: int = option(640, help='training width (multiple of 32)')
-    height: int = option(192, help='training height (multiple of 32)')
+    width: int = option(640, min_value=64, help='training width (multiple of 32)')
+    height: int = option(192, min_value=32, help='training height (multiple of 32)')
     image_topic: str = option('/camera/image_raw', help='sensor_msgs/Image or CompressedImage topic in the bags')
     camera_info_topic: str | None = option('/camera/camera_info', unset='',
                                            help='sensor_msgs/CameraInfo topic (empty: use intrinsics)')
@@ -124,25 +124,26 @@ class TrainingConfig:
                                    'random initialisation)')
     encoder_weights: str | None = option(None, type=str, unset='', help='local ImageNet state dict for the encoders')
     teacher: str | None = option(None, type=str, unset='', help='checkpoint folder of a distillation teacher')
-    distill_weight: float = option(1.0, help='weight of the distillation loss')
-    steps: int | None = option(None, type=int, exclusive='length', fallback=DEFAULT_STEPS,
+    distill_weight: float = option(1.0, min_value=0.0, help='weight of the distillation loss')
+    steps: int | None = option(None, type=int, min_value=1, exclusive='length', fallback=DEFAULT_STEPS,
                                help=f'total optimiser steps (default {DEFAULT_STEPS}; not with epochs)')
-    epochs: int | None = option(None, type=int, exclusive='length', unset=0, help='epochs to train (instead of steps)')
-    batch_size: int = option(12, help='samples per optimiser step (per process under torchrun)')
+    epochs: int | None = option(None, type=int, min_value=1, exclusive='length', unset=0,
+                                help='epochs to train (instead of steps)')
+    batch_size: int = option(12, min_value=1, help='samples per optimiser step (per process under torchrun)')
     lr: float = option(1e-4, help='Adam learning rate')
-    scheduler_step_epochs: int = option(15, help='the learning rate drops every N epochs (StepLR)')
-    scheduler_gamma: float = option(0.1, help='factor of each learning-rate drop')
+    scheduler_step_epochs: int = option(15, min_value=1, help='the learning rate drops every N epochs (StepLR)')
+    scheduler_gamma: float = option(0.1, min_value=0.0, help='factor of each learning-rate drop')
     min_depth: float = option(0.1, help='depth of the largest disparity')
     max_depth: float = option(100.0, help='depth of the smallest disparity')
-    smoothness_weight: float = option(SMOOTHNESS_WEIGHT, help='weight of the edge-aware smoothness loss')
-    freeze_encoder_epochs: int = option(0, help='keep the encoder frozen for the first N epochs')
+    smoothness_weight: float = option(SMOOTHNESS_WEIGHT, min_value=0.0, help='weight of the edge-aware smoothness loss')
+    freeze_encoder_epochs: int = option(0, min_value=0, help='keep the encoder frozen for the first N epochs')
     # Steps at the start during which only the pose network learns (depth networks frozen, in eval
     # mode): for depth checkpoints that come without their pose network (the authors' releases),
     # so that a random pose net does not push the depth net away from its weights at first.
     # None: AUTO_POSE_WARMUP_STEPS when poses come from a fresh pose network beside an --init depth
     # network, else 0.
     pose_warmup_steps: int | None = option(
-        None, type=int, unset=-1, help=f'first N steps train only the pose network (default: '
+        None, type=int, min_value=0, unset=-1, help=f'first N steps train only the pose network (default: '
                                        f'{AUTO_POSE_WARMUP_STEPS} when the start checkpoint has no pose network and '
                                        'poses come from it, else 0)')
     pose_source: str = option('auto', choices=POSE_SOURCES,
@@ -165,24 +166,26 @@ class TrainingConfig:
                                          'trained model)')
     device: str = option('auto', help='auto, cuda, cuda:N or cpu')
     amp: bool = option(True, help='mixed precision on CUDA', cli_help='disable mixed precision on CUDA')
-    num_workers: int = option(0, help='DataLoader worker processes')
-    seed: int = option(0, help='random seed')
+    num_workers: int = option(0, min_value=0, help='DataLoader worker processes')
+    seed: int = option(0, min_value=0, help='random seed')
     deterministic: bool = option(False, help='deterministic algorithms (slower)')
-    val_every: int = option(0, help='validate every N steps (0: every epoch)')
-    save_every: int = option(500, help='save OUTPUT/latest every N steps')
-    log_every: int = option(10, help='log a progress line every N steps')
-    max_val_samples: int = option(200, help='validation samples looked at, at most')
+    val_every: int = option(0, min_value=0, help='validate every N steps (0: every epoch)')
+    save_every: int = option(500, min_value=1, help='save OUTPUT/latest every N steps')
+    log_every: int = option(10, min_value=1, help='log a progress line every N steps')
+    max_val_samples: int = option(200, min_value=0, help='validation samples looked at, at most')
     resume: bool = option(False, help='continue from OUTPUT/latest')
     overwrite: bool = option(False, help='replace a previous run in OUTPUT (latest/, best/, metrics.csv); without '
                                          'it, refused')
-    max_pixels: int = option(DEFAULT_MAX_PIXELS,
+    max_pixels: int = option(DEFAULT_MAX_PIXELS, min_value=1,
                              help='bag images larger than this (width x height) are skipped as malformed')
-    frame_stride: int = option(1, help='neighbour frames are this many frames away')
-    max_gap_factor: float = option(2.5, help='a time gap longer than this many median frame intervals splits a '
-                                             'sequence')
-    min_motion: float = option(0.5, help='drop samples whose thumbnails differ less than this (grey levels)')
-    val_fraction: float = option(0.1, help='fraction of each bag held out (contiguous time blocks) for validation')
-    val_block_frames: int = option(50, help='frames per held-out validation block')
+    frame_stride: int = option(1, min_value=1, help='neighbour frames are this many frames away')
+    max_gap_factor: float = option(2.5, min_value=0.0,
+                                   help='a time gap longer than this many median frame intervals splits a sequence')
+    min_motion: float = option(0.5, min_value=0.0,
+                               help='drop samples whose thumbnails differ less than this (grey levels)')
+    val_fraction: float = option(0.1, min_value=0.0, max_value=1.0,
+                                 help='fraction of each bag held out (contiguous time blocks) for validation')
+    val_block_frames: int = option(50, min_value=1, help='frames per held-out validation block')
     augment: bool = option(True, help='colour and flip augmentation of training samples',
                            cli_help='no colour and flip augmentation')
     progress_bar: bool | None = option(None, type=bool, internal='follows the terminal: a bar when stderr is a '
@@ -191,8 +194,8 @@ class TrainingConfig:
                                      help='folder of decoded frames at training resolution, one entry per bag and '
                                           'settings, reused by later runs and by the other ranks (default: decoded '
                                           'per run into OUTPUT)')
-    prepare_workers: int = option(0, help='processes decoding bags in parallel (0: one per bag, at most the CPUs '
-                                          'and 8)')
+    prepare_workers: int = option(0, min_value=0,
+                                  help='processes decoding bags in parallel (0: one per bag, at most the CPUs and 8)')
 
     def data_config(self) -> DataConfig:
         return DataConfig(bags=list(self.bags), width=self.width, height=self.height, image_topic=self.image_topic,
@@ -243,6 +246,10 @@ class TrainingConfig:
             raise TrainingError(f'pose_warmup_steps must be >= 0, got {self.pose_warmup_steps}')
         if self.intrinsics is not None and len(self.intrinsics) != 4:
             raise TrainingError(f'intrinsics must be fx, fy, cx, cy; got {list(self.intrinsics)}')
+        try:
+            check_limits(self)  # the table's limits of the settings not checked above
+        except ValueError as error:
+            raise TrainingError(str(error)) from None
 
 
 Callback = Callable[[dict[str, Any]], None]
