@@ -191,7 +191,8 @@ def add_arguments(parser: argparse.ArgumentParser, config_class: type) -> None:
             if spec.exclusive not in groups:
                 groups[spec.exclusive] = parser.add_mutually_exclusive_group()
             target = groups[spec.exclusive]
-        kwargs: dict[str, Any] = {'dest': spec.name, 'help': spec.cli_help or spec.help}
+        text = (spec.cli_help or spec.help) + (f' ({spec.limits})' if spec.limits else '')
+        kwargs: dict[str, Any] = {'dest': spec.name, 'help': text.replace('%', '%%')}
         if spec.value_type is bool and spec.nargs is None:
             kwargs['action'] = 'store_false' if spec.default is True else 'store_true'
         else:
