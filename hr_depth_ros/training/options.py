@@ -155,7 +155,8 @@ def node_parameters(config_class: type, extra: Sequence[NodeParameter] = NODE_PA
                     ) -> tuple[NodeParameter, ...]:
     """The node's parameters: one per option with a parameter name, then ``extra``.
 
-    A list parameter's default is None (declared by type, unset); ``list_type`` is its element type.
+    A list parameter's default is None (declared by type, unset; :func:`list_parameters` gives its
+    element type).
     """
     result = [NodeParameter(spec.parameter, spec.ros_default, spec.description)
               for spec in options(config_class) if spec.parameter]
