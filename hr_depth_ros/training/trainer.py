@@ -63,8 +63,8 @@ from hr_depth_ros.networks import ARCHITECTURES, build_depth_model, build_pose_m
 from hr_depth_ros.tf_poses import DEFAULT_MAX_TF_GAP_S
 from hr_depth_ros.training.distributed import SINGLE, Distributed, data_parallel, from_environment, train_sampler
 from hr_depth_ros.training.data import POSE_SOURCES, DataConfig, PreparedData, TripletDataset, prepare_data
-from hr_depth_ros.training.losses import (SMOOTHNESS_WEIGHT, distillation_loss, min_reprojection, photometric_error,
-                                          smoothness_loss, upsample_to)
+from hr_depth_ros.training.losses import (IDENTITY_NOISE_STD, SMOOTHNESS_WEIGHT, distillation_loss, min_reprojection,
+                                          photometric_error, smoothness_loss, upsample_to)
 from hr_depth_ros.training.options import check_limits, option
 from hr_depth_ros.training.scale import ScaleSearch, search_scale
 from hr_depth_ros.training.output import (FRAME_CACHE_PREFIX, prepare_output, remove_previous_run,
@@ -242,8 +242,6 @@ class TrainingConfig:
             value = getattr(self, name)
             if value is not None and not (math.isfinite(value) and value > 0):
                 raise TrainingError(f'{name} must be a positive number, got {value}')
-        if self.pose_warmup_steps is not None and self.pose_warmup_steps < 0:
-            raise TrainingError(f'pose_warmup_steps must be >= 0, got {self.pose_warmup_steps}')
         if self.intrinsics is not None and len(self.intrinsics) != 4:
             raise TrainingError(f'intrinsics must be fx, fy, cx, cy; got {list(self.intrinsics)}')
         try:
@@ -283,7 +281,7 @@ class _Models:
 
 
 def reprojection_loss(color: torch.Tensor, depth: torch.Tensor, K: torch.Tensor, transforms: dict[int, torch.Tensor],
-                      identity: list[torch.Tensor] | None, noise_std: float | None = None,
+                      identity: list[torch.Tensor] | None, noise_std: float = IDENTITY_NOISE_STD,
                       ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-pixel minimum reprojection error (and auto-mask) of the target ``color[:, 0]`` (monodepth2).
 
@@ -293,8 +291,6 @@ def reprojection_loss(color: torch.Tensor, depth: torch.Tensor, K: torch.Tensor,
     target = color[:, 0].float()
     reprojection = [photometric_error(warp_image(color[:, j].float(), depth, K, transforms[offset]), target)
                     for j, offset in enumerate(SOURCE_OFFSETS, start=1)]
-    if noise_std is None:
-        return min_reprojection(reprojection, identity)
     return min_reprojection(reprojection, identity, noise_std=noise_std)
 
 
@@ -440,26 +436,35 @@ class Trainer:
         return total / len(SCALES), info
 
     # -- validation -----------------------------------------------------------------------------
-    def _photometric_under_tf(self, scored: list[tuple[dict[str, torch.Tensor], torch.Tensor]], scale: float) -> float:
-        """Mean scale-0 minimum reprojection error of ``scale x disp_to_depth(disp)`` under the TF poses."""
-        total, count = 0.0, 0
+    def _tf_scoring(self, scored: list[tuple[dict[str, torch.Tensor], torch.Tensor]]) -> list[tuple[Any, ...]]:
+        """What scoring depth under the TF poses needs, at any scale: per batch the frames, the
+        un-warped errors, K, the TF transforms and ``disp_to_depth`` of the full-size disparity."""
+        prepared = []
         for batch, disp in scored:
             color = batch['color'].to(self.device)
-            height, width = color.shape[-2:]
             identity = [photometric_error(color[:, j].float(), color[:, 0].float())
                         for j in range(1, 1 + len(SOURCE_OFFSETS))]
-            depth = self._depth(upsample_to(disp, height, width), scale)
             T = batch['T'].to(self.device)
-            per_pixel, _ = reprojection_loss(color, depth, batch['K'].to(self.device),
-                                             {offset: T[:, j] for j, offset in enumerate(SOURCE_OFFSETS)},
-                                             identity, noise_std=0.0)
-            total += per_pixel.mean().item() * len(disp)
-            count += len(disp)
+            prepared.append((color, identity, batch['K'].to(self.device),
+                             {offset: T[:, j] for j, offset in enumerate(SOURCE_OFFSETS)},
+                             self._depth(upsample_to(disp, *color.shape[-2:]), 1.0)))
+        return prepared
+
+    @staticmethod
+    def _photometric_under_tf(prepared: list[tuple[Any, ...]], scale: float) -> float:
+        """Mean scale-0 minimum reprojection error of ``scale x disp_to_depth(disp)`` under the TF poses
+        (``prepared`` by :meth:`_tf_scoring`)."""
+        total, count = 0.0, 0
+        for color, identity, K, transforms, depth in prepared:
+            per_pixel, _ = reprojection_loss(color, depth * scale, K, transforms, identity, noise_std=0.0)
+            total += per_pixel.mean().item() * len(depth)
+            count += len(depth)
         return total / max(count, 1)
 
     def _search_scale(self, scored: list[tuple[dict[str, torch.Tensor], torch.Tensor]]) -> ScaleSearch:
         """The depth scale whose reprojection under the TF poses is best (see :mod:`.scale`)."""
-        return search_scale(lambda scale: self._photometric_under_tf(scored, scale))
+        prepared = self._tf_scoring(scored)
+        return search_scale(lambda scale: self._photometric_under_tf(prepared, scale))
 
     @torch.no_grad()
     def _disparities(self, models: _Models, loader: DataLoader, limit: int) -> list[tuple[dict, torch.Tensor]]:
@@ -521,7 +526,7 @@ class Trainer:
         result = {'loss': float(np.mean(losses)), 'photometric': float(np.mean(photometric))}
         if scored:
             if self.state.metric:
-                result['loss_tf'] = self._photometric_under_tf(scored, self.state.metric_scale)
+                result['loss_tf'] = self._photometric_under_tf(self._tf_scoring(scored), self.state.metric_scale)
             else:  # relative depth: scored at its best scale (a scale-free measure of its shape)
                 result['loss_tf'] = self._search_scale(scored).loss
         if per_frame:
