@@ -150,22 +150,29 @@ def finetune(train_bag: Path, output: Path, init: Path | None, steps: int, width
     return output / 'best' if (output / 'best' / 'depth.pth').is_file() else latest
 
 
-def direct_metrics(weights: Path, frames: list[EvalFrame], device: str, backend: BackendOptions,
-                   median_scaling: bool = True) -> dict[str, float]:
-    """Metrics of a checkpoint on the held-out frames through the inference engine: median-scaled
-    (monocular), or as published (``median_scaling=False``: the checkpoint's own metric scale)."""
+def score_depths(pairs: list[tuple[np.ndarray, np.ndarray]]) -> tuple[dict[str, float], dict[str, float]]:
+    """Mean metrics of ``(ground truth, depth)`` pairs: median-scaled (monocular), and as published
+    (no scaling: metres when the checkpoint is metric), whose ``scale_ratio`` is median(truth) /
+    median(published), 1 for exact metres."""
+    scaled = [evaluate_depth(gt, depth) for gt, depth in pairs]
+    published = [{**evaluate_depth(gt, depth, median_scaling=False), 'scale_ratio': s['scale_ratio']}
+                 for (gt, depth), s in zip(pairs, scaled)]
+    return mean_errors(scaled), mean_errors(published)
+
+
+def direct_metrics(weights: Path, frames: list[EvalFrame], device: str,
+                   backend: BackendOptions) -> tuple[dict[str, float], dict[str, float]]:
+    """:func:`score_depths` of a checkpoint on the held-out frames, through the inference engine."""
     from hr_depth_ros.inference import DepthEstimator
 
     estimator = DepthEstimator(weights, device=device, backend=backend.backend, threads=backend.threads,
                                cache_dir=backend.cache_dir)
-    per_frame = []
+    pairs = []
     for frame in frames:
         depth = estimator.predict_depth(frame.rgb)
-        depth = cv2.resize(depth, (frame.rgb.shape[1], frame.rgb.shape[0]), interpolation=cv2.INTER_LINEAR)
-        per_frame.append(evaluate_depth(frame.depth_gt, depth, median_scaling=median_scaling))
-        if not median_scaling:  # how far the published scale is from the truth
-            per_frame[-1]['scale_ratio'] = evaluate_depth(frame.depth_gt, depth)['scale_ratio']
-    return mean_errors(per_frame)
+        pairs.append((frame.depth_gt, cv2.resize(depth, (frame.rgb.shape[1], frame.rgb.shape[0]),
+                                                 interpolation=cv2.INTER_LINEAR)))
+    return score_depths(pairs)
 
 
 class NodeSession:
@@ -424,42 +431,38 @@ def main(argv: list[str] | None = None) -> int:
     t = step(3, total, 'evaluating random weights, the starting checkpoint and the fine-tuned ones')
     random_weights = make_random_checkpoint(output / 'random_init', args.net_width, args.net_height)
     backend = BackendOptions(args.backend, args.threads, args.cache_dir)
-    results = {'random_init': direct_metrics(random_weights, frames, args.device, backend)}
+    results = {'random_init': direct_metrics(random_weights, frames, args.device, backend)[0]}
     if init is not None:
-        results['start_checkpoint'] = direct_metrics(init, frames, args.device, backend)
-    results['finetuned_tf'] = direct_metrics(finetuned, frames, args.device, backend)
-    results['finetuned_tf_metric'] = direct_metrics(finetuned, frames, args.device, backend, median_scaling=False)
+        results['start_checkpoint'] = direct_metrics(init, frames, args.device, backend)[0]
+    results['finetuned_tf'], results['finetuned_tf_metric'] = direct_metrics(finetuned, frames, args.device, backend)
     if 'net' in checkpoints:
-        results['finetuned_net'] = direct_metrics(checkpoints['net'], frames, args.device, backend)
+        results['finetuned_net'] = direct_metrics(checkpoints['net'], frames, args.device, backend)[0]
     done(t)
 
     t = step(4, total, 'running depth_node and playing the held-out frames into it over ROS 2')
     session, sent = run_node_session(finetuned, frames, args.device, backend, output / 'depth_node.log',
                                      args.timeout)
-    per_frame, per_frame_metric = [], []
+    published = []
     latency_depth, latency_points = [], []
     for frame in frames:
         if frame.stamp_ns not in sent:
             continue
         depth, t_depth = session.depth[frame.stamp_ns]
-        per_frame.append(evaluate_depth(frame.depth_gt, depth))
-        per_frame_metric.append(evaluate_depth(frame.depth_gt, depth, median_scaling=False))
+        published.append((frame.depth_gt, depth))
         latency_depth.append(t_depth - sent[frame.stamp_ns])
         latency_points.append(session.points[frame.stamp_ns][2] - sent[frame.stamp_ns])
-    if not per_frame:
+    if not published:
         session.close()
         print(f'demo: depth_node produced nothing; see {output / "depth_node.log"}', file=sys.stderr)
         return 1
-    results['node_published'] = mean_errors(per_frame)
-    results['node_published_metric'] = mean_errors(per_frame_metric)
-    results['node_published_metric']['scale_ratio'] = results['node_published']['scale_ratio']
-    done(t, f'{len(per_frame)}/{len(frames)} frames answered')
+    results['node_published'], results['node_published_metric'] = score_depths(published)
+    done(t, f'{len(published)}/{len(frames)} frames answered')
 
     t = step(5, total, 'writing pictures, point cloud and report')
     from hr_depth_ros.pointcloud import write_ply
 
     strips = write_strips(frames, session, output / 'strips')
-    middle = [f for f in frames if f.stamp_ns in sent][len(per_frame) // 2]
+    middle = [f for f in frames if f.stamp_ns in sent][len(published) // 2]
     points, colors, _ = session.points[middle.stamp_ns]
     ply = write_ply(output / 'points.ply', points, colors)
     cloud_view = output / 'points.png'
@@ -467,7 +470,7 @@ def main(argv: list[str] | None = None) -> int:
     session.close()
     report = {
         'frames_played': len(frames),
-        'frames_processed': len(per_frame),
+        'frames_processed': len(published),
         'latency_ms_publish_to_depth': percentiles(latency_depth),
         'latency_ms_publish_to_points': percentiles(latency_points),
         'metrics': results,
@@ -477,7 +480,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     (output / 'report.json').write_text(json.dumps(report, indent=2))
     lines = ['# hr_depth_ros demo report', '',
-             f'Held-out synthetic frames: {len(per_frame)} processed by depth_node of {len(frames)} played.', '',
+             f'Held-out synthetic frames: {len(published)} processed by depth_node of {len(frames)} played.', '',
              '| model | ' + ' | '.join(REPORTED_METRICS) + ' | scale ratio |', '|---' * (len(REPORTED_METRICS) + 2) + '|']
     for name, metrics in results.items():
         ratio = f'{metrics["scale_ratio"]:.3f}' if name.endswith('_metric') else '(median-scaled)'
