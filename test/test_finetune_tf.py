@@ -74,7 +74,7 @@ def test_messy_tf_gives_exact_poses_and_drops_what_it_cannot_know(messy):
     bag, drive, odometry = messy
     store = extract_frames(DataConfig(bags=[bag], width=W, height=H, pose_source='tf'))
     try:
-        valid = np.array([store.has_pose(i) for i in range(len(store))])
+        valid = np.array([store.has_poses([i]) for i in range(len(store))])
         times = (store.stamps_ns - drive.stamp_ns(0)) / 1e9
         # Frame 0 precedes the odometry, frames inside the 0.6 s silence fall in a gap > 0.25 s:
         # no pose for them (never extrapolated); every other frame has one.

@@ -178,8 +178,9 @@ class FrameStore:
             return None
         return np.array(self._open()['depth'][index])
 
-    def has_pose(self, index: int) -> bool:
-        return self.poses is not None and bool(np.isfinite(self.poses[index]).all())
+    def has_poses(self, indices: Sequence[int]) -> bool:
+        """Whether every frame of ``indices`` (e.g. a sample's three) has a TF pose."""
+        return self.poses is not None and bool(np.isfinite(self.poses[list(indices)]).all())
 
     @property
     def thumbs(self) -> np.ndarray:
@@ -553,7 +554,7 @@ def build_samples(store: FrameStore, frame_stride: int = 1, max_gap_factor: floa
                 report.dropped_gap += 1
                 continue
             prev, centre, nxt = int(frames[p - k]), int(frames[p]), int(frames[p + k])
-            if require_pose and not all(store.has_pose(i) for i in (prev, centre, nxt)):
+            if require_pose and not store.has_poses((prev, centre, nxt)):
                 report.dropped_no_pose += 1
                 continue
             motion = min(float(np.abs(thumbs[centre] - thumbs[prev]).mean()),
@@ -640,7 +641,7 @@ class TripletDataset(Dataset):
         frames = np.stack([self.store.image(by_offset[o]) for o in FRAME_OFFSETS])
         color = torch.from_numpy(frames).permute(0, 3, 1, 2).float().div_(255.0)
         K = self.store.K[int(self.store.segment[centre])].copy()
-        has_pose = all(self.store.has_pose(i) for i in (prev, centre, nxt))
+        has_pose = self.store.has_poses((prev, centre, nxt))
         T = np.tile(np.eye(4), (2, 1, 1))
         if has_pose:
             poses = self.store.poses
@@ -679,7 +680,7 @@ class PreparedData:
     @property
     def val_has_poses(self) -> bool:
         """Every validation sample has TF poses (so validation can score depth under them)."""
-        return bool(self.val) and all(self.store.has_pose(i) for sample in self.val for i in sample)
+        return bool(self.val) and all(self.store.has_poses(sample) for sample in self.val)
 
     def close(self) -> None:
         self.store.close()
