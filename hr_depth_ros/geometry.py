@@ -385,13 +385,13 @@ def quaternion_from_matrix(R: Any) -> np.ndarray:
 
 
 def matrix_from_quaternion(q: Any) -> np.ndarray:
-    """Quaternion ``[x, y, z, w]`` (normalised here) -> 3x3 rotation matrix."""
-    x, y, z, w = np.asarray(q, dtype=np.float64) / np.linalg.norm(q)
-    return np.array([
-        [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
-        [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
-        [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)],
-    ])
+    """Quaternion(s) ``[x, y, z, w]`` (``... x 4``, normalised here) -> rotation matrices ``... x 3 x 3``."""
+    q = np.asarray(q, dtype=np.float64)
+    x, y, z, w = np.moveaxis(q / np.linalg.norm(q, axis=-1, keepdims=True), -1, 0)
+    rows = [[1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
+            [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
+            [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)]]
+    return np.stack([np.stack(row, axis=-1) for row in rows], axis=-2)
 
 
 def pose_matrix(rotation: Any, translation: Any) -> np.ndarray:

@@ -26,6 +26,8 @@ from typing import Any
 
 import numpy as np
 
+from hr_depth_ros.geometry import matrix_from_quaternion
+
 __all__ = ['TransformError', 'TransformTree', 'PoseLookup', 'normalize_frame', 'slerp', 'DEFAULT_MAX_TF_GAP_S']
 
 DEFAULT_MAX_TF_GAP_S = 0.25  # a dynamic link silent for longer than this gives no pose in between
@@ -38,23 +40,6 @@ class TransformError(ValueError):
 def normalize_frame(name: str) -> str:
     """Frame id without leading slashes or surrounding white space (``/odom`` and ``odom`` are one frame)."""
     return str(name).strip().lstrip('/')
-
-
-def _quaternion_matrices(q: np.ndarray) -> np.ndarray:
-    """``N x 4`` quaternions ``[x, y, z, w]`` (normalised here) -> ``N x 3 x 3`` rotations."""
-    q = q / np.linalg.norm(q, axis=-1, keepdims=True)
-    x, y, z, w = q[:, 0], q[:, 1], q[:, 2], q[:, 3]
-    R = np.empty((len(q), 3, 3))
-    R[:, 0, 0] = 1 - 2 * (y * y + z * z)
-    R[:, 0, 1] = 2 * (x * y - z * w)
-    R[:, 0, 2] = 2 * (x * z + y * w)
-    R[:, 1, 0] = 2 * (x * y + z * w)
-    R[:, 1, 1] = 1 - 2 * (x * x + z * z)
-    R[:, 1, 2] = 2 * (y * z - x * w)
-    R[:, 2, 0] = 2 * (x * z - y * w)
-    R[:, 2, 1] = 2 * (y * z + x * w)
-    R[:, 2, 2] = 1 - 2 * (x * x + y * y)
-    return R
 
 
 def slerp(q0: np.ndarray, q1: np.ndarray, weight: np.ndarray) -> np.ndarray:
@@ -114,7 +99,7 @@ class _Link:
         n = len(stamps_ns)
         T = np.tile(np.eye(4), (n, 1, 1))
         if self.static:
-            T[:, :3, :3] = _quaternion_matrices(quaternions[:1])[0]
+            T[:, :3, :3] = matrix_from_quaternion(quaternions[:1])[0]
             T[:, :3, 3] = translations[0]
             return T, np.zeros(n, dtype=bool), np.zeros(n, dtype=bool)
         outside = (stamps_ns < t[0]) | (stamps_ns > t[-1])
@@ -127,7 +112,7 @@ class _Link:
         weight = np.divide((stamps_ns - t[lower]).astype(np.float64), span, out=np.zeros(n), where=span > 0)
         weight = weight.clip(0.0, 1.0)
         T[:, :3, 3] = translations[lower] + weight[:, None] * (translations[upper] - translations[lower])
-        T[:, :3, :3] = _quaternion_matrices(slerp(quaternions[lower], quaternions[upper], weight))
+        T[:, :3, :3] = matrix_from_quaternion(slerp(quaternions[lower], quaternions[upper], weight))
         return T, outside, gap
 
 
