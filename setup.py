@@ -14,6 +14,8 @@ setup(
         ('share/' + PACKAGE, ['package.xml']),
         ('share/' + PACKAGE + '/launch', glob('launch/*.launch.py')),
         ('share/' + PACKAGE + '/config', glob('config/*.yaml') + glob('config/*.rviz') + glob('config/*.xml')),
+        # the demo's checkpoint (synthetic data only), found by hr_depth_ros.core.resources.package_file
+        ('share/' + PACKAGE + '/models/lite_hr_depth_synthetic', glob('models/lite_hr_depth_synthetic/*')),
     ],
     install_requires=['setuptools'],
     zip_safe=True,
@@ -24,13 +26,13 @@ setup(
     extras_require={'test': ['pytest']},
     entry_points={
         'console_scripts': [
-            'depth_node = hr_depth_ros.depth_node:main',
-            'finetune_node = hr_depth_ros.finetune_node:main',
-            'finetune = hr_depth_ros.finetune:main',
-            'predict = hr_depth_ros.predict:main',
-            'play_bag = hr_depth_ros.play_bag:main',
-            'make_synthetic_bag = hr_depth_ros.make_synthetic_bag:main',
-            'demo = hr_depth_ros.demo:main',
+            'depth_node = hr_depth_ros.ros.depth_node:main',
+            'finetune_node = hr_depth_ros.ros.finetune_node:main',
+            'finetune = hr_depth_ros.tools.finetune:main',
+            'predict = hr_depth_ros.tools.predict:main',
+            'play_bag = hr_depth_ros.ros.play_bag:main',
+            'make_synthetic_bag = hr_depth_ros.tools.make_synthetic_bag:main',
+            'demo = hr_depth_ros.tools.demo:main',
         ],
     },
 )

@@ -27,13 +27,13 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from hr_depth_ros.checkpoint import save_depth_checkpoint  # noqa: E402
-from hr_depth_ros.evaluation import evaluate_depth, mean_errors  # noqa: E402
-from hr_depth_ros.inference import DepthEstimator  # noqa: E402
-from hr_depth_ros.make_synthetic_bag import DEPTH_GT_TOPIC, write_synthetic_bag  # noqa: E402
-from hr_depth_ros.networks import build_depth_model  # noqa: E402
-from hr_depth_ros.training.data import DataConfig, extract_frames  # noqa: E402
-from hr_depth_ros.training.trainer import Trainer, TrainingConfig  # noqa: E402
+from hr_depth_ros.core.checkpoint import save_depth_checkpoint  # noqa: E402
+from hr_depth_ros.core.evaluation import evaluate_depth, mean_errors  # noqa: E402
+from hr_depth_ros.core.inference import DepthEstimator  # noqa: E402
+from hr_depth_ros.tools.make_synthetic_bag import DEPTH_GT_TOPIC, write_synthetic_bag  # noqa: E402
+from hr_depth_ros.core.networks import build_depth_model  # noqa: E402
+from hr_depth_ros.core.training.data import DataConfig, extract_frames  # noqa: E402
+from hr_depth_ros.core.training.trainer import Trainer, TrainingConfig  # noqa: E402
 
 
 class _OutOfTime(Exception):

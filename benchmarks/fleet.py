@@ -35,9 +35,9 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from hr_depth_ros.make_synthetic_bag import COMPRESSED_TOPIC, write_synthetic_bag  # noqa: E402
-from hr_depth_ros.training.cache import prepare_frames  # noqa: E402
-from hr_depth_ros.training.data import DataConfig  # noqa: E402
+from hr_depth_ros.tools.make_synthetic_bag import COMPRESSED_TOPIC, write_synthetic_bag  # noqa: E402
+from hr_depth_ros.core.training.cache import prepare_frames  # noqa: E402
+from hr_depth_ros.core.training.data import DataConfig  # noqa: E402
 
 BIG_TOPIC = '/camera/image_raw'
 
@@ -137,7 +137,7 @@ def run_ddp(work: Path, nprocs: list[int], steps: int) -> None:
     for run, nproc in enumerate(nprocs):
         output = work / f'ddp{run}-{nproc}'
         command = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', str(nproc),
-                   '-m', 'hr_depth_ros.finetune', '--bag', str(bag), '--output', str(output), '--width', '128',
+                   '-m', 'hr_depth_ros.tools.finetune', '--bag', str(bag), '--output', str(output), '--width', '128',
                    '--height', '64', '--batch-size', '2', '--device', 'cpu', '--steps', str(steps),
                    '--pose-source', 'net', '--val-fraction', '0', '--save-every', str(steps)]
         env = {**os.environ, 'OMP_NUM_THREADS': '1', 'PYTHONPATH': str(REPO), 'MASTER_ADDR': '127.0.0.1'}

@@ -40,7 +40,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from hr_depth_ros.transport import local_ros_env  # noqa: E402
+from hr_depth_ros.ros.transport import local_ros_env  # noqa: E402
 from node_latency import machine_description, make_checkpoint, stop_process  # noqa: E402
 
 WIDTH, HEIGHT = 320, 96
@@ -186,8 +186,8 @@ class Harness:
     """Two depth nodes, the fuzzer, good frames and the counters of one run."""
 
     def __init__(self, args: argparse.Namespace, workdir: Path) -> None:
-        from hr_depth_ros.image_decoding import encode_compressed
-        from hr_depth_ros.synthetic import SyntheticDrive
+        from hr_depth_ros.core.image_decoding import encode_compressed
+        from hr_depth_ros.tools.synthetic import SyntheticDrive
 
         self.args = args
         self.rng = np.random.default_rng(args.seed)
@@ -204,7 +204,7 @@ class Harness:
         self.logs = {name: workdir / f'{name}.log' for name in NODES}
         self.procs: dict[str, subprocess.Popen] = {}
         for name in NODES:
-            command = [sys.executable, '-m', 'hr_depth_ros.depth_node', '--ros-args', '--params-file',
+            command = [sys.executable, '-m', 'hr_depth_ros.ros.depth_node', '--ros-args', '--params-file',
                        str(REPO / 'config' / 'depth.yaml'), '-p', f'weights:={weights}', '-p', 'device:=cpu',
                        '-p', f'image_transport:={name}', '-p', 'statistics_period:=0.5', '-p', 'qos_depth:=10',
                        '-r', f'__ns:=/{name}']
@@ -239,7 +239,7 @@ class Harness:
         """One good frame (with its camera_info) to both nodes; returns its stamp second."""
         from sensor_msgs.msg import CompressedImage
 
-        from hr_depth_ros.ros_messages import camera_info_msg, rgb_image_msg, uint8_array
+        from hr_depth_ros.ros.ros_messages import camera_info_msg, rgb_image_msg, uint8_array
 
         self.good_sec += 1
         index = self.good_sec % len(self.frames)
@@ -282,7 +282,7 @@ class Harness:
     def fuzz(self) -> None:
         from sensor_msgs.msg import CompressedImage, Image
 
-        from hr_depth_ros.ros_messages import camera_info_msg, uint8_array
+        from hr_depth_ros.ros.ros_messages import camera_info_msg, uint8_array
 
         pause = 1.0 / self.args.fuzz_rate_hz
         for i, (kind, fields) in enumerate(bad_raw_images(self.rng, self.args.bad)):

@@ -43,10 +43,10 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from hr_depth_ros.backends import configure_threads, openvino_version  # noqa: E402
-from hr_depth_ros.checkpoint import DepthCheckpoint  # noqa: E402
-from hr_depth_ros.inference import DepthEstimator, select_device  # noqa: E402
-from hr_depth_ros.networks import ARCHITECTURES, build_depth_model  # noqa: E402
+from hr_depth_ros.core.backends import configure_threads, openvino_version  # noqa: E402
+from hr_depth_ros.core.checkpoint import DepthCheckpoint  # noqa: E402
+from hr_depth_ros.core.inference import DepthEstimator, select_device  # noqa: E402
+from hr_depth_ros.core.networks import ARCHITECTURES, build_depth_model  # noqa: E402
 
 MODES = ('eager', 'channels_last', 'fp16', 'bf16', 'compile', 'openvino')
 DEFAULT_MODELS = ('hr_depth', 'lite_hr_depth', 'monodepth2')

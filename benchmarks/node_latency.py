@@ -32,16 +32,16 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from hr_depth_ros.transport import local_ros_env  # noqa: E402
+from hr_depth_ros.ros.transport import local_ros_env  # noqa: E402
 
 STAGES = ('decode', 'inference', 'resize', 'colorize', 'points', 'publish')
 
 
 def pointcloud_microbenchmark(width: int = 1024, height: int = 320, repeats: int = 20) -> dict[str, float]:
     """ms to build a full-resolution xyzrgb cloud as the node does, and its PointCloud2 message."""
-    from hr_depth_ros.geometry import ray_planes
-    from hr_depth_ros.pointcloud import CloudPacker
-    from hr_depth_ros.ros_messages import packed_cloud_msg
+    from hr_depth_ros.core.geometry import ray_planes
+    from hr_depth_ros.core.pointcloud import CloudPacker
+    from hr_depth_ros.ros.ros_messages import packed_cloud_msg
 
     sys.path.insert(0, str(REPO / 'benchmarks'))
     from pointcloud import make_frame
@@ -131,8 +131,8 @@ class Listener:
 def make_checkpoint(arch: str, width: int, height: int, folder: Path) -> Path:
     import torch
 
-    from hr_depth_ros.checkpoint import save_depth_checkpoint
-    from hr_depth_ros.networks import build_depth_model
+    from hr_depth_ros.core.checkpoint import save_depth_checkpoint
+    from hr_depth_ros.core.networks import build_depth_model
 
     torch.manual_seed(0)
     encoder, decoder = build_depth_model(arch)
@@ -141,7 +141,7 @@ def make_checkpoint(arch: str, width: int, height: int, folder: Path) -> Path:
 
 
 def play(env: dict, bag: Path, rate: float, limit: int, log: Path) -> None:
-    command = [sys.executable, '-m', 'hr_depth_ros.play_bag', '--bag', str(bag), '--topics', '/camera/image_raw',
+    command = [sys.executable, '-m', 'hr_depth_ros.ros.play_bag', '--bag', str(bag), '--topics', '/camera/image_raw',
                '/camera/camera_info', '--rate', str(rate), '--restamp', '--qos', 'best_effort',
                '--wait-subscribers', '120', '--remap', '/camera/image_raw:=/image',
                '--remap', '/camera/camera_info:=/camera_info']
@@ -153,7 +153,7 @@ def play(env: dict, bag: Path, rate: float, limit: int, log: Path) -> None:
 
 def run_case(arch: str, width: int, height: int, args: argparse.Namespace, workdir: Path) -> dict:
     """One model/resolution: returns the table row values."""
-    from hr_depth_ros.make_synthetic_bag import write_synthetic_bag
+    from hr_depth_ros.tools.make_synthetic_bag import write_synthetic_bag
 
     case = workdir / f'{arch}_{width}x{height}'
     case.mkdir()
@@ -165,7 +165,7 @@ def run_case(arch: str, width: int, height: int, args: argparse.Namespace, workd
     env.update(PYTHONUNBUFFERED='1', RCUTILS_LOGGING_BUFFERED_STREAM='0',
                HR_DEPTH_ROS_CACHE=str(workdir / 'model_cache'))  # converts on start, like a first start
     node_log = case / 'node.log'
-    node_cmd = [sys.executable, '-m', 'hr_depth_ros.depth_node', '--ros-args', '--params-file',
+    node_cmd = [sys.executable, '-m', 'hr_depth_ros.ros.depth_node', '--ros-args', '--params-file',
                 str(REPO / 'config' / 'depth.yaml'), '-p', f'weights:={weights}', '-p', f'device:={args.device}',
                 '-p', f'points_stride:={args.points_stride}', '-p', 'statistics_period:=0.5',
                 '-p', f'backend:={args.backend}', '-p', f'threads:={args.threads}']

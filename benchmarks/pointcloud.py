@@ -24,8 +24,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from hr_depth_ros.geometry import depth_to_points, ray_planes  # noqa: E402
-from hr_depth_ros.pointcloud import CloudPacker, pack_points  # noqa: E402
+from hr_depth_ros.core.geometry import depth_to_points, ray_planes  # noqa: E402
+from hr_depth_ros.core.pointcloud import CloudPacker, pack_points  # noqa: E402
 
 MAX_RANGE = 50.0
 CASES = (  # width, height, stride, organised

@@ -4,7 +4,7 @@
         [--camera 640x480] [--images 40] [--threads 1] [--rounds 2]
 
 Makes a random-weight checkpoint and ``--images`` synthetic street frames (PNG, camera size),
-then runs ``python -m hr_depth_ros.predict`` over the folder once per backend per round, in
+then runs ``python -m hr_depth_ros.tools.predict`` over the folder once per backend per round, in
 alternating order, and times each process from start to exit (start-up, checkpoint loading,
 model conversion or cache load, decoding, inference, writing .npy + .jpeg). The first
 OpenVINO run starts with an empty cache (it converts); later ones load the cached model.
@@ -34,9 +34,9 @@ def make_inputs(folder: Path, arch: str, size: tuple[int, int], camera: tuple[in
     """Random-weight checkpoint and synthetic frames under ``folder``; returns the checkpoint folder."""
     import torch
 
-    from hr_depth_ros.checkpoint import save_depth_checkpoint
-    from hr_depth_ros.networks import build_depth_model
-    from hr_depth_ros.synthetic import SyntheticDrive
+    from hr_depth_ros.core.checkpoint import save_depth_checkpoint
+    from hr_depth_ros.core.networks import build_depth_model
+    from hr_depth_ros.tools.synthetic import SyntheticDrive
 
     torch.manual_seed(0)
     encoder, decoder = build_depth_model(arch)
@@ -53,7 +53,7 @@ def make_inputs(folder: Path, arch: str, size: tuple[int, int], camera: tuple[in
 
 def run_predict(folder: Path, weights: Path, backend: str, threads: int, output: Path, images: str) -> float:
     """Seconds the predict process took, start to exit, over the folder ``folder / images``."""
-    command = [sys.executable, '-m', 'hr_depth_ros.predict', '--weights', str(weights), '--device', 'cpu',
+    command = [sys.executable, '-m', 'hr_depth_ros.tools.predict', '--weights', str(weights), '--device', 'cpu',
                '--backend', backend, '--threads', str(threads), '--cache-dir', str(folder / 'cache'),
                '--output-dir', str(output), '--no-progress', str(folder / images)]
     start = time.perf_counter()

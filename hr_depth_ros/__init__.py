@@ -1,7 +1,13 @@
 """hr_depth_ros: HR-Depth / Lite-HR-Depth monocular depth for ROS 2.
 
-Everything in this package except ``depth_node``, ``finetune_node``, ``play_bag`` and
-``ros_messages`` imports without rclpy, so a training server without ROS can use it.
+Three sub-packages, imports one way (tools -> ros -> core):
+
+- ``hr_depth_ros.core``: ROS-free (networks, checkpoints, inference, geometry, bags, TF poses, training);
+  a training server without ROS imports it.
+- ``hr_depth_ros.ros``: the rclpy adapters (nodes, message conversion, bag player, DDS transport).
+- ``hr_depth_ros.tools``: command-line tools (finetune, predict, demo, synthetic data).
+
+See docs/ARCHITECTURE.md.
 """
 
 import os

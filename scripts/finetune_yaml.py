@@ -1,4 +1,4 @@
-"""Generate config/finetune.yaml from the fine-tuning option table (hr_depth_ros.training.options).
+"""Generate config/finetune.yaml from the fine-tuning option table (hr_depth_ros.core.training.options).
 
     python scripts/finetune_yaml.py          # print it
     python scripts/finetune_yaml.py --write  # rewrite config/finetune.yaml
@@ -16,8 +16,8 @@ YAML_FILE = REPO / 'config' / 'finetune.yaml'
 
 
 def finetune_yaml() -> str:
-    from hr_depth_ros.training.options import yaml_text
-    from hr_depth_ros.training.trainer import TrainingConfig
+    from hr_depth_ros.core.training.options import yaml_text
+    from hr_depth_ros.core.training.trainer import TrainingConfig
 
     return yaml_text(TrainingConfig)
 

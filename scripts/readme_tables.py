@@ -1,5 +1,5 @@
-"""Generate the README's parameter tables from the code: the depth node's (hr_depth_ros.depth_engine.PARAMETERS)
-and the fine-tuning options (the option table of hr_depth_ros.training.trainer.TrainingConfig).
+"""Generate the README's parameter tables from the code: the depth node's (hr_depth_ros.core.depth_engine.PARAMETERS)
+and the fine-tuning options (the option table of hr_depth_ros.core.training.trainer.TrainingConfig).
 
     python scripts/readme_tables.py          # print the tables
     python scripts/readme_tables.py --write  # rewrite them in README.md between their markers
@@ -28,7 +28,7 @@ def format_default(value: object) -> str:
 
 def depth_parameter_table() -> str:
     """Markdown table of the depth node's parameters: name, default, description."""
-    from hr_depth_ros.depth_engine import PARAMETERS
+    from hr_depth_ros.core.depth_engine import PARAMETERS
 
     rows = ['| parameter | default | description |', '|---|---|---|']
     for spec in PARAMETERS:
@@ -41,8 +41,8 @@ def depth_parameter_table() -> str:
 
 def finetune_option_table() -> str:
     """Markdown table of the fine-tuning options: node parameter, CLI flag, default, description."""
-    from hr_depth_ros.training.options import markdown_table
-    from hr_depth_ros.training.trainer import TrainingConfig
+    from hr_depth_ros.core.training.options import markdown_table
+    from hr_depth_ros.core.training.trainer import TrainingConfig
 
     return markdown_table(TrainingConfig)
 

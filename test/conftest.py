@@ -20,7 +20,7 @@ os.environ.setdefault('ROS_DOMAIN_ID', str(random.Random(os.getpid()).randint(1,
 @pytest.fixture(scope='session', autouse=True)
 def model_cache_dir(tmp_path_factory) -> Path:
     """Converted models (OpenVINO) go to a per-session folder, never the user's ~/.cache."""
-    from hr_depth_ros.model_cache import CACHE_ENV
+    from hr_depth_ros.core.model_cache import CACHE_ENV
 
     folder = tmp_path_factory.mktemp('model_cache')
     previous = os.environ.get(CACHE_ENV)
@@ -35,7 +35,7 @@ def model_cache_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope='session')
 def synthetic_bag(tmp_path_factory) -> Path:
     """A 60-frame 640x192 synthetic drive (MCAP) with every topic, made once per session."""
-    from hr_depth_ros.make_synthetic_bag import write_synthetic_bag
+    from hr_depth_ros.tools.make_synthetic_bag import write_synthetic_bag
 
     path = tmp_path_factory.mktemp('bags') / 'drive_mcap'
     write_synthetic_bag(path, frames=60, width=640, height=192, fps=10.0, storage='mcap', seed=0)
@@ -47,8 +47,8 @@ def lite_checkpoint(tmp_path_factory) -> Path:
     """A randomly initialised Lite-HR-Depth checkpoint folder at 640x192."""
     import torch
 
-    from hr_depth_ros.checkpoint import save_depth_checkpoint
-    from hr_depth_ros.networks import build_depth_model
+    from hr_depth_ros.core.checkpoint import save_depth_checkpoint
+    from hr_depth_ros.core.networks import build_depth_model
 
     torch.manual_seed(0)
     encoder, decoder = build_depth_model('lite_hr_depth')

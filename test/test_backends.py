@@ -11,11 +11,11 @@ import pytest
 import torch
 
 from golden_weights import deterministic_state_dict, layout_of
-from hr_depth_ros.backends import configure_threads, default_threads, openvino_version, resolve_backend
-from hr_depth_ros.checkpoint import DepthCheckpoint
-from hr_depth_ros.inference import DepthEstimator
-from hr_depth_ros.model_cache import MANIFEST, cached_entry, weights_hash
-from hr_depth_ros.networks import build_depth_model
+from hr_depth_ros.core.backends import configure_threads, default_threads, openvino_version, resolve_backend
+from hr_depth_ros.core.checkpoint import DepthCheckpoint
+from hr_depth_ros.core.inference import DepthEstimator
+from hr_depth_ros.core.model_cache import MANIFEST, cached_entry, weights_hash
+from hr_depth_ros.core.networks import build_depth_model
 
 # Sigmoid disparities in [0, 1]: OpenVINO (fp32, its own kernels and fusions) and PyTorch differ
 # by ~1e-6..1e-4 (1e-4 measured on Lite-HR-Depth at 640x192); the parity bound is 1e-3,
@@ -78,7 +78,7 @@ def test_second_start_loads_the_cached_model(tmp_path, camera_image):
 
 @needs_openvino
 def test_cache_key_and_corrupt_entries(tmp_path, caplog):
-    from hr_depth_ros.backends import OpenVINOBackend
+    from hr_depth_ros.core.backends import OpenVINOBackend
 
     images = torch.rand(2, 3, 32, 64)
     first = OpenVINOBackend(tiny_net(), 'tiny', 64, 32, threads=1, cache_dir=tmp_path)
@@ -102,7 +102,7 @@ def test_cache_key_and_corrupt_entries(tmp_path, caplog):
 
 @needs_openvino
 def test_cached_model_that_does_not_load_is_converted_again(tmp_path, caplog):
-    from hr_depth_ros.backends import OpenVINOBackend, openvino_cache_key
+    from hr_depth_ros.core.backends import OpenVINOBackend, openvino_cache_key
 
     def garbage(folder: Path) -> None:  # a complete entry (manifest matches) that OpenVINO cannot read
         (folder / 'model.xml').write_text('<net name="broken"')
@@ -128,7 +128,7 @@ def test_backend_choice():
 
 
 def test_auto_falls_back_to_torch_when_openvino_fails(monkeypatch, caplog):
-    import hr_depth_ros.inference as inference
+    import hr_depth_ros.core.inference as inference
 
     def broken(*args, **kwargs):
         raise RuntimeError('cannot convert this network')

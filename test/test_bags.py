@@ -1,4 +1,4 @@
-"""Tests for hr_depth_ros.bags: rosbag2 (mcap, sqlite3), ROS 1 bags, and every failure mode."""
+"""Tests for hr_depth_ros.core.bags: rosbag2 (mcap, sqlite3), ROS 1 bags, and every failure mode."""
 from __future__ import annotations
 
 import sqlite3
@@ -11,9 +11,9 @@ from rosbags.rosbag1 import Writer as Writer1
 from rosbags.rosbag2 import StoragePlugin, Writer as Writer2
 from rosbags.typesys import Stores, get_typestore
 
-from hr_depth_ros import bags
-from hr_depth_ros.bags import BagError
-from hr_depth_ros.image_decoding import image_to_rgb, rgb_to_image_fields
+from hr_depth_ros.core import bags
+from hr_depth_ros.core.bags import BagError
+from hr_depth_ros.core.image_decoding import image_to_rgb, rgb_to_image_fields
 
 FRAMES = 4
 T0 = 1_700_000_000 * 10**9
@@ -176,7 +176,7 @@ def test_rosbag2_without_stored_definitions_uses_fallback_typestore(bag_dir):
 
 @pytest.mark.parametrize('kind', ['mcap', 'sqlite3'])
 def test_truncated_rosbag2_is_read_to_its_last_readable_message_when_asked(tmp_path, kind):
-    from hr_depth_ros.make_synthetic_bag import write_synthetic_bag
+    from hr_depth_ros.tools.make_synthetic_bag import write_synthetic_bag
 
     full = write_synthetic_bag(tmp_path / 'full', frames=20, width=64, height=32, storage=kind)
     expected = [msg for _, _, _, msg in bags.read_messages(full, ['/camera/image_raw'])]

@@ -43,7 +43,7 @@ def test_script_prints_markdown_table_from_repo_root():
     assert rows['eager'][6] == '1.00x'
     assert float(rows['channels_last'][3]) > 0 and rows['channels_last'][6].endswith('x')
     assert rows['fp16'][3] == 'n/a (CUDA only)'
-    from hr_depth_ros.backends import openvino_version
+    from hr_depth_ros.core.backends import openvino_version
     if openvino_version():
         assert f'OpenVINO {openvino_version()}' in result.stdout and float(rows['openvino'][3]) > 0
     else:

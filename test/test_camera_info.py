@@ -6,7 +6,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from hr_depth_ros.camera_info import camera_info_K, implausible_intrinsics
+from hr_depth_ros.core.camera_info import camera_info_K, implausible_intrinsics
 
 K = np.array([[370.0, 0.0, 319.5], [0.0, 370.0, 95.5], [0.0, 0.0, 1.0]])
 

@@ -6,10 +6,10 @@ import json
 import pytest
 import torch
 
-from hr_depth_ros import checkpoint as ckpt
-from hr_depth_ros.checkpoint import (CheckpointError, detect_architecture, load_depth_checkpoint,
+from hr_depth_ros.core import checkpoint as ckpt
+from hr_depth_ros.core.checkpoint import (CheckpointError, detect_architecture, load_depth_checkpoint,
                                      load_extra_state, save_depth_checkpoint)
-from hr_depth_ros.networks import ARCHITECTURES, build_depth_model
+from hr_depth_ros.core.networks import ARCHITECTURES, build_depth_model
 
 
 @pytest.fixture(scope='module')
@@ -156,7 +156,7 @@ def test_non_finite_weights_are_refused_naming_the_file(tmp_path, lite_models, f
 
 
 def test_predict_and_trainer_init_refuse_a_nan_checkpoint_in_one_line(tmp_path, lite_models, capsys):
-    from hr_depth_ros import predict
+    from hr_depth_ros.tools import predict
 
     bad = save_depth_checkpoint(tmp_path / 'nan', *lite_models, arch='lite_hr_depth', height=96, width=320)
     state = torch.load(bad / 'depth.pth', weights_only=True)
@@ -171,7 +171,7 @@ def test_predict_and_trainer_init_refuse_a_nan_checkpoint_in_one_line(tmp_path, 
     err = capsys.readouterr().err
     assert err.count('\n') == 1 and 'NaN or inf' in err and str(bad / 'depth.pth') in err
     assert not (tmp_path / 'frame_disp.npy').exists()
-    from hr_depth_ros.training.trainer import Trainer, TrainingConfig
+    from hr_depth_ros.core.training.trainer import Trainer, TrainingConfig
 
     config = TrainingConfig(bags=['unused'], output=str(tmp_path / 'out'), init=str(bad), steps=1, device='cpu')
     with pytest.raises(CheckpointError, match='NaN or inf'):

@@ -9,14 +9,14 @@ from pathlib import Path
 import cv2
 import pytest
 
-from hr_depth_ros.pointcloud import read_ply
+from hr_depth_ros.core.pointcloud import read_ply
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def test_demo_runs_the_whole_loop(tmp_path):
     output = tmp_path / 'demo'
-    command = [sys.executable, '-m', 'hr_depth_ros.demo', '--output', str(output), '--device', 'cpu',
+    command = [sys.executable, '-m', 'hr_depth_ros.tools.demo', '--output', str(output), '--device', 'cpu',
                '--width', '320', '--height', '96', '--net-width', '128', '--net-height', '64',
                '--train-frames', '16', '--eval-frames', '3', '--finetune-steps', '2', '--batch-size', '2',
                '--init', 'random']

@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hr_depth_ros.backends import openvino_version
-from hr_depth_ros.depth_engine import (
+from hr_depth_ros.core.backends import openvino_version
+from hr_depth_ros.core.depth_engine import (
     CameraHeightScale,
     ConfigError,
     DepthEngine,
@@ -24,8 +24,8 @@ from hr_depth_ros.depth_engine import (
     fit_ground_plane,
     select_intrinsics,
 )
-from hr_depth_ros.geometry import depth_to_points, pixel_rays
-from hr_depth_ros.transport import fastdds_profile_path, local_ros_env
+from hr_depth_ros.core.geometry import depth_to_points, pixel_rays
+from hr_depth_ros.ros.transport import fastdds_profile_path, local_ros_env
 
 REPO = Path(__file__).resolve().parents[1]
 # Fast DDS reads its profile when this process creates its first participant: set it before any.
@@ -135,9 +135,9 @@ def test_engine_camera_height_mode_scales_depth():
 def test_camera_height_scale_on_the_synthetic_street(synthetic_bag):
     """Ground truth of the synthetic drive (camera 1.5 m above the road, pitching and rolling a little),
     shrunk 4x: the ground-plane fit brings it back to metric within 5 %."""
-    from hr_depth_ros import image_decoding
-    from hr_depth_ros.bags import read_messages
-    from hr_depth_ros.camera_info import camera_info_K
+    from hr_depth_ros.core import image_decoding
+    from hr_depth_ros.core.bags import read_messages
+    from hr_depth_ros.core.camera_info import camera_info_K
 
     frames: dict[int, dict] = {}
     for topic, _, stamp, msg in read_messages(synthetic_bag, ['/camera/depth_gt', INFO_TOPIC]):
@@ -334,14 +334,14 @@ class CameraHarness:
 
 
 class NodeProcess:
-    """``python -m hr_depth_ros.depth_node`` in a subprocess with its log in a file."""
+    """``python -m hr_depth_ros.ros.depth_node`` in a subprocess with its log in a file."""
 
     def __init__(self, env: dict, log: Path, namespace: str, weights: str | None, *parameters: str) -> None:
         args = []
         weights_parameter = () if weights is None else (f'weights:={weights}',)  # None: depth.yaml's empty value
         for parameter in (*weights_parameter, 'device:=cpu', *parameters):
             args += ['-p', parameter]
-        self.command = [sys.executable, '-m', 'hr_depth_ros.depth_node', '--ros-args',
+        self.command = [sys.executable, '-m', 'hr_depth_ros.ros.depth_node', '--ros-args',
                         '--params-file', str(REPO / 'config' / 'depth.yaml'), *args,
                         '-r', f'__ns:={namespace}']
         self.log = log
@@ -374,8 +374,8 @@ def camera_frames(synthetic_bag):
     """The first 12 frames of the synthetic bag as rclpy (image, compressed, camera_info) messages."""
     from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 
-    from hr_depth_ros.bags import read_messages
-    from hr_depth_ros.play_bag import to_rclpy
+    from hr_depth_ros.core.bags import read_messages
+    from hr_depth_ros.ros.play_bag import to_rclpy
 
     classes = {IMAGE_TOPIC: Image, IMAGE_TOPIC + '/compressed': CompressedImage, INFO_TOPIC: CameraInfo}
     frames: dict[tuple[int, int], dict] = {}
@@ -424,7 +424,7 @@ def send_until(harness: CameraHarness, node: NodeProcess, frame: dict, key, comp
 
 
 def decode_cloud(msg) -> np.ndarray:
-    from hr_depth_ros.pointcloud import unpack_points
+    from hr_depth_ros.core.pointcloud import unpack_points
 
     points, _ = unpack_points(bytes(msg.data), with_rgb=any(f.name == 'rgb' for f in msg.fields))
     return points
@@ -451,7 +451,7 @@ def raw_node(tmp_path_factory, lite_checkpoint, ros_domain):
 
 
 def test_node_outputs_match_input_raw(raw_node, camera_frames):
-    from hr_depth_ros import image_decoding
+    from hr_depth_ros.core import image_decoding
 
     node, harness = raw_node
     frame = camera_frames[0]
@@ -539,7 +539,7 @@ def test_node_compressed_network_resolution_organized(compressed_node, camera_fr
     from rclpy.parameter import Parameter
     from rclpy.parameter_client import AsyncParameterClient
 
-    from hr_depth_ros import image_decoding
+    from hr_depth_ros.core import image_decoding
 
     node, harness = compressed_node
     out = send_until(harness, node, camera_frames[0], (2000, 0), compressed=True, timeout=FIRST_FRAME_TIMEOUT)
@@ -716,7 +716,7 @@ def test_node_transitions_in_process(lite_checkpoint, ros_domain):
     from rclpy.context import Context
     from rclpy.parameter import Parameter
 
-    from hr_depth_ros.depth_node import SUCCESS, DepthNode
+    from hr_depth_ros.ros.depth_node import SUCCESS, DepthNode
 
     cuda = torch.cuda.is_available()
     context = Context()

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from hr_depth_ros.evaluation import compute_depth_errors, crop_mask, evaluate_depth, mean_errors
+from hr_depth_ros.core.evaluation import compute_depth_errors, crop_mask, evaluate_depth, mean_errors
 
 
 def test_perfect_prediction_has_zero_error():

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from hr_depth_ros.finetune_node import parameter_table
-from hr_depth_ros.make_synthetic_bag import write_synthetic_bag
-from hr_depth_ros.transport import local_ros_env
+from hr_depth_ros.ros.finetune_node import parameter_table
+from hr_depth_ros.tools.make_synthetic_bag import write_synthetic_bag
+from hr_depth_ros.ros.transport import local_ros_env
 from test_launch import _installed_config_globs, _node_calls
 
 REPO = Path(__file__).resolve().parents[1]
@@ -37,9 +37,9 @@ def test_yaml_matches_parameter_table():
 
 
 def test_node_defaults_match_the_cli():
-    from hr_depth_ros.finetune import build_parser
-    from hr_depth_ros.training.options import options
-    from hr_depth_ros.training.trainer import TrainingConfig
+    from hr_depth_ros.tools.finetune import build_parser
+    from hr_depth_ros.core.training.options import options
+    from hr_depth_ros.core.training.trainer import TrainingConfig
 
     args = build_parser().parse_args(['--bag', 'b', '--output', 'o'])
     table = {p.name: p.default for p in parameter_table()}
@@ -72,7 +72,7 @@ def test_launch_starts_a_console_script_with_declared_parameters():
     assert arguments == {'bag', 'output_dir', 'params_file'}
     # The launched node gets the name the node gives itself and the params file's top-level key.
     launched_name = next(call['name'] for call in _node_calls(tree) if call.get('package') == 'hr_depth_ros')
-    node_source = ast.parse((REPO / 'hr_depth_ros' / 'finetune_node.py').read_text())
+    node_source = ast.parse((REPO / 'hr_depth_ros' / 'ros' / 'finetune_node.py').read_text())
     own_name = next(n.args[0].value for n in ast.walk(node_source) if isinstance(n, ast.Call)
                     and getattr(n.func, 'attr', None) == '__init__' and n.args and isinstance(n.args[0], ast.Constant))
     assert launched_name == own_name == NODE_NAME
@@ -105,7 +105,7 @@ def tiny_bag(tmp_path_factory) -> Path:
 
 
 def _node_command(bag: str, output: Path, *extra: str) -> list[str]:
-    return [sys.executable, '-m', 'hr_depth_ros.finetune_node', '--ros-args', '--params-file', str(YAML_FILE),
+    return [sys.executable, '-m', 'hr_depth_ros.ros.finetune_node', '--ros-args', '--params-file', str(YAML_FILE),
             '-p', f"bags:=['{bag}']", '-p', f'output_dir:={output}', '-p', 'steps:=3', '-p', 'width:=128',
             '-p', 'height:=64', '-p', 'batch_size:=2', '-p', 'device:=cpu', '-p', 'progress_period:=0.0',
             '-p', 'val_fraction:=0.0', *extra]

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from hr_depth_ros import finetune
-from hr_depth_ros.training import options
-from hr_depth_ros.training.options import option
-from hr_depth_ros.training.trainer import DEFAULT_STEPS, TrainingConfig
+from hr_depth_ros.tools import finetune
+from hr_depth_ros.core.training import options
+from hr_depth_ros.core.training.options import option
+from hr_depth_ros.core.training.trainer import DEFAULT_STEPS, TrainingConfig
 
 REPO = Path(__file__).resolve().parents[1]
 YAML_FILE = REPO / 'config' / 'finetune.yaml'
@@ -156,7 +156,7 @@ def test_the_node_declares_the_table_and_builds_the_config():
     from rclpy.context import Context
     from rclpy.parameter import Parameter
 
-    from hr_depth_ros.finetune_node import FinetuneNode
+    from hr_depth_ros.ros.finetune_node import FinetuneNode
 
     context = Context()
     rclpy.init(context=context)
@@ -177,7 +177,7 @@ def test_the_node_declares_the_table_and_builds_the_config():
 
 
 def test_limits_from_the_table_are_checked_and_described():
-    from hr_depth_ros.training.trainer import TrainingError
+    from hr_depth_ros.core.training.trainer import TrainingError
 
     specs = {spec.name: spec for spec in options.options(TrainingConfig)}
     assert specs['save_every'].limits == '>= 1' and '(>= 1)' in specs['save_every'].description

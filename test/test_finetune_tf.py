@@ -11,17 +11,17 @@ import torch
 from rosbags.rosbag2 import StoragePlugin, Writer
 from rosbags.typesys import Stores, get_typestore
 
-from hr_depth_ros import finetune
-from hr_depth_ros.checkpoint import load_depth_checkpoint, load_extra_state, save_depth_checkpoint
-from hr_depth_ros.geometry import disp_to_depth, warp_image
-from hr_depth_ros.inference import DepthEstimator
-from hr_depth_ros.make_synthetic_bag import (CAMERA_FRAME, FRAME_TOPICS, IMAGE_TOPIC, TF_STATIC_TOPIC, TF_TOPIC,
+from hr_depth_ros.tools import finetune
+from hr_depth_ros.core.checkpoint import load_depth_checkpoint, load_extra_state, save_depth_checkpoint
+from hr_depth_ros.core.geometry import disp_to_depth, warp_image
+from hr_depth_ros.core.inference import DepthEstimator
+from hr_depth_ros.tools.make_synthetic_bag import (CAMERA_FRAME, FRAME_TOPICS, IMAGE_TOPIC, TF_STATIC_TOPIC, TF_TOPIC,
                                              TOPIC_TYPES, frame_messages, odometry_msg, static_tf_msg,
                                              write_synthetic_bag)
-from hr_depth_ros.synthetic import SyntheticDrive
-from hr_depth_ros.training.data import DataConfig, DataError, TripletDataset, extract_frames, prepare_data
-from hr_depth_ros.training.scale import search_scale
-from hr_depth_ros.training.trainer import SOURCE_OFFSETS, Trainer, TrainingConfig, reprojection_loss
+from hr_depth_ros.tools.synthetic import SyntheticDrive
+from hr_depth_ros.core.training.data import DataConfig, DataError, TripletDataset, extract_frames, prepare_data
+from hr_depth_ros.core.training.scale import search_scale
+from hr_depth_ros.core.training.trainer import SOURCE_OFFSETS, Trainer, TrainingConfig, reprojection_loss
 
 W, H = 160, 64
 FPS = 10.0
@@ -196,7 +196,7 @@ def test_best_is_chosen_honestly(tf_bag, tmp_path, monkeypatch):
     the start model (step 0) is scored too; ground truth, when given, comes first."""
     start = tmp_path / 'start'
     torch.manual_seed(0)
-    from hr_depth_ros.networks import build_depth_model
+    from hr_depth_ros.core.networks import build_depth_model
     encoder, decoder = build_depth_model('lite_hr_depth')
     save_depth_checkpoint(start, encoder, decoder, arch='lite_hr_depth', height=64, width=128)
     scripted = iter([{'loss': 0.30, 'photometric': 0.3, 'loss_tf': 0.10},    # step 0: the start model
@@ -240,7 +240,7 @@ def test_tf_fine_tuning_records_metric_scale_and_pose_lr(tf_bag, lite_checkpoint
 def test_metric_checkpoints_give_metres_in_the_engine_and_predict(lite_checkpoint, tmp_path):
     import cv2
 
-    from hr_depth_ros import predict
+    from hr_depth_ros.tools import predict
 
     source = load_depth_checkpoint(lite_checkpoint)
     metric = save_depth_checkpoint(tmp_path / 'metric', source.encoder, source.decoder, arch=source.arch,

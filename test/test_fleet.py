@@ -11,11 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hr_depth_ros import finetune
-from hr_depth_ros.checkpoint import load_depth_checkpoint
-from hr_depth_ros.make_synthetic_bag import write_synthetic_bag
-from hr_depth_ros.training.data import DataConfig, DataError, prepare_data
-from hr_depth_ros.training.sources import bags_in, expand_bags
+from hr_depth_ros.tools import finetune
+from hr_depth_ros.core.checkpoint import load_depth_checkpoint
+from hr_depth_ros.tools.make_synthetic_bag import write_synthetic_bag
+from hr_depth_ros.core.training.data import DataConfig, DataError, prepare_data
+from hr_depth_ros.core.training.sources import bags_in, expand_bags
 
 W, H = 128, 64
 
@@ -88,7 +88,7 @@ def _torchrun(args: list[str], nproc: int = 2) -> subprocess.CompletedProcess:
     """``torchrun --standalone`` (loopback rendezvous) on this worktree's package, 1 thread per rank."""
     env = {**os.environ, 'PYTHONPATH': str(REPO), 'OMP_NUM_THREADS': '1', 'MASTER_ADDR': '127.0.0.1'}
     command = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', str(nproc),
-               '-m', 'hr_depth_ros.finetune', *args]
+               '-m', 'hr_depth_ros.tools.finetune', *args]
     return subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
 
 
@@ -149,7 +149,7 @@ def _same_frames(a, b) -> None:
 
 
 def test_frame_cache_is_reused_and_keyed_by_bag_and_settings(fleet, tmp_path, monkeypatch):
-    from hr_depth_ros.training import cache
+    from hr_depth_ros.core.training import cache
 
     bags = [fleet / 'robot1_drive', fleet / 'robot2' / 'drive']
     config = DataConfig(bags=bags, width=W, height=H, frame_cache=tmp_path / 'cache', prepare_workers=1,
@@ -189,7 +189,7 @@ def test_frame_cache_is_reused_and_keyed_by_bag_and_settings(fleet, tmp_path, mo
 
 
 def _prepare_in_child(args) -> bool:
-    from hr_depth_ros.training.cache import cached_bag
+    from hr_depth_ros.core.training.cache import cached_bag
     bag, config, root = args
     return cached_bag(bag, config, root)[1]
 
@@ -237,22 +237,24 @@ def test_preparing_a_bag_far_larger_than_the_bound_stays_within_it(tmp_path):
 
 
 def test_a_config_goes_through_the_command_line_unchanged(tmp_path):
-    from hr_depth_ros.training.trainer import TrainingConfig
+    from hr_depth_ros.core.training.trainer import TrainingConfig
 
     config = TrainingConfig(bags=['/a', str(tmp_path / '*')], output='/out', arch='hr_depth', width=320, height=96,
                             camera_info_topic=None, intrinsics=[1.0, 2.0, 3.0, 4.0], epochs=3, batch_size=5,
                             lr=2e-4, device='cpu', amp=False, resume=True, pose_source='tf', metric_scale=2.5,
                             frame_cache='/cache', prepare_workers=3, freeze_bn=True, min_motion=0.25)
-    command = finetune.torchrun_command(config, 2)
+    from hr_depth_ros.core.training.distributed import torchrun_command
+
+    command = torchrun_command(config, 2)
     assert command[1:6] == ['-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2']
-    args = finetune.build_parser().parse_args(command[command.index('hr_depth_ros.finetune') + 1:])
+    args = finetune.build_parser().parse_args(command[command.index('hr_depth_ros.tools.finetune') + 1:])
     assert finetune.config_from_args(args) == config
 
 
 FAILING_RANK = '''
 import os, sys
-from hr_depth_ros import finetune
-from hr_depth_ros.training import trainer
+from hr_depth_ros.tools import finetune
+from hr_depth_ros.core.training import trainer
 
 if os.environ['RANK'] == '1':
     def fail(self, *args, **kwargs):

@@ -1,4 +1,4 @@
-"""Tests for hr_depth_ros.geometry (NumPy and torch back-projection / projection)."""
+"""Tests for hr_depth_ros.core.geometry (NumPy and torch back-projection / projection)."""
 from __future__ import annotations
 
 import math
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from hr_depth_ros import geometry
+from hr_depth_ros.core import geometry
 
 K_TEST = np.array([[371.2, 0.0, 319.5], [0.0, 368.6, 95.5], [0.0, 0.0, 1.0]])
 

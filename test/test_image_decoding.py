@@ -1,4 +1,4 @@
-"""Tests for hr_depth_ros.image_decoding (messages are plain namespaces, as rclpy/rosbags fields)."""
+"""Tests for hr_depth_ros.core.image_decoding (messages are plain namespaces, as rclpy/rosbags fields)."""
 from __future__ import annotations
 
 import array
@@ -9,8 +9,8 @@ import cv2
 import numpy as np
 import pytest
 
-from hr_depth_ros import image_decoding as dec
-from hr_depth_ros.image_decoding import MalformedImage, UnsupportedEncoding
+from hr_depth_ros.core import image_decoding as dec
+from hr_depth_ros.core.image_decoding import MalformedImage, UnsupportedEncoding
 
 
 def smooth_rgb(height: int = 16, width: int = 24) -> np.ndarray:
@@ -274,8 +274,8 @@ def test_opencv_backstop_is_set_before_opencv_loads(tmp_path):
     png = dec.encode_compressed(smooth_rgb(8, 8), 'png').data
     ihdr = b'IHDR' + struct.pack('>II', 20000, 15000) + png[24:29]  # 300 MP, valid CRC
     (tmp_path / 'big.png').write_bytes(png[:12] + ihdr + struct.pack('>I', zlib.crc32(ihdr)) + png[33:])
-    code = ('import sys, types; import hr_depth_ros.depth_node; import cv2, numpy as np\n'
-            'from hr_depth_ros import image_decoding as dec\n'
+    code = ('import sys, types; import hr_depth_ros.ros.depth_node; import cv2, numpy as np\n'
+            'from hr_depth_ros.core import image_decoding as dec\n'
             'data = np.fromfile(sys.argv[1], np.uint8)\n'
             'try:\n    cv2.imdecode(data, cv2.IMREAD_COLOR)\nexcept cv2.error as e:\n    print("refused", e)\n'
             'try:\n    dec.compressed_to_rgb(types.SimpleNamespace(format="png", data=data), max_pixels=1 << 30)\n'
@@ -317,7 +317,7 @@ def test_step_zero_with_packed_data_is_accepted_with_one_warning(caplog):
     msg = image_msg(rgb, 'rgb8')
     msg.step = 0
     dec._WARNED.discard('step0')
-    with caplog.at_level('WARNING', logger='hr_depth_ros.image_decoding'):
+    with caplog.at_level('WARNING', logger='hr_depth_ros.core.image_decoding'):
         np.testing.assert_array_equal(dec.image_to_rgb(msg), rgb)
         np.testing.assert_array_equal(dec.image_to_rgb(msg), rgb)
     assert len([r for r in caplog.records if 'step 0' in r.getMessage()]) == 1

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from golden_weights import NETWORK_OUTPUT_ATOL
-from hr_depth_ros.geometry import disp_to_depth
-from hr_depth_ros.inference import DepthEstimator, select_device
+from hr_depth_ros.core.geometry import disp_to_depth
+from hr_depth_ros.core.inference import DepthEstimator, select_device
 
 
 @pytest.fixture(scope='module')
@@ -84,7 +84,7 @@ def test_fp16_on_cpu_falls_back_to_fp32(lite_checkpoint, caplog):
 
 
 def test_cpu_backend_choice_and_threads(lite_checkpoint, estimator):
-    from hr_depth_ros.backends import default_threads, openvino_version
+    from hr_depth_ros.core.backends import default_threads, openvino_version
 
     auto = DepthEstimator(lite_checkpoint, device='cpu')
     assert auto.backend == ('openvino' if openvino_version() else 'torch')

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from hr_depth_ros.depth_engine import NODE_NAME, PARAMETER_NAMES, PARAMETERS_BY_NAME, NodeConfig
+from hr_depth_ros.core.depth_engine import NODE_NAME, PARAMETER_NAMES, PARAMETERS_BY_NAME, NodeConfig
 
 REPO = Path(__file__).resolve().parents[1]
 LAUNCH_FILE = REPO / 'launch' / 'depth.launch.py'
@@ -154,7 +154,7 @@ def test_launch_description_builds(monkeypatch):
 def test_fastdds_profile_and_local_env():
     import xml.etree.ElementTree as ET
 
-    from hr_depth_ros.transport import fastdds_profile_path, local_ros_env
+    from hr_depth_ros.ros.transport import fastdds_profile_path, local_ros_env
 
     path = fastdds_profile_path()
     assert path.name == 'fastdds_large_data.xml' and path.is_file()

@@ -1,7 +1,7 @@
 """LogLimiter: per-reason throttle, global burst cap, bounded memory (issue 12 item 2)."""
 from __future__ import annotations
 
-from hr_depth_ros.log_limit import LogLimiter
+from hr_depth_ros.core.log_limit import LogLimiter
 
 
 class Clock:

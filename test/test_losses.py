@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from hr_depth_ros.training.losses import (SSIM_C1, SSIM_C2, distillation_loss, min_reprojection,
+from hr_depth_ros.core.training.losses import (SSIM_C1, SSIM_C2, distillation_loss, min_reprojection,
                                           photometric_error, smoothness_loss, ssim_loss)
 
 

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from golden_weights import NETWORK_OUTPUT_ATOL, deterministic_state_dict, golden_input, layout_of, output_figures
-from hr_depth_ros.checkpoint import load_depth_checkpoint
-from hr_depth_ros.networks import ARCHITECTURES, build_depth_model, build_pose_model, count_parameters
+from hr_depth_ros.core.checkpoint import load_depth_checkpoint
+from hr_depth_ros.core.networks import ARCHITECTURES, build_depth_model, build_pose_model, count_parameters
 
 GOLDEN = Path(__file__).resolve().parent / 'data' / 'golden'
 

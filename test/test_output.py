@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from hr_depth_ros import finetune
-from hr_depth_ros.checkpoint import recover_checkpoint
-from hr_depth_ros.make_synthetic_bag import write_synthetic_bag
-from hr_depth_ros.training.output import OutputError, prepare_output
+from hr_depth_ros.tools import finetune
+from hr_depth_ros.core.checkpoint import recover_checkpoint
+from hr_depth_ros.tools.make_synthetic_bag import write_synthetic_bag
+from hr_depth_ros.core.training.output import OutputError, prepare_output
 
 COMMON = ['--width', '128', '--height', '64', '--batch-size', '2', '--device', 'cpu', '--quiet', '--save-every', '1',
           '--val-every', '2']
@@ -107,7 +107,7 @@ def test_prepare_output_on_empty_or_missing_folders(tmp_path):
 
 
 def test_full_disk_is_one_line_naming_the_path(bag, tmp_path, capsys, monkeypatch):
-    import hr_depth_ros.checkpoint as checkpoint
+    import hr_depth_ros.core.checkpoint as checkpoint
 
     output = tmp_path / 'out'
     monkeypatch.setattr(checkpoint.shutil, 'disk_usage', lambda path: shutil._ntuple_diskusage(10**9, 10**9, 1000))
@@ -119,7 +119,7 @@ def test_full_disk_is_one_line_naming_the_path(bag, tmp_path, capsys, monkeypatc
 
 
 def test_torch_zip_writer_failure_becomes_an_os_error(tmp_path, monkeypatch):
-    import hr_depth_ros.checkpoint as checkpoint
+    import hr_depth_ros.core.checkpoint as checkpoint
 
     def failing_save(obj, stream):
         raise RuntimeError('[enforce fail at inline_container.cc:626] . unexpected pos 56831872 vs 56831764')

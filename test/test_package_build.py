@@ -1,6 +1,7 @@
 """The package builds with a real `colcon build` as an ament_python package and installs
 what ROS users expect (executables under lib/, launch/config under share/, the ament index
-marker); the ROS-free core imports without rclpy."""
+marker, the shipped models); the layout's import rules hold: the core imports without rclpy and
+never imports the ROS adapters or the tools, the adapters never import the tools."""
 from __future__ import annotations
 
 import ast
@@ -14,7 +15,10 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE = 'hr_depth_ros'
-ROS_MODULES = {'depth_node', 'finetune_node', 'play_bag', 'ros_messages'}
+LAYERS = ('core', 'ros', 'tools')
+ALLOWED_IMPORTS = {'core': {'core'}, 'ros': {'core', 'ros'}, 'tools': {'core', 'ros', 'tools'}}
+ROS_PACKAGES = ('rclpy', 'sensor_msgs', 'std_msgs', 'geometry_msgs', 'builtin_interfaces', 'rcl_interfaces',
+                'lifecycle_msgs', 'tf2_msgs')
 
 
 def console_scripts() -> dict[str, str]:
@@ -65,7 +69,7 @@ def test_colcon_build_installs_the_ros_layout(tmp_path):
     share = prefix / 'share' / PACKAGE
     assert (prefix / 'share' / 'ament_index' / 'resource_index' / 'packages' / PACKAGE).is_file()
     assert (share / 'package.xml').is_file()
-    for pattern in ('launch/*.launch.py', 'config/*.yaml', 'config/*.rviz', 'config/*.xml'):
+    for pattern in ('launch/*.launch.py', 'config/*.yaml', 'config/*.rviz', 'config/*.xml', 'models/*/*'):
         for source in REPO.glob(pattern):
             assert (share / source.relative_to(REPO)).is_file(), f'{source.name} not installed'
     probe = subprocess.run(
@@ -75,21 +79,64 @@ def test_colcon_build_installs_the_ros_layout(tmp_path):
         capture_output=True, text=True, env=env)
     assert probe.returncode == 0, probe.stderr
     assert Path(probe.stdout.strip()).resolve() == share.resolve()
+    # The installed tools find the shipped files in share/, not in a source checkout.
+    found = subprocess.run(
+        ['bash', '-c', f'source {tmp_path}/install/setup.bash && cd {tmp_path} && {sys.executable} -c '
+         '"from hr_depth_ros.core.resources import package_file as f; '
+         'print(f(\'config/depth.yaml\')); print(f(\'models/lite_hr_depth_synthetic\'))"'],
+        capture_output=True, text=True, env=env)
+    assert found.returncode == 0, found.stderr
+    assert [Path(line).resolve() for line in found.stdout.split()] == [
+        (share / 'config' / 'depth.yaml').resolve(), (share / 'models' / 'lite_hr_depth_synthetic').resolve()]
 
 
-def test_core_imports_without_rclpy():
-    core = sorted(
+def package_imports(path: Path) -> set[str]:
+    """Every module name ``path`` imports (absolute imports; the package uses no relative ones)."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            assert node.level == 0, f'{path}: relative import'
+            names.add(node.module or '')
+            names.update(f'{node.module}.{alias.name}' for alias in node.names)
+    return names
+
+
+def test_every_module_lives_in_one_of_the_three_layers():
+    top = sorted(p.name for p in (REPO / PACKAGE).iterdir() if p.name != '__pycache__')
+    assert top == ['__init__.py', *LAYERS], top
+
+
+def test_imports_go_one_way_core_ros_tools():
+    """core -> nothing of ours but core and no ROS; ros -> core; tools -> core and ros."""
+    checked = 0
+    for layer in LAYERS:
+        for path in (REPO / PACKAGE / layer).rglob('*.py'):
+            for name in package_imports(path):
+                parts = name.split('.')
+                if parts[0] == PACKAGE and len(parts) > 1 and parts[1] in LAYERS:
+                    assert parts[1] in ALLOWED_IMPORTS[layer], f'{path.relative_to(REPO)} imports {name}'
+                if layer == 'core':
+                    assert parts[0] not in ROS_PACKAGES, f'{path.relative_to(REPO)} imports {name}'
+            checked += 1
+    assert checked >= 35, checked
+
+
+def test_core_and_tools_import_without_rclpy():
+    """The core (and the tools, which import ROS only inside the functions that drive nodes) load on
+    a machine without ROS."""
+    modules = sorted(
         '.'.join(p.relative_to(REPO).with_suffix('').parts)
-        for p in (REPO / PACKAGE).rglob('*.py')
-        if p.stem not in ROS_MODULES and p.stem != '__main__')
+        for layer in ('core', 'tools') for p in (REPO / PACKAGE / layer).rglob('*.py') if p.stem != '__main__')
     code = (
         'import sys\n'
-        'for blocked in ("rclpy", "sensor_msgs", "std_msgs", "geometry_msgs", "builtin_interfaces"):\n'
+        f'for blocked in {ROS_PACKAGES!r}:\n'
         '    sys.modules[blocked] = None\n'
         'import importlib\n'
-        f'for name in {core!r}:\n'
+        f'for name in {modules!r}:\n'
         '    importlib.import_module(name.replace(".__init__", ""))\n'
-        'print("ok", len(' + repr(core) + '))\n')
+        'print("ok", len(' + repr(modules) + '))\n')
     result = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, cwd=REPO)
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith('ok')

@@ -13,9 +13,9 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from hr_depth_ros.bags import BagError, read_messages
-from hr_depth_ros.play_bag import _messages, _select_topics, build_parser, parse_remaps, to_rclpy
-from hr_depth_ros.transport import fastdds_profile_path, local_ros_env
+from hr_depth_ros.core.bags import BagError, read_messages
+from hr_depth_ros.ros.play_bag import _messages, _select_topics, build_parser, parse_remaps, to_rclpy
+from hr_depth_ros.ros.transport import fastdds_profile_path, local_ros_env
 
 REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault('FASTDDS_DEFAULT_PROFILES_FILE', str(fastdds_profile_path()))
@@ -107,7 +107,7 @@ def test_play_bag_publishes_every_frame_with_its_stamp(synthetic_bag, tmp_path):
     try:
         with open(log, 'wb') as handle:
             proc = subprocess.run(
-                [sys.executable, '-m', 'hr_depth_ros.play_bag', '--bag', str(synthetic_bag), '--topics', IMAGE_TOPIC,
+                [sys.executable, '-m', 'hr_depth_ros.ros.play_bag', '--bag', str(synthetic_bag), '--topics', IMAGE_TOPIC,
                  '/camera/camera_info', '--rate', '4', '--remap', f'{IMAGE_TOPIC}:=/played/image',
                  '--remap', '/camera/camera_info:=/played/camera_info', '--qos-depth', '100', '--wait-subscribers', '20'],
                 env=env, stdout=handle, stderr=subprocess.STDOUT, timeout=90, cwd=REPO)
@@ -126,7 +126,7 @@ def test_play_bag_publishes_every_frame_with_its_stamp(synthetic_bag, tmp_path):
 
 def test_play_bag_reports_bad_bag(tmp_path):
     env = local_ros_env()
-    proc = subprocess.run([sys.executable, '-m', 'hr_depth_ros.play_bag', '--bag', str(tmp_path / 'missing_bag')],
+    proc = subprocess.run([sys.executable, '-m', 'hr_depth_ros.ros.play_bag', '--bag', str(tmp_path / 'missing_bag')],
                           env=env, capture_output=True, text=True, timeout=60, cwd=REPO)
     assert proc.returncode == 2
     assert 'missing_bag' in proc.stderr

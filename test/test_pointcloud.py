@@ -6,7 +6,7 @@ import struct
 import numpy as np
 import pytest
 
-from hr_depth_ros.pointcloud import (
+from hr_depth_ros.core.pointcloud import (
     POINT_STEP,
     pack_points,
     pack_rgb_float,
@@ -102,8 +102,8 @@ def test_ply_bad_colours_write_nothing(tmp_path):
 @pytest.mark.parametrize('stride, max_range, organized, with_rgb', [
     (1, 50.0, False, True), (2, None, False, False), (3, 20.0, True, True), (1, None, True, False)])
 def test_cloud_packer_reproduces_depth_to_points_and_pack_points(stride, max_range, organized, with_rgb):
-    from hr_depth_ros.geometry import depth_to_points, ray_planes
-    from hr_depth_ros.pointcloud import CloudPacker
+    from hr_depth_ros.core.geometry import depth_to_points, ray_planes
+    from hr_depth_ros.core.pointcloud import CloudPacker
 
     rng = np.random.default_rng(stride)
     height, width = 40, 70
@@ -131,8 +131,8 @@ def test_cloud_packer_reproduces_depth_to_points_and_pack_points(stride, max_ran
 
 
 def test_cloud_packer_edge_cases():
-    from hr_depth_ros.geometry import pixel_rays, ray_planes
-    from hr_depth_ros.pointcloud import CloudPacker
+    from hr_depth_ros.core.geometry import pixel_rays, ray_planes
+    from hr_depth_ros.core.pointcloud import CloudPacker
 
     K = np.array([[50.0, 0.0, 15.5], [0.0, 50.0, 7.5], [0.0, 0.0, 1.0]])
     planes = ray_planes(K, 16, 32, 2)

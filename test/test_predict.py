@@ -5,7 +5,7 @@ import cv2
 import numpy as np
 import pytest
 
-from hr_depth_ros.predict import collect_images, main, read_rgb
+from hr_depth_ros.tools.predict import collect_images, main, read_rgb
 
 
 @pytest.fixture()
@@ -52,7 +52,7 @@ def test_predict_writes_disparity_and_colour_image(image_folder, lite_checkpoint
 
 
 def test_predict_matches_the_inference_engine(image_folder, lite_checkpoint, tmp_path):
-    from hr_depth_ros.inference import DepthEstimator
+    from hr_depth_ros.core.inference import DepthEstimator
 
     rc = main(['--weights', str(lite_checkpoint), '--device', 'cpu', '--output-dir', str(tmp_path),
                '--no-progress', str(image_folder / 'b.jpg')])
@@ -62,7 +62,7 @@ def test_predict_matches_the_inference_engine(image_folder, lite_checkpoint, tmp
 
 
 def test_backends_write_the_same_disparity(image_folder, lite_checkpoint, tmp_path, capsys):
-    from hr_depth_ros.backends import openvino_version
+    from hr_depth_ros.core.backends import openvino_version
 
     if openvino_version() is None:
         pytest.skip('openvino is not installed')

@@ -31,7 +31,7 @@ def test_finetune_option_table_matches_the_code():
 
 def test_topic_table_names_every_topic_of_the_node():
     readme = (REPO / 'README.md').read_text()
-    source = (REPO / 'hr_depth_ros' / 'depth_node.py').read_text()
+    source = (REPO / 'hr_depth_ros' / 'ros' / 'depth_node.py').read_text()
     # create_lifecycle_publisher(Image, 'depth', ...), subscribe(Image, 'image', ...) (possibly after a newline)
     topics = set(re.findall(r"(?:create_lifecycle_publisher|subscribe)\(\s*\w+,\s*'([^']+)'", source))
     assert {'image', 'camera_info', 'depth', 'depth/colored', 'points'} <= topics

@@ -8,10 +8,10 @@ import pytest
 from sensor_msgs.msg import Image
 from std_msgs.msg import Header
 
-from hr_depth_ros import image_decoding
-from hr_depth_ros.camera_info import camera_info_K
-from hr_depth_ros.pointcloud import unpack_points
-from hr_depth_ros.ros_messages import (
+from hr_depth_ros.core import image_decoding
+from hr_depth_ros.core.camera_info import camera_info_K
+from hr_depth_ros.core.pointcloud import unpack_points
+from hr_depth_ros.ros.ros_messages import (
     camera_info_msg,
     compressed_image_msg,
     header_copy,

@@ -6,8 +6,8 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from hr_depth_ros.geometry import matrix_from_quaternion, pose_matrix, quaternion_from_matrix
-from hr_depth_ros.tf_poses import TransformError, TransformTree, normalize_frame, slerp
+from hr_depth_ros.core.geometry import matrix_from_quaternion, pose_matrix, quaternion_from_matrix
+from hr_depth_ros.core.tf_poses import TransformError, TransformTree, normalize_frame, slerp
 
 S = 1_000_000_000  # ns per second
 # REP 103: optical frame (x right, y down, z forward) in the body convention (x forward, y left, z up).

@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from hr_depth_ros import finetune
-from hr_depth_ros.checkpoint import load_depth_checkpoint, load_extra_state
-from hr_depth_ros.inference import DepthEstimator
-from hr_depth_ros.make_synthetic_bag import write_synthetic_bag
-from hr_depth_ros.training.data import TripletDataset
-from hr_depth_ros.training.trainer import Trainer, TrainingConfig
+from hr_depth_ros.tools import finetune
+from hr_depth_ros.core.checkpoint import load_depth_checkpoint, load_extra_state
+from hr_depth_ros.core.inference import DepthEstimator
+from hr_depth_ros.tools.make_synthetic_bag import write_synthetic_bag
+from hr_depth_ros.core.training.data import TripletDataset
+from hr_depth_ros.core.training.trainer import Trainer, TrainingConfig
 
 W, H = 128, 64
 COMMON = ['--width', str(W), '--height', str(H), '--batch-size', '2', '--device', 'cpu', '--quiet']
@@ -43,7 +43,7 @@ def test_overfits_a_fixed_batch(bag, tmp_path):
                             device='cpu', lr=5e-4, val_fraction=0.0)
     trainer = Trainer(config)
     torch.manual_seed(0)
-    from hr_depth_ros.training.data import prepare_data
+    from hr_depth_ros.core.training.data import prepare_data
     data = prepare_data(config.data_config())
     try:
         models = trainer._build_models()
@@ -72,7 +72,7 @@ def test_checkpoint_has_metadata_and_loads(trained):
     assert meta['topics']['image'] == '/camera/image_raw' and len(meta['bags']) == 1
     assert np.array(meta['intrinsics']['K']).shape == (3, 3) and 0 < meta['K_normalized'][0][0] < 2
     # The depth node understands the intrinsics the trainer stores.
-    from hr_depth_ros.depth_node import checkpoint_intrinsics
+    from hr_depth_ros.ros.depth_node import checkpoint_intrinsics
     assert checkpoint_intrinsics(meta) is not None
     checkpoint = load_depth_checkpoint(latest)
     assert (checkpoint.arch, checkpoint.width, checkpoint.height) == ('lite_hr_depth', W, H)
@@ -139,7 +139,7 @@ def test_pose_warmup_leaves_the_depth_network_untouched(bag, trained, tmp_path):
     output, _, _ = trained
     start = tmp_path / 'depth_only'
     source = load_depth_checkpoint(output / 'latest')
-    from hr_depth_ros.checkpoint import save_depth_checkpoint
+    from hr_depth_ros.core.checkpoint import save_depth_checkpoint
     save_depth_checkpoint(start, source.encoder, source.decoder, arch=source.arch, height=H, width=W)
     run = tmp_path / 'warm'
     assert finetune.main(['--bag', str(bag), '--output', str(run), '--init', str(start), '--steps', '2',
@@ -155,8 +155,8 @@ def test_pose_warmup_leaves_the_depth_network_untouched(bag, trained, tmp_path):
 
 
 def test_freeze_batch_norm_keeps_running_statistics():
-    from hr_depth_ros.networks import build_depth_model
-    from hr_depth_ros.training.trainer import freeze_batch_norm
+    from hr_depth_ros.core.networks import build_depth_model
+    from hr_depth_ros.core.training.trainer import freeze_batch_norm
     encoder, _ = build_depth_model('lite_hr_depth')
     encoder.train()
     freeze_batch_norm(encoder)

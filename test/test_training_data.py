@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from hr_depth_ros.bags import BagError, read_messages
-from hr_depth_ros.make_synthetic_bag import write_synthetic_bag
-from hr_depth_ros.training.data import (DataConfig, DataError, SampleReport, TripletDataset, build_samples,
+from hr_depth_ros.core.bags import BagError, read_messages
+from hr_depth_ros.tools.make_synthetic_bag import write_synthetic_bag
+from hr_depth_ros.core.training.data import (DataConfig, DataError, SampleReport, TripletDataset, build_samples,
                                         extract_frames, prepare_data, split_samples)
 
 W, H = 160, 64
@@ -63,8 +63,8 @@ def test_extract_frames_sizes_intrinsics_and_depth(prepared, small_bag):
     depth = store.depth(5)
     assert depth.shape == (H, W) and np.nanmedian(depth) > 1.0
     # K scaled from 320x96 to 160x64 with the pixel-centre convention.
-    from hr_depth_ros.synthetic import SyntheticDrive
-    from hr_depth_ros.geometry import scale_intrinsics
+    from hr_depth_ros.tools.synthetic import SyntheticDrive
+    from hr_depth_ros.core.geometry import scale_intrinsics
     K_bag = SyntheticDrive(width=320, height=96).K
     np.testing.assert_allclose(store.K[0], scale_intrinsics(K_bag, W / 320, H / 96))
 
@@ -190,8 +190,8 @@ def write_ros1_camera_bag(path: Path, frames: int, image_topic: str = 'camera/im
     from rosbags.rosbag1 import Writer
     from rosbags.typesys import Stores, get_typestore
 
-    from hr_depth_ros.image_decoding import encode_compressed
-    from hr_depth_ros.synthetic import SyntheticDrive
+    from hr_depth_ros.core.image_decoding import encode_compressed
+    from hr_depth_ros.tools.synthetic import SyntheticDrive
 
     typestore = get_typestore(Stores.ROS1_NOETIC)
     types = typestore.types
@@ -229,7 +229,7 @@ def test_ros1_bag_with_upper_case_camera_info_and_relative_topics(tmp_path):
                                    camera_info_topic='camera/camera_info', val_fraction=0.0))
     try:
         assert len(data.store) == 12 and len(data.train) > 0
-        from hr_depth_ros.synthetic import SyntheticDrive
+        from hr_depth_ros.tools.synthetic import SyntheticDrive
 
         K = SyntheticDrive(width=W * 2, height=H * 2, num_frames=1).K
         np.testing.assert_allclose(data.store.K[0][0, 0], K[0, 0] / 2)
@@ -247,7 +247,7 @@ def test_ros1_bag_with_one_image_is_refused_clearly(tmp_path):
 
 
 def test_undecodable_frames_are_skipped_counted_and_a_bad_bag_refused(tmp_path):
-    from hr_depth_ros.image_decoding import encode_compressed
+    from hr_depth_ros.core.image_decoding import encode_compressed
 
     bomb = encode_compressed(np.zeros((8, 8, 3), np.uint8), 'png').data
     bomb = bomb[:16] + (9000).to_bytes(4, 'big') * 2 + bomb[24:]  # IHDR says 9000 x 9000 (81 MP)
@@ -302,7 +302,7 @@ def test_bag_cut_short_is_used_up_to_its_last_readable_frame(tmp_path, storage):
 
 def test_finetune_cli_trains_on_a_ros1_camera_bag(tmp_path, capsys):
     """The issue's report: finetune on a ROS 1 CompressedImage + CameraInfo bag died with AttributeError 'k'."""
-    from hr_depth_ros import finetune
+    from hr_depth_ros.tools import finetune
 
     bag = write_ros1_camera_bag(tmp_path / 'pi.bag', frames=12)
     output = tmp_path / 'out'

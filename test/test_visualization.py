@@ -3,7 +3,7 @@ import cv2
 import numpy as np
 import pytest
 
-from hr_depth_ros.visualization import colorize, value_range
+from hr_depth_ros.core.visualization import colorize, value_range
 
 
 def test_colorize_matches_opencv_colormap_at_the_ends():

@@ -1,0 +1,207 @@
+"""Inference backends under :class:`hr_depth_ros.core.inference.DepthEstimator` (ROS-free).
+
+A backend runs the network ``B x 3 x H x W`` images in [0, 1] -> scale-0 disparity
+``B x 1 x H x W`` float32; preprocessing and disparity -> depth stay in the estimator, so
+every backend gives the same depth for the same image.
+
+- ``torch``: PyTorch eager (autocast, channels-last, optional ``torch.compile``), any device.
+- ``openvino``: the network converted with ``openvino.convert_model`` and compiled for the
+  CPU in fp32 (measured 2.7-4.6x faster than PyTorch on the CPU, benchmarks/RESULTS.md).
+  Converted models are cached on disk (:mod:`hr_depth_ros.core.model_cache`), keyed by the weights'
+  content hash, the resolution and the OpenVINO version: only the first start converts.
+- ``auto``: ``torch`` on CUDA (or when ``torch.compile`` is asked for), ``openvino`` on the
+  CPU when it is installed, else ``torch``.
+
+Threads: :func:`default_threads` is the number of cores this process may use. Set fewer on a
+machine busy with other work: OpenMP threads spin-waiting for a descheduled sibling made
+2-thread PyTorch 20-30x slower on a loaded 2-core machine.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from hr_depth_ros.core.model_cache import cached_entry, default_cache_dir, remove_entry, weights_hash
+
+LOGGER = logging.getLogger(__name__)
+BACKENDS = ('auto', 'torch', 'openvino')
+OPENVINO_CACHE_FORMAT = 1  # bump when the conversion below changes what it writes
+OPENVINO_MODEL_FILE = 'model.xml'
+
+
+def openvino_version() -> str | None:
+    """The installed OpenVINO's version, or None when it cannot be imported."""
+    try:
+        import openvino
+    except Exception:  # noqa: BLE001 - ImportError, or a broken native library
+        return None
+    return str(openvino.__version__).split('-')[0]
+
+
+def resolve_backend(name: str, device: torch.device, compile: bool | str = False) -> str:
+    """``torch`` or ``openvino`` for a requested backend name on ``device`` (see module docstring)."""
+    if name not in BACKENDS:
+        raise ValueError(f'unknown backend {name!r}; use one of {", ".join(BACKENDS)}')
+    if name != 'auto':
+        return name
+    if device.type != 'cpu' or compile:
+        return 'torch'
+    if openvino_version() is None:
+        LOGGER.info('backend auto: OpenVINO is not installed, running PyTorch on the CPU')
+        return 'torch'
+    return 'openvino'
+
+
+def default_threads() -> int:
+    """Cores this process may use (its CPU affinity), or fewer if ``OMP_NUM_THREADS`` says so."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else (os.cpu_count() or 1)
+    limit = os.environ.get('OMP_NUM_THREADS', '')
+    return max(1, min(cores, int(limit))) if limit.isdigit() and int(limit) > 0 else max(1, cores)
+
+
+@dataclass(frozen=True)
+class BackendOptions:
+    """What ``--backend``, ``--threads`` and ``--cache-dir`` asked for (None: the defaults)."""
+
+    backend: str = 'auto'
+    threads: int | None = None
+    cache_dir: str | None = None
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f'must be >= 1, got {value}')
+    return value
+
+
+def add_backend_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--backend``, ``--threads`` and ``--cache-dir``, shared by the command-line tools."""
+    parser.add_argument('--backend', default='auto', choices=BACKENDS,
+                        help='auto: torch on CUDA, OpenVINO on the CPU when installed (default auto)')
+    parser.add_argument('--threads', type=positive_int, default=None,
+                        help='CPU inference threads (default: the cores this process may use; use fewer '
+                             'on a machine busy with other work)')
+    parser.add_argument('--cache-dir', default=None,
+                        help='converted-model cache (default $HR_DEPTH_ROS_CACHE or ~/.cache/hr_depth_ros)')
+
+
+def configure_threads(threads: int | None) -> int:
+    """Validate ``threads`` (None: :func:`default_threads`) and apply it to PyTorch; returns it."""
+    threads = default_threads() if threads is None else int(threads)
+    if threads < 1:
+        raise ValueError(f'threads must be >= 1, got {threads}')
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+    return threads
+
+
+class TorchBackend:
+    """PyTorch eager or compiled on ``device``; ``autocast_dtype`` None runs fp32."""
+
+    def __init__(self, net: nn.Module, device: torch.device, autocast_dtype: torch.dtype | None,
+                 channels_last: bool, compile: bool | str) -> None:
+        net = net.to(device)
+        if channels_last:
+            net = net.to(memory_format=torch.channels_last)
+        if compile:
+            net = torch.compile(net, backend=compile if isinstance(compile, str) else 'inductor')
+        self.net = net
+        self.device = device
+        self.autocast_dtype = autocast_dtype
+        self.channels_last = channels_last
+        self.description = 'torch'
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        images = images.to(self.device)
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        dtype = self.autocast_dtype
+        with torch.inference_mode(), torch.autocast(self.device.type, dtype=dtype or torch.float32,
+                                                    enabled=dtype is not None):
+            return self.net(images).float()
+
+
+def openvino_cache_key(arch: str, width: int, height: int, content_hash: str, version: str) -> str:
+    """Cache folder name: architecture, resolution, backend + version, format, weights hash."""
+    return f'{arch}_{width}x{height}_openvino-{version}_f{OPENVINO_CACHE_FORMAT}_{content_hash[:32]}'
+
+
+class OpenVINOBackend:
+    """The network compiled by OpenVINO for the CPU (fp32, batch 1 at a fixed resolution).
+
+    ``cache_dir``: where converted models live (None: :func:`model_cache.default_cache_dir`).
+    After construction ``converted_s`` is the conversion time (None when loaded from the cache).
+    """
+
+    def __init__(self, net: nn.Module, arch: str, width: int, height: int, threads: int,
+                 cache_dir: str | Path | None = None) -> None:
+        import openvino as ov
+
+        version = openvino_version() or 'unknown'
+        self.width, self.height = int(width), int(height)
+        key = openvino_cache_key(arch, self.width, self.height, weights_hash(net), version)
+        self.converted_s: float | None = None
+
+        def convert(folder: Path) -> None:
+            start = time.perf_counter()
+            example = torch.zeros(1, 3, self.height, self.width)
+            with torch.no_grad(), warnings.catch_warnings():
+                warnings.filterwarnings('ignore', category=FutureWarning, module='torch.jit')  # OpenVINO traces
+                model = ov.convert_model(net.cpu().eval(), example_input=example)
+            model.reshape([1, 3, self.height, self.width])
+            ov.save_model(model, folder / OPENVINO_MODEL_FILE, compress_to_fp16=False)  # fp32 weights: parity
+            self.converted_s = time.perf_counter() - start
+
+        core = ov.Core()
+        core.set_property({'ENABLE_MMAP': False})  # own copy of the weights: the cache files may be replaced
+        # fp32 everywhere: CPUs with bf16/AMX units would otherwise default to bf16 and lose parity.
+        config = {'INFERENCE_NUM_THREADS': int(threads), 'INFERENCE_PRECISION_HINT': 'f32',
+                  'PERFORMANCE_HINT': 'LATENCY', 'NUM_STREAMS': 1}
+
+        def compile_entry() -> Any:
+            start = time.perf_counter()
+            compiled = core.compile_model(core.read_model(self.cache_entry / OPENVINO_MODEL_FILE), 'CPU', config)
+            self.compile_s = time.perf_counter() - start
+            return compiled
+
+        root = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
+        self.cache_entry, _ = cached_entry(root, key, convert)
+        try:
+            compiled = compile_entry()
+        except Exception as error:  # noqa: BLE001 - OpenVINO raises RuntimeError subclasses of its own
+            if self.converted_s is not None:
+                raise  # a fresh conversion that does not compile is a real failure
+            LOGGER.warning('cached model %s does not load (%s: %s): converting again',
+                           self.cache_entry, type(error).__name__, error)
+            remove_entry(self.cache_entry)
+            self.cache_entry, _ = cached_entry(root, key, convert)
+            compiled = compile_entry()
+        self.request = compiled.create_infer_request()
+        origin = (f'converted in {self.converted_s:.1f} s' if self.converted_s is not None
+                  else 'loaded from the cache')
+        self.description = (f'openvino {version} ({origin}, compiled in {self.compile_s:.1f} s, '
+                            f'{threads} thread(s); {self.cache_entry})')
+        LOGGER.info('%s %dx%d: %s', arch, self.width, self.height, self.description)
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        if tuple(images.shape[1:]) != (3, self.height, self.width):
+            raise ValueError(f'the OpenVINO model takes B x 3 x {self.height} x {self.width} images, '
+                             f'got {tuple(images.shape)}')
+        batch = np.ascontiguousarray(images.detach().to('cpu', torch.float32).numpy())
+        outputs = []
+        for image in batch:
+            self.request.infer({0: image[None]})
+            outputs.append(np.array(self.request.get_output_tensor(0).data, dtype=np.float32, copy=True))
+        return torch.from_numpy(np.concatenate(outputs, axis=0))

@@ -1,0 +1,168 @@
+"""The inference engine the depth node, ``predict`` and the demo share (ROS-free).
+
+Preprocessing follows monodepth2's ``test_simple``: resize the RGB image to the network's
+input size, scale to [0, 1] (the encoders normalise), take the scale-0 sigmoid disparity,
+and convert it to depth with ``disp_to_depth(min_depth=0.1, max_depth=100)`` times a metric
+scale (5.4 for stereo-trained checkpoints, monodepth2's ``STEREO_SCALE_FACTOR``).
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from torch import nn
+
+from hr_depth_ros.core.backends import OpenVINOBackend, TorchBackend, configure_threads, resolve_backend
+from hr_depth_ros.core.checkpoint import DepthCheckpoint, load_depth_checkpoint
+from hr_depth_ros.core.geometry import disp_to_depth
+
+LOGGER = logging.getLogger(__name__)
+STEREO_SCALE_FACTOR = 5.4  # monodepth2: baseline 0.54 m in KITTI / 0.1 units used in training
+PRECISIONS = {'fp32': None, 'fp16': torch.float16, 'bf16': torch.bfloat16}
+
+
+def select_device(name: str = 'auto') -> torch.device:
+    """'auto' (CUDA when available, else CPU), 'cuda' / 'cuda:N' (CPU with a warning if absent), 'cpu'."""
+    name = str(name).strip().lower()
+    if name == 'auto':
+        return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
+    if name == 'cpu':
+        return torch.device('cpu')
+    if name == 'cuda' or name.startswith('cuda:'):
+        if not torch.cuda.is_available():
+            LOGGER.warning('device %r requested but CUDA is not available; running on the CPU', name)
+            return torch.device('cpu')
+        return torch.device(name)
+    raise ValueError(f"unknown device {name!r}: use 'auto', 'cuda', 'cuda:N' or 'cpu'")
+
+
+class _DepthNet(nn.Module):
+    """Encoder + decoder returning only the scale-0 disparity (what inference needs)."""
+
+    def __init__(self, encoder: nn.Module, decoder: nn.Module) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.decoder = decoder
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.decoder(self.encoder(images))[('disp', 0)]
+
+
+class DepthEstimator:
+    """Disparity / metric depth for RGB images with one checkpoint.
+
+    ``backend``: 'auto' (PyTorch on CUDA, OpenVINO on the CPU when installed, else PyTorch),
+    'torch' or 'openvino' (CPU only); see :mod:`hr_depth_ros.core.backends`. ``threads``: CPU
+    threads for PyTorch and OpenVINO (None: the cores this process may use).
+    ``cache_dir``: where OpenVINO keeps converted models (None: ``$HR_DEPTH_ROS_CACHE`` or
+    ``~/.cache/hr_depth_ros``).
+    The torch backend's options: ``precision``: 'fp32', or 'fp16' / 'bf16' autocast (CUDA; on
+    the CPU fp16 falls back to fp32 with a warning, bf16 autocast runs). ``channels_last``:
+    None turns it on (measured 1.06-1.19x faster than NCHW on the CPU too,
+    benchmarks/RESULTS.md). ``compile``: ``torch.compile`` the network (True: the default
+    inductor backend, whose first calls are slow; a string names another backend, e.g.
+    'aot_eager'). OpenVINO always runs fp32.
+    """
+
+    def __init__(self, checkpoint: DepthCheckpoint | str | Path, device: str | torch.device = 'auto',
+                 precision: str = 'fp32', channels_last: bool | None = None, compile: bool | str = False,
+                 min_depth: float = 0.1, max_depth: float = 100.0, depth_scale: float = 1.0,
+                 backend: str = 'auto', threads: int | None = None, cache_dir: str | Path | None = None) -> None:
+        if not isinstance(checkpoint, DepthCheckpoint):
+            checkpoint = load_depth_checkpoint(checkpoint)
+        if precision not in PRECISIONS:
+            raise ValueError(f'unknown precision {precision!r}; use one of {", ".join(PRECISIONS)}')
+        if not 0 < min_depth < max_depth:
+            raise ValueError(f'need 0 < min_depth < max_depth, got {min_depth} and {max_depth}')
+        if depth_scale <= 0:
+            raise ValueError(f'depth_scale must be positive, got {depth_scale}')
+        self.checkpoint = checkpoint
+        self.device = device if isinstance(device, torch.device) else select_device(device)
+        self.backend = resolve_backend(backend, self.device, compile)
+        self.threads = configure_threads(threads)
+        if self.backend == 'openvino' and self.device.type != 'cpu':
+            LOGGER.warning('backend openvino runs on the CPU, not %s', self.device)
+            self.device = torch.device('cpu')
+        if precision == 'fp16' and self.device.type != 'cuda':
+            LOGGER.warning('fp16 autocast needs CUDA; running fp32 on %s', self.device)
+            precision = 'fp32'
+        if self.backend == 'openvino' and (precision != 'fp32' or compile):
+            LOGGER.warning('backend openvino runs fp32 without torch.compile; ignoring precision=%s compile=%s',
+                           precision, compile)
+            precision = 'fp32'
+        self.precision = precision
+        self.channels_last = True if channels_last is None else bool(channels_last)
+        self.min_depth = float(min_depth)
+        self.max_depth = float(max_depth)
+        self.depth_scale = float(depth_scale)
+        # A checkpoint fine-tuned with metric poses records metres per depth unit (checkpoint.metric_scale_of).
+        self.metric_scale = checkpoint.metric_scale
+        net = _DepthNet(checkpoint.encoder, checkpoint.decoder).eval()
+        self.runner: TorchBackend | OpenVINOBackend | None = None
+        if self.backend == 'openvino':
+            try:
+                self.runner = OpenVINOBackend(net, checkpoint.arch, checkpoint.width, checkpoint.height,
+                                              self.threads, cache_dir)
+            except Exception as error:  # noqa: BLE001 - conversion/compilation failures of any kind
+                if backend != 'auto':
+                    raise
+                LOGGER.warning('backend auto: OpenVINO failed (%s: %s); running PyTorch',
+                               type(error).__name__, error)
+                self.backend = 'torch'
+        if self.runner is None:
+            self.runner = TorchBackend(net, self.device, PRECISIONS[precision], self.channels_last, compile)
+        self.net: nn.Module = getattr(self.runner, 'net', net)  # the torch module (what OpenVINO converted)
+
+    @property
+    def backend_description(self) -> str:
+        """What runs the network, e.g. 'openvino 2026.4.1 (loaded from the cache, ...)'."""
+        return self.runner.description
+
+    @property
+    def arch(self) -> str:
+        return self.checkpoint.arch
+
+    @property
+    def height(self) -> int:
+        return self.checkpoint.height
+
+    @property
+    def width(self) -> int:
+        return self.checkpoint.width
+
+    def preprocess(self, rgb: np.ndarray) -> torch.Tensor:
+        """``H x W x 3`` uint8 RGB -> ``1 x 3 x height x width`` float in [0, 1] on the device."""
+        if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
+            raise ValueError(f'expected an H x W x 3 uint8 RGB image, got {rgb.shape} {rgb.dtype}')
+        if rgb.shape[:2] != (self.height, self.width):
+            shrinking = rgb.shape[0] > self.height or rgb.shape[1] > self.width
+            rgb = cv2.resize(rgb, (self.width, self.height),
+                             interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
+        tensor = torch.from_numpy(np.ascontiguousarray(rgb)).to(self.device, non_blocking=True)
+        return tensor.permute(2, 0, 1)[None].float().div_(255.0)
+
+    def predict_batch(self, images: torch.Tensor) -> torch.Tensor:
+        """Scale-0 disparity ``B x 1 x H x W`` (float32) for ``B x 3 x H x W`` images in [0, 1]."""
+        return self.runner(images)
+
+    def predict_disparity(self, rgb: np.ndarray) -> np.ndarray:
+        """The network's sigmoid disparity (``height x width`` float32) for one RGB image."""
+        return self.predict_batch(self.preprocess(rgb))[0, 0].cpu().numpy()
+
+    @property
+    def total_depth_scale(self) -> float:
+        """The factor on ``disp_to_depth``: the checkpoint's metric scale (if any) x ``depth_scale``."""
+        return (self.metric_scale or 1.0) * self.depth_scale
+
+    def disparity_to_depth(self, disparity: np.ndarray) -> np.ndarray:
+        """Depth = the checkpoint's metric scale (metres for checkpoints fine-tuned with metric poses,
+        else 1) x ``depth_scale`` x monodepth2's ``disp_to_depth``."""
+        depth = disp_to_depth(disparity, self.min_depth, self.max_depth)[1]
+        return (depth * self.total_depth_scale).astype(np.float32)
+
+    def predict_depth(self, rgb: np.ndarray) -> np.ndarray:
+        """Metric depth (``height x width`` float32, metres) for one RGB image."""
+        return self.disparity_to_depth(self.predict_disparity(rgb))

@@ -1,0 +1,897 @@
+"""Self-supervised fine-tuning loop (monodepth2 monocular training, as HR-Depth trains), ROS-free.
+
+Recipe (monodepth2 defaults unless noted): depth net + separate ResNet-18 pose net on two stacked
+frames (frames 0, -1, +1; the pose of frame -1 is predicted from (-1, 0) and inverted), Adam with
+lr 1e-4 (the HR-Depth README's correction of the paper's 1e-3), StepLR every 15 epochs x 0.1,
+depth range 0.1-100, 4 scales upsampled to full resolution, losses from :mod:`.losses`.
+
+Camera motion comes from one of two places (``pose_source``):
+
+- ``tf``: the robot's odometry recorded in the bag (:mod:`hr_depth_ros.core.tf_poses`). The poses are
+  right and metric, so the depth network learns metres: the factor between the start
+  checkpoint's depth units and metres is found first by a photometric scale search
+  (:mod:`.scale`) and kept as ``metric_scale`` (depth = metric_scale x disp_to_depth(disp)); the
+  checkpoint records it and the depth node and ``predict`` publish metres with it.
+- ``net``: the pose network, in its own Adam parameter group (``pose_lr``, at least 1e-4), with
+  pose-only warm-up steps when it starts from scratch beside a trained depth network.
+
+Model selection is honest: ``best/`` is chosen by the ground-truth depth error when a depth
+topic is given, else by the photometric loss under TF poses when the bag has them (a depth
+network that bends to fit wrong predicted poses lowers its own loss, not this one), else by the
+validation loss; the start model is scored too (step 0), so ``best/`` is never worse than the
+start by that measure.
+
+Under ``torchrun`` (:mod:`.distributed`) every rank runs this loop on its share of the training
+samples with the step wrapped in one DistributedDataParallel; rank 0 alone prepares the output
+folder, searches the metric scale, validates (results broadcast) and writes checkpoints, metrics
+and progress. ``samples_seen`` counts the training samples of all ranks.
+
+Checkpoints go through :func:`hr_depth_ros.core.checkpoint.save_depth_checkpoint` (atomic):
+``OUTPUT/latest`` every ``save_every`` steps and at the end, ``OUTPUT/best`` at the lowest
+validation loss; each holds the authors' ``encoder.pth`` / ``depth.pth``, ``hr_depth_ros.json``
+metadata (arch, resolution, intrinsics, bags, topics, config, step, epoch, metrics) and ``pose_encoder.pth``,
+``pose.pth``, ``adam.pth`` (optimiser, scheduler, step, epoch, AMP scaler, RNG) for ``resume``.
+"""
+from __future__ import annotations
+
+import csv
+import functools
+import logging
+import math
+import os
+import random
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader
+
+from hr_depth_ros.core.checkpoint import (CheckpointError, load_depth_checkpoint, load_extra_state, metric_scale_of,
+                                     save_depth_checkpoint)
+from hr_depth_ros.core.evaluation import evaluate_depth, mean_errors
+from hr_depth_ros.core.geometry import disp_to_depth, normalized_intrinsics, transformation_from_parameters, warp_image
+from hr_depth_ros.core.image_decoding import DEFAULT_MAX_PIXELS
+from hr_depth_ros.core.inference import select_device
+from hr_depth_ros.core.networks import ARCHITECTURES, build_depth_model, build_pose_model
+from hr_depth_ros.core.tf_poses import DEFAULT_MAX_TF_GAP_S
+from hr_depth_ros.core.training.distributed import SINGLE, Distributed, data_parallel, from_environment, train_sampler
+from hr_depth_ros.core.training.data import POSE_SOURCES, DataConfig, PreparedData, TripletDataset, prepare_data
+from hr_depth_ros.core.training.losses import (IDENTITY_NOISE_STD, SMOOTHNESS_WEIGHT, distillation_loss, min_reprojection,
+                                          photometric_error, smoothness_loss, upsample_to)
+from hr_depth_ros.core.training.options import check_limits, option
+from hr_depth_ros.core.training.scale import ScaleSearch, search_scale
+from hr_depth_ros.core.training.output import (FRAME_CACHE_PREFIX, prepare_output, remove_previous_run,
+                                          removed_if_left_empty)
+
+__all__ = ['TrainingConfig', 'TrainingError', 'Trainer', 'train', 'METRICS_COLUMNS']
+
+LOGGER = logging.getLogger(__name__)
+SCALES = (0, 1, 2, 3)
+SOURCE_OFFSETS = (-1, 1)
+METRICS_COLUMNS = ('step', 'epoch', 'split', 'loss', 'photometric', 'loss_tf', 'lr', 'samples_per_s', 'abs_rel',
+                   'rmse', 'a1', 'abs_rel_metric', 'scale_ratio', 'selected')
+MAX_BAD_STEPS = 20  # consecutive non-finite losses before giving up
+MIN_POSE_LR = 1e-4  # measured: a fresh pose network barely learns below this
+AUTO_POSE_WARMUP_STEPS = 160  # measured: translation converges in 120-160 steps at 1e-4
+SCALE_SEARCH_SAMPLES = 24  # training samples the metric scale search looks at
+DEFAULT_STEPS = 1000  # run length when neither steps nor epochs is given (command line, node)
+
+
+class TrainingError(RuntimeError):
+    """Fine-tuning cannot start or continue (bad settings, diverged, nothing to resume)."""
+
+
+def freeze_batch_norm(module: nn.Module) -> None:
+    """Put every batch-norm layer of ``module`` in eval mode (running statistics fixed)."""
+    for layer in module.modules():
+        if isinstance(layer, nn.modules.batchnorm._BatchNorm):
+            layer.eval()
+
+
+@dataclass
+class TrainingConfig:
+    """Every setting of a fine-tuning run (recorded in the checkpoint metadata).
+
+    Each field is one row of the option table (:mod:`.options`): the ``finetune`` command line, the
+    node's parameters, config/finetune.yaml and the README table are generated from it.
+    """
+
+    bags: Sequence[str] = option(
+        help='rosbag2 folder, ROS 1 .bag, a folder holding bags (searched recursively) or a glob pattern (quoted); '
+             'repeatable', type=str, nargs='+', cli='--bag')
+    output: str = option(help='output folder: latest/, best/ checkpoints and metrics.csv', type=str, unset='',
+                         ros='output_dir')
+    arch: str = option('lite_hr_depth', help='network architecture', choices=ARCHITECTURES)
+    width: int = option(640, min_value=64, help='training width (multiple of 32)')
+    height: int = option(192, min_value=32, help='training height (multiple of 32)')
+    image_topic: str = option('/camera/image_raw', help='sensor_msgs/Image or CompressedImage topic in the bags')
+    camera_info_topic: str | None = option('/camera/camera_info', unset='',
+                                           help='sensor_msgs/CameraInfo topic (empty: use intrinsics)')
+    gt_depth_topic: str | None = option(None, type=str, unset='',
+                                        help='ground-truth depth (32FC1/16UC1) topic for validation metrics')
+    intrinsics: Sequence[float] | None = option(None, type=float, nargs=4, metavar=('FX', 'FY', 'CX', 'CY'),
+                                                help='pixel intrinsics fx, fy, cx, cy of the bag images when the '
+                                                     'bags have no camera_info')
+    init: str | None = option(None, type=str, unset='', ros='init_weights',
+                              help="checkpoint folder to start from (authors', monodepth2's or ours; default: "
+                                   'random initialisation)')
+    encoder_weights: str | None = option(None, type=str, unset='', help='local ImageNet state dict for the encoders')
+    teacher: str | None = option(None, type=str, unset='', help='checkpoint folder of a distillation teacher')
+    distill_weight: float = option(1.0, min_value=0.0, help='weight of the distillation loss')
+    steps: int | None = option(None, type=int, min_value=1, exclusive='length', fallback=DEFAULT_STEPS,
+                               help=f'total optimiser steps (default {DEFAULT_STEPS}; not with epochs)')
+    epochs: int | None = option(None, type=int, min_value=1, exclusive='length', unset=0,
+                                help='epochs to train (instead of steps)')
+    batch_size: int = option(12, min_value=1, help='samples per optimiser step (per process under torchrun)')
+    lr: float = option(1e-4, help='Adam learning rate')
+    scheduler_step_epochs: int = option(15, min_value=1, help='the learning rate drops every N epochs (StepLR)')
+    scheduler_gamma: float = option(0.1, min_value=0.0, help='factor of each learning-rate drop')
+    min_depth: float = option(0.1, help='depth of the largest disparity')
+    max_depth: float = option(100.0, help='depth of the smallest disparity')
+    smoothness_weight: float = option(SMOOTHNESS_WEIGHT, min_value=0.0, help='weight of the edge-aware smoothness loss')
+    freeze_encoder_epochs: int = option(0, min_value=0, help='keep the encoder frozen for the first N epochs')
+    # Steps at the start during which only the pose network learns (depth networks frozen, in eval
+    # mode): for depth checkpoints that come without their pose network (the authors' releases),
+    # so that a random pose net does not push the depth net away from its weights at first.
+    # None: AUTO_POSE_WARMUP_STEPS when poses come from a fresh pose network beside an --init depth
+    # network, else 0.
+    pose_warmup_steps: int | None = option(
+        None, type=int, min_value=0, unset=-1, help=f'first N steps train only the pose network (default: '
+                                       f'{AUTO_POSE_WARMUP_STEPS} when the start checkpoint has no pose network and '
+                                       'poses come from it, else 0)')
+    pose_source: str = option('auto', choices=POSE_SOURCES,
+                              help="camera motion from the bags' TF (odometry; gives metric depth) or the pose "
+                                   'network; auto: tf when every bag has a TF chain from odom_frame to the camera')
+    odom_frame: str = option('odom', help='fixed frame of the odometry in TF')
+    camera_frame: str | None = option(None, type=str, unset='',
+                                      help="camera's optical frame in TF (default: the images' header.frame_id)")
+    max_tf_gap: float = option(DEFAULT_MAX_TF_GAP_S,
+                               help='seconds; frames inside a longer TF silence get no pose and are dropped')
+    pose_lr: float | None = option(None, type=float, unset=0.0,
+                                   help=f'pose network learning rate (default: max(lr, {MIN_POSE_LR}))')
+    metric_scale: float | None = option(None, type=float, unset=0.0,
+                                        help='with TF poses: metres per depth unit of the start checkpoint (default: '
+                                             'its recorded one, else found by a photometric scale search)')
+    # Keep the depth encoder's batch-norm statistics fixed (BN layers in eval mode): for short
+    # fine-tuning runs with small batches from a trained checkpoint, where re-estimating them on a
+    # few augmented batches moves the network more than the gradients do.
+    freeze_bn: bool = option(False, help="keep the depth encoder's batch-norm statistics fixed (short runs from a "
+                                         'trained model)')
+    device: str = option('auto', help='auto, cuda, cuda:N or cpu')
+    amp: bool = option(True, help='mixed precision on CUDA', cli_help='disable mixed precision on CUDA')
+    num_workers: int = option(0, min_value=0, help='DataLoader worker processes')
+    seed: int = option(0, min_value=0, help='random seed')
+    deterministic: bool = option(False, help='deterministic algorithms (slower)')
+    val_every: int = option(0, min_value=0, help='validate every N steps (0: every epoch)')
+    save_every: int = option(500, min_value=1, help='save OUTPUT/latest every N steps')
+    log_every: int = option(10, min_value=1, help='log a progress line every N steps')
+    max_val_samples: int = option(200, min_value=0, help='validation samples looked at, at most')
+    resume: bool = option(False, help='continue from OUTPUT/latest')
+    overwrite: bool = option(False, help='replace a previous run in OUTPUT (latest/, best/, metrics.csv); without '
+                                         'it, refused')
+    max_pixels: int = option(DEFAULT_MAX_PIXELS, min_value=1,
+                             help='bag images larger than this (width x height) are skipped as malformed')
+    frame_stride: int = option(1, min_value=1, help='neighbour frames are this many frames away')
+    max_gap_factor: float = option(2.5, min_value=0.0,
+                                   help='a time gap longer than this many median frame intervals splits a sequence')
+    min_motion: float = option(0.5, min_value=0.0,
+                               help='drop samples whose thumbnails differ less than this (grey levels)')
+    val_fraction: float = option(0.1, min_value=0.0, max_value=1.0,
+                                 help='fraction of each bag held out (contiguous time blocks) for validation')
+    val_block_frames: int = option(50, min_value=1, help='frames per held-out validation block')
+    augment: bool = option(True, help='colour and flip augmentation of training samples',
+                           cli_help='no colour and flip augmentation')
+    progress_bar: bool | None = option(None, type=bool, internal='follows the terminal: a bar when stderr is a '
+                                                                 'TTY; the node reports on ~/progress instead')
+    frame_cache: str | None = option(None, type=str, unset='',
+                                     help='folder of decoded frames at training resolution, one entry per bag and '
+                                          'settings, reused by later runs and by the other ranks (default: decoded '
+                                          'per run into OUTPUT)')
+    prepare_workers: int = option(0, min_value=0,
+                                  help='processes decoding bags in parallel (0: one per bag, at most the CPUs and 8)')
+
+    def data_config(self) -> DataConfig:
+        return DataConfig(bags=list(self.bags), width=self.width, height=self.height, image_topic=self.image_topic,
+                          camera_info_topic=self.camera_info_topic, gt_depth_topic=self.gt_depth_topic,
+                          intrinsics=self.intrinsics, frame_stride=self.frame_stride,
+                          max_gap_factor=self.max_gap_factor, min_motion=self.min_motion,
+                          val_fraction=self.val_fraction, val_block_frames=self.val_block_frames,
+                          pose_source=self.pose_source, odom_frame=self.odom_frame, camera_frame=self.camera_frame,
+                          max_tf_gap=self.max_tf_gap,
+                          cache_dir=Path(self.output).expanduser(), cache_prefix=FRAME_CACHE_PREFIX,
+                          max_pixels=self.max_pixels, frame_cache=self.frame_cache,
+                          prepare_workers=self.prepare_workers,
+                          progress=sys.stderr.isatty() if self.progress_bar is None else self.progress_bar)
+
+    def validate(self) -> None:
+        """TrainingError naming the first bad setting."""
+        if self.arch not in ARCHITECTURES:
+            raise TrainingError(f'unknown architecture {self.arch!r}; choose one of {", ".join(ARCHITECTURES)}')
+        if (self.steps is None) == (self.epochs is None):
+            raise TrainingError('give exactly one of steps or epochs')
+        for name in ('steps', 'epochs'):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise TrainingError(f'{name} must be >= 1, got {value}')
+        if self.width % 32 or self.height % 32 or self.width < 64 or self.height < 32:
+            raise TrainingError(f'width and height must be multiples of 32 (>= 64x32), got {self.width}x{self.height}')
+        if self.batch_size < 1 or self.lr <= 0 or self.num_workers < 0 or self.prepare_workers < 0:
+            raise TrainingError(f'need batch_size >= 1, lr > 0, num_workers >= 0, prepare_workers >= 0; got '
+                                f'{self.batch_size}, {self.lr}, {self.num_workers}, {self.prepare_workers}')
+        if not 0 < self.min_depth < self.max_depth:
+            raise TrainingError(f'need 0 < min_depth < max_depth, got {self.min_depth}, {self.max_depth}')
+        output = Path(self.output).expanduser()
+        if output.exists() and not output.is_dir():
+            raise TrainingError(f'output {output} exists and is not a directory')
+        if self.resume and not (output / 'latest').is_dir():
+            raise TrainingError(f'cannot resume: {output / "latest"} does not exist')
+        for name in ('init', 'teacher'):
+            value = getattr(self, name)
+            if value and not Path(value).expanduser().is_dir():
+                raise TrainingError(f'{name} checkpoint folder {value} does not exist')
+        if self.pose_source not in POSE_SOURCES:
+            raise TrainingError(f'pose_source must be one of {", ".join(POSE_SOURCES)}, got {self.pose_source!r}')
+        for name in ('pose_lr', 'metric_scale', 'max_tf_gap'):
+            value = getattr(self, name)
+            if value is not None and not (math.isfinite(value) and value > 0):
+                raise TrainingError(f'{name} must be a positive number, got {value}')
+        if self.intrinsics is not None and len(self.intrinsics) != 4:
+            raise TrainingError(f'intrinsics must be fx, fy, cx, cy; got {list(self.intrinsics)}')
+        try:
+            check_limits(self)  # the table's limits of the settings not checked above
+        except ValueError as error:
+            raise TrainingError(str(error)) from None
+
+
+Callback = Callable[[dict[str, Any]], None]
+
+
+def _seed_everything(seed: int, deterministic: bool) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+
+
+def _finite(module: torch.nn.Module) -> bool:
+    return all(torch.isfinite(p).all() for p in module.parameters())
+
+
+@dataclass
+class _Models:
+    encoder: torch.nn.Module
+    decoder: torch.nn.Module
+    pose_encoder: torch.nn.Module
+    pose_decoder: torch.nn.Module
+    teacher: tuple[torch.nn.Module, torch.nn.Module, int, int] | None = None
+    pose_from_scratch: bool = True          # no pose network came with the start checkpoint
+    init_metric_scale: float | None = None  # the start checkpoint's metric scale, if it has one
+
+    def trainable(self) -> list[torch.nn.Module]:
+        return [self.encoder, self.decoder, self.pose_encoder, self.pose_decoder]
+
+
+def reprojection_loss(color: torch.Tensor, depth: torch.Tensor, K: torch.Tensor, transforms: dict[int, torch.Tensor],
+                      identity: list[torch.Tensor] | None, noise_std: float = IDENTITY_NOISE_STD,
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-pixel minimum reprojection error (and auto-mask) of the target ``color[:, 0]`` (monodepth2).
+
+    ``color``: B x 3 x 3 x H x W frames in :data:`FRAME_OFFSETS` order; ``depth``: B x 1 x H x W;
+    ``transforms``: ``T_target_to_source`` per source offset; ``identity``: the un-warped errors.
+    """
+    target = color[:, 0].float()
+    reprojection = [photometric_error(warp_image(color[:, j].float(), depth, K, transforms[offset]), target)
+                    for j, offset in enumerate(SOURCE_OFFSETS, start=1)]
+    return min_reprojection(reprojection, identity, noise_std=noise_std)
+
+
+@dataclass
+class _State:
+    step: int = 0
+    epoch: int = 0
+    best_val: float = math.inf
+    last_val: dict[str, float] = field(default_factory=dict)
+    skipped_steps: int = 0
+    pose_source: str = 'net'                # resolved: 'tf' or 'net'
+    metric_scale: float = 1.0               # depth = metric_scale x disp_to_depth(disp)
+    metric: bool = False                    # whether that depth is in metres
+    selected_by: str = 'loss'               # what best/ is chosen by
+    scale_search: dict[str, Any] = field(default_factory=dict)
+    samples_seen: int = 0                   # training samples consumed, all ranks together
+
+
+class Trainer:
+    """One fine-tuning run: ``Trainer(config, callback).run()`` -> summary dict.
+
+    ``callback`` receives dicts with ``event`` = ``'log'`` (``message``), ``'progress'`` (step,
+    total, epoch, loss, eta_s, samples_per_s, best_val) and ``'validation'`` (step + metrics).
+    """
+
+    def __init__(self, config: TrainingConfig, callback: Callback | None = None) -> None:
+        self.config = config
+        self.callback = callback
+        self.device = torch.device('cpu')
+        self.state = _State()
+        self.dist: Distributed = SINGLE     # this process's rank in a torchrun job
+
+    # -- reporting ------------------------------------------------------------------------------
+    def _emit(self, event: str, **fields: Any) -> None:
+        if not self.dist.is_main:  # rank 0 alone reports; the others raise their errors
+            return
+        if event == 'log':
+            LOGGER.info('%s', fields['message'])
+        if self.callback is not None:
+            self.callback({'event': event, **fields})
+
+    def _log(self, message: str) -> None:
+        self._emit('log', message=message)
+
+    # -- set-up ---------------------------------------------------------------------------------
+    def _build_models(self) -> _Models:
+        cfg = self.config
+        encoder, decoder = build_depth_model(cfg.arch, cfg.encoder_weights)
+        pose_encoder, pose_decoder = build_pose_model(cfg.encoder_weights if cfg.arch != 'lite_hr_depth' else None)
+        pose_from_scratch, init_metric_scale = True, None
+        if cfg.init and not cfg.resume:
+            init = load_depth_checkpoint(cfg.init)
+            if init.arch != cfg.arch:
+                raise TrainingError(f'init checkpoint {cfg.init} is {init.arch}, but the architecture is {cfg.arch}')
+            encoder.load_state_dict(init.encoder.state_dict())
+            decoder.load_state_dict(init.decoder.state_dict())
+            init_metric_scale = init.metric_scale
+            folder = Path(cfg.init).expanduser()
+            if (folder / 'pose_encoder.pth').is_file() and (folder / 'pose.pth').is_file():
+                pose_encoder.load_state_dict(load_extra_state(folder, 'pose_encoder.pth'))
+                pose_decoder.load_state_dict(load_extra_state(folder, 'pose.pth'))
+                pose_from_scratch = False
+                self._log(f'initialised depth and pose networks from {folder}')
+            else:
+                self._log(f'initialised the depth network from {folder} (it has no pose network)')
+        teacher = None
+        if cfg.teacher:
+            ckpt = load_depth_checkpoint(cfg.teacher)
+            for module in (ckpt.encoder, ckpt.decoder):
+                module.requires_grad_(False).eval().to(self.device)
+            teacher = (ckpt.encoder, ckpt.decoder, ckpt.height, ckpt.width)
+            self._log(f'distilling from teacher {cfg.teacher} ({ckpt.arch} {ckpt.width}x{ckpt.height}), '
+                      f'weight {cfg.distill_weight}')
+        models = _Models(encoder, decoder, pose_encoder, pose_decoder, teacher, pose_from_scratch, init_metric_scale)
+        for module in models.trainable():
+            module.to(self.device)
+        return models
+
+    def _loader(self, dataset: TripletDataset, shuffle: bool, generator: torch.Generator | None = None,
+                sampler: Any = None) -> DataLoader:
+        cfg = self.config
+        return DataLoader(dataset, batch_size=cfg.batch_size, shuffle=shuffle and sampler is None,
+                          num_workers=cfg.num_workers, sampler=sampler,
+                          drop_last=shuffle and len(sampler or dataset) >= cfg.batch_size, generator=generator,
+                          pin_memory=self.device.type == 'cuda', persistent_workers=cfg.num_workers > 0)
+
+    # -- the loss -------------------------------------------------------------------------------
+    def _transforms(self, models: _Models, batch: dict[str, torch.Tensor], pose_source: str,
+                    color_aug: torch.Tensor) -> dict[int, torch.Tensor]:
+        """``T_target_to_source`` per source offset, from TF (the batch) or the pose network."""
+        if pose_source == 'tf':
+            T = batch['T'].to(self.device)
+            return {offset: T[:, j] for j, offset in enumerate(SOURCE_OFFSETS)}
+        transforms = {}
+        for j, offset in enumerate(SOURCE_OFFSETS, start=1):
+            pair = (color_aug[:, j], color_aug[:, 0]) if offset < 0 else (color_aug[:, 0], color_aug[:, j])
+            axisangle, translation = models.pose_decoder([models.pose_encoder(torch.cat(pair, 1))])
+            transforms[offset] = transformation_from_parameters(axisangle[:, 0].float(), translation[:, 0].float(),
+                                                                invert=offset < 0)
+        return transforms
+
+    def _depth(self, disp: torch.Tensor, scale: float | None = None) -> torch.Tensor:
+        """Depth of a sigmoid disparity: ``scale`` (default: the run's metric scale) x disp_to_depth."""
+        _, depth = disp_to_depth(disp, self.config.min_depth, self.config.max_depth)
+        return depth * (self.state.metric_scale if scale is None else scale)
+
+    def _losses(self, models: _Models, batch: dict[str, torch.Tensor], pose_source: str | None = None,
+                outputs: dict | None = None) -> tuple[torch.Tensor, dict[str, Any]]:
+        """The training loss of one batch; ``outputs``: the depth network's, when already computed."""
+        cfg = self.config
+        color = batch['color'].to(self.device, non_blocking=True)
+        color_aug = batch['color_aug'].to(self.device, non_blocking=True)
+        K = batch['K'].to(self.device)
+        target = color[:, 0]
+        height, width = target.shape[-2:]
+        if outputs is None:
+            outputs = models.decoder(models.encoder(color_aug[:, 0]))
+        transforms = self._transforms(models, batch, pose_source or self.state.pose_source, color_aug)
+        target32 = target.float()
+        identity = [photometric_error(color[:, j].float(), target32) for j in range(1, 1 + len(SOURCE_OFFSETS))]
+        teacher_disp = None
+        if models.teacher is not None:
+            t_enc, t_dec, t_h, t_w = models.teacher
+            with torch.no_grad():
+                teacher_disp = t_dec(t_enc(upsample_to(target, t_h, t_w)))[('disp', 0)].float()
+        total = torch.zeros((), device=self.device)
+        info: dict[str, Any] = {}
+        for scale in SCALES:
+            disp = outputs[('disp', scale)].float()
+            disp_full = upsample_to(disp, height, width)
+            depth = self._depth(disp_full)
+            per_pixel, automask = reprojection_loss(color, depth, K, transforms, identity)
+            loss = per_pixel.mean()
+            image_s = target32 if scale == 0 else F.interpolate(target32, size=disp.shape[-2:], mode='area')
+            loss = loss + cfg.smoothness_weight * smoothness_loss(disp, image_s) / (2 ** scale)
+            if teacher_disp is not None:
+                loss = loss + cfg.distill_weight * distillation_loss(disp_full, teacher_disp)
+            total = total + loss
+            if scale == 0:
+                info['photometric'] = per_pixel.detach().mean().item()
+                info['automask'] = automask.float().mean().item()
+                info['disp'] = disp.detach()
+        return total / len(SCALES), info
+
+    # -- validation -----------------------------------------------------------------------------
+    def _tf_scoring(self, scored: list[tuple[dict[str, torch.Tensor], torch.Tensor]]) -> list[tuple[Any, ...]]:
+        """What scoring depth under the TF poses needs, at any scale: per batch the frames, the
+        un-warped errors, K, the TF transforms and ``disp_to_depth`` of the full-size disparity."""
+        prepared = []
+        for batch, disp in scored:
+            color = batch['color'].to(self.device)
+            identity = [photometric_error(color[:, j].float(), color[:, 0].float())
+                        for j in range(1, 1 + len(SOURCE_OFFSETS))]
+            T = batch['T'].to(self.device)
+            prepared.append((color, identity, batch['K'].to(self.device),
+                             {offset: T[:, j] for j, offset in enumerate(SOURCE_OFFSETS)},
+                             self._depth(upsample_to(disp, *color.shape[-2:]), 1.0)))
+        return prepared
+
+    @staticmethod
+    def _photometric_under_tf(prepared: list[tuple[Any, ...]], scale: float) -> float:
+        """Mean scale-0 minimum reprojection error of ``scale x disp_to_depth(disp)`` under the TF poses
+        (``prepared`` by :meth:`_tf_scoring`)."""
+        total, count = 0.0, 0
+        for color, identity, K, transforms, depth in prepared:
+            per_pixel, _ = reprojection_loss(color, depth * scale, K, transforms, identity, noise_std=0.0)
+            total += per_pixel.mean().item() * len(depth)
+            count += len(depth)
+        return total / max(count, 1)
+
+    def _search_scale(self, scored: list[tuple[dict[str, torch.Tensor], torch.Tensor]]) -> ScaleSearch:
+        """The depth scale whose reprojection under the TF poses is best (see :mod:`.scale`)."""
+        prepared = self._tf_scoring(scored)
+        return search_scale(lambda scale: self._photometric_under_tf(prepared, scale))
+
+    @torch.no_grad()
+    def _disparities(self, models: _Models, loader: DataLoader, limit: int) -> list[tuple[dict, torch.Tensor]]:
+        """``(batch, scale-0 disparity)`` pairs of up to ``limit`` samples, networks in eval mode."""
+        scored, seen = [], 0
+        for module in models.trainable():
+            module.eval()
+        try:
+            for batch in loader:
+                disp = models.decoder(models.encoder(batch['color_aug'][:, 0].to(self.device)))[('disp', 0)]
+                scored.append((batch, disp.float()))
+                seen += len(disp)
+                if seen >= limit:
+                    break
+        finally:
+            for module in models.trainable():
+                module.train()
+        return scored
+
+    @torch.no_grad()
+    def _validate(self, models: _Models, loader: DataLoader | None, tf_poses: bool) -> dict[str, float]:
+        """Validation loss, the photometric error under TF poses (``tf_poses``) and ground-truth errors."""
+        if loader is None:
+            return {}
+        for module in models.trainable():
+            module.eval()
+        losses, photometric, per_frame, per_frame_metric = [], [], [], []
+        scored = []
+        seen = 0
+        rng_state = torch.get_rng_state()
+        torch.manual_seed(12345)  # identical auto-mask noise at every validation
+        try:
+            for batch in loader:
+                outputs = models.decoder(models.encoder(batch['color_aug'][:, 0].to(self.device)))
+                loss, info = self._losses(models, batch, outputs=outputs)
+                losses.append(loss.item())
+                photometric.append(info['photometric'])
+                disp = outputs[('disp', 0)].float()
+                if tf_poses:
+                    scored.append((batch, disp))
+                depth = self._depth(disp)[:, 0].cpu().numpy()
+                for gt, pred in zip(batch['depth_gt'][:, 0].numpy(), depth):
+                    if not np.isfinite(gt).any():
+                        continue
+                    try:
+                        per_frame.append(evaluate_depth(gt, pred, min_depth=1e-3, max_depth=80.0))
+                        if self.state.metric:
+                            per_frame_metric.append(evaluate_depth(gt, pred, min_depth=1e-3, max_depth=80.0,
+                                                                   median_scaling=False))
+                    except ValueError:
+                        pass  # no valid ground truth in this frame
+                seen += len(depth)
+                if seen >= self.config.max_val_samples:
+                    break
+        finally:
+            torch.set_rng_state(rng_state)
+            for module in models.trainable():
+                module.train()
+        result = {'loss': float(np.mean(losses)), 'photometric': float(np.mean(photometric))}
+        if scored:
+            if self.state.metric:
+                result['loss_tf'] = self._photometric_under_tf(self._tf_scoring(scored), self.state.metric_scale)
+            else:  # relative depth: scored at its best scale (a scale-free measure of its shape)
+                result['loss_tf'] = self._search_scale(scored).loss
+        if per_frame:
+            errors = mean_errors(per_frame)
+            result.update(abs_rel=errors['abs_rel'], rmse=errors['rmse'], a1=errors['a1'])
+        if per_frame_metric:  # scale_ratio: median(gt) / median(prediction), 1 for exact metres
+            result.update(abs_rel_metric=mean_errors(per_frame_metric)['abs_rel'], scale_ratio=errors['scale_ratio'])
+        return result
+
+    def _selection(self, result: dict[str, float]) -> tuple[str, float]:
+        """What best/ is chosen by (lower is better): see the module docstring."""
+        for key in ('abs_rel_metric' if self.state.metric else 'abs_rel', 'abs_rel', 'loss_tf', 'loss'):
+            if key in result:
+                return key, result[key]
+        raise KeyError('empty validation result')
+
+    # -- checkpoints ----------------------------------------------------------------------------
+    def _save(self, models: _Models, optimizer: torch.optim.Optimizer, scheduler: Any, scaler: Any,
+              data: PreparedData, name: str) -> Path | None:
+        cfg = self.config
+        if not self.dist.is_main:  # rank 0 alone writes checkpoints
+            return None
+        if not all(_finite(m) for m in models.trainable()):
+            self._log(f'not saving {name}/: the weights contain NaN/inf (the previous checkpoint is kept)')
+            return None
+        K = data.store.K[0]
+        metadata = {
+            'architecture': cfg.arch, 'resolution': [cfg.width, cfg.height],
+            # The depth node reads "intrinsics" (depth_node.checkpoint_intrinsics) when no camera_info arrives.
+            'intrinsics': {'K': K.tolist(), 'width': cfg.width, 'height': cfg.height},
+            'K_normalized': normalized_intrinsics(K, cfg.width, cfg.height).tolist(),
+            'bags': [str(b) for b in data.store.bags],  # --bag folders and patterns expanded
+            'topics': {'image': cfg.image_topic, 'camera_info': cfg.camera_info_topic, 'gt_depth': cfg.gt_depth_topic},
+            'config': asdict(cfg), 'step': self.state.step, 'epoch': self.state.epoch,
+            'metrics': self.state.last_val, 'best_val_loss': None if math.isinf(self.state.best_val) else self.state.best_val,
+            'samples': {'train': len(data.train), 'val': len(data.val)}, 'trained_with': 'hr_depth_ros.core.training',
+            'world_size': self.dist.world_size, 'effective_batch_size': cfg.batch_size * self.dist.world_size,
+            'samples_seen': self.state.samples_seen,
+            'pose_source': self.state.pose_source, 'selected_by': self.state.selected_by,
+            'depth_units': 'metres' if self.state.metric else 'relative (monocular: no metric scale)',
+        }
+        if self.state.metric:
+            # depth_node / predict / DepthEstimator publish metres with it (checkpoint.metric_scale_of).
+            metadata['metric_scale'] = self.state.metric_scale
+            metadata['scale_search'] = self.state.scale_search
+        training_state = {'optimizer': optimizer.state_dict(), 'scheduler': scheduler.state_dict(),
+                          'scaler': scaler.state_dict() if scaler is not None else {},
+                          'step': self.state.step, 'epoch': self.state.epoch, 'best_val': self.state.best_val,
+                          'samples_seen': self.state.samples_seen,
+                          'torch_rng': torch.get_rng_state()}
+        folder = save_depth_checkpoint(
+            Path(cfg.output).expanduser() / name, models.encoder, models.decoder, arch=cfg.arch,
+            height=cfg.height, width=cfg.width, metadata=metadata,
+            extra_state={'pose_encoder.pth': models.pose_encoder.state_dict(), 'pose.pth': models.pose_decoder.state_dict(),
+                         'adam.pth': training_state})
+        return folder
+
+    def _resume(self, models: _Models, optimizer: torch.optim.Optimizer, scheduler: Any, scaler: Any) -> None:
+        cfg = self.config
+        latest = Path(cfg.output).expanduser() / 'latest'
+        ckpt = load_depth_checkpoint(latest)
+        if ckpt.arch != cfg.arch or (ckpt.width, ckpt.height) != (cfg.width, cfg.height):
+            raise TrainingError(f'cannot resume {latest}: it is {ckpt.arch} {ckpt.width}x{ckpt.height}, '
+                                f'this run is {cfg.arch} {cfg.width}x{cfg.height}')
+        models.encoder.load_state_dict(ckpt.encoder.state_dict())
+        models.decoder.load_state_dict(ckpt.decoder.state_dict())
+        models.pose_encoder.load_state_dict(load_extra_state(latest, 'pose_encoder.pth'))
+        models.pose_decoder.load_state_dict(load_extra_state(latest, 'pose.pth'))
+        state = load_extra_state(latest, 'adam.pth')
+        try:
+            optimizer.load_state_dict(state['optimizer'])
+            scheduler.load_state_dict(state['scheduler'])
+            if scaler is not None and state.get('scaler'):
+                scaler.load_state_dict(state['scaler'])
+            self.state.step, self.state.epoch = int(state['step']), int(state['epoch'])
+            self.state.best_val = float(state.get('best_val', math.inf))
+            self.state.samples_seen = int(state.get('samples_seen', 0))
+            scale = metric_scale_of(ckpt.metadata)
+            if scale is not None:
+                self.state.metric_scale, self.state.metric = scale, True
+                self.state.scale_search = ckpt.metadata.get('scale_search', {})
+            if 'torch_rng' in state:
+                torch.set_rng_state(state['torch_rng'])
+        except (KeyError, ValueError) as error:
+            raise CheckpointError(f'{latest / "adam.pth"}: not a training state of this trainer: {error}') from error
+        self._log(f'resumed from {latest} at step {self.state.step}, epoch {self.state.epoch}')
+
+    # -- the run --------------------------------------------------------------------------------
+    def run(self) -> dict[str, Any]:
+        """Train; returns ``{'step', 'epoch', 'latest', 'best', 'val', 'samples_per_s', 'data', 'world_size',
+        'samples_seen'}``. Under ``torchrun`` every rank calls it (see :mod:`.distributed`)."""
+        cfg = self.config
+        self.dist = from_environment(select_device(cfg.device).type)  # a torchrun job, or SINGLE
+        try:
+            return self._run_ranks()
+        finally:
+            self.dist.close()
+
+    def _run_ranks(self) -> dict[str, Any]:
+        cfg = self.config
+        if self.dist.is_main:  # the others wait until the output folder is recovered and checked
+            for action in prepare_output(cfg.output, cfg.resume, cfg.overwrite):  # before validate looks for latest/
+                self._log(action)
+        self.dist.barrier()
+        cfg.validate()
+        _seed_everything(cfg.seed, cfg.deterministic)
+        self.device = self.dist.device(select_device(cfg.device))
+        data_config = cfg.data_config()
+        data_config.progress = data_config.progress and self.dist.is_main
+        rank_cache = None
+        if self.dist.active and data_config.frame_cache is None:  # the ranks of a machine decode each bag once
+            rank_cache = data_config.frame_cache = Path(cfg.output).expanduser() / f'{FRAME_CACHE_PREFIX}ranks'
+        with removed_if_left_empty(cfg.output):  # the frame cache lives in output: bad input leaves nothing
+            try:
+                data = prepare_data(data_config, min_train_samples=1)
+            except BaseException:
+                if rank_cache is not None:
+                    shutil.rmtree(rank_cache, ignore_errors=True)
+                raise
+        try:
+            if cfg.overwrite and not cfg.resume and self.dist.is_main:  # only now that the new run's data is ready
+                for action in remove_previous_run(cfg.output):
+                    self._log(action)
+            result = self._run(data)
+        finally:
+            data.close()
+        if rank_cache is not None:  # once no rank maps it (after a failure: swept by the next run)
+            self.dist.barrier()
+            if self.dist.local_rank == 0:
+                shutil.rmtree(rank_cache, ignore_errors=True)
+        return result
+
+    def _run(self, data: PreparedData) -> dict[str, Any]:
+        cfg = self.config
+        self._log(data.report.summary())
+        if len(data.store.bags) > 1:
+            for line in data.bag_summaries():
+                self._log(line)
+        for note in data.store.tf_notes:
+            if note:
+                self._log(note)
+        self.state.pose_source = data.pose_source
+        models = self._build_models()
+        pose_lr = cfg.pose_lr if cfg.pose_lr is not None else max(cfg.lr, MIN_POSE_LR)
+        optimizer = torch.optim.Adam([
+            {'params': [p for m in (models.encoder, models.decoder) for p in m.parameters()], 'lr': cfg.lr},
+            {'params': [p for m in (models.pose_encoder, models.pose_decoder) for p in m.parameters()], 'lr': pose_lr},
+        ])
+        scheduler = torch.optim.lr_scheduler.StepLR(optimizer, cfg.scheduler_step_epochs, cfg.scheduler_gamma)
+        use_amp = cfg.amp and self.device.type == 'cuda'
+        scaler = torch.amp.GradScaler('cuda') if use_amp else None
+        if cfg.resume:
+            self._resume(models, optimizer, scheduler, scaler)
+        generator = torch.Generator().manual_seed(cfg.seed + self.state.step)
+        train_set = TripletDataset(data.store, data.train, augment=cfg.augment)
+        sampler = train_sampler(self.dist, train_set, cfg.seed)
+        train_loader = self._loader(train_set, True, generator, sampler)
+        val_loader = self._loader(TripletDataset(data.store, data.val), False) if data.val else None
+        if not cfg.resume:  # on rank 0, the same scale for every rank
+            if self.dist.is_main:
+                self._choose_metric_scale(models, data)
+            state = self.dist.broadcast((self.state.metric, self.state.metric_scale, self.state.scale_search))
+            self.state.metric, self.state.metric_scale, self.state.scale_search = state
+        pose_warmup = cfg.pose_warmup_steps
+        if pose_warmup is None:
+            pose_warmup = (AUTO_POSE_WARMUP_STEPS if data.pose_source == 'net' and cfg.init and models.pose_from_scratch
+                           else 0)
+        if data.pose_source == 'tf':
+            pose_warmup = 0  # the pose network is not used
+            models.pose_encoder.requires_grad_(False)
+            models.pose_decoder.requires_grad_(False)
+        self._log(f'camera motion from {"TF (" + cfg.odom_frame + " -> camera)" if data.pose_source == "tf" else "the pose network"}'
+                  + (f'; depth in metres (metric scale {self.state.metric_scale:.4g})' if self.state.metric else
+                     '; depth without metric scale')
+                  + (f'; pose network lr {pose_lr:g}, {pose_warmup} pose-only warm-up steps'
+                     if data.pose_source == 'net' else ''))
+        if data.pose_source == 'net' and not data.val_has_poses and not cfg.gt_depth_topic:
+            self._log('warning: no odometry (TF) and no ground-truth depth to validate with: best/ is chosen by the '
+                      "pose network's own loss, which can fall while depth gets worse (benchmarks/RESULTS.md); "
+                      'record /tf with the camera, or give --gt-depth-topic, to select by depth quality')
+        steps_per_epoch = max(1, len(train_loader))
+        total = cfg.steps if cfg.steps is not None else cfg.epochs * steps_per_epoch
+        output = Path(cfg.output).expanduser()
+        output.mkdir(parents=True, exist_ok=True)
+        metrics_path = output / 'metrics.csv' if self.dist.is_main else Path(os.devnull)  # rank 0 alone writes
+        new_csv = not (cfg.resume and metrics_path.is_file())
+        csv_stream = open(metrics_path, 'w' if new_csv else 'a', newline='')
+        writer = csv.DictWriter(csv_stream, fieldnames=METRICS_COLUMNS)
+        if new_csv:
+            writer.writeheader()
+        tensorboard = None
+        try:
+            from torch.utils.tensorboard import SummaryWriter  # optional
+            tensorboard = SummaryWriter(str(output / 'tensorboard')) if self.dist.is_main else None
+        except Exception:  # tensorboard not installed
+            tensorboard = None
+        show_bar = (sys.stderr.isatty() if cfg.progress_bar is None else cfg.progress_bar) and self.dist.is_main
+        bar = None
+        if show_bar:
+            from tqdm import tqdm
+            bar = tqdm(total=total, initial=self.state.step, desc='fine-tuning', unit='step')
+        world = self.dist.world_size
+        self._log(f'training {cfg.arch} at {cfg.width}x{cfg.height} on {self.device} for {total} steps '
+                  f'({steps_per_epoch} per epoch, batch {cfg.batch_size}, lr {cfg.lr}), output {output}'
+                  + (f'; {world} processes (DistributedDataParallel), effective batch {cfg.batch_size * world}'
+                     if self.dist.active else ''))
+        val_every = cfg.val_every if cfg.val_every > 0 else steps_per_epoch
+        validate = functools.partial(self._validation_step, models, val_loader, optimizer, scheduler, scaler, data,
+                                     writer, csv_stream, tensorboard)
+        best = validate() if not cfg.resume and cfg.init else None  # the start model: best/ is never worse
+        # One DistributedDataParallel over the whole step in a torchrun job (gradients averaged over
+        # the ranks); validation, the scale search and checkpoints use the plain networks.
+        train_step = data_parallel(self.dist, models.trainable(), functools.partial(self._losses, models),
+                                   self.device)
+        start_step, start_time = self.state.step, time.perf_counter()
+        samples_per_s = 0.0
+        running: list[float] = []
+        bad_in_a_row = 0
+        latest = None
+        try:
+            for module in models.trainable():
+                module.train()
+            while self.state.step < total:
+                frozen = self.state.epoch < cfg.freeze_encoder_epochs
+                if sampler is not None:
+                    sampler.set_epoch(self.state.epoch)
+                for batch in train_loader:
+                    warming_up = self.state.step < pose_warmup
+                    models.encoder.requires_grad_(not (frozen or warming_up))
+                    models.decoder.requires_grad_(not warming_up)
+                    models.encoder.train(not warming_up)
+                    models.decoder.train(not warming_up)
+                    if cfg.freeze_bn:
+                        freeze_batch_norm(models.encoder)
+                    with torch.autocast(self.device.type, dtype=torch.float16, enabled=use_amp):
+                        loss, info = train_step(batch)
+                    optimizer.zero_grad(set_to_none=True)
+                    if not self.dist.all_true(bool(torch.isfinite(loss)), self.device):  # every rank skips
+                        if self.dist.active:
+                            loss.backward()  # completes DDP's gradient exchange; the gradients are dropped
+                            optimizer.zero_grad(set_to_none=True)
+                        bad_in_a_row += 1
+                        self.state.skipped_steps += 1
+                        self._log(f'step {self.state.step + 1}: non-finite loss {loss.item()}, step skipped')
+                        if bad_in_a_row >= MAX_BAD_STEPS:
+                            raise TrainingError(f'{bad_in_a_row} non-finite losses in a row: training diverged '
+                                                f'(lower the learning rate); the last good checkpoint is kept')
+                        continue
+                    bad_in_a_row = 0
+                    if scaler is not None:
+                        scaler.scale(loss).backward()
+                        scaler.step(optimizer)
+                        scaler.update()
+                    else:
+                        loss.backward()
+                        optimizer.step()
+                    self.state.step += 1
+                    self.state.samples_seen += len(batch['index']) * world  # every rank's batch has this size
+                    running.append(loss.item())
+                    elapsed = time.perf_counter() - start_time
+                    done = self.state.step - start_step
+                    samples_per_s = done * cfg.batch_size * world / max(elapsed, 1e-9)  # all ranks together
+                    eta = (total - self.state.step) * elapsed / max(done, 1)
+                    if bar is not None:
+                        bar.update(1)
+                        bar.set_postfix(loss=f'{loss.item():.4f}')
+                    best_val = None if math.isinf(self.state.best_val) else self.state.best_val
+                    self._emit('progress', step=self.state.step, total=total, epoch=self.state.epoch,
+                               loss=loss.item(), eta_s=eta, samples_per_s=samples_per_s, best_val=best_val)
+                    if self.state.step % cfg.log_every == 0 or self.state.step == total:
+                        row = {'step': self.state.step, 'epoch': self.state.epoch, 'split': 'train',
+                               'loss': float(np.mean(running)), 'photometric': info['photometric'],
+                               'lr': optimizer.param_groups[0]['lr'], 'samples_per_s': samples_per_s}
+                        writer.writerow(row)
+                        csv_stream.flush()
+                        if tensorboard is not None:
+                            tensorboard.add_scalar('train/loss', row['loss'], self.state.step)
+                        running.clear()
+                    if self.state.step % val_every == 0 or self.state.step == total:
+                        best = validate() or best
+                    if self.state.step % cfg.save_every == 0 or self.state.step == total:
+                        latest = self._save(models, optimizer, scheduler, scaler, data, 'latest') or latest
+                    if self.state.step >= total:
+                        break
+                else:
+                    self.state.epoch += 1
+                    scheduler.step()
+                    continue
+                if self.state.step >= total and len(train_loader) and self.state.step % steps_per_epoch == 0:
+                    self.state.epoch += 1
+                    scheduler.step()
+        finally:
+            if bar is not None:
+                bar.close()
+            csv_stream.close()
+            if tensorboard is not None:
+                tensorboard.close()
+        if latest is None and (output / 'latest').is_dir():
+            latest = output / 'latest'
+        self._log(f'finished at step {self.state.step}: {samples_per_s:.2f} samples/s, latest {latest}, '
+                  f'best validation {self.state.selected_by} {self.state.best_val:.4f}')
+        return {'step': self.state.step, 'epoch': self.state.epoch, 'latest': latest, 'world_size': world,
+                'samples_seen': self.state.samples_seen,
+                'best': output / 'best' if (output / 'best').is_dir() else None, 'val': self.state.last_val,
+                'samples_per_s': samples_per_s, 'skipped_steps': self.state.skipped_steps,
+                'data': data.report.summary()}
+
+    def _validation_step(self, models: _Models, val_loader: DataLoader | None, optimizer: Any, scheduler: Any,
+                         scaler: Any, data: PreparedData, writer: csv.DictWriter, csv_stream: Any,
+                         tensorboard: Any) -> Path | None:
+        # Rank 0 validates on all the validation samples (the numbers of a single process) and
+        # broadcasts the result, so every rank keeps the same best / selection state.
+        result = self.dist.broadcast(self._validate(models, val_loader, data.val_has_poses)
+                                     if self.dist.is_main else None)
+        if not result:
+            return None
+        self.state.last_val = result
+        self.state.selected_by, value = self._selection(result)
+        improved = math.isfinite(value) and value < self.state.best_val
+        row = {'step': self.state.step, 'epoch': self.state.epoch, 'split': 'val', 'lr': optimizer.param_groups[0]['lr'],
+               **{k: result.get(k) for k in METRICS_COLUMNS if k in result}, 'selected': int(improved)}
+        writer.writerow(row)
+        csv_stream.flush()
+        if tensorboard is not None:
+            for key, value in result.items():
+                tensorboard.add_scalar(f'val/{key}', value, self.state.step)
+        text = ', '.join(f'{k} {v:.4f}' for k, v in result.items())
+        self._log(f'validation at step {self.state.step}: {text}'
+                  + (f' (new best by {self.state.selected_by})' if improved else ''))
+        self._emit('validation', step=self.state.step, selected_by=self.state.selected_by, **result)
+        if improved:
+            self.state.best_val = value
+            return self._save(models, optimizer, scheduler, scaler, data, 'best')
+        return None
+
+    def _choose_metric_scale(self, models: _Models, data: PreparedData) -> None:
+        """Metric scale for TF poses: given, the start checkpoint's, or found by the scale search."""
+        cfg = self.config
+        if data.pose_source != 'tf':
+            return
+        self.state.metric = True
+        if cfg.metric_scale is not None:
+            self.state.metric_scale, how = cfg.metric_scale, 'given'
+        elif models.init_metric_scale is not None:
+            self.state.metric_scale, how = models.init_metric_scale, f'of the start checkpoint {cfg.init}'
+        elif not cfg.init:
+            self.state.metric_scale, how = 1.0, 'random initialisation learns metres directly'
+        else:
+            stride = max(1, len(data.train) // SCALE_SEARCH_SAMPLES)
+            samples = data.train[::stride][:SCALE_SEARCH_SAMPLES]
+            loader = self._loader(TripletDataset(data.store, samples), False)
+            search = self._search_scale(self._disparities(models, loader, SCALE_SEARCH_SAMPLES))
+            self.state.metric_scale = search.scale
+            self.state.scale_search = {'samples': len(samples), 'loss': search.loss, 'sharpness': search.sharpness(),
+                                       'evaluations': len(search.curve)}
+            how = (f'photometric search under TF poses on {len(samples)} training samples: loss {search.loss:.4f}, '
+                   f'{100 * search.sharpness():.0f} % higher at x2 / x0.5')
+            if search.sharpness() < 0.01:
+                self._log('warning: the photometric loss barely changes with the depth scale (little camera '
+                          'motion or texture?); the metric scale is uncertain')
+        self.state.scale_search.setdefault('how', how)
+        self._log(f'metric scale {self.state.metric_scale:.4g} ({how}); representable depth '
+                  f'{self.state.metric_scale * cfg.min_depth:.3g}-{self.state.metric_scale * cfg.max_depth:.4g} m')
+
+
+def train(config: TrainingConfig, callback: Callback | None = None) -> dict[str, Any]:
+    """Run one fine-tuning job (see :class:`Trainer`)."""
+    return Trainer(config, callback).run()
