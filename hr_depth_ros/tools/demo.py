@@ -9,7 +9,9 @@
    the bundled checkpoint ``models/lite_hr_depth_synthetic`` (itself trained monocularly on
    another synthetic drive, so without metric scale) or from random weights when it is absent:
    once with camera motion from the odometry (``--pose-source tf``: metric depth) and, unless
-   ``--skip-net``, once from the camera alone (``--pose-source net``, the bundled pose network);
+   ``--skip-net``, once from the camera alone: the same drive recorded without TF, camera motion
+   from the bundled pose network, the depth network anchored to the start model (as a user
+   without odometry gets it: ``best/`` chosen by the loss);
 3. starts the real ``depth_node`` as a process with the TF-fine-tuned checkpoint and plays the
    held-out frames into it over ROS 2 (DDS on loopback only), collecting what it publishes;
 4. writes colourised depth strips beside the camera frames and the ground truth (PNG), a
@@ -77,8 +79,9 @@ def bundled_checkpoint() -> Path | None:
     return folder if (folder / 'depth.pth').is_file() else None
 
 
-def ensure_bag(path: Path, frames: int, width: int, height: int, seed: int) -> Path:
-    """Write a synthetic drive unless a complete one is already there."""
+def ensure_bag(path: Path, frames: int, width: int, height: int, seed: int, with_tf: bool = True) -> Path:
+    """Write a synthetic drive (with odometry in TF unless ``with_tf`` is False) unless a complete one is
+    already there."""
     from hr_depth_ros.tools.make_synthetic_bag import write_synthetic_bag
 
     if (path / 'metadata.yaml').is_file():
@@ -86,7 +89,8 @@ def ensure_bag(path: Path, frames: int, width: int, height: int, seed: int) -> P
     if path.exists():
         shutil.rmtree(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_synthetic_bag(path, frames=frames, width=width, height=height, fps=10.0, storage='mcap', seed=seed)
+    write_synthetic_bag(path, frames=frames, width=width, height=height, fps=10.0, storage='mcap', seed=seed,
+                        with_tf=with_tf)
     return path
 
 
@@ -422,17 +426,20 @@ def main(argv: list[str] | None = None) -> int:
     train_bag = ensure_bag(output / 'bags' / 'train', args.train_frames, args.width, args.height, seed=1)
     eval_bag = ensure_bag(output / 'bags' / 'heldout', max(args.eval_frames * 3, 30), args.width, args.height,
                           seed=2)
+    runs = [('tf', train_bag, 'camera motion from the odometry (TF)')]
+    if not args.skip_net:  # the same drive as a robot without odometry records it
+        camera_only = ensure_bag(output / 'bags' / 'train_camera_only', args.train_frames, args.width, args.height,
+                                 seed=1, with_tf=False)
+        runs.append(('net', camera_only, 'the same drive without TF: camera motion from the pose network'))
     frames = load_eval_frames(eval_bag, args.eval_frames)
-    done(t, f'{args.train_frames} training frames (camera + odometry in TF), {len(frames)} held-out frames')
+    done(t, f'{args.train_frames} training frames (camera + odometry in TF'
+            + ('; and camera only' if not args.skip_net else '') + f'), {len(frames)} held-out frames')
 
-    runs = [('tf', 'camera motion from the odometry (TF)')]
-    if not args.skip_net:
-        runs.append(('net', 'camera motion from the pose network (camera only)'))
     checkpoints = {}
-    for pose_source, what in runs:
+    for pose_source, bag, what in runs:
         t = step(2, total, f'fine-tuning Lite-HR-Depth at {args.net_width}x{args.net_height}, {args.finetune_steps} '
                            f'steps from {init or "random weights"}, {what}')
-        checkpoints[pose_source] = finetune(train_bag, output / f'finetune_{pose_source}', init, args.finetune_steps,
+        checkpoints[pose_source] = finetune(bag, output / f'finetune_{pose_source}', init, args.finetune_steps,
                                             args.net_width, args.net_height, args.device, args.batch_size, args.lr,
                                             pose_source)
         done(t, str(checkpoints[pose_source]))
@@ -500,9 +507,13 @@ def main(argv: list[str] | None = None) -> int:
               'scale (fine-tuned with the odometry\'s poses); scale ratio = median(truth) / median(published), '
               '1 for exact metres.']
     if 'start_checkpoint' in results:
-        start, tuned = results['start_checkpoint']['abs_rel'], results['finetuned_tf']['abs_rel']
-        lines += ['', f'Fine-tuning with the odometry changed abs_rel by {100 * (tuned - start) / start:+.1f} % '
-                      f'({start:.3f} -> {tuned:.3f}).']
+        start = results['start_checkpoint']['abs_rel']
+        for name, how in (('finetuned_tf', 'with the odometry (TF poses, metric)'),
+                          ('finetuned_net', 'from the camera alone (pose network, anchored to the start model)')):
+            if name in results:
+                tuned = results[name]['abs_rel']
+                lines += ['', f'Fine-tuning {how} changed abs_rel by {100 * (tuned - start) / start:+.1f} % '
+                              f'({start:.3f} -> {tuned:.3f}).']
     lines += ['',
               '| latency (ms) | p50 | p95 | p99 |', '|---|---|---|---|']
     for name, values in (('publish -> depth', latency_depth), ('publish -> points', latency_points)):

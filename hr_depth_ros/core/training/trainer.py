@@ -13,7 +13,9 @@ Camera motion comes from one of two places (``pose_source``):
   (:mod:`.scale`) and kept as ``metric_scale`` (depth = metric_scale x disp_to_depth(disp)); the
   checkpoint records it and the depth node and ``predict`` publish metres with it.
 - ``net``: the pose network, in its own Adam parameter group (``pose_lr``, at least 1e-4), with
-  pose-only warm-up steps when it starts from scratch beside a trained depth network.
+  pose-only warm-up steps when it starts from scratch beside a trained depth network, and the
+  depth network anchored to the start model (``anchor_weight``: L1 toward the ``--init``
+  model's disparity) so that it does not bend to the pose network's errors.
 
 Model selection is honest: ``best/`` is chosen by the ground-truth depth error when a depth
 topic is given, else by the photometric loss under TF poses when the bag has them (a depth
@@ -80,6 +82,7 @@ METRICS_COLUMNS = ('step', 'epoch', 'split', 'loss', 'photometric', 'loss_tf', '
 MAX_BAD_STEPS = 20  # consecutive non-finite losses before giving up
 MIN_POSE_LR = 1e-4  # measured: a fresh pose network barely learns below this
 AUTO_POSE_WARMUP_STEPS = 160  # measured: translation converges in 120-160 steps at 1e-4
+AUTO_ANCHOR_WEIGHT = 1.0  # measured (benchmarks/RESULTS.md): pose-network fine-tunes stop damaging the start model
 SCALE_SEARCH_SAMPLES = 24  # training samples the metric scale search looks at
 DEFAULT_STEPS = 1000  # run length when neither steps nor epochs is given (command line, node)
 
@@ -125,6 +128,13 @@ class TrainingConfig:
     encoder_weights: str | None = option(None, type=str, unset='', help='local ImageNet state dict for the encoders')
     teacher: str | None = option(None, type=str, unset='', help='checkpoint folder of a distillation teacher')
     distill_weight: float = option(1.0, min_value=0.0, help='weight of the distillation loss')
+    # An L1 pull of the disparity (every scale) toward what the start checkpoint (--init) gives for
+    # the same frame. With poses from the pose network the depth network otherwise bends to the
+    # pose errors and gets worse; anchored, short fine-tunes improve it (benchmarks/RESULTS.md).
+    anchor_weight: float | None = option(
+        None, type=float, min_value=0.0, unset=-1.0,
+        help=f'weight of an L1 pull of the disparity toward the start checkpoint\'s (--init) on the same frame '
+             f'(default: {AUTO_ANCHOR_WEIGHT:g} when poses come from the pose network and --init is given, else 0)')
     steps: int | None = option(None, type=int, min_value=1, exclusive='length', fallback=DEFAULT_STEPS,
                                help=f'total optimiser steps (default {DEFAULT_STEPS}; not with epochs)')
     epochs: int | None = option(None, type=int, min_value=1, exclusive='length', unset=0,
@@ -267,12 +277,29 @@ def _finite(module: torch.nn.Module) -> bool:
 
 
 @dataclass
+class _DisparityTarget:
+    """A frozen depth network whose disparity the trained one is pulled toward (L1, every scale):
+    a distillation ``teacher`` or the start model as ``anchor``."""
+
+    name: str
+    encoder: torch.nn.Module
+    decoder: torch.nn.Module
+    height: int
+    width: int
+    weight: float
+
+    def disparity(self, images: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return self.decoder(self.encoder(upsample_to(images, self.height, self.width)))[('disp', 0)].float()
+
+
+@dataclass
 class _Models:
     encoder: torch.nn.Module
     decoder: torch.nn.Module
     pose_encoder: torch.nn.Module
     pose_decoder: torch.nn.Module
-    teacher: tuple[torch.nn.Module, torch.nn.Module, int, int] | None = None
+    targets: list[_DisparityTarget] = field(default_factory=list)
     pose_from_scratch: bool = True          # no pose network came with the start checkpoint
     init_metric_scale: float | None = None  # the start checkpoint's metric scale, if it has one
 
@@ -356,18 +383,31 @@ class Trainer:
                 self._log(f'initialised depth and pose networks from {folder}')
             else:
                 self._log(f'initialised the depth network from {folder} (it has no pose network)')
-        teacher = None
-        if cfg.teacher:
-            ckpt = load_depth_checkpoint(cfg.teacher)
+        targets = []
+        anchor_weight = self.anchor_weight()
+        for name, folder, weight in (('teacher', cfg.teacher, cfg.distill_weight), ('anchor', cfg.init, anchor_weight)):
+            if not folder or not weight:
+                continue
+            ckpt = load_depth_checkpoint(folder)  # the start model itself also on --resume: the anchor stays put
             for module in (ckpt.encoder, ckpt.decoder):
                 module.requires_grad_(False).eval().to(self.device)
-            teacher = (ckpt.encoder, ckpt.decoder, ckpt.height, ckpt.width)
-            self._log(f'distilling from teacher {cfg.teacher} ({ckpt.arch} {ckpt.width}x{ckpt.height}), '
-                      f'weight {cfg.distill_weight}')
-        models = _Models(encoder, decoder, pose_encoder, pose_decoder, teacher, pose_from_scratch, init_metric_scale)
+            targets.append(_DisparityTarget(name, ckpt.encoder, ckpt.decoder, ckpt.height, ckpt.width, weight))
+            self._log(f'distilling from teacher {folder} ({ckpt.arch} {ckpt.width}x{ckpt.height}), weight {weight:g}'
+                      if name == 'teacher' else
+                      f'anchored to the start model {folder} (disparity L1, weight {weight:g})')
+        models = _Models(encoder, decoder, pose_encoder, pose_decoder, targets, pose_from_scratch, init_metric_scale)
         for module in models.trainable():
             module.to(self.device)
         return models
+
+    def anchor_weight(self) -> float:
+        """The anchor's weight: the option, else AUTO_ANCHOR_WEIGHT for pose-network runs from --init."""
+        cfg = self.config
+        if not cfg.init:
+            return 0.0
+        if cfg.anchor_weight is not None:
+            return cfg.anchor_weight
+        return AUTO_ANCHOR_WEIGHT if self.state.pose_source == 'net' else 0.0
 
     def _loader(self, dataset: TripletDataset, shuffle: bool, generator: torch.Generator | None = None,
                 sampler: Any = None) -> DataLoader:
@@ -411,11 +451,7 @@ class Trainer:
         transforms = self._transforms(models, batch, pose_source or self.state.pose_source, color_aug)
         target32 = target.float()
         identity = [photometric_error(color[:, j].float(), target32) for j in range(1, 1 + len(SOURCE_OFFSETS))]
-        teacher_disp = None
-        if models.teacher is not None:
-            t_enc, t_dec, t_h, t_w = models.teacher
-            with torch.no_grad():
-                teacher_disp = t_dec(t_enc(upsample_to(target, t_h, t_w)))[('disp', 0)].float()
+        pulls = [(pull.weight, pull.disparity(target)) for pull in models.targets]
         total = torch.zeros((), device=self.device)
         info: dict[str, Any] = {}
         for scale in SCALES:
@@ -426,8 +462,8 @@ class Trainer:
             loss = per_pixel.mean()
             image_s = target32 if scale == 0 else F.interpolate(target32, size=disp.shape[-2:], mode='area')
             loss = loss + cfg.smoothness_weight * smoothness_loss(disp, image_s) / (2 ** scale)
-            if teacher_disp is not None:
-                loss = loss + cfg.distill_weight * distillation_loss(disp_full, teacher_disp)
+            for weight, target_disp in pulls:
+                loss = loss + weight * distillation_loss(disp_full, target_disp)
             total = total + loss
             if scale == 0:
                 info['photometric'] = per_pixel.detach().mean().item()
@@ -566,6 +602,7 @@ class Trainer:
             'world_size': self.dist.world_size, 'effective_batch_size': cfg.batch_size * self.dist.world_size,
             'samples_seen': self.state.samples_seen,
             'pose_source': self.state.pose_source, 'selected_by': self.state.selected_by,
+            'anchor_weight': self.anchor_weight(),  # resolved: the start model's pull (0: none)
             'depth_units': 'metres' if self.state.metric else 'relative (monocular: no metric scale)',
         }
         if self.state.metric:
@@ -704,9 +741,12 @@ class Trainer:
                   + (f'; pose network lr {pose_lr:g}, {pose_warmup} pose-only warm-up steps'
                      if data.pose_source == 'net' else ''))
         if data.pose_source == 'net' and not data.val_has_poses and not cfg.gt_depth_topic:
-            self._log('warning: no odometry (TF) and no ground-truth depth to validate with: best/ is chosen by the '
-                      "pose network's own loss, which can fall while depth gets worse (benchmarks/RESULTS.md); "
-                      'record /tf with the camera, or give --gt-depth-topic, to select by depth quality')
+            guard = (f'the anchor to the start model (weight {self.anchor_weight():g}) keeps the depth network near it'
+                     if self.anchor_weight() else 'without an anchor to the start model (--init, --anchor-weight) '
+                                                  'depth can get worse while that loss falls')
+            self._log("warning: no odometry (TF) and no ground-truth depth to validate with: best/ is chosen by the "
+                      f"pose network's own loss; {guard} (benchmarks/RESULTS.md); record /tf with the camera, or give "
+                      '--gt-depth-topic, to select by depth quality')
         steps_per_epoch = max(1, len(train_loader))
         total = cfg.steps if cfg.steps is not None else cfg.epochs * steps_per_epoch
         output = Path(cfg.output).expanduser()
