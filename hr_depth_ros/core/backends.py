@@ -241,9 +241,8 @@ class OpenVINOBackend:
 
         def quantize(folder: Path) -> None:
             model = fp32_model()
-            LOGGER.info('%s %dx%d: quantising to INT8 with NNCF %s on %s (first start only; about %d '
-                        'fp32 inferences)', arch, self.width, self.height, nncf_version, calibration.description,
-                        2 * len(calibration.images))
+            LOGGER.info('%s %dx%d: quantising to INT8 with NNCF %s on %s (once: the result is cached)',
+                        arch, self.width, self.height, nncf_version, calibration.description)
             start = time.perf_counter()
             quantized = quantize_model(model, calibration)
             ov.save_model(quantized, folder / OPENVINO_MODEL_FILE, compress_to_fp16=False)
