@@ -187,7 +187,7 @@ class Harness:
 
     def __init__(self, args: argparse.Namespace, workdir: Path) -> None:
         from hr_depth_ros.core.image_decoding import encode_compressed
-        from hr_depth_ros.tools.synthetic import SyntheticDrive
+        from hr_depth_ros.core.synthetic import SyntheticDrive
 
         self.args = args
         self.rng = np.random.default_rng(args.seed)

@@ -2,24 +2,27 @@
 
     .venv/bin/python benchmarks/inference.py [--device auto|cpu|cuda]
         [--models hr_depth,lite_hr_depth,monodepth2] [--resolutions 640x192,1024x320,1280x384]
-        [--modes eager,channels_last,fp16,bf16,compile,openvino] [--repeats N] [--warmup N]
-        [--threads N] [--markdown] [--authors-dir DIR]
+        [--modes eager,channels_last,fp16,bf16,compile,openvino,openvino_int8] [--baseline MODE]
+        [--repeats N] [--warmup N] [--threads N] [--calibration-frames N] [--markdown] [--authors-dir DIR]
 
 Times ``DepthEstimator.predict_batch`` on a pre-made ``1 x 3 x H x W`` tensor already on the
 device (network only: no decoding, resizing or copies back) under ``torch.inference_mode``.
 Modes: ``eager`` fp32 NCHW (the baseline), ``channels_last`` fp32 NHWC, ``fp16`` / ``bf16``
 autocast (fp16 on CUDA only; both NHWC on CUDA, NCHW on the CPU), ``compile``
 ``torch.compile`` inductor, fp32 (NHWC on CUDA), ``openvino`` the OpenVINO backend (CPU, fp32;
-its one-off conversion is not in the warm-up time; converted models go to a temporary cache).
+its one-off conversion is not in the warm-up time; converted models go to a temporary cache),
+``openvino_int8`` the same model quantised to INT8 by NNCF (``precision='int8'``) on
+``--calibration-frames`` synthetic street frames (the one-off quantisation time is printed,
+not in the warm-up time; random weights time like trained ones).
 ``--threads`` applies to torch and OpenVINO alike. ``--authors-dir`` adds an "authors eager" row
 timing the authors' own networks (a checkout of shawLyu/HR-Depth, imported, never committed).
 
 All modes of one model/resolution are built and warmed up first, then timed interleaved
 (one call of each per round, the order rotated every round) so that load from other
 processes and position effects hit them alike. Each row:
-median and p90 latency, FPS from the median, speed-up vs the eager row of the same
-model/resolution (eager median / row median, >1 is faster) and the warm-up time (first call
-+ warm-up calls; for ``compile`` this is the compilation).
+median and p90 latency, FPS from the median, speed-up vs the ``--baseline`` row (default eager) of
+the same model/resolution (baseline median / row median, >1 is faster) and the warm-up time
+(first call + warm-up calls; for ``compile`` this is the compilation).
 """
 from __future__ import annotations
 
@@ -47,8 +50,9 @@ from hr_depth_ros.core.backends import configure_threads, openvino_version  # no
 from hr_depth_ros.core.checkpoint import DepthCheckpoint  # noqa: E402
 from hr_depth_ros.core.inference import DepthEstimator, select_device  # noqa: E402
 from hr_depth_ros.core.networks import ARCHITECTURES, build_depth_model  # noqa: E402
+from hr_depth_ros.core.quantization import DEFAULT_CALIBRATION_FRAMES, CalibrationSource, nncf_version  # noqa: E402
 
-MODES = ('eager', 'channels_last', 'fp16', 'bf16', 'compile', 'openvino')
+MODES = ('eager', 'channels_last', 'fp16', 'bf16', 'compile', 'openvino', 'openvino_int8')
 DEFAULT_MODELS = ('hr_depth', 'lite_hr_depth', 'monodepth2')
 DEFAULT_RESOLUTIONS = ('640x192', '1024x320', '1280x384')
 AUTHORS_ROW = 'authors eager'
@@ -133,27 +137,36 @@ def load_authors_networks(root: Path):
 
 def make_runners(arch: str, width: int, height: int, modes: list[str], device: torch.device,
                  images: torch.Tensor, authors_networks, threads: int | None = None,
-                 cache_dir: str | None = None) -> list[Runner]:
-    """The eager baseline first, then the other modes, then the authors' row if asked for."""
+                 cache_dir: str | None = None, baseline: str = 'eager',
+                 calibration_frames: int = DEFAULT_CALIBRATION_FRAMES) -> list[Runner]:
+    """The baseline first (default eager), then the other modes, then the authors' row if asked for."""
     runners = []
-    for mode in ['eager'] + [m for m in modes if m != 'eager']:
+    for mode in [baseline] + [m for m in modes if m != baseline]:
         if mode == 'fp16' and device.type != 'cuda':
             runners.append(Runner(mode, None, 'n/a (CUDA only)'))
             continue
-        if mode == 'openvino' and (device.type != 'cpu' or openvino_version() is None):
+        if mode.startswith('openvino') and (device.type != 'cpu' or openvino_version() is None):
             runners.append(Runner(mode, None, 'n/a (CPU only)' if device.type != 'cpu' else 'n/a (not installed)'))
+            continue
+        if mode == 'openvino_int8' and nncf_version() is None:
+            runners.append(Runner(mode, None, 'n/a (nncf not installed)'))
             continue
         options = {'eager': {'channels_last': False},
                    'channels_last': {'channels_last': True},
                    'fp16': {'precision': 'fp16', 'channels_last': None},
                    'bf16': {'precision': 'bf16', 'channels_last': device.type == 'cuda'},
                    'compile': {'compile': True, 'channels_last': False},
-                   'openvino': {'backend': 'openvino', 'cache_dir': cache_dir}}[mode]
+                   'openvino': {'backend': 'openvino', 'cache_dir': cache_dir},
+                   'openvino_int8': {'backend': 'openvino', 'cache_dir': cache_dir, 'precision': 'int8',
+                                     'calibration': CalibrationSource(frames=calibration_frames)}}[mode]
         options.setdefault('backend', 'torch')
+        torch.manual_seed(0)  # the same weights in every mode: openvino_int8 quantises the openvino row's model
         encoder, decoder = build_depth_model(arch)
         checkpoint = DepthCheckpoint(arch=arch, encoder=encoder.eval(), decoder=decoder.eval(),
                                      height=height, width=width, use_stereo=False)
         estimator = DepthEstimator(checkpoint, device=device, threads=threads, **options)
+        if estimator.backend == 'openvino':
+            print(f'  {arch} {width}x{height} {mode}: {estimator.backend_description}', file=sys.stderr, flush=True)
         runners.append(Runner(mode, lambda estimator=estimator: estimator.predict_batch(images)))
     if authors_networks is not None:
         if arch not in AUTHORS_FACTORIES:
@@ -200,9 +213,9 @@ def time_runners(runners: list[Runner], device: torch.device, repeats: int, warm
             runner.times_ms.append((time.perf_counter() - start) * 1000)
 
 
-def table_rows(arch: str, width: int, height: int, runners: list[Runner]) -> list[list[str]]:
-    """Formatted rows; the speed-up is against this model/resolution's eager median."""
-    baseline = next((float(np.median(r.times_ms)) for r in runners if r.mode == 'eager' and r.times_ms), None)
+def table_rows(arch: str, width: int, height: int, runners: list[Runner], baseline: str = 'eager') -> list[list[str]]:
+    """Formatted rows; the speed-up is against this model/resolution's ``baseline`` median."""
+    baseline = next((float(np.median(r.times_ms)) for r in runners if r.mode == baseline and r.times_ms), None)
     rows = []
     for runner in runners:
         cells = [arch, f'{width}x{height}', runner.mode]
@@ -219,15 +232,16 @@ def table_rows(arch: str, width: int, height: int, runners: list[Runner]) -> lis
 HEADER = ['model', 'resolution', 'mode', 'median ms', 'p90 ms', 'FPS', 'speed-up vs eager', 'warm-up s']
 
 
-def format_table(rows: list[list[str]], markdown: bool) -> str:
+def format_table(rows: list[list[str]], markdown: bool, baseline: str = 'eager') -> str:
     """Markdown or aligned plain-text table."""
+    header = [f'speed-up vs {baseline}' if name == 'speed-up vs eager' else name for name in HEADER]
     if markdown:
-        alignment = ['---' if index < 3 else '---:' for index in range(len(HEADER))]
-        lines = ['| ' + ' | '.join(HEADER) + ' |', '|' + '|'.join(alignment) + '|']
+        alignment = ['---' if index < 3 else '---:' for index in range(len(header))]
+        lines = ['| ' + ' | '.join(header) + ' |', '|' + '|'.join(alignment) + '|']
         lines += ['| ' + ' | '.join(row) + ' |' for row in rows]
         return '\n'.join(lines)
-    widths = [max(len(str(row[i])) for row in [HEADER] + rows) for i in range(len(HEADER))]
-    return '\n'.join('  '.join(str(cell).ljust(w) for cell, w in zip(row, widths)).rstrip() for row in [HEADER] + rows)
+    widths = [max(len(str(row[i])) for row in [header] + rows) for i in range(len(header))]
+    return '\n'.join('  '.join(str(cell).ljust(w) for cell, w in zip(row, widths)).rstrip() for row in [header] + rows)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -241,6 +255,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--modes', default='eager,channels_last,fp16,bf16,openvino',
                         type=lambda s: parse_list(s, MODES, 'mode'),
                         help='default: all but compile (inductor compiles for minutes on a small CPU)')
+    parser.add_argument('--baseline', default='eager', type=lambda s: parse_list(s, MODES, 'mode')[0],
+                        help='the mode the speed-up column divides by (default eager; it is always run)')
+    parser.add_argument('--calibration-frames', type=int, default=DEFAULT_CALIBRATION_FRAMES,
+                        help=f'openvino_int8: synthetic calibration frames (default {DEFAULT_CALIBRATION_FRAMES})')
     parser.add_argument('--repeats', type=int, default=20, help='timed calls per configuration (default 20)')
     parser.add_argument('--warmup', type=int, default=3, help='untimed calls per configuration first (default 3)')
     parser.add_argument('--threads', type=int, default=None,
@@ -266,6 +284,7 @@ def main(argv: list[str] | None = None) -> int:
     comment = '' if not args.markdown else '- '
     print(f'{comment}device: {device} ({device_name(device)})')
     print(f'{comment}torch {torch.__version__}, OpenVINO {openvino_version() or "not installed"}, '
+          f'NNCF {nncf_version() or "not installed"}, '
           f'Python {platform.python_version()}, '
           f'threads {torch.get_num_threads()}, batch 1, random weights')
     load = ', load average %.1f (other processes share these cores)' % os.getloadavg()[0] \
@@ -280,13 +299,13 @@ def main(argv: list[str] | None = None) -> int:
             for width, height in args.resolutions:
                 images = torch.rand(1, 3, height, width, device=device)
                 runners = make_runners(arch, width, height, args.modes, device, images, authors_networks,
-                                       args.threads, cache_dir)
+                                       args.threads, cache_dir, args.baseline, args.calibration_frames)
                 time_runners(runners, device, args.repeats, args.warmup)
-                new_rows = table_rows(arch, width, height, runners)
+                new_rows = table_rows(arch, width, height, runners, args.baseline)
                 rows += new_rows
                 for row in new_rows:  # progress on long CPU runs
                     print('  done:', ' '.join(row), file=sys.stderr, flush=True)
-    print(format_table(rows, args.markdown))
+    print(format_table(rows, args.markdown, args.baseline))
     return 0
 
 

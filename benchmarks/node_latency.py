@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/node_latency.py [--arch lite_hr_depth hr_depth] [--size 640x192]
         [--camera 640x480] [--frames 90] [--rate-hz 30] [--device cpu] [--backend auto] [--threads N]
-        [--weights FOLDER]
+        [--precision fp16|fp32|int8] [--calibration-frames N] [--weights FOLDER]
 
 For each model and network resolution: writes a synthetic bag at the camera resolution
 (``--camera``, default: the network's), starts the node
@@ -10,7 +10,8 @@ For each model and network resolution: writes a synthetic bag at the camera reso
 headers and measures in this process: processed rate, dropped frames, latency stamp->depth
 and stamp->points (p50/p95/p99; the stamp is set when play_bag publishes), and the share of
 the node's time per stage (from its ~/statistics topic). Random weights unless --weights
-(speed does not depend on the values). Also a micro-benchmark of building a 1024x320 cloud
+(speed does not depend on the values). ``--precision int8`` quantises at the node's start
+(empty model cache, synthetic calibration frames; the start-up wait allows for it). Also a micro-benchmark of building a 1024x320 cloud
 (benchmarks/pointcloud.py compares it with the previous path).
 Prints a Markdown table.
 """
@@ -168,16 +169,19 @@ def run_case(arch: str, width: int, height: int, args: argparse.Namespace, workd
     node_cmd = [sys.executable, '-m', 'hr_depth_ros.ros.depth_node', '--ros-args', '--params-file',
                 str(REPO / 'config' / 'depth.yaml'), '-p', f'weights:={weights}', '-p', f'device:={args.device}',
                 '-p', f'points_stride:={args.points_stride}', '-p', 'statistics_period:=0.5',
-                '-p', f'backend:={args.backend}', '-p', f'threads:={args.threads}']
+                '-p', f'backend:={args.backend}', '-p', f'threads:={args.threads}',
+                '-p', f'precision:={args.precision}', '-p', f'calibration_frames:={args.calibration_frames}']
     listener = Listener(int(env['ROS_DOMAIN_ID']))
     with open(node_log, 'wb') as handle:
         node = subprocess.Popen(node_cmd, env=env, stdout=handle, stderr=subprocess.STDOUT, cwd=REPO)
+    started = time.monotonic()
     try:
-        deadline = time.monotonic() + 180
+        deadline = time.monotonic() + (900 if args.precision == 'int8' else 180)  # int8: quantises first
         while not listener.connected():
             if node.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f'node did not come up; log:\n{node_log.read_text()}')
             time.sleep(0.1)
+        startup_s = time.monotonic() - started
         play(env, bag, rate=1.0, limit=args.warmup, log=case / 'play.log')  # warm-up: first inferences are slow
         time.sleep(2.0)
         before = listener.statistics[-1] if listener.statistics else {'received': 0, 'processed': 0, 'dropped': 0}
@@ -197,8 +201,9 @@ def run_case(arch: str, width: int, height: int, args: argparse.Namespace, workd
         ready = next((line for line in node_log.read_text(errors='replace').splitlines() if 'ready:' in line), '')
         return {
             'model': arch, 'size': f'{width}x{height}', 'camera': f'{camera_width}x{camera_height}',
-            'device': args.device, 'backend': 'openvino' if 'openvino' in ready else 'torch',
-            'threads': args.threads or 'default',
+            'device': args.device,
+            'backend': ('openvino int8' if 'int8 (' in ready else 'openvino') if 'openvino' in ready else 'torch',
+            'threads': args.threads or 'default', 'startup_s': startup_s,
             'frames': args.frames, 'input_hz': len(inputs) / played_s,
             'processed_hz': (len(arrivals) - 1) / ((arrivals[-1] - arrivals[0]) / 1e9) if len(arrivals) > 1 else 0.0,
             'received': after['received'] - before['received'],
@@ -259,11 +264,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--device', default='cpu')
     parser.add_argument('--backend', default='auto', choices=('auto', 'torch', 'openvino'))
     parser.add_argument('--threads', type=int, default=0, help="the node's threads parameter (0: its default)")
+    parser.add_argument('--precision', default='fp16', choices=('fp32', 'fp16', 'bf16', 'int8'),
+                        help="the node's precision parameter (default fp16, the node's default: fp32 on the CPU)")
+    parser.add_argument('--calibration-frames', type=int, default=32, help='precision int8: synthetic calibration frames')
     parser.add_argument('--points-stride', type=int, default=2)
     parser.add_argument('--weights', help='checkpoint folder to use instead of random weights (one --arch)')
     args = parser.parse_args(argv)
 
-    print(f'Machine: {machine_description()}\n')
+    print(f'Machine: {machine_description()}; load average {os.getloadavg()[0]:.1f} at the start\n')
     micro = pointcloud_microbenchmark()
     print('| point cloud 1024x320 xyzrgb (stride 1) | CloudPacker (back-project + pack) | PointCloud2 message (copy) |')
     print('| --- | ---: | ---: |')
@@ -275,16 +283,18 @@ def main(argv: list[str] | None = None) -> int:
             for size in args.size:
                 width, height = parse_size(size)
                 rows.append(run_case(arch, width, height, args, Path(tmp)))
-    print(f'| model | size | camera | device | backend | threads | input Hz | processed Hz | dropped / received | stamp->depth p50/p95/p99 ms '
+    print(f'| model | size | camera | device | backend | threads | start-up s | input Hz | processed Hz | dropped / received | stamp->depth p50/p95/p99 ms '
           f'| stamp->points p50/p95/p99 ms | {" | ".join(STAGES)} (mean ms, share) |')
-    print('| --- | --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ' + ' | '.join('---:' for _ in STAGES) + ' |')
+    print('| --- | --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ' + ' | '.join('---:' for _ in STAGES) + ' |')
     for row in rows:
         depth = '/'.join(f'{v:.0f}' for v in row['depth_ms'])
         points = '/'.join(f'{v:.0f}' for v in row['points_ms'])
         stages = ' | '.join(f"{row['stage_ms'][s]:.1f} ({row['stage_share'][s]:.0f}%)" for s in STAGES)
         print(f"| {row['model']} | {row['size']} | {row['camera']} | {row['device']} | {row['backend']} "
-              f"| {row['threads']} | {row['input_hz']:.1f} | {row['processed_hz']:.1f} "
+              f"| {row['threads']} | {row['startup_s']:.0f} | {row['input_hz']:.1f} | {row['processed_hz']:.1f} "
               f"| {row['dropped']} / {row['received']} | {depth} | {points} | {stages} |")
+    print(f'\nload average {os.getloadavg()[0]:.1f} at the end; start-up = node process start until its outputs '
+          'are subscribed (loading, conversion / quantisation when the model cache is empty)')
     return 0
 
 

@@ -36,7 +36,7 @@ def make_inputs(folder: Path, arch: str, size: tuple[int, int], camera: tuple[in
 
     from hr_depth_ros.core.checkpoint import save_depth_checkpoint
     from hr_depth_ros.core.networks import build_depth_model
-    from hr_depth_ros.tools.synthetic import SyntheticDrive
+    from hr_depth_ros.core.synthetic import SyntheticDrive
 
     torch.manual_seed(0)
     encoder, decoder = build_depth_model(arch)

@@ -74,6 +74,17 @@ def test_rows_and_speedup_against_eager(inference_benchmark):
     assert len(text.splitlines()) == 2 + len(rows)
 
 
+def test_speedup_against_another_baseline(inference_benchmark):
+    """--baseline openvino: the int8 row's ratio is against OpenVINO fp32 of the same run."""
+    bench = inference_benchmark
+    runners = [bench.Runner('openvino', None, times_ms=[10.0], warmup_s=0.1),
+               bench.Runner('openvino_int8', None, times_ms=[5.0], warmup_s=0.1)]
+    rows = bench.table_rows('hr_depth', 1024, 320, runners, baseline='openvino')
+    assert [row[6] for row in rows] == ['1.00x', '2.00x']
+    assert '| speed-up vs openvino |' in bench.format_table(rows, markdown=True, baseline='openvino')
+    assert 'openvino_int8' in bench.MODES
+
+
 def test_authors_dir_must_hold_their_networks(inference_benchmark, tmp_path):
     with pytest.raises(FileNotFoundError, match=str(tmp_path)):
         inference_benchmark.load_authors_networks(tmp_path)

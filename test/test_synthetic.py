@@ -21,7 +21,7 @@ from hr_depth_ros.tools.make_synthetic_bag import (BASE_FRAME, CAMERA_FRAME, CAM
                                              DEPTH_GT_TOPIC, FRAME_TOPICS, IMAGE_TOPIC, ODOM_FRAME, TF_STATIC_TOPIC,
                                              TF_TOPIC, TOPIC_TYPES, main, write_synthetic_bag)
 from hr_depth_ros.core.tf_poses import TransformTree
-from hr_depth_ros.tools.synthetic import SyntheticDrive
+from hr_depth_ros.core.synthetic import SyntheticDrive
 
 WIDTH, HEIGHT = 640, 192
 

@@ -63,7 +63,7 @@ def test_extract_frames_sizes_intrinsics_and_depth(prepared, small_bag):
     depth = store.depth(5)
     assert depth.shape == (H, W) and np.nanmedian(depth) > 1.0
     # K scaled from 320x96 to 160x64 with the pixel-centre convention.
-    from hr_depth_ros.tools.synthetic import SyntheticDrive
+    from hr_depth_ros.core.synthetic import SyntheticDrive
     from hr_depth_ros.core.geometry import scale_intrinsics
     K_bag = SyntheticDrive(width=320, height=96).K
     np.testing.assert_allclose(store.K[0], scale_intrinsics(K_bag, W / 320, H / 96))
@@ -191,7 +191,7 @@ def write_ros1_camera_bag(path: Path, frames: int, image_topic: str = 'camera/im
     from rosbags.typesys import Stores, get_typestore
 
     from hr_depth_ros.core.image_decoding import encode_compressed
-    from hr_depth_ros.tools.synthetic import SyntheticDrive
+    from hr_depth_ros.core.synthetic import SyntheticDrive
 
     typestore = get_typestore(Stores.ROS1_NOETIC)
     types = typestore.types
@@ -229,7 +229,7 @@ def test_ros1_bag_with_upper_case_camera_info_and_relative_topics(tmp_path):
                                    camera_info_topic='camera/camera_info', val_fraction=0.0))
     try:
         assert len(data.store) == 12 and len(data.train) > 0
-        from hr_depth_ros.tools.synthetic import SyntheticDrive
+        from hr_depth_ros.core.synthetic import SyntheticDrive
 
         K = SyntheticDrive(width=W * 2, height=H * 2, num_frames=1).K
         np.testing.assert_allclose(data.store.K[0][0, 0], K[0, 0] / 2)

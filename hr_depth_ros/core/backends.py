@@ -6,9 +6,12 @@ every backend gives the same depth for the same image.
 
 - ``torch``: PyTorch eager (autocast, channels-last, optional ``torch.compile``), any device.
 - ``openvino``: the network converted with ``openvino.convert_model`` and compiled for the
-  CPU in fp32 (measured 2.7-4.6x faster than PyTorch on the CPU, benchmarks/RESULTS.md).
-  Converted models are cached on disk (:mod:`hr_depth_ros.core.model_cache`), keyed by the weights'
-  content hash, the resolution and the OpenVINO version: only the first start converts.
+  CPU in fp32 (measured 2.7-4.6x faster than PyTorch on the CPU, benchmarks/RESULTS.md), or,
+  with ``precision='int8'``, that model quantised to INT8 by NNCF from calibration frames
+  (:mod:`hr_depth_ros.core.quantization`; about 2x faster again). Converted and quantised
+  models are cached on disk (:mod:`hr_depth_ros.core.model_cache`), keyed by the weights'
+  content hash, the resolution and the OpenVINO version (INT8: also the calibration frames'
+  hash and the NNCF version): only the first start converts or quantises.
 - ``auto``: ``torch`` on CUDA (or when ``torch.compile`` is asked for), ``openvino`` on the
   CPU when it is installed, else ``torch``.
 
@@ -19,6 +22,7 @@ machine busy with other work: OpenMP threads spin-waiting for a descheduled sibl
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import time
@@ -32,11 +36,15 @@ import torch
 from torch import nn
 
 from hr_depth_ros.core.model_cache import cached_entry, default_cache_dir, remove_entry, weights_hash
+from hr_depth_ros.core.quantization import (DEFAULT_CALIBRATION_FRAMES, QUANTIZATION_FORMAT, CalibrationSet,
+                                            CalibrationSource, quantize_model, require_nncf)
 
 LOGGER = logging.getLogger(__name__)
 BACKENDS = ('auto', 'torch', 'openvino')
 OPENVINO_CACHE_FORMAT = 1  # bump when the conversion below changes what it writes
 OPENVINO_MODEL_FILE = 'model.xml'
+OPENVINO_PRECISIONS = ('fp32', 'int8')
+CALIBRATION_FILE = 'calibration.json'  # in an INT8 entry: what it was calibrated on, NNCF version, time
 
 
 def openvino_version() -> str | None:
@@ -71,11 +79,28 @@ def default_threads() -> int:
 
 @dataclass(frozen=True)
 class BackendOptions:
-    """What ``--backend``, ``--threads`` and ``--cache-dir`` asked for (None: the defaults)."""
+    """What ``--backend``, ``--threads``, ``--cache-dir``, ``--precision`` and ``--calibration*`` asked
+    for (None / empty: the defaults)."""
 
     backend: str = 'auto'
     threads: int | None = None
     cache_dir: str | None = None
+    precision: str = 'fp32'
+    calibration: str = ''
+    calibration_topic: str = ''
+    calibration_frames: int = DEFAULT_CALIBRATION_FRAMES
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> BackendOptions:
+        """The options parsed by :func:`add_backend_arguments`."""
+        return cls(args.backend, args.threads, args.cache_dir, args.precision, args.calibration or '',
+                   args.calibration_topic or '', args.calibration_frames)
+
+    def estimator_kwargs(self) -> dict[str, Any]:
+        """``DepthEstimator`` keyword arguments for these options."""
+        return {'backend': self.backend, 'threads': self.threads, 'cache_dir': self.cache_dir,
+                'precision': self.precision,
+                'calibration': CalibrationSource(self.calibration, self.calibration_topic, self.calibration_frames)}
 
 
 def positive_int(text: str) -> int:
@@ -87,7 +112,8 @@ def positive_int(text: str) -> int:
 
 
 def add_backend_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--backend``, ``--threads`` and ``--cache-dir``, shared by the command-line tools."""
+    """``--backend``, ``--threads``, ``--cache-dir``, ``--precision`` and ``--calibration*``, shared by the
+    command-line tools (:meth:`BackendOptions.from_args` reads them back)."""
     parser.add_argument('--backend', default='auto', choices=BACKENDS,
                         help='auto: torch on CUDA, OpenVINO on the CPU when installed (default auto)')
     parser.add_argument('--threads', type=positive_int, default=None,
@@ -95,6 +121,17 @@ def add_backend_arguments(parser: argparse.ArgumentParser) -> None:
                              'on a machine busy with other work)')
     parser.add_argument('--cache-dir', default=None,
                         help='converted-model cache (default $HR_DEPTH_ROS_CACHE or ~/.cache/hr_depth_ros)')
+    parser.add_argument('--precision', default='fp32', choices=('fp32', 'fp16', 'bf16', 'int8'),
+                        help='fp32 (default); fp16 / bf16 autocast (torch, CUDA); int8: OpenVINO INT8 on the CPU, '
+                             'quantised once from --calibration frames and cached (~2x faster than fp32, slightly '
+                             'less accurate; falls back to fp16 on CUDA / fp32 with torch, with a warning)')
+    parser.add_argument('--calibration', default='',
+                        help='int8: a folder of images or a bag from your camera (default: synthetic street frames; '
+                             'real frames calibrate better)')
+    parser.add_argument('--calibration-topic', default='',
+                        help="int8: image topic of the calibration bag (default: the bag's only image topic)")
+    parser.add_argument('--calibration-frames', type=positive_int, default=DEFAULT_CALIBRATION_FRAMES,
+                        help=f'int8: calibration frames, evenly spaced (default {DEFAULT_CALIBRATION_FRAMES})')
 
 
 def configure_threads(threads: int | None) -> int:
@@ -133,26 +170,50 @@ class TorchBackend:
             return self.net(images).float()
 
 
-def openvino_cache_key(arch: str, width: int, height: int, content_hash: str, version: str) -> str:
-    """Cache folder name: architecture, resolution, backend + version, format, weights hash."""
-    return f'{arch}_{width}x{height}_openvino-{version}_f{OPENVINO_CACHE_FORMAT}_{content_hash[:32]}'
+def openvino_cache_key(arch: str, width: int, height: int, content_hash: str, version: str,
+                       int8: tuple[str, str] | None = None) -> str:
+    """Cache folder name: architecture, resolution, backend + version, format, weights hash; for an
+    INT8 model ``int8 = (NNCF version, calibration frames' hash)`` adds precision, NNCF version,
+    quantisation format and calibration hash."""
+    quantized = ''
+    if int8 is not None:
+        nncf, calibration_hash = int8
+        quantized = f'_int8-nncf-{nncf}-q{QUANTIZATION_FORMAT}-cal{calibration_hash[:16]}'
+    return f'{arch}_{width}x{height}_openvino-{version}{quantized}_f{OPENVINO_CACHE_FORMAT}_{content_hash[:32]}'
 
 
 class OpenVINOBackend:
-    """The network compiled by OpenVINO for the CPU (fp32, batch 1 at a fixed resolution).
+    """The network compiled by OpenVINO for the CPU (batch 1 at a fixed resolution), fp32 or INT8.
 
+    ``precision``: 'fp32', or 'int8' (the fp32 model quantised by NNCF on ``calibration``, a
+    :class:`~hr_depth_ros.core.quantization.CalibrationSet`; needs the ``nncf`` package).
     ``cache_dir``: where converted models live (None: :func:`model_cache.default_cache_dir`).
-    After construction ``converted_s`` is the conversion time (None when loaded from the cache).
+    After construction ``converted_s`` is the conversion time and ``quantized_s`` the
+    quantisation time (None when that step was not run: loaded from the cache).
     """
 
     def __init__(self, net: nn.Module, arch: str, width: int, height: int, threads: int,
-                 cache_dir: str | Path | None = None) -> None:
+                 cache_dir: str | Path | None = None, precision: str = 'fp32',
+                 calibration: CalibrationSet | None = None) -> None:
+        if precision not in OPENVINO_PRECISIONS:
+            raise ValueError(f'the OpenVINO backend runs {" or ".join(OPENVINO_PRECISIONS)}, not {precision!r}')
+        if precision == 'int8' and calibration is None:
+            raise ValueError('precision int8 needs calibration frames')
+        nncf_version = require_nncf() if precision == 'int8' else None  # before the slow conversion
         import openvino as ov
 
         version = openvino_version() or 'unknown'
         self.width, self.height = int(width), int(height)
-        key = openvino_cache_key(arch, self.width, self.height, weights_hash(net), version)
+        self.precision = precision
+        net_hash = weights_hash(net)
+        fp32_key = openvino_cache_key(arch, self.width, self.height, net_hash, version)
+        key = fp32_key if precision == 'fp32' else openvino_cache_key(
+            arch, self.width, self.height, net_hash, version, (nncf_version, calibration.content_hash))
         self.converted_s: float | None = None
+        self.quantized_s: float | None = None
+        root = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
+        core = ov.Core()
+        core.set_property({'ENABLE_MMAP': False})  # own copy of the weights: the cache files may be replaced
 
         def convert(folder: Path) -> None:
             start = time.perf_counter()
@@ -164,9 +225,38 @@ class OpenVINOBackend:
             ov.save_model(model, folder / OPENVINO_MODEL_FILE, compress_to_fp16=False)  # fp32 weights: parity
             self.converted_s = time.perf_counter() - start
 
-        core = ov.Core()
-        core.set_property({'ENABLE_MMAP': False})  # own copy of the weights: the cache files may be replaced
-        # fp32 everywhere: CPUs with bf16/AMX units would otherwise default to bf16 and lose parity.
+        def fp32_model() -> Any:
+            """The fp32 model from its own cache entry (converted first when missing; rebuilt when unreadable)."""
+            entry, _ = cached_entry(root, fp32_key, convert)
+            try:
+                return core.read_model(entry / OPENVINO_MODEL_FILE)
+            except Exception as error:  # noqa: BLE001 - OpenVINO raises RuntimeError subclasses of its own
+                if self.converted_s is not None:
+                    raise
+                LOGGER.warning('cached model %s does not load (%s: %s): converting again', entry,
+                               type(error).__name__, error)
+                remove_entry(entry)
+                entry, _ = cached_entry(root, fp32_key, convert)
+                return core.read_model(entry / OPENVINO_MODEL_FILE)
+
+        def quantize(folder: Path) -> None:
+            model = fp32_model()
+            LOGGER.info('%s %dx%d: quantising to INT8 with NNCF %s on %s (once: the result is cached)',
+                        arch, self.width, self.height, nncf_version, calibration.description)
+            start = time.perf_counter()
+            quantized = quantize_model(model, calibration)
+            ov.save_model(quantized, folder / OPENVINO_MODEL_FILE, compress_to_fp16=False)
+            self.quantized_s = time.perf_counter() - start
+            (folder / CALIBRATION_FILE).write_text(json.dumps({
+                'calibration': calibration.description, 'frames': len(calibration.images),
+                'frame_size': [self.width, self.height], 'calibration_sha256': calibration.content_hash,
+                'nncf': nncf_version, 'openvino': version, 'quantization_format': QUANTIZATION_FORMAT,
+                'quantized_s': round(self.quantized_s, 3)}, indent=2))
+            LOGGER.info('%s %dx%d: quantised to INT8 in %.1f s', arch, self.width, self.height, self.quantized_s)
+
+        build = convert if precision == 'fp32' else quantize
+        # fp32 everywhere (the INT8 model's remaining float layers too): CPUs with bf16/AMX units
+        # would otherwise default to bf16 and lose parity.
         config = {'INFERENCE_NUM_THREADS': int(threads), 'INFERENCE_PRECISION_HINT': 'f32',
                   'PERFORMANCE_HINT': 'LATENCY', 'NUM_STREAMS': 1}
 
@@ -176,22 +266,25 @@ class OpenVINOBackend:
             self.compile_s = time.perf_counter() - start
             return compiled
 
-        root = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
-        self.cache_entry, _ = cached_entry(root, key, convert)
+        self.cache_entry, _ = cached_entry(root, key, build)
         try:
             compiled = compile_entry()
         except Exception as error:  # noqa: BLE001 - OpenVINO raises RuntimeError subclasses of its own
-            if self.converted_s is not None:
+            if self.converted_s is not None or self.quantized_s is not None:
                 raise  # a fresh conversion that does not compile is a real failure
-            LOGGER.warning('cached model %s does not load (%s: %s): converting again',
+            LOGGER.warning('cached model %s does not load (%s: %s): building it again',
                            self.cache_entry, type(error).__name__, error)
             remove_entry(self.cache_entry)
-            self.cache_entry, _ = cached_entry(root, key, convert)
+            self.cache_entry, _ = cached_entry(root, key, build)
             compiled = compile_entry()
         self.request = compiled.create_infer_request()
-        origin = (f'converted in {self.converted_s:.1f} s' if self.converted_s is not None
-                  else 'loaded from the cache')
-        self.description = (f'openvino {version} ({origin}, compiled in {self.compile_s:.1f} s, '
+        steps = []
+        if self.converted_s is not None:
+            steps.append(f'converted in {self.converted_s:.1f} s')
+        if self.quantized_s is not None:
+            steps.append(f'quantised in {self.quantized_s:.1f} s on {calibration.description}')
+        origin = ', '.join(steps) or 'loaded from the cache'
+        self.description = (f'openvino {version} {precision} ({origin}, compiled in {self.compile_s:.1f} s, '
                             f'{threads} thread(s); {self.cache_entry})')
         LOGGER.info('%s %dx%d: %s', arch, self.width, self.height, self.description)
 

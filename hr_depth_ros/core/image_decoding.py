@@ -60,6 +60,9 @@ __all__ = [
     'MAX_PIXELS_LIMIT',
     'compressed_size',
     'shorten',
+    'IMAGE_FILE_EXTENSIONS',
+    'read_image_file',
+    'resize_rgb',
 ]
 
 LOGGER = logging.getLogger(__name__)
@@ -415,3 +418,28 @@ def encode_compressed(rgb: np.ndarray, fmt: str = 'jpeg', quality: int = 90) -> 
     if not ok:
         raise MalformedImage(f'OpenCV failed to encode a {rgb.shape} image as {name}')
     return CompressedData(f'rgb8; {name} compressed bgr8', buf.tobytes())
+
+
+IMAGE_FILE_EXTENSIONS = ('jpg', 'jpeg', 'png', 'bmp', 'ppm', 'tif', 'tiff', 'webp')
+"""Image files the tools (``predict``) and INT8 calibration read from folders."""
+
+
+def read_image_file(path: str | os.PathLike) -> np.ndarray:
+    """Read an image file as ``H x W x 3`` uint8 RGB; ValueError naming the file when unreadable."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise ValueError(f'{path}: no such file')
+    data = np.fromfile(path, dtype=np.uint8)
+    bgr = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+    if bgr is None:
+        raise ValueError(f'{path}: not a readable image')
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+def resize_rgb(rgb: np.ndarray, width: int, height: int) -> np.ndarray:
+    """``rgb`` at ``width x height`` as the network sees it: area averaging when shrinking, else
+    bilinear; the array itself when it already has that size."""
+    if rgb.shape[:2] == (height, width):
+        return rgb
+    shrinking = rgb.shape[0] > height or rgb.shape[1] > width
+    return cv2.resize(rgb, (int(width), int(height)), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 from torch import nn
@@ -18,10 +17,14 @@ from torch import nn
 from hr_depth_ros.core.backends import OpenVINOBackend, TorchBackend, configure_threads, resolve_backend
 from hr_depth_ros.core.checkpoint import DepthCheckpoint, load_depth_checkpoint
 from hr_depth_ros.core.geometry import disp_to_depth
+from hr_depth_ros.core.image_decoding import resize_rgb
+from hr_depth_ros.core.quantization import (REAL_FRAMES_HINT, CalibrationSet, CalibrationSource, load_calibration,
+                                            require_nncf)
 
 LOGGER = logging.getLogger(__name__)
 STEREO_SCALE_FACTOR = 5.4  # monodepth2: baseline 0.54 m in KITTI / 0.1 units used in training
-PRECISIONS = {'fp32': None, 'fp16': torch.float16, 'bf16': torch.bfloat16}
+AUTOCAST = {'fp32': None, 'fp16': torch.float16, 'bf16': torch.bfloat16}  # torch backend: autocast dtype
+PRECISIONS = (*AUTOCAST, 'int8')  # int8: OpenVINO only (NNCF post-training quantisation)
 
 
 def select_device(name: str = 'auto') -> torch.device:
@@ -64,13 +67,25 @@ class DepthEstimator:
     None turns it on (measured 1.06-1.19x faster than NCHW on the CPU too,
     benchmarks/RESULTS.md). ``compile``: ``torch.compile`` the network (True: the default
     inductor backend, whose first calls are slow; a string names another backend, e.g.
-    'aot_eager'). OpenVINO always runs fp32.
+    'aot_eager'). OpenVINO runs fp32, or INT8 with ``precision='int8'``.
+
+    ``precision='int8'``: OpenVINO INT8 on the CPU, quantised by NNCF (opt-in; never a
+    default, since it trades some accuracy for ~2x speed). ``calibration`` gives the frames:
+    a :class:`~hr_depth_ros.core.quantization.CalibrationSource` (a folder of images or a bag +
+    topic), a folder / bag path, a ready :class:`~hr_depth_ros.core.quantization.CalibrationSet`
+    (e.g. frames a tool passes in), or None for synthetic street frames (logged: real frames
+    are better). int8 needs the OpenVINO backend: where the backend is torch (CUDA, ``compile``,
+    ``backend='torch'``, or auto without OpenVINO) it falls back, with a warning, to fp16 on CUDA
+    and fp32 elsewhere, so one launch file serves GPU and CPU robots. A missing ``nncf`` package
+    is an error (:class:`~hr_depth_ros.core.quantization.NNCFMissing`), as is a calibration
+    source that gives no frames (:class:`~hr_depth_ros.core.quantization.CalibrationError`).
     """
 
     def __init__(self, checkpoint: DepthCheckpoint | str | Path, device: str | torch.device = 'auto',
                  precision: str = 'fp32', channels_last: bool | None = None, compile: bool | str = False,
                  min_depth: float = 0.1, max_depth: float = 100.0, depth_scale: float = 1.0,
-                 backend: str = 'auto', threads: int | None = None, cache_dir: str | Path | None = None) -> None:
+                 backend: str = 'auto', threads: int | None = None, cache_dir: str | Path | None = None,
+                 calibration: CalibrationSource | CalibrationSet | str | Path | None = None) -> None:
         if not isinstance(checkpoint, DepthCheckpoint):
             checkpoint = load_depth_checkpoint(checkpoint)
         if precision not in PRECISIONS:
@@ -86,12 +101,17 @@ class DepthEstimator:
         if self.backend == 'openvino' and self.device.type != 'cpu':
             LOGGER.warning('backend openvino runs on the CPU, not %s', self.device)
             self.device = torch.device('cpu')
+        if precision == 'int8' and self.backend != 'openvino':
+            fallback = 'fp16' if self.device.type == 'cuda' else 'fp32'
+            LOGGER.warning('precision int8 runs on the OpenVINO backend on the CPU only; backend %s on %s: '
+                           'running %s instead', self.backend, self.device, fallback)
+            precision = fallback
         if precision == 'fp16' and self.device.type != 'cuda':
             LOGGER.warning('fp16 autocast needs CUDA; running fp32 on %s', self.device)
             precision = 'fp32'
-        if self.backend == 'openvino' and (precision != 'fp32' or compile):
-            LOGGER.warning('backend openvino runs fp32 without torch.compile; ignoring precision=%s compile=%s',
-                           precision, compile)
+        if self.backend == 'openvino' and (precision not in ('fp32', 'int8') or compile):
+            LOGGER.warning('backend openvino runs fp32 or int8 without torch.compile; ignoring precision=%s '
+                           'compile=%s', precision, compile)
             precision = 'fp32'
         self.precision = precision
         self.channels_last = True if channels_last is None else bool(channels_last)
@@ -102,19 +122,40 @@ class DepthEstimator:
         self.metric_scale = checkpoint.metric_scale
         net = _DepthNet(checkpoint.encoder, checkpoint.decoder).eval()
         self.runner: TorchBackend | OpenVINOBackend | None = None
+        self.calibration: CalibrationSet | None = None
+        if self.backend == 'openvino' and precision == 'int8':
+            require_nncf()  # a missing package is an error even under backend auto: int8 was asked for
+            self.calibration = self._calibration_set(calibration)
         if self.backend == 'openvino':
             try:
                 self.runner = OpenVINOBackend(net, checkpoint.arch, checkpoint.width, checkpoint.height,
-                                              self.threads, cache_dir)
+                                              self.threads, cache_dir, precision, self.calibration)
             except Exception as error:  # noqa: BLE001 - conversion/compilation failures of any kind
                 if backend != 'auto':
                     raise
-                LOGGER.warning('backend auto: OpenVINO failed (%s: %s); running PyTorch',
-                               type(error).__name__, error)
+                LOGGER.warning('backend auto: OpenVINO failed (%s: %s); running PyTorch %s',
+                               type(error).__name__, error, 'fp32' if precision == 'int8' else precision)
                 self.backend = 'torch'
+                self.precision = precision = 'fp32' if precision == 'int8' else precision
         if self.runner is None:
-            self.runner = TorchBackend(net, self.device, PRECISIONS[precision], self.channels_last, compile)
+            self.runner = TorchBackend(net, self.device, AUTOCAST[precision], self.channels_last, compile)
         self.net: nn.Module = getattr(self.runner, 'net', net)  # the torch module (what OpenVINO converted)
+
+    def _calibration_set(self, calibration: CalibrationSource | CalibrationSet | str | Path | None) -> CalibrationSet:
+        """The INT8 calibration frames at the network's size (see the class docstring)."""
+        if isinstance(calibration, CalibrationSet):
+            frames = calibration
+            if frames.images[0].shape[:2] != (self.height, self.width):
+                raise ValueError(f'calibration frames are {frames.images[0].shape[1]}x{frames.images[0].shape[0]}, '
+                                 f'the network takes {self.width}x{self.height}')
+        else:
+            if not isinstance(calibration, CalibrationSource):
+                calibration = CalibrationSource(str(calibration) if calibration else '')
+            frames = load_calibration(calibration, self.width, self.height)
+        if frames.synthetic:
+            LOGGER.warning('INT8 calibration on %s (no calibration source given); %s',
+                           frames.description, REAL_FRAMES_HINT)
+        return frames
 
     @property
     def backend_description(self) -> str:
@@ -137,10 +178,7 @@ class DepthEstimator:
         """``H x W x 3`` uint8 RGB -> ``1 x 3 x height x width`` float in [0, 1] on the device."""
         if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
             raise ValueError(f'expected an H x W x 3 uint8 RGB image, got {rgb.shape} {rgb.dtype}')
-        if rgb.shape[:2] != (self.height, self.width):
-            shrinking = rgb.shape[0] > self.height or rgb.shape[1] > self.width
-            rgb = cv2.resize(rgb, (self.width, self.height),
-                             interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
+        rgb = resize_rgb(rgb, self.width, self.height)
         tensor = torch.from_numpy(np.ascontiguousarray(rgb)).to(self.device, non_blocking=True)
         return tensor.permute(2, 0, 1)[None].float().div_(255.0)
 

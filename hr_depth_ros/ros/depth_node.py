@@ -210,13 +210,20 @@ class DepthNode(LifecycleNode):
     def _load_estimator(self, config: NodeConfig) -> Any:
         """The DepthEstimator; its own rules pick the device and precision (CPU fallback, fp32 on the CPU)."""
         from hr_depth_ros.core.inference import DepthEstimator
+        from hr_depth_ros.core.quantization import CalibrationSource
 
+        if config.precision == 'int8':
+            self.get_logger().info(
+                'precision int8: the first start with these weights and calibration frames quantises the model '
+                '(tens of seconds on a small CPU); later starts load it from the model cache')
         try:
             estimator = DepthEstimator(
                 config.weights, device=config.device, precision=config.precision, channels_last=config.channels_last,
                 compile=config.compile, min_depth=config.min_depth, max_depth=config.max_depth,
                 depth_scale=config.depth_scale, backend=config.backend, threads=config.threads or None,
-                cache_dir=config.cache_dir or None)
+                cache_dir=config.cache_dir or None,
+                calibration=CalibrationSource(config.calibration, config.calibration_topic, config.calibration_frames,
+                                              config.max_pixels))
         except Exception as error:
             raise ConfigError(f'cannot load the checkpoint weights={config.weights!r}: '
                               f'{type(error).__name__}: {error}') from error

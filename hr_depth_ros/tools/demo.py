@@ -1,6 +1,7 @@
 """The whole loop in one command, on synthetic data, on a CPU in a few minutes.
 
     python -m hr_depth_ros.tools.demo [--output demo_output] [--device auto] [--backend auto|torch|openvino]
+        [--precision fp32|int8 [--calibration FOLDER_OR_BAG]]
 
 1. writes two synthetic drives as rosbag2 files (one to fine-tune on, with the robot's odometry
    in TF as a real robot records it, and one held out: other scenes than the bundled
@@ -179,8 +180,7 @@ def direct_metrics(weights: Path, frames: list[EvalFrame], device: str,
     """:func:`score_depths` of a checkpoint on the held-out frames, through the inference engine."""
     from hr_depth_ros.core.inference import DepthEstimator
 
-    estimator = DepthEstimator(weights, device=device, backend=backend.backend, threads=backend.threads,
-                               cache_dir=backend.cache_dir)
+    estimator = DepthEstimator(weights, device=device, **backend.estimator_kwargs())
     pairs = []
     for frame in frames:
         depth = estimator.predict_depth(frame.rgb)
@@ -289,6 +289,9 @@ def run_node_session(weights: Path, frames: list[EvalFrame], device: str, backen
                '-p', f'weights:={weights}', '-p', f'device:={device}', '-p', 'points_stride:=2',
                '-p', f'backend:={backend.backend}', '-p', f'threads:={backend.threads or 0}',
                *(('-p', f'cache_dir:={backend.cache_dir}') if backend.cache_dir else ()),  # '' does not parse
+               '-p', f'precision:={backend.precision}', '-p', f'calibration_frames:={backend.calibration_frames}',
+               *(('-p', f'calibration:={backend.calibration}') if backend.calibration else ()),
+               *(('-p', f'calibration_topic:={backend.calibration_topic}') if backend.calibration_topic else ()),
                '-p', 'qos_reliability:=reliable', '-p', 'qos_depth:=5',
                # Metres come from the checkpoint itself (fine-tuned with the odometry's metric poses).
                '-p', 'scale_mode:=fixed',
@@ -447,7 +450,7 @@ def main(argv: list[str] | None = None) -> int:
 
     t = step(3, total, 'evaluating random weights, the starting checkpoint and the fine-tuned ones')
     random_weights = make_random_checkpoint(output / 'random_init', args.net_width, args.net_height)
-    backend = BackendOptions(args.backend, args.threads, args.cache_dir)
+    backend = BackendOptions.from_args(args)
     results = {'random_init': direct_metrics(random_weights, frames, args.device, backend)[0]}
     if init is not None:
         results['start_checkpoint'] = direct_metrics(init, frames, args.device, backend)[0]
@@ -494,6 +497,7 @@ def main(argv: list[str] | None = None) -> int:
         'checkpoints': {'start': str(init) if init else None, **{f'finetuned_{k}': str(v) for k, v in checkpoints.items()}},
         'device': args.device,
         'backend': args.backend,
+        'precision': args.precision,
     }
     (output / 'report.json').write_text(json.dumps(report, indent=2))
     lines = ['# hr_depth_ros demo report', '',

@@ -1,4 +1,4 @@
-"""Write a synthetic street drive (:mod:`hr_depth_ros.tools.synthetic`) as a rosbag2, without ROS.
+"""Write a synthetic street drive (:mod:`hr_depth_ros.core.synthetic`) as a rosbag2, without ROS.
 
 Topics (every topic of a frame carries the same header stamp, also used as the bag timestamp):
 
@@ -39,7 +39,7 @@ from rosbags.typesys import Stores, get_typestore
 from hr_depth_ros.core.bags import topic_counts
 from hr_depth_ros.core.geometry import quaternion_from_matrix
 from hr_depth_ros.core.image_decoding import array_to_image_fields, encode_compressed, rgb_to_image_fields
-from hr_depth_ros.tools.synthetic import SyntheticDrive
+from hr_depth_ros.core.synthetic import SyntheticDrive
 
 __all__ = ['IMAGE_TOPIC', 'COMPRESSED_TOPIC', 'CAMERA_INFO_TOPIC', 'DEPTH_GT_TOPIC', 'TF_TOPIC', 'TF_STATIC_TOPIC',
            'CAMERA_FRAME', 'CAMERA_LINK_FRAME', 'BASE_FRAME', 'ODOM_FRAME', 'TOPIC_TYPES', 'FRAME_TOPICS',

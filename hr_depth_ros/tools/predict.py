@@ -1,7 +1,8 @@
 """Depth for images on disk, like monodepth2's ``test_simple.py``.
 
     python -m hr_depth_ros.tools.predict --weights HR_Depth_K_MS_1024x320 [--output-dir DIR]
-        [--backend auto|torch|openvino] [--threads N] IMAGE_OR_FOLDER...
+        [--backend auto|torch|openvino] [--threads N] [--precision fp32|int8 [--calibration FOLDER_OR_BAG]]
+        IMAGE_OR_FOLDER...
 
 For each image writes ``<stem>_disp.npy`` (the network's scale-0 sigmoid disparity, an
 ``height x width`` float32 array at network resolution), ``<stem>_depth.npy`` (float32 depth
@@ -22,10 +23,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from hr_depth_ros.core.backends import add_backend_arguments
+from hr_depth_ros.core.backends import BackendOptions, add_backend_arguments
+from hr_depth_ros.core.image_decoding import IMAGE_FILE_EXTENSIONS as IMAGE_EXTENSIONS
+from hr_depth_ros.core.image_decoding import read_image_file as read_rgb
 from hr_depth_ros.core.visualization import colorize
-
-IMAGE_EXTENSIONS = ('jpg', 'jpeg', 'png', 'bmp', 'ppm', 'tif', 'tiff', 'webp')
 
 
 def collect_images(inputs: list[str], ext: str | None) -> list[Path]:
@@ -42,17 +43,6 @@ def collect_images(inputs: list[str], ext: str | None) -> list[Path]:
             images.append(path)
     seen: set[Path] = set()
     return [p for p in images if not (p in seen or seen.add(p))]
-
-
-def read_rgb(path: Path) -> np.ndarray:
-    """Read an image file as H x W x 3 uint8 RGB; ValueError naming the file when unreadable."""
-    if not path.is_file():
-        raise ValueError(f'{path}: no such file')
-    data = np.fromfile(str(path), dtype=np.uint8)
-    bgr = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
-    if bgr is None:
-        raise ValueError(f'{path}: not a readable image')
-    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
 def write_results(target: Path, disparity: np.ndarray, depth: np.ndarray, rgb: np.ndarray, cmap: str) -> None:
@@ -90,8 +80,8 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         estimator = DepthEstimator(args.weights, device=args.device, depth_scale=args.depth_scale,
-                                   backend=args.backend, threads=args.threads, cache_dir=args.cache_dir)
-    except (CheckpointError, ValueError) as error:
+                                   **BackendOptions.from_args(args).estimator_kwargs())
+    except (CheckpointError, ValueError, ImportError) as error:  # ImportError: int8 without nncf
         print(f'predict: {error}', file=sys.stderr)
         return 2
     images = collect_images(args.inputs, args.ext)
