@@ -121,10 +121,10 @@ def test_torchrun_two_processes_train_resume_and_validate_like_one(ddp_bag, tmp_
     assert not list(output.glob('.hr_depth_frames-*'))  # every rank's frame cache removed
     load_depth_checkpoint(output / 'latest')
     # A single process validating the same checkpoint (step 0 of a run started from it) gets the
-    # numbers the two ranks recorded for it.
+    # numbers the two ranks recorded for it (no anchor: the ranks' run had no start model to pull toward).
     single = tmp_path / 'single'
     assert finetune.main(['--bag', str(ddp_bag), '--output', str(single), '--init', str(output / 'latest'),
-                          '--steps', '1', '--quiet', *TORCHRUN_ARGS]) == 0
+                          '--steps', '1', '--quiet', '--anchor-weight', '0', *TORCHRUN_ARGS]) == 0
     ddp_val = next(r for r in rows if (r['step'], r['split']) == ('5', 'val'))
     single_val = next(r for r in _rows(single / 'metrics.csv') if (r['step'], r['split']) == ('0', 'val'))
     for key in ('loss', 'photometric', 'loss_tf', 'abs_rel', 'rmse', 'a1'):
