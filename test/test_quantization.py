@@ -330,3 +330,29 @@ def test_node_configures_int8_from_the_cache_and_refuses_a_bad_calibration(tmp_p
         bad.destroy_node()
     finally:
         rclpy.shutdown(context=context)
+
+
+@needs_int8
+def test_auto_falls_back_from_a_failed_quantisation_to_openvino_fp32(monkeypatch, model_cache_dir, caplog):
+    """backend auto: when quantisation fails the estimator keeps OpenVINO (fp32), says why, and gives
+    OpenVINO fp32's disparity; an explicit backend openvino raises instead."""
+    import hr_depth_ros.core.backends as backends
+
+    def broken(model, calibration):
+        raise RuntimeError('quantiser exploded')
+
+    monkeypatch.setattr(backends, 'quantize_model', broken)
+    checkpoint = golden_checkpoint('lite_hr_depth', 128, 64)
+    drive = SyntheticDrive(width=128, height=64, seed=3)
+    frames = calibration_set([drive.frame(i).rgb for i in (0, 5)], 128, 64, 'two synthetic frames')
+    with caplog.at_level(logging.WARNING):
+        estimator = DepthEstimator(checkpoint, device='cpu', precision='int8', calibration=frames,
+                                   cache_dir=model_cache_dir)
+    assert estimator.backend == 'openvino' and estimator.precision == 'fp32'
+    assert 'OpenVINO int8 failed (RuntimeError: quantiser exploded); running OpenVINO fp32' in caplog.text
+    reference = DepthEstimator(checkpoint, device='cpu', backend='openvino', cache_dir=model_cache_dir)
+    image = torch.rand(1, 3, 64, 128, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(estimator.predict_batch(image), reference.predict_batch(image))
+    with pytest.raises(RuntimeError, match='quantiser exploded'):
+        DepthEstimator(checkpoint, device='cpu', backend='openvino', precision='int8', calibration=frames,
+                       cache_dir=model_cache_dir)

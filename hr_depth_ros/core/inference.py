@@ -79,6 +79,8 @@ class DepthEstimator:
     and fp32 elsewhere, so one launch file serves GPU and CPU robots. A missing ``nncf`` package
     is an error (:class:`~hr_depth_ros.core.quantization.NNCFMissing`), as is a calibration
     source that gives no frames (:class:`~hr_depth_ros.core.quantization.CalibrationError`).
+    Under ``backend='auto'`` a quantisation that fails falls back to OpenVINO fp32 (then, if
+    OpenVINO itself fails, to PyTorch), with a warning; ``backend='openvino'`` raises instead.
     """
 
     def __init__(self, checkpoint: DepthCheckpoint | str | Path, device: str | torch.device = 'auto',
@@ -127,14 +129,24 @@ class DepthEstimator:
             require_nncf()  # a missing package is an error even under backend auto: int8 was asked for
             self.calibration = self._calibration_set(calibration)
         if self.backend == 'openvino':
-            try:
-                self.runner = OpenVINOBackend(net, checkpoint.arch, checkpoint.width, checkpoint.height,
-                                              self.threads, cache_dir, precision, self.calibration)
-            except Exception as error:  # noqa: BLE001 - conversion/compilation failures of any kind
-                if backend != 'auto':
-                    raise
-                LOGGER.warning('backend auto: OpenVINO failed (%s: %s); running PyTorch %s',
-                               type(error).__name__, error, 'fp32' if precision == 'int8' else precision)
+            # Under backend auto a failure falls back one step at a time: OpenVINO int8 -> OpenVINO fp32 -> PyTorch.
+            attempts = [precision, 'fp32'] if precision == 'int8' and backend == 'auto' else [precision]
+            for attempt in attempts:
+                try:
+                    self.runner = OpenVINOBackend(net, checkpoint.arch, checkpoint.width, checkpoint.height,
+                                                  self.threads, cache_dir, attempt,
+                                                  self.calibration if attempt == 'int8' else None)
+                except Exception as error:  # noqa: BLE001 - conversion/quantisation/compilation failures of any kind
+                    if backend != 'auto':
+                        raise
+                    fallback = 'OpenVINO fp32' if attempt != attempts[-1] else (
+                        f'PyTorch {"fp32" if precision == "int8" else precision}')
+                    LOGGER.warning('backend auto: OpenVINO %s failed (%s: %s); running %s',
+                                   attempt, type(error).__name__, error, fallback)
+                else:
+                    self.precision = precision = attempt
+                    break
+            if self.runner is None:
                 self.backend = 'torch'
                 self.precision = precision = 'fp32' if precision == 'int8' else precision
         if self.runner is None:
