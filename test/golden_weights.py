@@ -12,6 +12,9 @@ import zlib
 import numpy as np
 import torch
 
+from hr_depth_ros.core.checkpoint import DepthCheckpoint
+from hr_depth_ros.core.networks import build_depth_model
+
 # Outputs are sigmoid disparities in [0, 1]. float32 (eps 1.2e-7) through ~20-50 layers with
 # reductions over up to ~4,600 products differs by 1e-6..1e-5 between CPUs, thread counts and
 # kernel choices (1.02e-5 seen on a second machine of the same kind); scaling one decoder layer's
@@ -66,3 +69,12 @@ def output_figures(outputs: dict, step: int = 8) -> dict[str, dict]:
         figures[str(scale)] = {'shape': list(disp.shape), 'mean': float(disp.mean()), 'std': float(disp.std()),
                                'grid': disp[::step, ::step].numpy().round(7).tolist()}
     return figures
+
+
+def golden_checkpoint(arch: str, width: int, height: int) -> DepthCheckpoint:
+    """A checkpoint of ``arch`` filled with the golden tests' deterministic weights."""
+    encoder, decoder = build_depth_model(arch)
+    for module in (encoder, decoder):
+        module.load_state_dict(deterministic_state_dict(layout_of(module)))
+    return DepthCheckpoint(arch=arch, encoder=encoder.eval(), decoder=decoder.eval(),
+                           height=height, width=width, use_stereo=False)

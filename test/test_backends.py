@@ -10,9 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from golden_weights import deterministic_state_dict, layout_of
+from golden_weights import golden_checkpoint
 from hr_depth_ros.core.backends import configure_threads, default_threads, openvino_version, resolve_backend
-from hr_depth_ros.core.checkpoint import DepthCheckpoint
 from hr_depth_ros.core.inference import DepthEstimator
 from hr_depth_ros.core.model_cache import MANIFEST, cached_entry, weights_hash
 from hr_depth_ros.core.networks import build_depth_model
@@ -22,15 +21,6 @@ from hr_depth_ros.core.networks import build_depth_model
 # still 7x below what a 1 % change of one decoder layer's weights does (~7e-3).
 PARITY_ATOL = 1e-3
 needs_openvino = pytest.mark.skipif(openvino_version() is None, reason='openvino is not installed')
-
-
-def golden_checkpoint(arch: str, width: int, height: int) -> DepthCheckpoint:
-    """A checkpoint of ``arch`` filled with the golden tests' deterministic weights."""
-    encoder, decoder = build_depth_model(arch)
-    for module in (encoder, decoder):
-        module.load_state_dict(deterministic_state_dict(layout_of(module)))
-    return DepthCheckpoint(arch=arch, encoder=encoder.eval(), decoder=decoder.eval(),
-                           height=height, width=width, use_stereo=False)
 
 
 @pytest.fixture(scope='module')

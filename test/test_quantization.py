@@ -10,13 +10,12 @@ import numpy as np
 import pytest
 import torch
 
-from golden_weights import deterministic_state_dict, layout_of
+from golden_weights import golden_checkpoint
 from hr_depth_ros.core.backends import OpenVINOBackend, openvino_cache_key, openvino_version
-from hr_depth_ros.core.checkpoint import DepthCheckpoint, save_depth_checkpoint
+from hr_depth_ros.core.checkpoint import save_depth_checkpoint
 from hr_depth_ros.core.depth_engine import PARAMETERS_BY_NAME, ConfigError, NodeConfig
 from hr_depth_ros.core.image_decoding import resize_rgb
 from hr_depth_ros.core.inference import DepthEstimator
-from hr_depth_ros.core.networks import build_depth_model
 from hr_depth_ros.core.quantization import (CalibrationError, CalibrationSet, CalibrationSource, NNCFMissing,
                                             calibration_set, load_calibration, nncf_version)
 from hr_depth_ros.core.synthetic import SyntheticDrive
@@ -33,14 +32,6 @@ needs_int8 = pytest.mark.skipif(openvino_version() is None or nncf_version() is 
 # (benchmarks/int8_accuracy.py, benchmarks/RESULTS.md).
 MEDIAN_RELATIVE_DEPTH_BOUND = {'lite_hr_depth': 0.025, 'hr_depth': 0.04}
 CALIBRATION_FRAMES = 8  # enough for the bounds above; keeps quantisation at ~5 s per model here
-
-
-def golden_checkpoint(arch: str, width: int, height: int) -> DepthCheckpoint:
-    encoder, decoder = build_depth_model(arch)
-    for module in (encoder, decoder):
-        module.load_state_dict(deterministic_state_dict(layout_of(module)))
-    return DepthCheckpoint(arch=arch, encoder=encoder.eval(), decoder=decoder.eval(),
-                           height=height, width=width, use_stereo=False)
 
 
 @pytest.fixture(scope='module')
