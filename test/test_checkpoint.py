@@ -8,7 +8,7 @@ import torch
 
 from hr_depth_ros.core import checkpoint as ckpt
 from hr_depth_ros.core.checkpoint import (CheckpointError, detect_architecture, load_depth_checkpoint,
-                                     load_extra_state, save_depth_checkpoint)
+                                          load_extra_state, save_depth_checkpoint)
 from hr_depth_ros.core.networks import ARCHITECTURES, build_depth_model
 
 

@@ -16,8 +16,8 @@ from hr_depth_ros.core.checkpoint import load_depth_checkpoint, load_extra_state
 from hr_depth_ros.core.geometry import disp_to_depth, warp_image
 from hr_depth_ros.core.inference import DepthEstimator
 from hr_depth_ros.tools.make_synthetic_bag import (CAMERA_FRAME, FRAME_TOPICS, IMAGE_TOPIC, TF_STATIC_TOPIC, TF_TOPIC,
-                                             TOPIC_TYPES, frame_messages, odometry_msg, static_tf_msg,
-                                             write_synthetic_bag)
+                                                   TOPIC_TYPES, frame_messages, odometry_msg, static_tf_msg,
+                                                   write_synthetic_bag)
 from hr_depth_ros.core.synthetic import SyntheticDrive
 from hr_depth_ros.core.training.data import DataConfig, DataError, TripletDataset, extract_frames, prepare_data
 from hr_depth_ros.core.training.scale import search_scale

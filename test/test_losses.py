@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from hr_depth_ros.core.training.losses import (SSIM_C1, SSIM_C2, distillation_loss, min_reprojection,
-                                          photometric_error, smoothness_loss, ssim_loss)
+                                               photometric_error, smoothness_loss, ssim_loss)
 
 
 def _reference_ssim_loss(x: np.ndarray, y: np.ndarray) -> np.ndarray:

@@ -18,8 +18,8 @@ from hr_depth_ros.core import geometry
 from hr_depth_ros.core.bags import list_topics, read_messages, topic_counts
 from hr_depth_ros.core.image_decoding import compressed_to_rgb, image_to_array, image_to_rgb
 from hr_depth_ros.tools.make_synthetic_bag import (BASE_FRAME, CAMERA_FRAME, CAMERA_INFO_TOPIC, COMPRESSED_TOPIC,
-                                             DEPTH_GT_TOPIC, FRAME_TOPICS, IMAGE_TOPIC, ODOM_FRAME, TF_STATIC_TOPIC,
-                                             TF_TOPIC, TOPIC_TYPES, main, write_synthetic_bag)
+                                                   DEPTH_GT_TOPIC, FRAME_TOPICS, IMAGE_TOPIC, ODOM_FRAME,
+                                                   TF_STATIC_TOPIC, TF_TOPIC, TOPIC_TYPES, main, write_synthetic_bag)
 from hr_depth_ros.core.tf_poses import TransformTree
 from hr_depth_ros.core.synthetic import SyntheticDrive
 

@@ -13,7 +13,7 @@ import torch
 from hr_depth_ros.core.bags import BagError, read_messages
 from hr_depth_ros.tools.make_synthetic_bag import write_synthetic_bag
 from hr_depth_ros.core.training.data import (DataConfig, DataError, SampleReport, TripletDataset, build_samples,
-                                        extract_frames, prepare_data, split_samples)
+                                             extract_frames, prepare_data, split_samples)
 
 W, H = 160, 64
 

@@ -32,7 +32,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from hr_depth_ros.core.training.data import (DataConfig, FrameStore, _check_topics, config_bags, extract_frames,
-                                        new_cache_folder, thumb_shape)
+                                             new_cache_folder, thumb_shape)
 
 __all__ = ['cache_key', 'cached_bag', 'prepare_frames', 'save_store', 'load_store', 'concat_stores', 'CACHE_VERSION']
 

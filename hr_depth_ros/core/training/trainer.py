@@ -56,7 +56,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from hr_depth_ros.core.checkpoint import (CheckpointError, load_depth_checkpoint, load_extra_state, metric_scale_of,
-                                     save_depth_checkpoint)
+                                          save_depth_checkpoint)
 from hr_depth_ros.core.evaluation import evaluate_depth, mean_errors
 from hr_depth_ros.core.geometry import disp_to_depth, normalized_intrinsics, transformation_from_parameters, warp_image
 from hr_depth_ros.core.image_decoding import DEFAULT_MAX_PIXELS
@@ -66,11 +66,11 @@ from hr_depth_ros.core.tf_poses import DEFAULT_MAX_TF_GAP_S
 from hr_depth_ros.core.training.distributed import SINGLE, Distributed, data_parallel, from_environment, train_sampler
 from hr_depth_ros.core.training.data import POSE_SOURCES, DataConfig, PreparedData, TripletDataset, prepare_data
 from hr_depth_ros.core.training.losses import (IDENTITY_NOISE_STD, SMOOTHNESS_WEIGHT, distillation_loss, min_reprojection,
-                                          photometric_error, smoothness_loss, upsample_to)
+                                               photometric_error, smoothness_loss, upsample_to)
 from hr_depth_ros.core.training.options import check_limits, option
 from hr_depth_ros.core.training.scale import ScaleSearch, search_scale
 from hr_depth_ros.core.training.output import (FRAME_CACHE_PREFIX, prepare_output, remove_previous_run,
-                                          removed_if_left_empty)
+                                               removed_if_left_empty)
 
 __all__ = ['TrainingConfig', 'TrainingError', 'Trainer', 'train', 'METRICS_COLUMNS']
 
