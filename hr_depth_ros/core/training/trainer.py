@@ -367,7 +367,7 @@ class Trainer:
         cfg = self.config
         encoder, decoder = build_depth_model(cfg.arch, cfg.encoder_weights)
         pose_encoder, pose_decoder = build_pose_model(cfg.encoder_weights if cfg.arch != 'lite_hr_depth' else None)
-        pose_from_scratch, init_metric_scale = True, None
+        pose_from_scratch, init_metric_scale, init = True, None, None
         if cfg.init and not cfg.resume:
             init = load_depth_checkpoint(cfg.init)
             if init.arch != cfg.arch:
@@ -388,7 +388,9 @@ class Trainer:
         for name, folder, weight in (('teacher', cfg.teacher, cfg.distill_weight), ('anchor', cfg.init, anchor_weight)):
             if not folder or not weight:
                 continue
-            ckpt = load_depth_checkpoint(folder)  # the start model itself also on --resume: the anchor stays put
+            # The anchor is the start model: its networks as loaded above (copied from, never trained), or read
+            # again on --resume, so that it stays put across resumes.
+            ckpt = init if name == 'anchor' and init is not None else load_depth_checkpoint(folder)
             for module in (ckpt.encoder, ckpt.decoder):
                 module.requires_grad_(False).eval().to(self.device)
             targets.append(_DisparityTarget(name, ckpt.encoder, ckpt.decoder, ckpt.height, ckpt.width, weight))
