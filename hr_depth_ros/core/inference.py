@@ -149,6 +149,8 @@ class DepthEstimator:
             if self.runner is None:
                 self.backend = 'torch'
                 self.precision = precision = 'fp32' if precision == 'int8' else precision
+            if precision != 'int8':
+                self.calibration = None  # set only while the INT8 model runs
         if self.runner is None:
             self.runner = TorchBackend(net, self.device, AUTOCAST[precision], self.channels_last, compile)
         self.net: nn.Module = getattr(self.runner, 'net', net)  # the torch module (what OpenVINO converted)
