@@ -29,7 +29,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -225,22 +225,26 @@ class OpenVINOBackend:
             ov.save_model(model, folder / OPENVINO_MODEL_FILE, compress_to_fp16=False)  # fp32 weights: parity
             self.converted_s = time.perf_counter() - start
 
-        def fp32_model() -> Any:
-            """The fp32 model from its own cache entry (converted first when missing; rebuilt when unreadable)."""
-            entry, _ = cached_entry(root, fp32_key, convert)
+        def load(entry_key: str, build: Callable[[Path], None], use: Callable[[Path], Any]) -> tuple[Path, Any]:
+            """``use(entry)`` of cache entry ``entry_key`` (built when missing); an entry that was already
+            there but does not load is removed and built again once; a freshly built one that fails raises."""
+            entry, built = cached_entry(root, entry_key, build)
             try:
-                return core.read_model(entry / OPENVINO_MODEL_FILE)
+                return entry, use(entry)
             except Exception as error:  # noqa: BLE001 - OpenVINO raises RuntimeError subclasses of its own
-                if self.converted_s is not None:
-                    raise
-                LOGGER.warning('cached model %s does not load (%s: %s): converting again', entry,
+                if built:
+                    raise  # a fresh conversion that does not load is a real failure
+                LOGGER.warning('cached model %s does not load (%s: %s): building it again', entry,
                                type(error).__name__, error)
                 remove_entry(entry)
-                entry, _ = cached_entry(root, fp32_key, convert)
-                return core.read_model(entry / OPENVINO_MODEL_FILE)
+                entry, _ = cached_entry(root, entry_key, build)
+                return entry, use(entry)
+
+        def read(entry: Path) -> Any:
+            return core.read_model(entry / OPENVINO_MODEL_FILE)
 
         def quantize(folder: Path) -> None:
-            model = fp32_model()
+            _, model = load(fp32_key, convert, read)  # the fp32 model from its own cache entry
             LOGGER.info('%s %dx%d: quantising to INT8 with NNCF %s on %s (once: the result is cached)',
                         arch, self.width, self.height, nncf_version, calibration.description)
             start = time.perf_counter()
@@ -260,23 +264,13 @@ class OpenVINOBackend:
         config = {'INFERENCE_NUM_THREADS': int(threads), 'INFERENCE_PRECISION_HINT': 'f32',
                   'PERFORMANCE_HINT': 'LATENCY', 'NUM_STREAMS': 1}
 
-        def compile_entry() -> Any:
+        def compile_entry(entry: Path) -> Any:
             start = time.perf_counter()
-            compiled = core.compile_model(core.read_model(self.cache_entry / OPENVINO_MODEL_FILE), 'CPU', config)
+            compiled = core.compile_model(read(entry), 'CPU', config)
             self.compile_s = time.perf_counter() - start
             return compiled
 
-        self.cache_entry, _ = cached_entry(root, key, build)
-        try:
-            compiled = compile_entry()
-        except Exception as error:  # noqa: BLE001 - OpenVINO raises RuntimeError subclasses of its own
-            if self.converted_s is not None or self.quantized_s is not None:
-                raise  # a fresh conversion that does not compile is a real failure
-            LOGGER.warning('cached model %s does not load (%s: %s): building it again',
-                           self.cache_entry, type(error).__name__, error)
-            remove_entry(self.cache_entry)
-            self.cache_entry, _ = cached_entry(root, key, build)
-            compiled = compile_entry()
+        self.cache_entry, compiled = load(key, build, compile_entry)
         self.request = compiled.create_infer_request()
         steps = []
         if self.converted_s is not None:
