@@ -175,6 +175,7 @@ def bag_images(bag: Path, topic: str, count: int, max_pixels: int = DEFAULT_MAX_
     topic, kind = bag_image_topic(bag, topic)
     decode = compressed_to_rgb if kind.endswith('CompressedImage') else image_to_rgb
     wanted = set(_picks(topic_counts(bag)[topic], count))
+    last = max(wanted, default=-1)
     images = []
     for index, (_, _, _, msg) in enumerate(read_messages(bag, [topic])):
         if index in wanted:
@@ -183,7 +184,7 @@ def bag_images(bag: Path, topic: str, count: int, max_pixels: int = DEFAULT_MAX_
             except ValueError as error:  # UnsupportedEncoding (e.g. a depth topic), MalformedImage
                 raise CalibrationError(f'calibration bag {bag}, topic {topic}, message {index}: {error}') from error
             images.append(np.array(rgb, copy=True))
-        if index >= max(wanted):
+        if index >= last:
             break
     if not images:
         raise CalibrationError(f'calibration bag {bag}: topic {topic} has no messages')
