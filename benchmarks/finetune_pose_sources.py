@@ -1,21 +1,22 @@
 """Fine-tuning variants from the shipped checkpoint on the demo's drives: held-out abs_rel per variant.
 
-    .venv/bin/python benchmarks/finetune_pose_sources.py [--variants net net_anchor1 ...] [--steps 30]
+    .venv/bin/python benchmarks/finetune_pose_sources.py [--variants net_no_anchor net_anchor1 ...] [--steps 30]
         [--output /tmp/pose_sources] [--eval-frames 24] [--threads 1]
 
 The question it answers: which camera motion and which anchoring make a short fine-tune better
 than the model it starts from. Drives as in the demo (tools/demo.py): training drive seed 1 (120
 frames, 640x192, 10 fps, odometry in TF), held-out drive seed 2 (72 frames, ``--eval-frames`` of
 them scored); Lite-HR-Depth at 320x96, batch 4, lr 1e-4, from ``models/lite_hr_depth_synthetic``,
-each variant a ``finetune`` process on one CPU thread. Scored: ``latest/`` (no model selection,
-so the table shows what training did) and ``best/`` (what a user gets), median-scaled abs_rel
-against the ground truth, depth capped at 80 m. Prints a Markdown table.
+each variant a ``finetune`` process (started by the demo's ``finetune`` helper) on ``--threads``
+threads. Scored: ``latest/`` (no model selection, so the table shows what training did) and
+``best/`` (what a user gets), median-scaled abs_rel against the ground truth, depth capped at
+80 m. Prints a Markdown table.
 """
 from __future__ import annotations
 
 import argparse
 import os
-import subprocess
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -24,16 +25,17 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from hr_depth_ros.core.backends import BackendOptions  # noqa: E402
-from hr_depth_ros.tools.demo import bundled_checkpoint, direct_metrics, ensure_bag, load_eval_frames  # noqa: E402
+from hr_depth_ros.tools.demo import (bundled_checkpoint, direct_metrics, ensure_bag, finetune,  # noqa: E402
+                                    load_eval_frames)
 
-VARIANTS = {  # name -> extra finetune arguments
-    'tf': ['--pose-source', 'tf'],
-    'tf_anchor1': ['--pose-source', 'tf', '--anchor-weight', '1'],
-    'net_no_anchor': ['--pose-source', 'net', '--anchor-weight', '0'],
-    'net_anchor0.1': ['--pose-source', 'net', '--anchor-weight', '0.1'],
-    'net_anchor1': ['--pose-source', 'net', '--anchor-weight', '1'],
-    'net_anchor3': ['--pose-source', 'net', '--anchor-weight', '3'],
-    'net_anchor1_seed1': ['--pose-source', 'net', '--anchor-weight', '1', '--seed', '1'],
+VARIANTS = {  # name -> (pose source, more finetune arguments)
+    'tf': ('tf', []),
+    'tf_anchor1': ('tf', ['--anchor-weight', '1']),
+    'net_no_anchor': ('net', ['--anchor-weight', '0']),
+    'net_anchor0.1': ('net', ['--anchor-weight', '0.1']),
+    'net_anchor1': ('net', ['--anchor-weight', '1']),
+    'net_anchor3': ('net', ['--anchor-weight', '3']),
+    'net_anchor1_seed1': ('net', ['--anchor-weight', '1', '--seed', '1']),
 }
 
 
@@ -59,20 +61,17 @@ def main() -> int:
         return direct_metrics(folder, frames, 'cpu', backend)[0]['abs_rel']
 
     baseline = abs_rel(start)
-    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
+    os.environ['OMP_NUM_THREADS'] = str(args.threads)  # for the finetune processes
     rows = []
     for name in args.variants:
         run = output / name
-        command = [sys.executable, '-m', 'hr_depth_ros.tools.finetune', '--bag', str(train), '--output', str(run),
-                   '--overwrite', '--init', str(start), '--arch', 'lite_hr_depth', '--steps', str(args.steps),
-                   '--width', '320', '--height', '96', '--batch-size', '4', '--lr', '1e-4', '--device', 'cpu',
-                   '--val-every', str(max(1, args.steps // 3)), '--save-every', str(args.steps), '--quiet',
-                   *VARIANTS[name]]
+        shutil.rmtree(run, ignore_errors=True)  # a fresh run each time (the demo's helper would reuse it)
+        pose_source, extra = VARIANTS[name]
         began = time.monotonic()
-        subprocess.run(command, check=True, env=env, cwd=REPO)
+        finetune(train, run, start, args.steps, 320, 96, 'cpu', 4, 1e-4, pose_source, extra)
         seconds = time.monotonic() - began
         latest, best = abs_rel(run / 'latest'), abs_rel(run / 'best')
-        rows.append((name, ' '.join(VARIANTS[name]), latest, best, seconds))
+        rows.append((name, ' '.join(['--pose-source', pose_source, *extra]), latest, best, seconds))
         print(f'  done: {name} latest {latest:.4f} best {best:.4f} ({seconds:.0f} s)', flush=True)
     load = os.getloadavg()[0]
     print(f'\nstart checkpoint: held-out abs_rel {baseline:.4f}; {args.steps} steps per variant; load average {load:.1f}\n')

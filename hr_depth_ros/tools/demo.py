@@ -32,6 +32,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -143,8 +144,9 @@ def make_random_checkpoint(folder: Path, width: int, height: int) -> Path:
 
 
 def finetune(train_bag: Path, output: Path, init: Path | None, steps: int, width: int, height: int,
-             device: str, batch_size: int, lr: float, pose_source: str) -> Path:
+             device: str, batch_size: int, lr: float, pose_source: str, extra: Sequence[str] = ()) -> Path:
     """Run the ROS-free fine-tuning CLI as a process; returns its ``best/`` (else ``latest/``).
+    ``extra``: more ``finetune`` arguments (benchmarks/finetune_pose_sources.py's variants).
 
     No depth labels: ``best/`` is chosen as a user without a depth sensor gets it (the
     photometric loss under the odometry's poses, the start model included).
@@ -156,7 +158,8 @@ def finetune(train_bag: Path, output: Path, init: Path | None, steps: int, width
         command = [sys.executable, '-m', 'hr_depth_ros.tools.finetune', '--bag', str(train_bag), '--output', str(output),
                    '--arch', 'lite_hr_depth', '--steps', str(steps), '--width', str(width), '--height', str(height),
                    '--batch-size', str(batch_size), '--device', device, '--lr', str(lr),
-                   '--pose-source', pose_source, '--val-every', str(max(1, steps // 3)), '--save-every', str(steps)]
+                   '--pose-source', pose_source, '--val-every', str(max(1, steps // 3)), '--save-every', str(steps),
+                   *extra]
         if init is not None:
             command += ['--init', str(init)]
         if (latest / 'depth.pth').is_file():
