@@ -245,9 +245,9 @@ def test_a_config_goes_through_the_command_line_unchanged(tmp_path):
                             frame_cache='/cache', prepare_workers=3, freeze_bn=True, min_motion=0.25)
     from hr_depth_ros.core.training.distributed import torchrun_command
 
-    command = torchrun_command(config, 2)
+    command = torchrun_command(config, 2, finetune.__name__)
     assert command[1:6] == ['-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2']
-    args = finetune.build_parser().parse_args(command[command.index('hr_depth_ros.tools.finetune') + 1:])
+    args = finetune.build_parser().parse_args(command[command.index(finetune.__name__) + 1:])
     assert finetune.config_from_args(args) == config
 
 

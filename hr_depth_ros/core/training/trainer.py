@@ -55,7 +55,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
-from hr_depth_ros.core.checkpoint import (CheckpointError, load_depth_checkpoint, load_extra_state, metric_scale_of,
+from hr_depth_ros.core.checkpoint import (OPTIMIZER_FILE, POSE_DECODER_FILE, POSE_ENCODER_FILE, POSE_FILES,
+                                          CheckpointError, load_depth_checkpoint, load_extra_state, metric_scale_of,
                                           save_depth_checkpoint)
 from hr_depth_ros.core.evaluation import evaluate_depth, mean_errors
 from hr_depth_ros.core.geometry import disp_to_depth, normalized_intrinsics, transformation_from_parameters, warp_image
@@ -376,9 +377,9 @@ class Trainer:
             decoder.load_state_dict(init.decoder.state_dict())
             init_metric_scale = init.metric_scale
             folder = Path(cfg.init).expanduser()
-            if (folder / 'pose_encoder.pth').is_file() and (folder / 'pose.pth').is_file():
-                pose_encoder.load_state_dict(load_extra_state(folder, 'pose_encoder.pth'))
-                pose_decoder.load_state_dict(load_extra_state(folder, 'pose.pth'))
+            if all((folder / name).is_file() for name in POSE_FILES):
+                pose_encoder.load_state_dict(load_extra_state(folder, POSE_ENCODER_FILE))
+                pose_decoder.load_state_dict(load_extra_state(folder, POSE_DECODER_FILE))
                 pose_from_scratch = False
                 self._log(f'initialised depth and pose networks from {folder}')
             else:
@@ -619,8 +620,8 @@ class Trainer:
         folder = save_depth_checkpoint(
             Path(cfg.output).expanduser() / name, models.encoder, models.decoder, arch=cfg.arch,
             height=cfg.height, width=cfg.width, metadata=metadata,
-            extra_state={'pose_encoder.pth': models.pose_encoder.state_dict(), 'pose.pth': models.pose_decoder.state_dict(),
-                         'adam.pth': training_state})
+            extra_state={POSE_ENCODER_FILE: models.pose_encoder.state_dict(),
+                         POSE_DECODER_FILE: models.pose_decoder.state_dict(), OPTIMIZER_FILE: training_state})
         return folder
 
     def _resume(self, models: _Models, optimizer: torch.optim.Optimizer, scheduler: Any, scaler: Any) -> None:
@@ -632,9 +633,9 @@ class Trainer:
                                 f'this run is {cfg.arch} {cfg.width}x{cfg.height}')
         models.encoder.load_state_dict(ckpt.encoder.state_dict())
         models.decoder.load_state_dict(ckpt.decoder.state_dict())
-        models.pose_encoder.load_state_dict(load_extra_state(latest, 'pose_encoder.pth'))
-        models.pose_decoder.load_state_dict(load_extra_state(latest, 'pose.pth'))
-        state = load_extra_state(latest, 'adam.pth')
+        models.pose_encoder.load_state_dict(load_extra_state(latest, POSE_ENCODER_FILE))
+        models.pose_decoder.load_state_dict(load_extra_state(latest, POSE_DECODER_FILE))
+        state = load_extra_state(latest, OPTIMIZER_FILE)
         try:
             optimizer.load_state_dict(state['optimizer'])
             scheduler.load_state_dict(state['scheduler'])
@@ -650,7 +651,7 @@ class Trainer:
             if 'torch_rng' in state:
                 torch.set_rng_state(state['torch_rng'])
         except (KeyError, ValueError) as error:
-            raise CheckpointError(f'{latest / "adam.pth"}: not a training state of this trainer: {error}') from error
+            raise CheckpointError(f'{latest / OPTIMIZER_FILE}: not a training state of this trainer: {error}') from error
         self._log(f'resumed from {latest} at step {self.state.step}, epoch {self.state.epoch}')
 
     # -- the run --------------------------------------------------------------------------------
