@@ -122,6 +122,22 @@ def openvino_cache_key(arch: str, width: int, height: int, content_hash: str, ve
     return f'{arch}_{width}x{height}_openvino-{version}{quantized}_f{OPENVINO_CACHE_FORMAT}_{content_hash[:32]}'
 
 
+def load_cache_entry(root: Path, key: str, build: Callable[[Path], None], use: Callable[[Path], Any]) -> tuple[Path, Any]:
+    """``use(entry)`` of the model cache entry ``key`` under ``root`` (built when missing); an entry that was
+    already there but does not load is removed and built again once; a freshly built one that fails raises."""
+    entry, built = cached_entry(root, key, build)
+    try:
+        return entry, use(entry)
+    except Exception as error:  # noqa: BLE001 - OpenVINO raises RuntimeError subclasses of its own
+        if built:
+            raise  # a fresh conversion that does not load is a real failure
+        LOGGER.warning('cached model %s does not load (%s: %s): building it again', entry,
+                       type(error).__name__, error)
+        remove_entry(entry)
+        entry, _ = cached_entry(root, key, build)
+        return entry, use(entry)
+
+
 class OpenVINOBackend:
     """The network compiled by OpenVINO for the CPU (batch 1 at a fixed resolution), fp32 or INT8.
 
@@ -165,26 +181,11 @@ class OpenVINOBackend:
             ov.save_model(model, folder / OPENVINO_MODEL_FILE, compress_to_fp16=False)  # fp32 weights: parity
             self.converted_s = time.perf_counter() - start
 
-        def load(entry_key: str, build: Callable[[Path], None], use: Callable[[Path], Any]) -> tuple[Path, Any]:
-            """``use(entry)`` of cache entry ``entry_key`` (built when missing); an entry that was already
-            there but does not load is removed and built again once; a freshly built one that fails raises."""
-            entry, built = cached_entry(root, entry_key, build)
-            try:
-                return entry, use(entry)
-            except Exception as error:  # noqa: BLE001 - OpenVINO raises RuntimeError subclasses of its own
-                if built:
-                    raise  # a fresh conversion that does not load is a real failure
-                LOGGER.warning('cached model %s does not load (%s: %s): building it again', entry,
-                               type(error).__name__, error)
-                remove_entry(entry)
-                entry, _ = cached_entry(root, entry_key, build)
-                return entry, use(entry)
-
         def read(entry: Path) -> Any:
             return core.read_model(entry / OPENVINO_MODEL_FILE)
 
         def quantize(folder: Path) -> None:
-            _, model = load(fp32_key, convert, read)  # the fp32 model from its own cache entry
+            _, model = load_cache_entry(root, fp32_key, convert, read)  # the fp32 model from its own cache entry
             LOGGER.info('%s %dx%d: quantising to INT8 with NNCF %s on %s (once: the result is cached)',
                         arch, self.width, self.height, nncf_version, calibration.description)
             start = time.perf_counter()
@@ -210,17 +211,21 @@ class OpenVINOBackend:
             self.compile_s = time.perf_counter() - start
             return compiled
 
-        self.cache_entry, compiled = load(key, build, compile_entry)
+        self.cache_entry, compiled = load_cache_entry(root, key, build, compile_entry)
         self.request = compiled.create_infer_request()
+        self.description = self._describe(version, threads, calibration)
+        LOGGER.info('%s %dx%d: %s', arch, self.width, self.height, self.description)
+
+    def _describe(self, version: str, threads: int, calibration: CalibrationSet | None) -> str:
+        """What runs, e.g. 'openvino 2026.4.1 fp32 (loaded from the cache, compiled in 0.4 s, 2 thread(s); ...)'."""
         steps = []
         if self.converted_s is not None:
             steps.append(f'converted in {self.converted_s:.1f} s')
         if self.quantized_s is not None:
             steps.append(f'quantised in {self.quantized_s:.1f} s on {calibration.description}')
         origin = ', '.join(steps) or 'loaded from the cache'
-        self.description = (f'openvino {version} {precision} ({origin}, compiled in {self.compile_s:.1f} s, '
-                            f'{threads} thread(s); {self.cache_entry})')
-        LOGGER.info('%s %dx%d: %s', arch, self.width, self.height, self.description)
+        return (f'openvino {version} {self.precision} ({origin}, compiled in {self.compile_s:.1f} s, '
+                f'{threads} thread(s); {self.cache_entry})')
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         if tuple(images.shape[1:]) != (3, self.height, self.width):

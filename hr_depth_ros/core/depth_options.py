@@ -211,7 +211,7 @@ def ros_arguments(values: Mapping[str, Any]) -> list[str]:
 # -- generated files ----------------------------------------------------------------------------------
 def depth_yaml() -> str:
     """config/depth.yaml: every parameter with its default, its description as a comment."""
-    header = ['# Defaults of the depth node (hr_depth_ros/ros/depth_node.py), generated from the option table',
+    header = ['# Defaults of the depth node (ros2 run hr_depth_ros depth_node), generated from the option table',
               '# (hr_depth_ros/core/depth_options.py) by: python scripts/readme_tables.py --write',
               '#   ros2 run hr_depth_ros depth_node --ros-args --params-file config/depth.yaml -p weights:=<folder>']
     return yaml_text(NodeConfig, (), header, NODE_NAME)

@@ -313,7 +313,8 @@ def yaml_text(config_class: type, extra: Sequence[NodeParameter] = NODE_PARAMETE
     """config/finetune.yaml (or, given its ``header`` comment and ``node_name``, another node's parameter
     file): every node parameter with its default, its description as a comment."""
     lists = list_parameters(config_class)
-    lines = [*header] if header is not None else ['# Defaults of the fine-tuning node (hr_depth_ros/ros/finetune_node.py), generated from the option',
+    lines = [*header] if header is not None else [
+             '# Defaults of the fine-tuning node (ros2 run hr_depth_ros finetune_node), generated from the option',
              '# table (hr_depth_ros/core/training/options.py) by: python scripts/finetune_yaml.py --write',
              '#   ros2 run hr_depth_ros finetune_node --ros-args --params-file config/finetune.yaml \\',
              "#       -p bags:=\"['/data/drive1']\" -p output_dir:=/data/finetuned",
