@@ -173,10 +173,17 @@ def list_parameters(config_class: type) -> dict[str, type]:
 
 
 def check_limits(config: Any) -> None:
-    """ValueError naming the first field of ``config`` outside its ``min_value`` / ``max_value``."""
+    """ValueError naming the first field of ``config`` outside what the table declares: its ``choices``, its
+    number of values (``nargs`` an int), its ``min_value`` / ``max_value``."""
     for spec in options(type(config)):
         value = getattr(config, spec.name)
-        if value is None or isinstance(value, (bool, str)) or spec.nargs is not None:
+        if value is None:
+            continue
+        if spec.choices and value not in spec.choices:
+            raise ValueError(f'{spec.name} must be one of {", ".join(spec.choices)}, got {value!r}')
+        if isinstance(spec.nargs, int) and len(value) != spec.nargs:
+            raise ValueError(f'{spec.name} takes {spec.nargs} values, got {list(value)}')
+        if isinstance(value, (bool, str)) or spec.nargs is not None:
             continue
         if (spec.min_value is not None and not value >= spec.min_value) or (
                 spec.max_value is not None and not value <= spec.max_value):

@@ -222,20 +222,18 @@ class TrainingConfig:
                           progress=sys.stderr.isatty() if self.progress_bar is None else self.progress_bar)
 
     def validate(self) -> None:
-        """TrainingError naming the first bad setting."""
-        if self.arch not in ARCHITECTURES:
-            raise TrainingError(f'unknown architecture {self.arch!r}; choose one of {", ".join(ARCHITECTURES)}')
+        """TrainingError naming the first bad setting: what the option table declares (choices, limits,
+        list lengths: :func:`~.options.check_limits`), then the rules across settings it cannot say."""
+        try:
+            check_limits(self)
+        except ValueError as error:
+            raise TrainingError(str(error)) from None
         if (self.steps is None) == (self.epochs is None):
             raise TrainingError('give exactly one of steps or epochs')
-        for name in ('steps', 'epochs'):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise TrainingError(f'{name} must be >= 1, got {value}')
-        if self.width % 32 or self.height % 32 or self.width < 64 or self.height < 32:
-            raise TrainingError(f'width and height must be multiples of 32 (>= 64x32), got {self.width}x{self.height}')
-        if self.batch_size < 1 or self.lr <= 0 or self.num_workers < 0 or self.prepare_workers < 0:
-            raise TrainingError(f'need batch_size >= 1, lr > 0, num_workers >= 0, prepare_workers >= 0; got '
-                                f'{self.batch_size}, {self.lr}, {self.num_workers}, {self.prepare_workers}')
+        if self.width % 32 or self.height % 32:
+            raise TrainingError(f'width and height must be multiples of 32, got {self.width}x{self.height}')
+        if self.lr <= 0:
+            raise TrainingError(f'lr must be > 0, got {self.lr}')
         if not 0 < self.min_depth < self.max_depth:
             raise TrainingError(f'need 0 < min_depth < max_depth, got {self.min_depth}, {self.max_depth}')
         output = Path(self.output).expanduser()
@@ -247,18 +245,10 @@ class TrainingConfig:
             value = getattr(self, name)
             if value and not Path(value).expanduser().is_dir():
                 raise TrainingError(f'{name} checkpoint folder {value} does not exist')
-        if self.pose_source not in POSE_SOURCES:
-            raise TrainingError(f'pose_source must be one of {", ".join(POSE_SOURCES)}, got {self.pose_source!r}')
         for name in ('pose_lr', 'metric_scale', 'max_tf_gap'):
             value = getattr(self, name)
             if value is not None and not (math.isfinite(value) and value > 0):
                 raise TrainingError(f'{name} must be a positive number, got {value}')
-        if self.intrinsics is not None and len(self.intrinsics) != 4:
-            raise TrainingError(f'intrinsics must be fx, fy, cx, cy; got {list(self.intrinsics)}')
-        try:
-            check_limits(self)  # the table's limits of the settings not checked above
-        except ValueError as error:
-            raise TrainingError(str(error)) from None
 
 
 Callback = Callable[[dict[str, Any]], None]
