@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from golden_weights import NETWORK_OUTPUT_ATOL
+from messages import warned
 from hr_depth_ros.core.geometry import disp_to_depth
 from hr_depth_ros.core.inference import DepthEstimator, select_device
 
@@ -70,13 +71,13 @@ def test_device_selection(caplog):
     if not torch.cuda.is_available():
         with caplog.at_level(logging.WARNING):
             assert select_device('cuda') == torch.device('cpu')
-        assert 'CUDA is not available' in caplog.text
+        assert warned(caplog, 'cuda', 'cpu')
 
 
 def test_fp16_on_cpu_falls_back_to_fp32(lite_checkpoint, caplog):
     with caplog.at_level(logging.WARNING):
         estimator = DepthEstimator(lite_checkpoint, device='cpu', precision='fp16')
-    assert estimator.precision == 'fp32' and 'fp16 autocast needs CUDA' in caplog.text
+    assert estimator.precision == 'fp32' and warned(caplog, 'fp16', 'fp32')
     with pytest.raises(ValueError, match='precision'):
         DepthEstimator(lite_checkpoint, device='cpu', precision='int4')
     with pytest.raises(ValueError, match='min_depth'):

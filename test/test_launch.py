@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from hr_depth_ros.core.depth_engine import NODE_NAME, PARAMETER_NAMES, PARAMETERS_BY_NAME, NodeConfig
+from hr_depth_ros.core.depth_options import NODE_NAME, PARAMETER_NAMES, PARAMETERS_BY_NAME, NodeConfig
 
 REPO = Path(__file__).resolve().parents[1]
 LAUNCH_FILE = REPO / 'launch' / 'depth.launch.py'
@@ -115,7 +115,11 @@ def test_launch_passes_only_declared_parameters():
 
 
 def test_depth_yaml_declares_every_parameter_with_the_right_type():
-    data = yaml.safe_load((REPO / 'config' / 'depth.yaml').read_text())
+    from hr_depth_ros.core.depth_options import depth_yaml
+
+    text = (REPO / 'config' / 'depth.yaml').read_text()
+    assert text == depth_yaml(), 'config/depth.yaml is out of date: run python scripts/readme_tables.py --write'
+    data = yaml.safe_load(text)
     params = data[NODE_NAME]['ros__parameters']
     assert set(params) == set(PARAMETER_NAMES), set(params) ^ set(PARAMETER_NAMES)
     for name, value in params.items():

@@ -16,6 +16,7 @@ from torch import nn
 
 from hr_depth_ros.core.backends import OpenVINOBackend, TorchBackend, configure_threads, resolve_backend
 from hr_depth_ros.core.checkpoint import DepthCheckpoint, load_depth_checkpoint
+from hr_depth_ros.core.depth_options import NodeConfig
 from hr_depth_ros.core.geometry import disp_to_depth
 from hr_depth_ros.core.image_decoding import resize_rgb
 from hr_depth_ros.core.quantization import (REAL_FRAMES_HINT, CalibrationSet, CalibrationSource, load_calibration,
@@ -154,6 +155,17 @@ class DepthEstimator:
         if self.runner is None:
             self.runner = TorchBackend(net, self.device, AUTOCAST[precision], self.channels_last, compile)
         self.net: nn.Module = getattr(self.runner, 'net', net)  # the torch module (what OpenVINO converted)
+
+    @classmethod
+    def from_config(cls, config: NodeConfig) -> DepthEstimator:
+        """The estimator a :class:`~hr_depth_ros.core.depth_options.NodeConfig` describes: the one mapping of
+        the option table to the estimator (the depth node, ``predict``, the demo and the benchmarks)."""
+        return cls(config.weights, device=config.device, precision=config.precision,
+                   channels_last=config.channels_last, compile=config.compile, min_depth=config.min_depth,
+                   max_depth=config.max_depth, depth_scale=config.depth_scale, backend=config.backend,
+                   threads=config.threads or None, cache_dir=config.cache_dir or None,
+                   calibration=CalibrationSource(config.calibration, config.calibration_topic,
+                                                 config.calibration_frames, config.max_pixels))
 
     def _calibration_set(self, calibration: CalibrationSource | CalibrationSet | str | Path | None) -> CalibrationSet:
         """The INT8 calibration frames at the network's size (see the class docstring)."""

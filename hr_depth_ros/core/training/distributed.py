@@ -134,10 +134,11 @@ def train_sampler(context: Distributed, dataset: Any, seed: int) -> DistributedS
     return DistributedSampler(dataset, num_replicas=context.world_size, rank=context.rank, shuffle=True, seed=seed)
 
 
-def torchrun_command(config: Any, nproc: int) -> list[str]:
-    """The ``torchrun`` command running the ``finetune`` tool with ``config`` on ``nproc`` local processes
-    (loopback rendezvous)."""
+def torchrun_command(config: Any, nproc: int, module: str) -> list[str]:
+    """The ``torchrun`` command running ``python -m module`` with ``config`` as its command line on ``nproc``
+    local processes (loopback rendezvous). ``module``: a command line generated from the option table (the
+    caller names it: the core knows no tool)."""
     from hr_depth_ros.core.training.options import args_from_config
 
     return [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', str(nproc),
-            '-m', 'hr_depth_ros.tools.finetune', *args_from_config(config)]
+            '-m', module, *args_from_config(config)]

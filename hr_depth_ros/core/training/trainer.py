@@ -55,7 +55,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
-from hr_depth_ros.core.checkpoint import (CheckpointError, load_depth_checkpoint, load_extra_state, metric_scale_of,
+from hr_depth_ros.core.checkpoint import (OPTIMIZER_FILE, POSE_DECODER_FILE, POSE_ENCODER_FILE, POSE_FILES,
+                                          CheckpointError, load_depth_checkpoint, load_extra_state, metric_scale_of,
                                           save_depth_checkpoint)
 from hr_depth_ros.core.evaluation import evaluate_depth, mean_errors
 from hr_depth_ros.core.geometry import disp_to_depth, normalized_intrinsics, transformation_from_parameters, warp_image
@@ -221,20 +222,18 @@ class TrainingConfig:
                           progress=sys.stderr.isatty() if self.progress_bar is None else self.progress_bar)
 
     def validate(self) -> None:
-        """TrainingError naming the first bad setting."""
-        if self.arch not in ARCHITECTURES:
-            raise TrainingError(f'unknown architecture {self.arch!r}; choose one of {", ".join(ARCHITECTURES)}')
+        """TrainingError naming the first bad setting: what the option table declares (choices, limits,
+        list lengths: :func:`~.options.check_limits`), then the rules across settings it cannot say."""
+        try:
+            check_limits(self)
+        except ValueError as error:
+            raise TrainingError(str(error)) from None
         if (self.steps is None) == (self.epochs is None):
             raise TrainingError('give exactly one of steps or epochs')
-        for name in ('steps', 'epochs'):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise TrainingError(f'{name} must be >= 1, got {value}')
-        if self.width % 32 or self.height % 32 or self.width < 64 or self.height < 32:
-            raise TrainingError(f'width and height must be multiples of 32 (>= 64x32), got {self.width}x{self.height}')
-        if self.batch_size < 1 or self.lr <= 0 or self.num_workers < 0 or self.prepare_workers < 0:
-            raise TrainingError(f'need batch_size >= 1, lr > 0, num_workers >= 0, prepare_workers >= 0; got '
-                                f'{self.batch_size}, {self.lr}, {self.num_workers}, {self.prepare_workers}')
+        if self.width % 32 or self.height % 32:
+            raise TrainingError(f'width and height must be multiples of 32, got {self.width}x{self.height}')
+        if self.lr <= 0:
+            raise TrainingError(f'lr must be > 0, got {self.lr}')
         if not 0 < self.min_depth < self.max_depth:
             raise TrainingError(f'need 0 < min_depth < max_depth, got {self.min_depth}, {self.max_depth}')
         output = Path(self.output).expanduser()
@@ -246,18 +245,10 @@ class TrainingConfig:
             value = getattr(self, name)
             if value and not Path(value).expanduser().is_dir():
                 raise TrainingError(f'{name} checkpoint folder {value} does not exist')
-        if self.pose_source not in POSE_SOURCES:
-            raise TrainingError(f'pose_source must be one of {", ".join(POSE_SOURCES)}, got {self.pose_source!r}')
         for name in ('pose_lr', 'metric_scale', 'max_tf_gap'):
             value = getattr(self, name)
             if value is not None and not (math.isfinite(value) and value > 0):
                 raise TrainingError(f'{name} must be a positive number, got {value}')
-        if self.intrinsics is not None and len(self.intrinsics) != 4:
-            raise TrainingError(f'intrinsics must be fx, fy, cx, cy; got {list(self.intrinsics)}')
-        try:
-            check_limits(self)  # the table's limits of the settings not checked above
-        except ValueError as error:
-            raise TrainingError(str(error)) from None
 
 
 Callback = Callable[[dict[str, Any]], None]
@@ -376,9 +367,9 @@ class Trainer:
             decoder.load_state_dict(init.decoder.state_dict())
             init_metric_scale = init.metric_scale
             folder = Path(cfg.init).expanduser()
-            if (folder / 'pose_encoder.pth').is_file() and (folder / 'pose.pth').is_file():
-                pose_encoder.load_state_dict(load_extra_state(folder, 'pose_encoder.pth'))
-                pose_decoder.load_state_dict(load_extra_state(folder, 'pose.pth'))
+            if all((folder / name).is_file() for name in POSE_FILES):
+                pose_encoder.load_state_dict(load_extra_state(folder, POSE_ENCODER_FILE))
+                pose_decoder.load_state_dict(load_extra_state(folder, POSE_DECODER_FILE))
                 pose_from_scratch = False
                 self._log(f'initialised depth and pose networks from {folder}')
             else:
@@ -619,8 +610,8 @@ class Trainer:
         folder = save_depth_checkpoint(
             Path(cfg.output).expanduser() / name, models.encoder, models.decoder, arch=cfg.arch,
             height=cfg.height, width=cfg.width, metadata=metadata,
-            extra_state={'pose_encoder.pth': models.pose_encoder.state_dict(), 'pose.pth': models.pose_decoder.state_dict(),
-                         'adam.pth': training_state})
+            extra_state={POSE_ENCODER_FILE: models.pose_encoder.state_dict(),
+                         POSE_DECODER_FILE: models.pose_decoder.state_dict(), OPTIMIZER_FILE: training_state})
         return folder
 
     def _resume(self, models: _Models, optimizer: torch.optim.Optimizer, scheduler: Any, scaler: Any) -> None:
@@ -632,9 +623,9 @@ class Trainer:
                                 f'this run is {cfg.arch} {cfg.width}x{cfg.height}')
         models.encoder.load_state_dict(ckpt.encoder.state_dict())
         models.decoder.load_state_dict(ckpt.decoder.state_dict())
-        models.pose_encoder.load_state_dict(load_extra_state(latest, 'pose_encoder.pth'))
-        models.pose_decoder.load_state_dict(load_extra_state(latest, 'pose.pth'))
-        state = load_extra_state(latest, 'adam.pth')
+        models.pose_encoder.load_state_dict(load_extra_state(latest, POSE_ENCODER_FILE))
+        models.pose_decoder.load_state_dict(load_extra_state(latest, POSE_DECODER_FILE))
+        state = load_extra_state(latest, OPTIMIZER_FILE)
         try:
             optimizer.load_state_dict(state['optimizer'])
             scheduler.load_state_dict(state['scheduler'])
@@ -650,7 +641,7 @@ class Trainer:
             if 'torch_rng' in state:
                 torch.set_rng_state(state['torch_rng'])
         except (KeyError, ValueError) as error:
-            raise CheckpointError(f'{latest / "adam.pth"}: not a training state of this trainer: {error}') from error
+            raise CheckpointError(f'{latest / OPTIMIZER_FILE}: not a training state of this trainer: {error}') from error
         self._log(f'resumed from {latest} at step {self.state.step}, epoch {self.state.epoch}')
 
     # -- the run --------------------------------------------------------------------------------
