@@ -23,3 +23,6 @@ if [ "$(cat "$STAMP" 2>/dev/null || true)" != "$WANT" ]; then
 else
   echo "[setup] $VENV is up to date"
 fi
+# ROS 2 launch system and ros2 command from ../shared/third_party/ros2 when it is there (CI, this
+# machine); a ROS 2 install provides them otherwise.
+bash "$REPO/scripts/setup_ros2_launch.sh" "$VENV"
