@@ -15,7 +15,8 @@ if [ ! -x "$VENV/bin/python" ]; then
   "$PYTHON" -m venv "$VENV"
 fi
 STAMP="$VENV/.requirements.sha256"
-WANT="$(cat "$REPO"/requirements*.txt | sha256sum | cut -d' ' -f1)"
+# What requirements.txt installs (requirements-ros2-launch.txt has a stamp of its own, below).
+WANT="$(cat "$REPO"/requirements-core.txt "$REPO"/requirements.txt | sha256sum | cut -d' ' -f1)"
 if [ "$(cat "$STAMP" 2>/dev/null || true)" != "$WANT" ]; then
   echo "[setup] installing pinned dependencies into $VENV (first run takes a few minutes)"
   "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -r "$REPO/requirements.txt"
