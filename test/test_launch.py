@@ -524,6 +524,30 @@ def test_depth_launch_exits_cleanly_on_sigint(depth_launch):
         assert 'Traceback' not in process.text()
 
 
+@pytest.mark.parametrize('shut_down', [True, False], ids=['after_sigint', 'while_running'])
+def test_depth_node_exception_during_shutdown_is_a_clean_stop(monkeypatch, shut_down):
+    """An exception out of rclpy.spin once SIGINT has shut the context down (seen: take_message's
+    RuntimeError when Ctrl-C lands while a frame is converted) ends the node with 0, not a traceback
+    and a hang; the same exception while the context runs is raised."""
+    import rclpy
+
+    from hr_depth_ros.ros import depth_node
+
+    def spin(node) -> None:
+        if shut_down:
+            rclpy.shutdown()
+        raise RuntimeError('Unable to convert call argument')
+
+    monkeypatch.setattr(rclpy, 'spin', spin)
+    argv = ['depth_node', '--ros-args', '-p', 'autostart:=false']
+    if shut_down:
+        assert depth_node.main(argv) == 0
+    else:
+        with pytest.raises(RuntimeError):
+            depth_node.main(argv)
+    assert not rclpy.ok()
+
+
 # --- autostart:=false, then the README's lifecycle and parameter commands --------------------------
 
 def test_autostart_false_then_the_readme_lifecycle_commands(ros2_env, camera_frames, tmp_path):
