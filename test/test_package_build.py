@@ -7,12 +7,10 @@ from __future__ import annotations
 import ast
 import re
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE = 'hr_depth_ros'
@@ -34,13 +32,6 @@ def console_scripts() -> dict[str, str]:
     raise AssertionError('setup.py declares no console_scripts')
 
 
-def colcon() -> str:
-    exe = shutil.which('colcon') or str(Path(sys.executable).with_name('colcon'))
-    if not Path(exe).exists():
-        pytest.skip('colcon is not installed (requirements.txt installs it; CI has it)')
-    return exe
-
-
 def test_every_executable_points_at_a_module_with_main():
     for name, target in console_scripts().items():
         module, func = target.split(':')
@@ -50,21 +41,14 @@ def test_every_executable_points_at_a_module_with_main():
         assert func in functions, f'{name}: {module} has no {func}()'
 
 
-def test_colcon_sees_an_ament_python_package():
-    out = subprocess.run([colcon(), 'list', '--base-paths', str(REPO)], capture_output=True, text=True,
+def test_colcon_sees_an_ament_python_package(colcon):
+    out = subprocess.run([colcon, 'list', '--base-paths', str(REPO)], capture_output=True, text=True,
                          check=True).stdout
     assert f'{PACKAGE}\t' in out and '(ros.ament_python)' in out, out
 
 
-def test_colcon_build_installs_the_ros_layout(tmp_path):
-    exe = colcon()
-    env = dict(os.environ, PATH=f'{Path(sys.executable).parent}:{os.environ.get("PATH", "")}')
-    build = subprocess.run(
-        [exe, '--log-base', str(tmp_path / 'log'), 'build', '--base-paths', str(REPO),
-         '--build-base', str(tmp_path / 'build'), '--install-base', str(tmp_path / 'install')],
-        capture_output=True, text=True, env=env, cwd=tmp_path)
-    assert build.returncode == 0, build.stdout + build.stderr
-    prefix = tmp_path / 'install' / PACKAGE
+def test_colcon_build_installs_the_ros_layout(colcon_install):
+    prefix = colcon_install / PACKAGE
     for name in console_scripts():
         assert (prefix / 'lib' / PACKAGE / name).is_file(), f'executable {name} not installed'
     share = prefix / 'share' / PACKAGE
@@ -73,8 +57,9 @@ def test_colcon_build_installs_the_ros_layout(tmp_path):
     for pattern in ('launch/*.launch.py', 'config/*.yaml', 'config/*.rviz', 'config/*.xml', 'models/*/*'):
         for source in REPO.glob(pattern):
             assert (share / source.relative_to(REPO)).is_file(), f'{source.name} not installed'
+    env = dict(os.environ, PATH=f'{Path(sys.executable).parent}:{os.environ.get("PATH", "")}')
     probe = subprocess.run(
-        ['bash', '-c', f'source {tmp_path}/install/setup.bash && {sys.executable} -c '
+        ['bash', '-c', f'source {colcon_install}/setup.bash && {sys.executable} -c '
          '"from ament_index_python.packages import get_package_share_directory as g; '
          f'print(g(\'{PACKAGE}\'))"'],
         capture_output=True, text=True, env=env)
@@ -82,7 +67,7 @@ def test_colcon_build_installs_the_ros_layout(tmp_path):
     assert Path(probe.stdout.strip()).resolve() == share.resolve()
     # The installed tools find the shipped files in share/, not in a source checkout.
     found = subprocess.run(
-        ['bash', '-c', f'source {tmp_path}/install/setup.bash && cd {tmp_path} && {sys.executable} -c '
+        ['bash', '-c', f'source {colcon_install}/setup.bash && cd {colcon_install} && {sys.executable} -c '
          '"from hr_depth_ros.core.resources import package_file as f; '
          'print(f(\'config/depth.yaml\')); print(f(\'models/lite_hr_depth_synthetic\'))"'],
         capture_output=True, text=True, env=env)

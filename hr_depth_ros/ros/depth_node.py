@@ -356,6 +356,9 @@ def main(argv: list[str] | None = None) -> int:
         rclpy.spin(node)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
+    except Exception:  # noqa: BLE001 - e.g. take_message's RuntimeError when SIGINT lands mid-conversion
+        if rclpy.ok():  # not a shutdown (SIGINT / SIGTERM shut the context down first): a real failure
+            raise
     finally:
         if node is not None:
             node.destroy_node()
