@@ -430,9 +430,16 @@ class Trainer:
         for j, offset in enumerate(SOURCE_OFFSETS, start=1):
             pair = (color_aug[:, j], color_aug[:, 0]) if offset < 0 else (color_aug[:, 0], color_aug[:, j])
             axisangle, translation = models.pose_decoder([models.pose_encoder(torch.cat(pair, 1))])
-            transforms[offset] = transformation_from_parameters(axisangle[:, 0].float(), translation[:, 0].float(),
-                                                                invert=offset < 0)
+            with self._full_precision():
+                transforms[offset] = transformation_from_parameters(axisangle[:, 0].float(), translation[:, 0].float(),
+                                                                    invert=offset < 0)
         return transforms
+
+    def _full_precision(self) -> torch.autocast:
+        """Autocast off: under mixed precision only the networks run in fp16. The warp geometry's matmuls
+        would too, and ``Z x u`` passes fp16's 65504 beyond ~50 m at 1280 px (inf coordinates: a finite
+        loss with NaN gradients, so every step is skipped); they and the losses run in float32."""
+        return torch.autocast(self.device.type, enabled=False)
 
     def _depth(self, disp: torch.Tensor, scale: float | None = None) -> torch.Tensor:
         """Depth of a sigmoid disparity: ``scale`` (default: the run's metric scale) x disp_to_depth."""
@@ -442,18 +449,24 @@ class Trainer:
     def _losses(self, models: _Models, batch: dict[str, torch.Tensor], pose_source: str | None = None,
                 outputs: dict | None = None) -> tuple[torch.Tensor, dict[str, Any]]:
         """The training loss of one batch; ``outputs``: the depth network's, when already computed."""
-        cfg = self.config
         color = batch['color'].to(self.device, non_blocking=True)
         color_aug = batch['color_aug'].to(self.device, non_blocking=True)
         K = batch['K'].to(self.device)
         target = color[:, 0]
-        height, width = target.shape[-2:]
         if outputs is None:
             outputs = models.decoder(models.encoder(color_aug[:, 0]))
         transforms = self._transforms(models, batch, pose_source or self.state.pose_source, color_aug)
-        target32 = target.float()
-        identity = [photometric_error(color[:, j].float(), target32) for j in range(1, 1 + len(SOURCE_OFFSETS))]
         pulls = [(pull.weight, pull.disparity(target)) for pull in models.targets]
+        with self._full_precision():
+            return self._loss_terms(outputs, color, K, transforms, pulls)
+
+    def _loss_terms(self, outputs: dict, color: torch.Tensor, K: torch.Tensor, transforms: dict[int, torch.Tensor],
+                    pulls: list[tuple[float, torch.Tensor]]) -> tuple[torch.Tensor, dict[str, Any]]:
+        """The loss of the networks' outputs (:meth:`_losses`), in float32."""
+        cfg = self.config
+        target32 = color[:, 0].float()
+        height, width = target32.shape[-2:]
+        identity = [photometric_error(color[:, j].float(), target32) for j in range(1, 1 + len(SOURCE_OFFSETS))]
         total = torch.zeros((), device=self.device)
         info: dict[str, Any] = {}
         for scale in SCALES:

