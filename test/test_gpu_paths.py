@@ -111,3 +111,111 @@ def test_inference_under_fp16_and_bf16_autocast_matches_fp32(far):
         depth = estimator.disparity_to_depth(disparity[0, 0].numpy())
         error = np.abs(depth - reference) / reference
         assert np.isfinite(depth).all() and 0 < np.median(error) < 4 * roundoff and error.max() < 32 * roundoff, dtype
+
+
+@pytest.fixture
+def no_cuda(monkeypatch):
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: False)
+
+
+@pytest.fixture
+def two_gpus(monkeypatch):
+    """CUDA present with two devices (nothing here runs on them: the requests are only validated)."""
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: True)
+    monkeypatch.setattr(torch.cuda, 'device_count', lambda: 2)
+
+
+def test_select_device_refuses_an_explicit_gpu_that_is_not_there(monkeypatch):
+    from hr_depth_ros.core.inference import DeviceError, select_device
+
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: False)
+    assert select_device('auto') == select_device('cpu') == torch.device('cpu')  # auto may fall back
+    for name in ('cuda', 'cuda:0', 'CUDA:1'):
+        with pytest.raises(DeviceError, match=f"(?i){name}.*CUDA"):
+            select_device(name)
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: True)
+    monkeypatch.setattr(torch.cuda, 'device_count', lambda: 2)
+    assert select_device('auto') == select_device('cuda') == torch.device('cuda')
+    assert select_device('cuda:1') == torch.device('cuda', 1)
+    with pytest.raises(DeviceError, match=r"cuda:2.* 2 "):  # names the device and how many there are
+        select_device('cuda:2')
+    with pytest.raises(ValueError, match='unknown device'):
+        select_device('cuda:x')
+
+
+def test_estimator_refuses_cuda_without_cuda(no_cuda, lite_checkpoint):
+    from hr_depth_ros.core.inference import DepthEstimator, DeviceError
+
+    with pytest.raises(DeviceError, match="'cuda'"):
+        DepthEstimator(lite_checkpoint, device='cuda', backend='torch')
+
+
+@pytest.mark.parametrize('device, cuda', [('cuda', 'no_cuda'), ('cuda:2', 'two_gpus')])
+def test_trainer_refuses_an_unusable_gpu_before_writing_anything(device, cuda, request, tmp_path):
+    from hr_depth_ros.core.training.trainer import TrainingError
+
+    request.getfixturevalue(cuda)
+    output = tmp_path / 'out'
+    config = TrainingConfig(bags=[str(tmp_path)], output=str(output), device=device, steps=1)
+    with pytest.raises(TrainingError, match=device):
+        config.validate()
+    with pytest.raises(ValueError, match=device):  # the first thing a run does
+        Trainer(config).run()
+    assert not output.exists()
+
+
+class _FailingFirstInference:
+    """A torch backend that builds but fails its first inference (as bf16 on a pre-Ampere GPU, or OOM)."""
+
+    def __init__(self, net, device, autocast_dtype, channels_last, compile) -> None:
+        self.net, self.description = net, 'failing test backend'
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        raise RuntimeError('CUDA out of memory (test backend)')
+
+
+def _configure(lite_checkpoint, ros_domain: int, capfd, **parameters) -> tuple[bool, str]:
+    """Configure an in-process depth node with ``parameters``: (succeeded, its log)."""
+    import rclpy
+    from rclpy.context import Context
+    from rclpy.parameter import Parameter
+
+    from hr_depth_ros.ros.depth_node import SUCCESS, DepthNode
+
+    values = {'weights': str(lite_checkpoint), 'backend': 'torch', 'threads': 1, 'autostart': False, **parameters}
+    context = Context()
+    rclpy.init(context=context, domain_id=ros_domain)
+    try:
+        node = DepthNode(context=context, parameter_overrides=[Parameter(k, value=v) for k, v in values.items()])
+        succeeded = node.trigger_configure() == SUCCESS
+        assert (node.engine is not None) == succeeded
+        node.destroy_node()
+    finally:
+        rclpy.shutdown(context=context)
+    captured = capfd.readouterr()
+    return succeeded, captured.out + captured.err
+
+
+@pytest.fixture
+def ros_domain() -> int:
+    from hr_depth_ros.ros.transport import local_ros_env
+
+    return int(local_ros_env()['ROS_DOMAIN_ID'])
+
+
+@pytest.mark.parametrize('device, cuda', [('cuda', 'no_cuda'), ('cuda:2', 'two_gpus')])
+def test_node_configure_refuses_an_unusable_gpu(device, cuda, request, lite_checkpoint, ros_domain, capfd):
+    request.getfixturevalue(cuda)
+    succeeded, log = _configure(lite_checkpoint, ros_domain, capfd, device=device)
+    assert not succeeded and 'configure failed' in log and device in log and 'CUDA' in log
+
+
+def test_node_configure_fails_when_the_first_inference_fails(monkeypatch, lite_checkpoint, ros_domain, capfd):
+    """Issue 24 item 3: configure runs one inference, so the error is reported there, not on every frame."""
+    import hr_depth_ros.core.inference as inference
+
+    succeeded, log = _configure(lite_checkpoint, ros_domain, capfd, device='cpu')
+    assert succeeded and 'warm-up' in log
+    monkeypatch.setattr(inference, 'TorchBackend', _FailingFirstInference)
+    succeeded, log = _configure(lite_checkpoint, ros_domain, capfd, device='cpu')
+    assert not succeeded and 'configure failed' in log and 'CUDA out of memory (test backend)' in log

@@ -208,8 +208,8 @@ class DepthNode(LifecycleNode):
         release_cached_gpu_memory()
 
     def _load_estimator(self, config: NodeConfig) -> Any:
-        """The DepthEstimator; its own rules pick the device and precision (CPU fallback, fp32 on the CPU)."""
-        from hr_depth_ros.core.inference import DepthEstimator
+        """The DepthEstimator, after one warm-up inference; its own rules pick the precision (fp32 on the CPU)."""
+        from hr_depth_ros.core.inference import DepthEstimator, select_device
         from hr_depth_ros.core.quantization import CalibrationSource
 
         if config.precision == 'int8':
@@ -217,8 +217,12 @@ class DepthNode(LifecycleNode):
                 'precision int8: the first start with these weights and calibration frames quantises the model '
                 '(tens of seconds on a small CPU); later starts load it from the model cache')
         try:
+            device = select_device(config.device)  # an explicit GPU that is not there is refused, with the reason
+        except ValueError as error:
+            raise ConfigError(f'parameter {error}') from None
+        try:
             estimator = DepthEstimator(
-                config.weights, device=config.device, precision=config.precision, channels_last=config.channels_last,
+                config.weights, device=device, precision=config.precision, channels_last=config.channels_last,
                 compile=config.compile, min_depth=config.min_depth, max_depth=config.max_depth,
                 depth_scale=config.depth_scale, backend=config.backend, threads=config.threads or None,
                 cache_dir=config.cache_dir or None,
@@ -227,6 +231,12 @@ class DepthNode(LifecycleNode):
         except Exception as error:
             raise ConfigError(f'cannot load the checkpoint weights={config.weights!r}: '
                               f'{type(error).__name__}: {error}') from error
+        try:  # compilation, cuDNN set-up, a missing bf16 kernel, out of memory: here, not on every frame
+            warm_up_s = estimator.warm_up()
+        except Exception as error:
+            raise ConfigError(f'the first inference failed on {estimator.device} ({estimator.precision}, '
+                              f'{estimator.backend_description}): {type(error).__name__}: {error}') from error
+        self.get_logger().info(f'first inference (warm-up) in {warm_up_s:.2f} s')
         if config.device == 'auto' and estimator.device.type == 'cpu':
             self.get_logger().warning('CUDA is not available: running on the CPU (slow)')
         metadata = getattr(estimator.checkpoint, 'metadata', None) or {}

@@ -252,6 +252,10 @@ class TrainingConfig:
             value = getattr(self, name)
             if value is not None and not (math.isfinite(value) and value > 0):
                 raise TrainingError(f'{name} must be a positive number, got {value}')
+        try:
+            select_device(self.device)  # an explicit GPU that is not there: refused, with the reason
+        except ValueError as error:
+            raise TrainingError(str(error)) from None
         if self.intrinsics is not None and len(self.intrinsics) != 4:
             raise TrainingError(f'intrinsics must be fx, fy, cx, cy; got {list(self.intrinsics)}')
         try:
