@@ -219,3 +219,67 @@ def test_node_configure_fails_when_the_first_inference_fails(monkeypatch, lite_c
     monkeypatch.setattr(inference, 'TorchBackend', _FailingFirstInference)
     succeeded, log = _configure(lite_checkpoint, ros_domain, capfd, device='cpu')
     assert not succeeded and 'configure failed' in log and 'CUDA out of memory (test backend)' in log
+
+
+@pytest.mark.parametrize('channels_last', [False, True])
+def test_torch_backend_feeds_the_network_the_layout_it_was_given(channels_last, lite_checkpoint):
+    """A frame from preprocess (a permuted H x W x 3 array) is channels-last-strided; with channels_last
+    off the network must get NCHW, not a layout change per convolution."""
+    from hr_depth_ros.core.backends import TorchBackend
+    from hr_depth_ros.core.inference import DepthEstimator
+
+    estimator = DepthEstimator(lite_checkpoint, device='cpu', backend='torch', threads=1)
+    frame = estimator.preprocess(np.zeros((192, 640, 3), np.uint8))
+    layouts = []
+    runner = TorchBackend(estimator.net, torch.device('cpu'), None, channels_last=channels_last, compile=False)
+    hook = runner.net.register_forward_pre_hook(lambda module, args: layouts.append(
+        (args[0].is_contiguous(), args[0].is_contiguous(memory_format=torch.channels_last))))
+    runner(frame)
+    hook.remove()
+    assert layouts == [(not channels_last, channels_last)]
+
+
+def test_cudnn_benchmark_unless_deterministic(monkeypatch):
+    from hr_depth_ros.core.training import trainer
+
+    monkeypatch.setattr(torch.backends.cudnn, 'benchmark', False)  # restored after the test
+    monkeypatch.setattr(torch, 'use_deterministic_algorithms', lambda *args, **kwargs: None)
+    monkeypatch.delenv('CUBLAS_WORKSPACE_CONFIG', raising=False)
+    trainer._seed_everything(0, deterministic=False)
+    assert torch.backends.cudnn.benchmark
+    trainer._seed_everything(0, deterministic=True)
+    assert not torch.backends.cudnn.benchmark
+    import os
+    assert os.environ['CUBLAS_WORKSPACE_CONFIG'] in (':4096:8', ':16:8')  # cuBLAS's deterministic settings
+
+
+def test_a_single_process_on_cuda_n_makes_that_gpu_current(monkeypatch):
+    """Issue 24 item 5: without set_device, pin_memory and new tensors opened a context on GPU 0 too."""
+    from hr_depth_ros.core.training.distributed import SINGLE, Distributed
+
+    current = []
+    monkeypatch.setattr(torch.cuda, 'set_device', lambda device: current.append(torch.device(device)))
+    assert SINGLE.device(torch.device('cuda', 1)) == torch.device('cuda', 1) and current == [torch.device('cuda', 1)]
+    assert SINGLE.device(torch.device('cpu')) == torch.device('cpu') and len(current) == 1
+    rank = Distributed(rank=3, world_size=4, local_rank=2)
+    assert rank.device(torch.device('cuda')) == torch.device('cuda', 2) and current[-1] == torch.device('cuda', 2)
+
+
+def test_rng_state_keeps_the_cuda_generator_on_cuda(monkeypatch):
+    """Validation and checkpoints save and restore the CUDA generator too (auto-mask noise is drawn there)."""
+    from hr_depth_ros.core.training.trainer import rng_state, set_rng_state
+
+    cuda_states = {}
+    monkeypatch.setattr(torch.cuda, 'get_rng_state', lambda device: torch.tensor([7, int(device.index or 0)],
+                                                                                   dtype=torch.uint8))
+    monkeypatch.setattr(torch.cuda, 'set_rng_state', lambda state, device: cuda_states.update({device: state}))
+    gpu = torch.device('cuda', 1)
+    cpu_state = rng_state(torch.device('cpu'))
+    assert set(cpu_state) == {'torch_rng'}
+    saved = rng_state(gpu)
+    assert torch.equal(saved['cuda_rng'], torch.tensor([7, 1], dtype=torch.uint8))
+    expected = torch.rand(3)
+    set_rng_state(saved, gpu)  # the CPU generator is back where it was, and so is GPU 1's
+    assert torch.equal(torch.rand(3), expected) and torch.equal(cuda_states[gpu], saved['cuda_rng'])
+    set_rng_state(saved, torch.device('cpu'))  # a CUDA run's state resumed on the CPU: the CPU part only
+    assert len(cuda_states) == 1

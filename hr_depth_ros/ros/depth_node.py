@@ -9,7 +9,8 @@ Topics (relative, remap them): in ``image`` (sensor_msgs/Image) or ``image/compr
 ``~/statistics`` (std_msgs/String holding JSON). Outputs carry the input header.
 
 Lifecycle (``rclpy.lifecycle``, services ``~/change_state``, ``~/get_state``): configure
-validates the parameters, loads the weights and builds the backend; activate subscribes and
+validates the parameters, loads the weights, builds the backend and runs one warm-up inference
+(so that compilation and errors such as out of memory happen there); activate subscribes and
 starts the worker; deactivate unsubscribes, stops the worker and returns cached GPU memory;
 cleanup frees the model. A failing configure logs the reason and returns FAILURE (the node
 stays unconfigured; fix the parameters and configure again). With ``autostart`` (default) the

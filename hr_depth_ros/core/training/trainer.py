@@ -271,9 +271,26 @@ def _seed_everything(seed: int, deterministic: bool) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+    torch.backends.cudnn.benchmark = not deterministic  # fixed-size batches: cuDNN times its kernels once
     if deterministic:
+        os.environ.setdefault('CUBLAS_WORKSPACE_CONFIG', ':4096:8')  # cuBLAS's deterministic mode (README)
         torch.use_deterministic_algorithms(True, warn_only=True)
-        torch.backends.cudnn.benchmark = False
+
+
+def rng_state(device: torch.device) -> dict[str, torch.Tensor]:
+    """PyTorch's CPU random generator state and, on CUDA, ``device``'s (auto-mask noise is drawn there)."""
+    state = {'torch_rng': torch.get_rng_state()}
+    if device.type == 'cuda':
+        state['cuda_rng'] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def set_rng_state(state: dict[str, Any], device: torch.device) -> None:
+    """Restore what :func:`rng_state` saved (the CUDA state only on CUDA)."""
+    if 'torch_rng' in state:
+        torch.set_rng_state(state['torch_rng'])
+    if 'cuda_rng' in state and device.type == 'cuda':
+        torch.cuda.set_rng_state(state['cuda_rng'], device)
 
 
 def _finite(module: torch.nn.Module) -> bool:
@@ -485,40 +502,45 @@ class Trainer:
                 loss = loss + weight * distillation_loss(disp_full, target_disp)
             total = total + loss
             if scale == 0:
-                info['photometric'] = per_pixel.detach().mean().item()
-                info['automask'] = automask.float().mean().item()
+                info['photometric'] = per_pixel.detach().mean()  # tensors: read (a host sync) when logged
+                info['automask'] = automask.float().mean()
                 info['disp'] = disp.detach()
         return total / len(SCALES), info
 
     # -- validation -----------------------------------------------------------------------------
     def _tf_scoring(self, scored: list[tuple[dict[str, torch.Tensor], torch.Tensor]]) -> list[tuple[Any, ...]]:
-        """What scoring depth under the TF poses needs, at any scale: per batch the frames, the
-        un-warped errors, K, the TF transforms and ``disp_to_depth`` of the full-size disparity."""
+        """What scoring depth under the TF poses needs, at any scale: per batch the frames (uint8: exact), the
+        un-warped errors, K, the TF transforms and ``disp_to_depth`` of the full-size disparity. Kept on the
+        CPU and moved per batch when scored: 200 validation samples took ~1.2 GB of GPU memory at 640x192
+        and ~4.7 GB at 1280x384 (too much beside training on a Jetson); this form is ~45 % of that."""
         prepared = []
         for batch, disp in scored:
             color = batch['color'].to(self.device)
-            identity = [photometric_error(color[:, j].float(), color[:, 0].float())
+            identity = [photometric_error(color[:, j].float(), color[:, 0].float()).cpu()
                         for j in range(1, 1 + len(SOURCE_OFFSETS))]
-            T = batch['T'].to(self.device)
-            prepared.append((color, identity, batch['K'].to(self.device),
-                             {offset: T[:, j] for j, offset in enumerate(SOURCE_OFFSETS)},
-                             self._depth(upsample_to(disp, *color.shape[-2:]), 1.0)))
+            prepared.append((batch['color'].mul(255.0).round_().to(torch.uint8), identity, batch['K'],
+                             {offset: batch['T'][:, j] for j, offset in enumerate(SOURCE_OFFSETS)},
+                             self._depth(upsample_to(disp.to(self.device), *color.shape[-2:]), 1.0).cpu()))
         return prepared
 
-    @staticmethod
-    def _photometric_under_tf(prepared: list[tuple[Any, ...]], scale: float) -> float:
+    def _photometric_under_tf(self, prepared: list[tuple[Any, ...]], scale: float) -> float:
         """Mean scale-0 minimum reprojection error of ``scale x disp_to_depth(disp)`` under the TF poses
         (``prepared`` by :meth:`_tf_scoring`)."""
-        total, count = 0.0, 0
-        for color, identity, K, transforms, depth in prepared:
-            per_pixel, _ = reprojection_loss(color, depth * scale, K, transforms, identity, noise_std=0.0)
-            total += per_pixel.mean().item() * len(depth)
-            count += len(depth)
-        return total / max(count, 1)
+        def move(tensor: torch.Tensor) -> torch.Tensor:
+            return tensor.to(self.device, non_blocking=True)
 
-    def _search_scale(self, scored: list[tuple[dict[str, torch.Tensor], torch.Tensor]]) -> ScaleSearch:
-        """The depth scale whose reprojection under the TF poses is best (see :mod:`.scale`)."""
-        prepared = self._tf_scoring(scored)
+        total, count = torch.zeros((), device=self.device), 0
+        for color, identity, K, transforms, depth in prepared:
+            per_pixel, _ = reprojection_loss(move(color).float().div_(255.0), move(depth) * scale, move(K),
+                                             {offset: move(T) for offset, T in transforms.items()},
+                                             [move(error) for error in identity], noise_std=0.0)
+            total += per_pixel.mean() * len(depth)
+            count += len(depth)
+        return float(total) / max(count, 1)
+
+    def _search_scale(self, prepared: list[tuple[Any, ...]]) -> ScaleSearch:
+        """The depth scale whose reprojection under the TF poses (``prepared`` by :meth:`_tf_scoring`) is best
+        (see :mod:`.scale`)."""
         return search_scale(lambda scale: self._photometric_under_tf(prepared, scale))
 
     @torch.no_grad()
@@ -547,19 +569,19 @@ class Trainer:
         for module in models.trainable():
             module.eval()
         losses, photometric, per_frame, per_frame_metric = [], [], [], []
-        scored = []
+        prepared = []  # for the photometric error under TF poses, on the CPU (_tf_scoring)
         seen = 0
-        rng_state = torch.get_rng_state()
+        saved_rng = rng_state(self.device)
         torch.manual_seed(12345)  # identical auto-mask noise at every validation
         try:
             for batch in loader:
                 outputs = models.decoder(models.encoder(batch['color_aug'][:, 0].to(self.device)))
                 loss, info = self._losses(models, batch, outputs=outputs)
                 losses.append(loss.item())
-                photometric.append(info['photometric'])
+                photometric.append(float(info['photometric']))
                 disp = outputs[('disp', 0)].float()
                 if tf_poses:
-                    scored.append((batch, disp))
+                    prepared.extend(self._tf_scoring([(batch, disp)]))
                 depth = self._depth(disp)[:, 0].cpu().numpy()
                 for gt, pred in zip(batch['depth_gt'][:, 0].numpy(), depth):
                     if not np.isfinite(gt).any():
@@ -575,15 +597,15 @@ class Trainer:
                 if seen >= self.config.max_val_samples:
                     break
         finally:
-            torch.set_rng_state(rng_state)
+            set_rng_state(saved_rng, self.device)
             for module in models.trainable():
                 module.train()
         result = {'loss': float(np.mean(losses)), 'photometric': float(np.mean(photometric))}
-        if scored:
+        if prepared:
             if self.state.metric:
-                result['loss_tf'] = self._photometric_under_tf(self._tf_scoring(scored), self.state.metric_scale)
+                result['loss_tf'] = self._photometric_under_tf(prepared, self.state.metric_scale)
             else:  # relative depth: scored at its best scale (a scale-free measure of its shape)
-                result['loss_tf'] = self._search_scale(scored).loss
+                result['loss_tf'] = self._search_scale(prepared).loss
         if per_frame:
             errors = mean_errors(per_frame)
             result.update(abs_rel=errors['abs_rel'], rmse=errors['rmse'], a1=errors['a1'])
@@ -632,7 +654,7 @@ class Trainer:
                           'scaler': scaler.state_dict() if scaler is not None else {},
                           'step': self.state.step, 'epoch': self.state.epoch, 'best_val': self.state.best_val,
                           'samples_seen': self.state.samples_seen,
-                          'torch_rng': torch.get_rng_state()}
+                          **rng_state(self.device)}
         folder = save_depth_checkpoint(
             Path(cfg.output).expanduser() / name, models.encoder, models.decoder, arch=cfg.arch,
             height=cfg.height, width=cfg.width, metadata=metadata,
@@ -664,8 +686,7 @@ class Trainer:
             if scale is not None:
                 self.state.metric_scale, self.state.metric = scale, True
                 self.state.scale_search = ckpt.metadata.get('scale_search', {})
-            if 'torch_rng' in state:
-                torch.set_rng_state(state['torch_rng'])
+            set_rng_state(state, self.device)
         except (KeyError, ValueError) as error:
             raise CheckpointError(f'{latest / "adam.pth"}: not a training state of this trainer: {error}') from error
         self._log(f'resumed from {latest} at step {self.state.step}, epoch {self.state.epoch}')
@@ -823,13 +844,14 @@ class Trainer:
                     with torch.autocast(self.device.type, dtype=torch.float16, enabled=use_amp):
                         loss, info = train_step(batch)
                     optimizer.zero_grad(set_to_none=True)
-                    if not self.dist.all_true(bool(torch.isfinite(loss)), self.device):  # every rank skips
+                    loss_value = loss.item()  # the step's one host sync
+                    if not self.dist.all_true(math.isfinite(loss_value), self.device):  # every rank skips
                         if self.dist.active:
                             loss.backward()  # completes DDP's gradient exchange; the gradients are dropped
                             optimizer.zero_grad(set_to_none=True)
                         bad_in_a_row += 1
                         self.state.skipped_steps += 1
-                        self._log(f'step {self.state.step + 1}: non-finite loss {loss.item()}, step skipped')
+                        self._log(f'step {self.state.step + 1}: non-finite loss {loss_value}, step skipped')
                         if bad_in_a_row >= MAX_BAD_STEPS:
                             raise TrainingError(f'{bad_in_a_row} non-finite losses in a row: training diverged '
                                                 f'(lower the learning rate); the last good checkpoint is kept')
@@ -844,20 +866,20 @@ class Trainer:
                         optimizer.step()
                     self.state.step += 1
                     self.state.samples_seen += len(batch['index']) * world  # every rank's batch has this size
-                    running.append(loss.item())
+                    running.append(loss_value)
                     elapsed = time.perf_counter() - start_time
                     done = self.state.step - start_step
                     samples_per_s = done * cfg.batch_size * world / max(elapsed, 1e-9)  # all ranks together
                     eta = (total - self.state.step) * elapsed / max(done, 1)
                     if bar is not None:
                         bar.update(1)
-                        bar.set_postfix(loss=f'{loss.item():.4f}')
+                        bar.set_postfix(loss=f'{loss_value:.4f}')
                     best_val = None if math.isinf(self.state.best_val) else self.state.best_val
                     self._emit('progress', step=self.state.step, total=total, epoch=self.state.epoch,
-                               loss=loss.item(), eta_s=eta, samples_per_s=samples_per_s, best_val=best_val)
+                               loss=loss_value, eta_s=eta, samples_per_s=samples_per_s, best_val=best_val)
                     if self.state.step % cfg.log_every == 0 or self.state.step == total:
                         row = {'step': self.state.step, 'epoch': self.state.epoch, 'split': 'train',
-                               'loss': float(np.mean(running)), 'photometric': info['photometric'],
+                               'loss': float(np.mean(running)), 'photometric': float(info['photometric']),
                                'lr': optimizer.param_groups[0]['lr'], 'samples_per_s': samples_per_s}
                         writer.writerow(row)
                         csv_stream.flush()
@@ -937,7 +959,7 @@ class Trainer:
             stride = max(1, len(data.train) // SCALE_SEARCH_SAMPLES)
             samples = data.train[::stride][:SCALE_SEARCH_SAMPLES]
             loader = self._loader(TripletDataset(data.store, samples), False)
-            search = self._search_scale(self._disparities(models, loader, SCALE_SEARCH_SAMPLES))
+            search = self._search_scale(self._tf_scoring(self._disparities(models, loader, SCALE_SEARCH_SAMPLES)))
             self.state.metric_scale = search.scale
             self.state.scale_search = {'samples': len(samples), 'loss': search.loss, 'sharpness': search.sharpness(),
                                        'evaluations': len(search.curve)}
