@@ -456,6 +456,11 @@ class Trainer:
                                                                     invert=offset < 0)
         return transforms
 
+    def _images(self, images: torch.Tensor) -> torch.Tensor:
+        """A batch's frames on the device as float in [0, 1] (the loaders send uint8: a quarter of the bytes)."""
+        images = images.to(self.device, non_blocking=True)
+        return images.float().div_(255.0) if images.dtype == torch.uint8 else images
+
     def _full_precision(self) -> torch.autocast:
         """Autocast off: under mixed precision only the networks run in fp16. The warp geometry's matmuls
         would too, and ``Z x u`` passes fp16's 65504 beyond ~50 m at 1280 px (inf coordinates: a finite
@@ -470,8 +475,8 @@ class Trainer:
     def _losses(self, models: _Models, batch: dict[str, torch.Tensor], pose_source: str | None = None,
                 outputs: dict | None = None) -> tuple[torch.Tensor, dict[str, Any]]:
         """The training loss of one batch; ``outputs``: the depth network's, when already computed."""
-        color = batch['color'].to(self.device, non_blocking=True)
-        color_aug = batch['color_aug'].to(self.device, non_blocking=True)
+        color = self._images(batch['color'])
+        color_aug = self._images(batch['color_aug'])
         K = batch['K'].to(self.device)
         target = color[:, 0]
         if outputs is None:
@@ -515,10 +520,10 @@ class Trainer:
         and ~4.7 GB at 1280x384 (too much beside training on a Jetson); this form is ~45 % of that."""
         prepared = []
         for batch, disp in scored:
-            color = batch['color'].to(self.device)
-            identity = [photometric_error(color[:, j].float(), color[:, 0].float()).cpu()
-                        for j in range(1, 1 + len(SOURCE_OFFSETS))]
-            prepared.append((batch['color'].mul(255.0).round_().to(torch.uint8), identity, batch['K'],
+            color = self._images(batch['color'])
+            identity = [photometric_error(color[:, j], color[:, 0]).cpu() for j in range(1, 1 + len(SOURCE_OFFSETS))]
+            frames = batch['color'] if batch['color'].dtype == torch.uint8 else batch['color'].mul(255.0).round_()
+            prepared.append((frames.to(torch.uint8), identity, batch['K'],
                              {offset: batch['T'][:, j] for j, offset in enumerate(SOURCE_OFFSETS)},
                              self._depth(upsample_to(disp.to(self.device), *color.shape[-2:]), 1.0).cpu()))
         return prepared
@@ -551,7 +556,7 @@ class Trainer:
             module.eval()
         try:
             for batch in loader:
-                disp = models.decoder(models.encoder(batch['color_aug'][:, 0].to(self.device)))[('disp', 0)]
+                disp = models.decoder(models.encoder(self._images(batch['color_aug'][:, 0])))[('disp', 0)]
                 scored.append((batch, disp.float()))
                 seen += len(disp)
                 if seen >= limit:
@@ -575,7 +580,7 @@ class Trainer:
         torch.manual_seed(12345)  # identical auto-mask noise at every validation
         try:
             for batch in loader:
-                outputs = models.decoder(models.encoder(batch['color_aug'][:, 0].to(self.device)))
+                outputs = models.decoder(models.encoder(self._images(batch['color_aug'][:, 0])))
                 loss, info = self._losses(models, batch, outputs=outputs)
                 losses.append(loss.item())
                 photometric.append(float(info['photometric']))
@@ -758,10 +763,10 @@ class Trainer:
         if cfg.resume:
             self._resume(models, optimizer, scheduler, scaler)
         generator = torch.Generator().manual_seed(cfg.seed + self.state.step)
-        train_set = TripletDataset(data.store, data.train, augment=cfg.augment)
+        train_set = TripletDataset(data.store, data.train, augment=cfg.augment, uint8=True)
         sampler = train_sampler(self.dist, train_set, cfg.seed)
         train_loader = self._loader(train_set, True, generator, sampler)
-        val_loader = self._loader(TripletDataset(data.store, data.val), False) if data.val else None
+        val_loader = self._loader(TripletDataset(data.store, data.val, uint8=True), False) if data.val else None
         if not cfg.resume:  # on rank 0, the same scale for every rank
             if self.dist.is_main:
                 self._choose_metric_scale(models, data)
@@ -958,7 +963,7 @@ class Trainer:
         else:
             stride = max(1, len(data.train) // SCALE_SEARCH_SAMPLES)
             samples = data.train[::stride][:SCALE_SEARCH_SAMPLES]
-            loader = self._loader(TripletDataset(data.store, samples), False)
+            loader = self._loader(TripletDataset(data.store, samples, uint8=True), False)
             search = self._search_scale(self._tf_scoring(self._disparities(models, loader, SCALE_SEARCH_SAMPLES)))
             self.state.metric_scale = search.scale
             self.state.scale_search = {'samples': len(samples), 'loss': search.loss, 'sharpness': search.sharpness(),
