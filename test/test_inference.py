@@ -63,15 +63,14 @@ def test_depth_is_scaled_converted_disparity(lite_checkpoint, image):
     assert np.all((expected >= 0.1) & (expected <= 100.0))
 
 
-def test_device_selection(caplog):
+def test_device_selection():
     assert select_device('cpu') == torch.device('cpu')
     assert select_device('auto').type == ('cuda' if torch.cuda.is_available() else 'cpu')
     with pytest.raises(ValueError, match='unknown device'):
         select_device('tpu')
-    if not torch.cuda.is_available():
-        with caplog.at_level(logging.WARNING):
-            assert select_device('cuda') == torch.device('cpu')
-        assert warned(caplog, 'cuda', 'cpu')
+    if not torch.cuda.is_available():  # an explicit GPU request is refused, never run on the CPU (test_gpu_paths.py)
+        with pytest.raises(ValueError, match='cuda'):
+            select_device('cuda')
 
 
 def test_fp16_on_cpu_falls_back_to_fp32(lite_checkpoint, caplog):

@@ -90,6 +90,8 @@ class TorchBackend:
     def __init__(self, net: nn.Module, device: torch.device, autocast_dtype: torch.dtype | None,
                  channels_last: bool, compile: bool | str) -> None:
         net = net.to(device)
+        if device.type == 'cuda':
+            torch.backends.cudnn.benchmark = True  # one input size: cuDNN times its kernels once (at warm-up)
         if channels_last:
             net = net.to(memory_format=torch.channels_last)
         if compile:
@@ -101,9 +103,9 @@ class TorchBackend:
         self.description = 'torch'
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        images = images.to(self.device)
-        if self.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
+        # The layout the network was converted to: a permuted H x W x 3 frame is channels-last-strided.
+        images = images.to(self.device).contiguous(
+            memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
         dtype = self.autocast_dtype
         with torch.inference_mode(), torch.autocast(self.device.type, dtype=dtype or torch.float32,
                                                     enabled=dtype is not None):

@@ -9,7 +9,8 @@ Topics (relative, remap them): in ``image`` (sensor_msgs/Image) or ``image/compr
 ``~/statistics`` (std_msgs/String holding JSON). Outputs carry the input header.
 
 Lifecycle (``rclpy.lifecycle``, services ``~/change_state``, ``~/get_state``): configure
-validates the parameters, loads the weights and builds the backend; activate subscribes and
+validates the parameters, loads the weights, builds the backend and runs one warm-up inference
+(so that compilation and errors such as out of memory happen there); activate subscribes and
 starts the worker; deactivate unsubscribes, stops the worker and returns cached GPU memory;
 cleanup frees the model. A failing configure logs the reason and returns FAILURE (the node
 stays unconfigured; fix the parameters and configure again). With ``autostart`` (default) the
@@ -208,18 +209,28 @@ class DepthNode(LifecycleNode):
         release_cached_gpu_memory()
 
     def _load_estimator(self, config: NodeConfig) -> Any:
-        """The DepthEstimator; its own rules pick the device and precision (CPU fallback, fp32 on the CPU)."""
-        from hr_depth_ros.core.inference import DepthEstimator
+        """The DepthEstimator, after one warm-up inference; its own rules pick the precision (fp32 on the CPU)."""
+        from hr_depth_ros.core.inference import DepthEstimator, select_device
 
         if config.precision == 'int8':
             self.get_logger().info(
                 'precision int8: the first start with these weights and calibration frames quantises the model '
                 '(tens of seconds on a small CPU); later starts load it from the model cache')
         try:
+            select_device(config.device)  # an explicit GPU that is not there is refused, with the reason
+        except ValueError as error:
+            raise ConfigError(f'parameter {error}') from None
+        try:
             estimator = DepthEstimator.from_config(config)
         except Exception as error:
             raise ConfigError(f'cannot load the checkpoint weights={config.weights!r}: '
                               f'{type(error).__name__}: {error}') from error
+        try:  # compilation, cuDNN set-up, a missing bf16 kernel, out of memory: here, not on every frame
+            warm_up_s = estimator.warm_up()
+        except Exception as error:
+            raise ConfigError(f'the first inference failed on {estimator.device} ({estimator.precision}, '
+                              f'{estimator.backend_description}): {type(error).__name__}: {error}') from error
+        self.get_logger().info(f'first inference (warm-up) in {warm_up_s:.2f} s')
         if config.device == 'auto' and estimator.device.type == 'cpu':
             self.get_logger().warning('CUDA is not available: running on the CPU (slow)')
         metadata = getattr(estimator.checkpoint, 'metadata', None) or {}

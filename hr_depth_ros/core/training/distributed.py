@@ -44,10 +44,14 @@ class Distributed:
         return self.rank == 0
 
     def device(self, requested: torch.device) -> torch.device:
-        """One GPU per rank (``cuda:LOCAL_RANK``) when training on CUDA, else ``requested``."""
-        if self.active and requested.type == 'cuda':
-            torch.cuda.set_device(self.local_rank)
-            return torch.device('cuda', self.local_rank)
+        """One GPU per rank (``cuda:LOCAL_RANK``) when training on CUDA, else ``requested``. The GPU is made
+        current (``set_device``): pinned memory and new tensors otherwise open a context on GPU 0 too."""
+        if requested.type != 'cuda':
+            return requested
+        if self.active:
+            requested = torch.device('cuda', self.local_rank)
+        if requested.index is not None:
+            torch.cuda.set_device(requested)
         return requested
 
     def barrier(self) -> None:
