@@ -209,6 +209,10 @@ class OpenVINOBackend:
         fp32_key = openvino_cache_key(arch, self.width, self.height, net_hash, version)
         key = fp32_key if precision == 'fp32' else openvino_cache_key(
             arch, self.width, self.height, net_hash, version, (nncf_version, calibration.content_hash))
+        # The full hashes bind a cache entry to these weights (and calibration frames) inside its manifest.
+        fp32_identity = {'weights_sha256': net_hash}
+        identity = fp32_identity if precision == 'fp32' else {
+            **fp32_identity, 'calibration_sha256': calibration.content_hash}
         self.converted_s: float | None = None
         self.quantized_s: float | None = None
         root = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
@@ -225,10 +229,11 @@ class OpenVINOBackend:
             ov.save_model(model, folder / OPENVINO_MODEL_FILE, compress_to_fp16=False)  # fp32 weights: parity
             self.converted_s = time.perf_counter() - start
 
-        def load(entry_key: str, build: Callable[[Path], None], use: Callable[[Path], Any]) -> tuple[Path, Any]:
+        def load(entry_key: str, build: Callable[[Path], None], use: Callable[[Path], Any],
+                 entry_identity: dict[str, str]) -> tuple[Path, Any]:
             """``use(entry)`` of cache entry ``entry_key`` (built when missing); an entry that was already
             there but does not load is removed and built again once; a freshly built one that fails raises."""
-            entry, built = cached_entry(root, entry_key, build)
+            entry, built = cached_entry(root, entry_key, build, entry_identity)
             try:
                 return entry, use(entry)
             except Exception as error:  # noqa: BLE001 - OpenVINO raises RuntimeError subclasses of its own
@@ -237,14 +242,14 @@ class OpenVINOBackend:
                 LOGGER.warning('cached model %s does not load (%s: %s): building it again', entry,
                                type(error).__name__, error)
                 remove_entry(entry)
-                entry, _ = cached_entry(root, entry_key, build)
+                entry, _ = cached_entry(root, entry_key, build, entry_identity)
                 return entry, use(entry)
 
         def read(entry: Path) -> Any:
             return core.read_model(entry / OPENVINO_MODEL_FILE)
 
         def quantize(folder: Path) -> None:
-            _, model = load(fp32_key, convert, read)  # the fp32 model from its own cache entry
+            _, model = load(fp32_key, convert, read, fp32_identity)  # the fp32 model from its own cache entry
             LOGGER.info('%s %dx%d: quantising to INT8 with NNCF %s on %s (once: the result is cached)',
                         arch, self.width, self.height, nncf_version, calibration.description)
             start = time.perf_counter()
@@ -270,7 +275,7 @@ class OpenVINOBackend:
             self.compile_s = time.perf_counter() - start
             return compiled
 
-        self.cache_entry, compiled = load(key, build, compile_entry)
+        self.cache_entry, compiled = load(key, build, compile_entry, identity)
         self.request = compiled.create_infer_request()
         steps = []
         if self.converted_s is not None:
