@@ -8,8 +8,6 @@ import logging
 import math
 import os
 import shutil
-import sqlite3
-import struct
 import subprocess
 import sys
 import textwrap
@@ -30,8 +28,11 @@ from hr_depth_ros.core.networks import build_depth_model
 from hr_depth_ros.core.tf_poses import TransformTree
 from hr_depth_ros.tools import finetune, predict
 from hr_depth_ros.tools.make_synthetic_bag import write_synthetic_bag
+from test_backends import tiny_net
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT / 'benchmarks'))
+from hostile_probes import BAG_T0, corrupt_mcap_chunk, corrupt_sqlite_messages, write_image_bag  # noqa: E402
 needs_openvino = pytest.mark.skipif(openvino_version() is None, reason='openvino is not installed')
 COMMON = ['--width', '128', '--height', '64', '--batch-size', '2', '--device', 'cpu', '--quiet', '--save-every', '1',
           '--val-every', '2', '--log-every', '1']
@@ -58,14 +59,6 @@ def one_line(text: str) -> bool:
 
 
 # --- 1. the model cache: an entry is bound to the weights it was built from ---------------------------
-
-def tiny_net(bias: float) -> torch.nn.Module:
-    torch.manual_seed(0)
-    net = torch.nn.Sequential(torch.nn.Conv2d(3, 1, 3, padding=1), torch.nn.Sigmoid()).eval()
-    with torch.no_grad():
-        net[0].bias.fill_(bias)
-    return net
-
 
 @needs_openvino
 def test_a_planted_cache_entry_of_other_weights_is_rebuilt_not_run(tmp_path, caplog):
@@ -398,61 +391,21 @@ def test_repeated_image_stamps_are_counted(tmp_path):
         shutil.rmtree(store.folder, ignore_errors=True)
 
 
-def image_bag(path: Path, storage: str, frames: int, size: tuple[int, int]) -> Path:
-    from rosbags.rosbag2 import CompressionFormat, CompressionMode, StoragePlugin, Writer
-    from rosbags.typesys import Stores, get_typestore
-
-    from hr_depth_ros.core.image_decoding import rgb_to_image_fields
-
-    typestore = get_typestore(Stores.LATEST)
-    types = typestore.types
-    writer = Writer(path, version=9, storage_plugin=StoragePlugin.MCAP if storage == 'mcap' else StoragePlugin.SQLITE3)
-    if storage == 'mcap':
-        writer.set_compression(CompressionMode.STORAGE, CompressionFormat.ZSTD)  # chunks fail when corrupt
-    with writer:
-        connection = writer.add_connection('/camera/image_raw', 'sensor_msgs/msg/Image', typestore=typestore)
-        for i in range(frames):
-            stamp = 1_700_000_000 * 10**9 + i * 10**8
-            rgb = np.random.default_rng(i).integers(0, 255, (*size, 3), dtype=np.uint8)
-            header = types['std_msgs/msg/Header'](stamp=types['builtin_interfaces/msg/Time'](
-                sec=stamp // 10**9, nanosec=stamp % 10**9), frame_id='cam')
-            msg = types['sensor_msgs/msg/Image'](header=header, **rgb_to_image_fields(rgb))
-            writer.write(connection, stamp, typestore.serialize_cdr(msg, 'sensor_msgs/msg/Image'))
-    return path
-
-
 def test_a_corrupt_mcap_chunk_is_skipped_and_counted(tmp_path):
-    bag = image_bag(tmp_path / 'bag', 'mcap', frames=12, size=(400, 640))  # ~2 images per 1 MB chunk
-    data_file = next(bag.glob('*.mcap'))
-    data = bytearray(data_file.read_bytes())
-    chunks, at = [], 8
-    while at < len(data) and data[at] != 0x0F:
-        if data[at] == 0x06:
-            chunks.append(at)
-        at += 9 + struct.unpack_from('<Q', data, at + 1)[0]
-    assert len(chunks) >= 4
-    body = chunks[len(chunks) // 2] + 9
-    compression_length = struct.unpack_from('<I', data, body + 28)[0]
-    records = body + 32 + compression_length + 8
-    data[records:records + 8] = b'\xff' * 8  # the zstd frame header of one chunk in the middle
-    data_file.write_bytes(bytes(data))
+    bag = write_image_bag(tmp_path / 'bag', 'mcap', frames=12, size=(400, 640))  # ~2 images per 1 MB chunk
+    chunks = corrupt_mcap_chunk(next(bag.glob('*.mcap')))  # the middle one
+    assert chunks >= 4
     notes: list[str] = []
     stamps = [stamp for _, _, stamp, _ in bags.read_messages(bag, ['/camera/image_raw'], on_partial=notes.append)]
-    assert 12 - 2 * 1 <= len(stamps) < 12  # only the bad chunk's messages are lost
-    assert stamps[-1] == 1_700_000_000 * 10**9 + 11 * 10**8 and len(set(stamps)) == len(stamps)
+    assert 12 - 12 / chunks <= len(stamps) < 12  # only the bad chunk's messages are lost
+    assert stamps[-1] == BAG_T0 + 11 * 10**8 and len(set(stamps)) == len(stamps)
     assert len(notes) == 1 and '1 corrupt chunk' in notes[0]
 
 
 def test_a_corrupt_sqlite_page_is_reported_as_a_corrupt_file(tmp_path):
-    bag = image_bag(tmp_path / 'bag', 'sqlite3', frames=12, size=(60, 80))
+    bag = write_image_bag(tmp_path / 'bag', 'sqlite3', frames=12, size=(60, 80))
     db3 = next(bag.glob('*.db3'))
-    with sqlite3.connect(db3) as db:
-        root = db.execute("SELECT rootpage FROM sqlite_master WHERE name = 'messages'").fetchone()[0]
-        page_size = db.execute('PRAGMA page_size').fetchone()[0]
-    db.close()
-    data = bytearray(db3.read_bytes())
-    data[(root - 1) * page_size:root * page_size] = b'\xa5' * page_size
-    db3.write_bytes(bytes(data))
+    corrupt_sqlite_messages(db3)
     with pytest.raises(bags.BagError, match='corrupt') as error:
         bags.topic_counts(bag, partial=True)  # was {'/camera/image_raw': 0}: "no messages on ..."
     assert db3.name in str(error.value)

@@ -31,8 +31,8 @@ from pathlib import Path
 
 from hr_depth_ros.core.checkpoint import recover_checkpoint
 
-__all__ = ['OutputError', 'output_lock', 'prepare_output', 'remove_previous_run', 'removed_if_left_empty', 'FRAME_CACHE_PREFIX',
-           'RUN_FILES']
+__all__ = ['OutputError', 'output_lock', 'prepare_output', 'remove_previous_run', 'removed_if_left_empty',
+           'FRAME_CACHE_PREFIX', 'RUN_FILES']
 
 FRAME_CACHE_PREFIX = '.hr_depth_frames-'
 CHECKPOINT_NAMES = ('latest', 'best')
