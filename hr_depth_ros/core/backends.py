@@ -124,10 +124,12 @@ def openvino_cache_key(arch: str, width: int, height: int, content_hash: str, ve
     return f'{arch}_{width}x{height}_openvino-{version}{quantized}_f{OPENVINO_CACHE_FORMAT}_{content_hash[:32]}'
 
 
-def load_cache_entry(root: Path, key: str, build: Callable[[Path], None], use: Callable[[Path], Any]) -> tuple[Path, Any]:
-    """``use(entry)`` of the model cache entry ``key`` under ``root`` (built when missing); an entry that was
-    already there but does not load is removed and built again once; a freshly built one that fails raises."""
-    entry, built = cached_entry(root, key, build)
+def load_cache_entry(root: Path, key: str, build: Callable[[Path], None], use: Callable[[Path], Any],
+                     identity: dict[str, str]) -> tuple[Path, Any]:
+    """``use(entry)`` of the model cache entry ``key`` under ``root`` (built when missing; bound to
+    ``identity``, see :func:`~.model_cache.cached_entry`); an entry that was already there but does not
+    load is removed and built again once; a freshly built one that fails raises."""
+    entry, built = cached_entry(root, key, build, identity)
     try:
         return entry, use(entry)
     except Exception as error:  # noqa: BLE001 - OpenVINO raises RuntimeError subclasses of its own
@@ -136,7 +138,7 @@ def load_cache_entry(root: Path, key: str, build: Callable[[Path], None], use: C
         LOGGER.warning('cached model %s does not load (%s: %s): building it again', entry,
                        type(error).__name__, error)
         remove_entry(entry)
-        entry, _ = cached_entry(root, key, build)
+        entry, _ = cached_entry(root, key, build, identity)
         return entry, use(entry)
 
 
@@ -167,6 +169,10 @@ class OpenVINOBackend:
         fp32_key = openvino_cache_key(arch, self.width, self.height, net_hash, version)
         key = fp32_key if precision == 'fp32' else openvino_cache_key(
             arch, self.width, self.height, net_hash, version, (nncf_version, calibration.content_hash))
+        # The full hashes bind a cache entry to these weights (and calibration frames) inside its manifest.
+        fp32_identity = {'weights_sha256': net_hash}
+        identity = fp32_identity if precision == 'fp32' else {
+            **fp32_identity, 'calibration_sha256': calibration.content_hash}
         self.converted_s: float | None = None
         self.quantized_s: float | None = None
         root = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
@@ -187,7 +193,7 @@ class OpenVINOBackend:
             return core.read_model(entry / OPENVINO_MODEL_FILE)
 
         def quantize(folder: Path) -> None:
-            _, model = load_cache_entry(root, fp32_key, convert, read)  # the fp32 model from its own cache entry
+            _, model = load_cache_entry(root, fp32_key, convert, read, fp32_identity)  # from its own cache entry
             LOGGER.info('%s %dx%d: quantising to INT8 with NNCF %s on %s (once: the result is cached)',
                         arch, self.width, self.height, nncf_version, calibration.description)
             start = time.perf_counter()
@@ -213,7 +219,7 @@ class OpenVINOBackend:
             self.compile_s = time.perf_counter() - start
             return compiled
 
-        self.cache_entry, compiled = load_cache_entry(root, key, build, compile_entry)
+        self.cache_entry, compiled = load_cache_entry(root, key, build, compile_entry, identity)
         self.request = compiled.create_infer_request()
         self.description = self._describe(version, threads, calibration)
         LOGGER.info('%s %dx%d: %s', arch, self.width, self.height, self.description)

@@ -89,7 +89,7 @@ def select_intrinsics(
     """
     if camera_info is not None:
         chosen = camera_info
-    elif config.fx > 0:
+    elif config.manual_intrinsics:
         K = np.array([[config.fx, 0.0, config.cx], [0.0, config.fy, config.cy], [0.0, 0.0, 1.0]])
         chosen = Intrinsics(K, tuple(image_size), 'parameters')
     elif from_checkpoint is not None:

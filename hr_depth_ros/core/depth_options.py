@@ -125,8 +125,12 @@ class NodeConfig:
                                   'header before decoding) are dropped as malformed')
 
     @classmethod
-    def from_values(cls, values: Mapping[str, Any]) -> NodeConfig:
-        """Check types, choices and ranges; missing names take their defaults. Raises ConfigError."""
+    def from_values(cls, values: Mapping[str, Any], partial_intrinsics: bool = False) -> NodeConfig:
+        """Check types, choices and ranges; missing names take their defaults. Raises ConfigError.
+
+        ``partial_intrinsics``: accept some of fx, fy, cx, cy set and others 0 (a node sets them one at
+        a time at runtime); the manual K is used only once all four are set (:attr:`manual_intrinsics`).
+        """
         unknown = sorted(set(values) - set(PARAMETERS_BY_NAME))
         if unknown:
             raise ConfigError(f'unknown parameters {unknown}; known: {list(PARAMETER_NAMES)}')
@@ -148,10 +152,15 @@ class NodeConfig:
                 raise ConfigError(f'parameter {spec.name}={value} is above its maximum {spec.max_value}')
             checked[spec.name] = value
         config = cls(**checked)
-        config._check_relations()
+        config._check_relations(partial_intrinsics)
         return config
 
-    def _check_relations(self) -> None:
+    @property
+    def manual_intrinsics(self) -> bool:
+        """Whether fx, fy, cx and cy are all set (> 0): K from the parameters."""
+        return all(value > 0 for value in (self.fx, self.fy, self.cx, self.cy))
+
+    def _check_relations(self, partial_intrinsics: bool = False) -> None:
         if not self.weights:
             raise ConfigError('parameter weights is empty: give the checkpoint folder, '
                               'e.g. -p weights:=/path/to/HR_Depth_K_M_1280x384')
@@ -169,8 +178,9 @@ class NodeConfig:
             raise ConfigError(f'colored_max ({self.colored_max}) must be larger than colored_min '
                               f'({self.colored_min}) when colored_range is fixed')
         manual = (self.fx, self.fy, self.cx, self.cy)
-        if any(v > 0 for v in manual) and not all(v > 0 for v in manual):
-            raise ConfigError(f'set all of fx, fy, cx, cy (> 0) or none of them; got {manual}')
+        if not partial_intrinsics and any(v > 0 for v in manual) and not self.manual_intrinsics:
+            raise ConfigError(f'set all of fx, fy, cx, cy (> 0) or none of them; got {manual} (while the node runs '
+                              'they may be set one at a time: K from them is used once all four are set)')
 
     def as_dict(self) -> dict[str, Any]:
         """Field name -> value."""

@@ -241,7 +241,7 @@ class DepthNode(LifecycleNode):
         elif metadata.get('use_stereo') and config.depth_scale == 1.0 and config.scale_mode == 'fixed':
             self.get_logger().warning(
                 'the checkpoint was trained with stereo (use_stereo): set depth_scale:=5.4 for metric depth')
-        if 'intrinsics' not in metadata and config.fx <= 0:
+        if 'intrinsics' not in metadata and not config.manual_intrinsics:
             self.get_logger().info('intrinsics: from camera_info; until one arrives, KITTI-like defaults')
         return estimator
 
@@ -257,9 +257,14 @@ class DepthNode(LifecycleNode):
                                            'configured (deactivate and cleanup to change it)')
             values[parameter.name] = parameter.value
         try:
-            new_config = NodeConfig.from_values(values)
+            new_config = NodeConfig.from_values(values, partial_intrinsics=True)  # fx, fy, cx, cy one at a time
         except ConfigError as error:
             return SetParametersResult(successful=False, reason=str(error))
+        manual = {name: values[name] for name in ('fx', 'fy', 'cx', 'cy')}
+        if any(value > 0 for value in manual.values()) and not new_config.manual_intrinsics:
+            unset = [name for name, value in manual.items() if value <= 0]
+            self.get_logger().info(f'intrinsics parameters: {", ".join(unset)} still unset; K from fx, fy, cx, cy '
+                                   'is used once all four are set')
         self.config = self.engine.config = new_config
         return SetParametersResult(successful=True)
 

@@ -80,6 +80,10 @@ def main(argv: list[str] | None = None) -> int:
     except (CheckpointError, ValueError, ImportError) as error:  # ValueError: ConfigError; ImportError: no nncf
         print(f'predict: {error}', file=sys.stderr)
         return 2
+    except OSError as error:  # e.g. a model cache that cannot be written (--cache-dir read-only)
+        print(f'predict: cannot use {error.filename or args.cache_dir or "the model cache"}: '
+              f'{error.strerror or error} (is --cache-dir / $HR_DEPTH_ROS_CACHE writable?)', file=sys.stderr)
+        return 2
     images = collect_images(args.inputs, args.ext)
     if not images:
         print(f'predict: no images found in {args.inputs}', file=sys.stderr)

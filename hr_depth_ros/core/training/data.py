@@ -335,6 +335,7 @@ def extract_frames(config: DataConfig) -> FrameStore:
             pending_depth: dict[int, np.ndarray] = {}
             first = count
             bag_skipped: list[str] = []
+            repeated = 0  # image messages whose header stamp an earlier frame of this bag already has
             for topic, t_ns, stamp_ns, msg in read_messages(bag, wanted, on_partial=notes.append):
                 stamp = stamp_ns if stamp_ns else t_ns
                 if topic == config.camera_info_topic:
@@ -350,7 +351,8 @@ def extract_frames(config: DataConfig) -> FrameStore:
                     if camera_frame is None:
                         camera_frame = normalize_frame(msg.header.frame_id)
                     if stamp in by_stamp:
-                        continue  # duplicate stamp: keep the first
+                        repeated += 1  # duplicate stamp: keep the first, count the rest (in the summary)
+                        continue
                     try:
                         rgb = (compressed_to_rgb(msg, config.max_pixels) if compressed
                                else image_to_rgb(msg, config.max_pixels))
@@ -384,6 +386,9 @@ def extract_frames(config: DataConfig) -> FrameStore:
                         has_depth[by_stamp[stamp]] = True
                     else:
                         pending_depth[stamp] = gt
+            if repeated:
+                notes.append(f'bag {bag}: {repeated} frames on {config.image_topic} repeat the header stamp of an '
+                             'earlier frame: dropped (the first of each stamp kept; check the camera driver\'s clock)')
             _check_decodable(bag, config, count - first, bag_skipped, notes)
             skipped += len(bag_skipped)
             bag_skipped_counts.append(len(bag_skipped))
@@ -492,7 +497,9 @@ def _check_decodable(bag: Path, config: DataConfig, decoded: int, skipped: list[
     """Note skipped frames of one bag; DataError when too few decoded (``min_decodable_fraction``)."""
     total = decoded + len(skipped)
     if total == 0:
-        raise DataError(f'bag {bag}: no readable messages on {config.image_topic}')
+        why = next((note for note in reversed(notes) if note.startswith(f'bag {bag}:')), '')  # a corrupt file
+        raise DataError(f'bag {bag}: no readable messages on {config.image_topic}'
+                        + (f' ({why[len(f"bag {bag}: "):]})' if why else ''))
     if skipped:
         notes.append(f'bag {bag}: {len(skipped)} of {total} frames on {config.image_topic} skipped '
                      f'(undecodable; first: {skipped[0]})')

@@ -36,6 +36,7 @@ metadata (arch, resolution, intrinsics, bags, topics, config, step, epoch, metri
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import functools
 import logging
@@ -56,8 +57,8 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from hr_depth_ros.core.checkpoint import (OPTIMIZER_FILE, POSE_DECODER_FILE, POSE_ENCODER_FILE, POSE_FILES,
-                                          CheckpointError, load_depth_checkpoint, load_extra_state, metric_scale_of,
-                                          save_depth_checkpoint)
+                                          CheckpointError, check_metric_scale, load_depth_checkpoint, load_extra_state,
+                                          metric_scale_of, read_metadata, save_depth_checkpoint)
 from hr_depth_ros.core.evaluation import evaluate_depth, mean_errors
 from hr_depth_ros.core.geometry import disp_to_depth, normalized_intrinsics, transformation_from_parameters, warp_image
 from hr_depth_ros.core.image_decoding import DEFAULT_MAX_PIXELS
@@ -70,7 +71,7 @@ from hr_depth_ros.core.training.losses import (IDENTITY_NOISE_STD, SMOOTHNESS_WE
                                                photometric_error, smoothness_loss, upsample_to)
 from hr_depth_ros.core.training.options import check_limits, option
 from hr_depth_ros.core.training.scale import ScaleSearch, search_scale
-from hr_depth_ros.core.training.output import (FRAME_CACHE_PREFIX, prepare_output, remove_previous_run,
+from hr_depth_ros.core.training.output import (FRAME_CACHE_PREFIX, output_lock, prepare_output, remove_previous_run,
                                                removed_if_left_empty)
 
 __all__ = ['TrainingConfig', 'TrainingError', 'Trainer', 'train', 'METRICS_COLUMNS']
@@ -245,10 +246,15 @@ class TrainingConfig:
             value = getattr(self, name)
             if value and not Path(value).expanduser().is_dir():
                 raise TrainingError(f'{name} checkpoint folder {value} does not exist')
-        for name in ('pose_lr', 'metric_scale', 'max_tf_gap'):
+        for name in ('pose_lr', 'max_tf_gap'):
             value = getattr(self, name)
             if value is not None and not (math.isfinite(value) and value > 0):
                 raise TrainingError(f'{name} must be a positive number, got {value}')
+        if self.metric_scale is not None:
+            try:
+                check_metric_scale(self.metric_scale, 'option metric_scale (--metric-scale)')
+            except ValueError as error:
+                raise TrainingError(str(error)) from None
         try:
             select_device(self.device)  # an explicit GPU that is not there: refused, with the reason
         except ValueError as error:
@@ -346,6 +352,25 @@ class _State:
     selected_by: str = 'loss'               # what best/ is chosen by
     scale_search: dict[str, Any] = field(default_factory=dict)
     samples_seen: int = 0                   # training samples consumed, all ranks together
+
+
+def _drop_rows_after(path: Path, step: int) -> None:
+    """Rewrite the metrics CSV ``path`` (atomically) without its rows after ``step``."""
+    with open(path, newline='') as stream:
+        rows = list(csv.reader(stream))
+    if not rows:
+        return
+    header, body = rows[0], rows[1:]
+    column = header.index('step') if 'step' in header else 0
+    kept = [row for row in body if not (row and row[column].isdigit() and int(row[column]) > step)]
+    if len(kept) == len(body):
+        return
+    staging = path.with_name(f'.{path.name}.tmp-{os.getpid()}')
+    with open(staging, 'w', newline='') as stream:
+        csv.writer(stream).writerows([header, *kept])
+        stream.flush()
+        os.fsync(stream.fileno())
+    os.replace(staging, path)
 
 
 class Trainer:
@@ -676,7 +701,8 @@ class Trainer:
             if scaler is not None and state.get('scaler'):
                 scaler.load_state_dict(state['scaler'])
             self.state.step, self.state.epoch = int(state['step']), int(state['epoch'])
-            self.state.best_val = float(state.get('best_val', math.inf))
+            # best/ may be newer than latest/ (a crash after a best save): its score stays the one to beat.
+            self.state.best_val = min(float(state.get('best_val', math.inf)), self._best_saved(ckpt.metadata))
             self.state.samples_seen = int(state.get('samples_seen', 0))
             scale = metric_scale_of(ckpt.metadata)
             if scale is not None:
@@ -686,6 +712,18 @@ class Trainer:
         except (KeyError, ValueError) as error:
             raise CheckpointError(f'{latest / OPTIMIZER_FILE}: not a training state of this trainer: {error}') from error
         self._log(f'resumed from {latest} at step {self.state.step}, epoch {self.state.epoch}')
+
+    def _best_saved(self, latest_metadata: dict[str, Any]) -> float:
+        """The score recorded in OUTPUT/best when it was chosen by what latest/ records (else inf)."""
+        best = Path(self.config.output).expanduser() / 'best' / 'hr_depth_ros.json'
+        try:
+            metadata = read_metadata(best)
+        except (OSError, CheckpointError):
+            return math.inf
+        value = metadata.get('best_val_loss')
+        if metadata.get('selected_by') != latest_metadata.get('selected_by') or not isinstance(value, (int, float)):
+            return math.inf
+        return float(value) if math.isfinite(value) else math.inf
 
     # -- the run --------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
@@ -699,6 +737,11 @@ class Trainer:
             self.dist.close()
 
     def _run_ranks(self) -> dict[str, Any]:
+        # Rank 0 holds the output folder's lock for the whole run: a second run is refused untouched.
+        with output_lock(self.config.output) if self.dist.is_main else contextlib.nullcontext():
+            return self._run_locked()
+
+    def _run_locked(self) -> dict[str, Any]:
         cfg = self.config
         if self.dist.is_main:  # the others wait until the output folder is recovered and checked
             for action in prepare_output(cfg.output, cfg.resume, cfg.overwrite):  # before validate looks for latest/
@@ -789,6 +832,8 @@ class Trainer:
         output.mkdir(parents=True, exist_ok=True)
         metrics_path = output / 'metrics.csv' if self.dist.is_main else Path(os.devnull)  # rank 0 alone writes
         new_csv = not (cfg.resume and metrics_path.is_file())
+        if not new_csv:  # rows the interrupted run wrote after latest/ are written again: drop them
+            _drop_rows_after(metrics_path, self.state.step)
         csv_stream = open(metrics_path, 'w' if new_csv else 'a', newline='')
         writer = csv.DictWriter(csv_stream, fieldnames=METRICS_COLUMNS)
         if new_csv:
