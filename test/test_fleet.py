@@ -191,8 +191,9 @@ def test_frame_cache_is_reused_and_keyed_by_bag_and_settings(fleet, tmp_path, mo
 
 def _prepare_in_child(args) -> bool:
     from hr_depth_ros.core.training.cache import cached_bag
+    from hr_depth_ros.core.training.data_config import check_topics
     bag, config, root = args
-    return cached_bag(bag, config, root)[1]
+    return cached_bag(check_topics(bag, config), config, root)[1]
 
 
 def test_concurrent_preparers_decode_a_bag_once(fleet, tmp_path):

@@ -2,9 +2,9 @@
 
 What a bag is: :func:`hr_depth_ros.core.bags.is_bag` (a rosbag2 folder, with ``metadata.yaml`` or,
 cut short, of ``.db3`` / ``.mcap`` files without it; a ROS 1 ``.bag`` file). A folder that is not
-itself a bag is searched recursively (hidden folders skipped, so frame caches are never taken for bags); a pattern matches
-bags and folders of bags. Bags named twice are read once; the order is the order of the arguments,
-then sorted paths.
+itself a bag is searched recursively (hidden folders skipped, so frame caches are never taken for
+bags); a pattern matches bags and folders of bags. Bags named twice are read once; the order is the
+order of the arguments, then sorted paths.
 """
 from __future__ import annotations
 

@@ -66,7 +66,9 @@ from hr_depth_ros.core.inference import select_device
 from hr_depth_ros.core.networks import ARCHITECTURES, build_depth_model, build_pose_model
 from hr_depth_ros.core.tf_poses import DEFAULT_MAX_TF_GAP_S
 from hr_depth_ros.core.training.distributed import SINGLE, Distributed, data_parallel, from_environment, train_sampler
-from hr_depth_ros.core.training.data import POSE_SOURCES, DataConfig, PreparedData, TripletDataset, prepare_data
+from hr_depth_ros.core.training.data import PreparedData, prepare_data
+from hr_depth_ros.core.training.data_config import POSE_SOURCES, DataConfig
+from hr_depth_ros.core.training.dataset import TripletDataset
 from hr_depth_ros.core.training.losses import (IDENTITY_NOISE_STD, SMOOTHNESS_WEIGHT, distillation_loss, min_reprojection,
                                                photometric_error, smoothness_loss, upsample_to)
 from hr_depth_ros.core.training.options import check_limits, option
