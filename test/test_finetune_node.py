@@ -33,18 +33,17 @@ def test_yaml_matches_parameter_table():
 
 
 def test_node_defaults_match_the_cli():
-    from hr_depth_ros.tools.finetune import build_parser
-    from hr_depth_ros.core.training.options import options
+    """A job started with the node's default parameters (config/finetune.yaml) is the job the command line
+    runs without optional flags: the same TrainingConfig, through the two independent mappings."""
+    from hr_depth_ros.core.training import options
     from hr_depth_ros.core.training.trainer import TrainingConfig
+    from hr_depth_ros.tools.finetune import build_parser, config_from_args
 
-    args = build_parser().parse_args(['--bag', 'b', '--output', 'o'])
-    table = {p.name: p.default for p in parameter_table()}
-    for spec in options(TrainingConfig):
-        if spec.flag and spec.parameter and not spec.required and spec.nargs is None:
-            cli = getattr(args, spec.name)
-            expected = spec.unset if cli is None and spec.fallback is None else (cli if cli is not None else
-                                                                                 spec.fallback)
-            assert table[spec.parameter] == expected, spec.name
+    cli = config_from_args(build_parser().parse_args(['--bag', 'b', '--output', 'o']))
+    params = yaml.safe_load(YAML_FILE.read_text())[NODE_NAME]['ros__parameters']
+    node = options.config_from_parameters({**params, 'bags': ['b'], 'output_dir': 'o'}, TrainingConfig)
+    assert node == cli
+    assert cli.steps is not None and cli.epochs is None and cli.camera_info_topic == '/camera/camera_info'
 
 
 @pytest.fixture(scope='module')

@@ -26,7 +26,7 @@ import numpy as np
 import pytest
 import yaml
 
-from hr_depth_ros.core.depth_engine import NODE_NAME, PARAMETER_NAMES, PARAMETERS_BY_NAME, NodeConfig
+from hr_depth_ros.core.depth_options import NODE_NAME, PARAMETER_NAMES, PARAMETERS_BY_NAME, NodeConfig
 from hr_depth_ros.ros.transport import fastdds_profile_path, local_ros_env
 
 REPO = Path(__file__).resolve().parents[1]
