@@ -242,7 +242,7 @@ class TrainingConfig:
         if output.exists() and not output.is_dir():
             raise TrainingError(f'output {output} exists and is not a directory')
         if self.resume and not (output / LATEST).is_dir():
-            raise TrainingError(f'cannot resume: {output / "latest"} does not exist')
+            raise TrainingError(f'cannot resume: {output / LATEST} does not exist')
         for name in ('init', 'teacher'):
             value = getattr(self, name)
             if value and not Path(value).expanduser().is_dir():
