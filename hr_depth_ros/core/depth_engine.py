@@ -23,7 +23,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field, fields
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import cv2
 import numpy as np
@@ -130,6 +130,28 @@ class ConfigError(ValueError):
     """A parameter value the node cannot run with."""
 
 
+def check_values(specs: Sequence[ParameterSpec], values: dict[str, Any]) -> dict[str, Any]:
+    """``{name: value}`` for every spec (missing: its default), types, choices and ranges checked (ConfigError)."""
+    checked: dict[str, Any] = {}
+    for spec in specs:
+        value = values.get(spec.name, spec.default)
+        kind = type(spec.default)
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if type(value) is not kind:
+            raise ConfigError(f'parameter {spec.name} must be {kind.__name__}, got {value!r}')
+        if spec.choices and value not in spec.choices:
+            raise ConfigError(f'parameter {spec.name}={value!r} must be one of {list(spec.choices)}')
+        if kind is float and not math.isfinite(value):
+            raise ConfigError(f'parameter {spec.name} must be finite, got {value}')
+        if spec.min_value is not None and value < spec.min_value:
+            raise ConfigError(f'parameter {spec.name}={value} is below its minimum {spec.min_value}')
+        if spec.max_value is not None and value > spec.max_value:
+            raise ConfigError(f'parameter {spec.name}={value} is above its maximum {spec.max_value}')
+        checked[spec.name] = value
+    return checked
+
+
 @dataclass(frozen=True)
 class NodeConfig:
     """Validated parameter values (one field per entry of PARAMETERS)."""
@@ -178,24 +200,7 @@ class NodeConfig:
         unknown = sorted(set(values) - set(PARAMETERS_BY_NAME))
         if unknown:
             raise ConfigError(f'unknown parameters {unknown}; known: {list(PARAMETER_NAMES)}')
-        checked: dict[str, Any] = {}
-        for spec in PARAMETERS:
-            value = values.get(spec.name, spec.default)
-            kind = type(spec.default)
-            if kind is float and isinstance(value, int) and not isinstance(value, bool):
-                value = float(value)
-            if type(value) is not kind:
-                raise ConfigError(f'parameter {spec.name} must be {kind.__name__}, got {value!r}')
-            if spec.choices and value not in spec.choices:
-                raise ConfigError(f'parameter {spec.name}={value!r} must be one of {list(spec.choices)}')
-            if kind is float and not math.isfinite(value):
-                raise ConfigError(f'parameter {spec.name} must be finite, got {value}')
-            if spec.min_value is not None and value < spec.min_value:
-                raise ConfigError(f'parameter {spec.name}={value} is below its minimum {spec.min_value}')
-            if spec.max_value is not None and value > spec.max_value:
-                raise ConfigError(f'parameter {spec.name}={value} is above its maximum {spec.max_value}')
-            checked[spec.name] = value
-        config = cls(**checked)
+        config = cls(**check_values(PARAMETERS, values))
         config._check_relations()
         return config
 

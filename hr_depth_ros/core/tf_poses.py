@@ -166,6 +166,28 @@ class TransformTree:
             self.add_transform(tf.header.frame_id, tf.child_frame_id, int(sec) * 1_000_000_000 + int(nanosec),
                                (t.x, t.y, t.z), (r.x, r.y, r.z, r.w), static=static)
 
+    def forget_before(self, stamp_ns: int) -> int:
+        """Drop dynamic samples older than ``stamp_ns`` (keeping the last one before it, so stamps from
+        ``stamp_ns`` on still interpolate): bounds the memory of a tree fed by a live ``/tf``. Returns
+        the number of samples dropped."""
+        dropped = 0
+        for _, link in self._links.values():
+            if link.static or len(link.stamps) < 2:
+                continue
+            keep = [i for i, t in enumerate(link.stamps) if t >= stamp_ns]
+            older = [i for i, t in enumerate(link.stamps) if t < stamp_ns]
+            if older:
+                keep.append(max(older, key=link.stamps.__getitem__))
+            if len(keep) == len(link.stamps):
+                continue
+            keep.sort()
+            dropped += len(link.stamps) - len(keep)
+            link.stamps[:] = [link.stamps[i] for i in keep]
+            link.translations[:] = [link.translations[i] for i in keep]
+            link.rotations[:] = [link.rotations[i] for i in keep]
+            link._arrays = None
+        return dropped
+
     @property
     def frames(self) -> set[str]:
         """Every frame named by a link."""
