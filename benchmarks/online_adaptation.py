@@ -315,8 +315,10 @@ def plot(path: Path, on: dict[str, Any], off: dict[str, Any] | None, pass_s: flo
         return [((k + 0.5) * 2.0, float(np.mean(v))) for k, v in sorted(bins.items())]
 
     curves = [(series(on), (200, 80, 20), 'adapt on')]
-    if off is not None:
-        curves.append((series(off), (60, 60, 200), 'adapt off'))
+    if off is not None:  # the same drive without adaptation, drawn under every pass
+        baseline = series(off)
+        curves.append(([(t + k * pass_s, v) for k in range(on['passes']) for t, v in baseline if t < pass_s],
+                       (60, 60, 200), 'adapt off'))
     t_max = max(pass_s * on['passes'], 1.0)
     values = [v for curve, _, _ in curves for _, v in curve]
     y_max = max(values) * 1.1 if values else 1.0
@@ -342,9 +344,10 @@ def plot(path: Path, on: dict[str, Any], off: dict[str, Any] | None, pass_s: flo
                 0.45, (0, 0, 0), 1, cv2.LINE_AA)
     cv2.putText(canvas, title, (left, 25), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1, cv2.LINE_AA)
     for n, (curve, colour, label) in enumerate(curves):
-        points = np.array([xy(t, v) for t, v in curve], np.int32)
-        if len(points) > 1:
-            cv2.polylines(canvas, [points], False, colour, 2, cv2.LINE_AA)
+        for k in range(on['passes']):  # one polyline per pass
+            points = np.array([xy(t, v) for t, v in curve if k * pass_s <= t < (k + 1) * pass_s], np.int32)
+            if len(points) > 1:
+                cv2.polylines(canvas, [points], False, colour, 2 if n == 0 else 1, cv2.LINE_AA)
         cv2.putText(canvas, label, (width - right - 110, top + 20 + 18 * n), cv2.FONT_HERSHEY_SIMPLEX, 0.5, colour, 1,
                     cv2.LINE_AA)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -409,8 +412,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f'load average at the end: {os.getloadavg()}')
         if args.plot:
             plot(Path(args.plot), on, off, frames / args.fps,
-                 f'Lite-HR-Depth {width}x{height}, synthetic drive with TF played {args.passes}x: published depth '
-                 'abs_rel (median-scaled, 2 s bins)')
+                 f'published depth abs_rel (median-scaled, 2 s bins); {width}x{height} drive with TF played '
+                 f'{args.passes}x')
             print(f'plot: {args.plot}')
         if args.json:
             Path(args.json).write_text(json.dumps({

@@ -1,5 +1,6 @@
 """Generate the README's parameter tables from the code: the depth node's (hr_depth_ros.core.depth_engine.PARAMETERS)
-and the fine-tuning options (the option table of hr_depth_ros.core.training.trainer.TrainingConfig).
+and the fine-tuning options (the option table of hr_depth_ros.core.training.trainer.TrainingConfig) and the
+online adaptation parameters (hr_depth_ros.core.adaptation.ADAPTATION_PARAMETERS).
 
     python scripts/readme_tables.py          # print the tables
     python scripts/readme_tables.py --write  # rewrite them in README.md between their markers
@@ -16,6 +17,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 MARKER = 'depth-parameters'
 FINETUNE_MARKER = 'finetune-options'
+ADAPT_MARKER = 'adapt-parameters'
 
 
 def format_default(value: object) -> str:
@@ -26,17 +28,24 @@ def format_default(value: object) -> str:
     return f'`{value}`'
 
 
-def depth_parameter_table() -> str:
-    """Markdown table of the depth node's parameters: name, default, description."""
+def depth_parameter_table(specs: tuple | None = None) -> str:
+    """Markdown table of the depth node's parameters (default: PARAMETERS): name, default, description."""
     from hr_depth_ros.core.depth_engine import PARAMETERS
 
     rows = ['| parameter | default | description |', '|---|---|---|']
-    for spec in PARAMETERS:
+    for spec in PARAMETERS if specs is None else specs:
         description = spec.description.replace('|', '\\|')
         if spec.choices:
             description += f' (one of {", ".join(spec.choices)})'
         rows.append(f'| `{spec.name}` | {format_default(spec.default)} | {description} |')
     return '\n'.join(rows)
+
+
+def adapt_parameter_table() -> str:
+    """Markdown table of the depth node's online adaptation parameters (adapt*)."""
+    from hr_depth_ros.core.adaptation import ADAPTATION_PARAMETERS
+
+    return depth_parameter_table(ADAPTATION_PARAMETERS)
 
 
 def finetune_option_table() -> str:
@@ -60,7 +69,8 @@ def readme_block(text: str, marker: str) -> str:
 
 
 def main() -> int:
-    tables = {MARKER: depth_parameter_table(), FINETUNE_MARKER: finetune_option_table()}
+    tables = {MARKER: depth_parameter_table(), FINETUNE_MARKER: finetune_option_table(),
+              ADAPT_MARKER: adapt_parameter_table()}
     if '--write' in sys.argv[1:]:
         readme = REPO / 'README.md'
         text = readme.read_text()

@@ -29,6 +29,13 @@ def test_finetune_option_table_matches_the_code():
         'README fine-tuning option table is out of date: run python scripts/readme_tables.py --write')
 
 
+def test_adapt_parameter_table_matches_the_code():
+    tables = load_tables_script()
+    readme = (REPO / 'README.md').read_text()
+    assert tables.readme_block(readme, tables.ADAPT_MARKER) == tables.adapt_parameter_table(), (
+        'README adapt parameter table is out of date: run python scripts/readme_tables.py --write')
+
+
 def test_topic_table_names_every_topic_of_the_node():
     readme = (REPO / 'README.md').read_text()
     source = (REPO / 'hr_depth_ros' / 'ros' / 'depth_node.py').read_text()

@@ -78,7 +78,7 @@ ADAPTATION_PARAMETERS: tuple[ParameterSpec, ...] = (
     ParameterSpec('adapt_batch_size', 4, 'triplets per training step', min_value=1, max_value=256, read_only=True),
     ParameterSpec('adapt_lr', 1e-4, 'Adam learning rate of the adaptation', min_value=1e-8, max_value=1.0,
                   read_only=True),
-    ParameterSpec('adapt_steps_per_round', 20, 'training steps between two judgements of the candidate',
+    ParameterSpec('adapt_steps_per_round', 10, 'training steps between two judgements of the candidate',
                   min_value=1, max_value=100000, read_only=True),
     ParameterSpec('adapt_margin', 0.01, 'a candidate must score this fraction better than the serving model',
                   min_value=0.0, max_value=0.5, read_only=True),
@@ -301,6 +301,7 @@ class OnlineAdaptation:
                            steps=0, accepted=0, rejected=0, swaps=0, restarts=0)
         self.last: dict[str, Any] = {}
         self.busy: Any = None
+        self.worker_ready = False
         self.log_limit = LogLimiter()
 
     # -- worker lifetime ------------------------------------------------------------------------
@@ -319,6 +320,7 @@ class OnlineAdaptation:
                                        args=(self.settings, self.inbox, self.outbox, self.busy, self.stop_event))
         self.process.start()
         with self.lock:
+            self.worker_ready = False
             self.camera = None          # the new worker needs the intrinsics again
             self.pending.clear()
             self.last_thumb = None
@@ -488,7 +490,12 @@ class OnlineAdaptation:
 
     def _handle(self, event: dict[str, Any]) -> None:
         kind = event['event']
-        if kind == 'step':
+        if kind == 'ready':
+            with self.lock:
+                self.worker_ready = True
+            self.log('info', 'adapt: worker ready' + ('' if event['metric'] else '; the metric scale comes from the '
+                                                       'first frames with camera poses'))
+        elif kind == 'step':
             with self.lock:
                 self.counts['steps'] = event['step']
                 self.last.update(loss=round(event['loss'], 5), buffer=event['buffer'], triplets=event['triplets'])
@@ -555,7 +562,7 @@ class OnlineAdaptation:
             return {
                 'state': self.state, 'reason': self.reason, 'pose_source': self.config.pose_source,
                 'worker_pid': self.process.pid if self.process is not None else None,
-                'worker_alive': self.worker_alive,
+                'worker_alive': self.worker_alive, 'worker_ready': self.worker_ready,
                 'depth_units': 'metres' if self.metric_scale is not None else 'relative',
                 'metric_scale': self.metric_scale, 'buffer_frames': self.config.buffer_frames,
                 'pending_frames': len(self.pending), 'tf_silent_s': _finite_or_none(

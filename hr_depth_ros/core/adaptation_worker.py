@@ -21,7 +21,7 @@ node's inference keeps its cores. What it does, one unit of work at a time (:met
    sent to the node, which swaps it in between two frames. After ``RESET_AFTER`` rejections in
    a row the candidate restarts from the serving model.
 
-Events go to the node as dicts (``event``: log, metric, step, accepted, rejected, error).
+Events go to the node as dicts (``event``: ready, log, metric, step, accepted, rejected, error).
 """
 from __future__ import annotations
 
@@ -55,8 +55,7 @@ __all__ = ['WorkerSettings', 'FrameRing', 'Adapter', 'worker_main', 'HOLDOUT_BLO
 HOLDOUT_BLOCK = 10        # frames per held-out / training block (by arrival number)
 HOLDOUT_PERIOD = 5        # every 5th block is held out: 20 % of the frames judge, never train
 MIN_HELD_OUT = 6          # held-out triplets needed before a candidate is judged
-MAX_HELD_OUT = 24         # the most recent held-out triplets a judgement looks at
-SCALE_SEARCH_TRIPLETS = 8  # triplets the metric scale search looks at
+MAX_HELD_OUT = 16         # the most recent held-out triplets a judgement looks at
 RESET_AFTER = 4           # rejections in a row after which the candidate restarts from the serving model
 CHECKPOINT_NAME = 'latest'  # OUTPUT/latest: the last accepted model
 
@@ -71,7 +70,8 @@ class WorkerSettings:
     buffer_frames: int = 200
     batch_size: int = 4
     lr: float = 1e-4
-    steps_per_round: int = 20
+    steps_per_round: int = 10
+    scale_triplets: int = 6     # triplets the metric scale search looks at
     margin: float = 0.01
     anchor_weight: float = 0.0
     max_gap_s: float = 0.5
@@ -236,7 +236,7 @@ class Adapter:
                 return False
             train, held = self.ring.triplets(int(self.settings.max_gap_s * 1e9))
         if not self.metric:
-            if len(train) + len(held) < SCALE_SEARCH_TRIPLETS:
+            if len(train) + len(held) < self.settings.scale_triplets:
                 return False
             self._search_scale(train + held)
             return True
@@ -257,15 +257,15 @@ class Adapter:
                     for start in range(0, len(samples), size)]
 
     def _search_scale(self, samples: list[tuple[int, int, int]]) -> None:
-        step = max(1, len(samples) // SCALE_SEARCH_TRIPLETS)
-        chosen = samples[::step][:SCALE_SEARCH_TRIPLETS]
+        count = self.settings.scale_triplets
+        chosen = samples[::max(1, len(samples) // count)][:count]
         prepared = self.trainer._tf_scoring(self.trainer._disparities(self.serving, self._batches(chosen), len(chosen)))
-        # A coarser grid than fine-tuning's (3 points a decade, then golden-section refinement to ~0.5 %):
+        # A coarser grid than fine-tuning's (3 points a decade, then golden-section refinement to ~1 %):
         # the worker has one thread.
         def loss_at(scale: float) -> float:
             return Trainer._photometric_under_tf(prepared, scale)
 
-        search = search_scale(loss_at, points_per_decade=3, refine_steps=12)
+        search = search_scale(loss_at, points_per_decade=3, refine_steps=10)
         sharpness = min(loss_at(search.scale * 2), loss_at(search.scale / 2)) / max(search.loss, 1e-12) - 1.0
         self._eval(self.serving)
         state = self.trainer.state
@@ -311,7 +311,7 @@ class Adapter:
     def _judge(self, held: list[tuple[int, int, int]]) -> None:
         self.since_round = 0
         candidate = self.score(self.candidate, held)
-        key = (tuple(int(self.ring.arrival[t[1]]) for t in held), self.accepted)  # what the serving score depends on
+        key = (tuple(int(self.ring.arrival[t[1]]) for t in held), _fingerprint(self.serving))
         if self._serving_score is None or self._serving_score[0] != key:
             self._serving_score = (key, self.score(self.serving, held))
             self._eval(self.serving)
@@ -377,6 +377,12 @@ class Adapter:
         OpenVINOBackend(net, self.arch, self.width, self.height, 1, self.settings.cache_dir or None)
 
 
+def _fingerprint(models: _Models) -> float:
+    """A cheap summary of the weights (the sum of every parameter): changes when they change."""
+    with torch.no_grad():
+        return float(sum(p.double().sum() for m in (models.encoder, models.decoder) for p in m.parameters()))
+
+
 def accepted_checkpoint(event: dict[str, Any], start: DepthCheckpoint) -> DepthCheckpoint:
     """The :class:`DepthCheckpoint` of an ``accepted`` event (weights from the event, the rest from ``start``)."""
     from hr_depth_ros.core.networks import build_depth_model
@@ -407,6 +413,7 @@ def worker_main(settings: WorkerSettings, inbox: Any, outbox: Any, camera_busy: 
         failed: list[BaseException] = []
         intake = threading.Thread(target=_intake, args=(adapter, inbox, stop, failed), daemon=True)
         intake.start()
+        outbox.put({'event': 'ready', 'metric': adapter.metric})
         stream = torch.cuda.Stream(adapter.device) if adapter.device.type == 'cuda' else None
         with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
             while not stop.is_set():
