@@ -409,6 +409,13 @@ def main(argv: list[str] | None = None) -> int:
         print('node ~/adaptation at the end:', json.dumps({k: report.get(k) for k in (
             'state', 'reason', 'steps', 'accepted', 'rejected', 'swaps', 'restarts', 'kept', 'still', 'no_pose',
             'inbox_full', 'metric_scale', 'candidate', 'serving', 'depth_units')}))
+        for run in (on, off):
+            if run is not None and run['statistics']:
+                last = run['statistics'][-1]
+                inference = last.get('stage_ms', {}).get('inference', {})
+                print(f"node statistics, adapt {'on' if run['adapt'] else 'off'}: processed {last['processed']} of "
+                      f"{last['received']} received, inference mean {inference.get('mean')} ms / p95 "
+                      f"{inference.get('p95')} ms")
         print(f'load average at the end: {os.getloadavg()}')
         if args.plot:
             plot(Path(args.plot), on, off, frames / args.fps,
@@ -419,6 +426,8 @@ def main(argv: list[str] | None = None) -> int:
             Path(args.json).write_text(json.dumps({
                 'on': on_rows, 'off': off_rows, 'windows_on': windows(on), 'windows_off': windows(off) if off else [],
                 'gain': gain, 'answered_ratio': answered_on / answered_off, 'report': report,
+                'statistics': {name: run['statistics'][-1] for name, run in (('on', on), ('off', off))
+                               if run is not None and run['statistics']},
                 'load_average': os.getloadavg()}, indent=2))
         for run in (on, off):
             if run is not None and run['exit_code'] not in (0, -2):

@@ -128,6 +128,9 @@ def test_adaptation_parameters_and_what_the_node_serves(tmp_path):
     on = AdaptationConfig.from_values({'adapt': True, 'adapt_output': str(tmp_path)})
     served, notes = serving_config(node, on)
     assert served.backend == 'torch' and served.weights == str(SHIPPED) and notes
+    from hr_depth_ros.core.backends import default_threads
+    assert served.threads == max(1, default_threads() - 1)  # a core left to the worker
+    assert serving_config(NodeConfig.from_values({'weights': str(SHIPPED), 'threads': 3}), on)[0].threads == 3
     latest = tmp_path / 'latest'
     latest.mkdir()
     (latest / 'hr_depth_ros.json').write_text('{}')
@@ -286,7 +289,7 @@ def test_node_lifecycle_with_and_without_adapt(tmp_path, ros_domain):
 
     context = Context()
     rclpy.init(context=context, domain_id=ros_domain)
-    common = [Parameter('weights', value=str(SHIPPED)), Parameter('device', value='cpu'),
+    common = [Parameter('weights', value=str(SHIPPED)), Parameter('device', value='cpu'), Parameter('backend', value='torch'),
               Parameter('threads', value=1), Parameter('autostart', value=False)]
     try:
         plain = DepthNode(context=context, parameter_overrides=common)

@@ -147,8 +147,9 @@ class AdaptationConfig:
 
 
 def serving_config(config: NodeConfig, adaptation: AdaptationConfig) -> tuple[NodeConfig, list[str]]:
-    """The node's config as adaptation serves it, and notes: the start weights (resumed or not), and
-    backend 'auto' -> 'torch' (an adapted model then swaps in at once; OpenVINO would convert each one)."""
+    """The node's config as adaptation serves it, and notes: the start weights (resumed or not), backend
+    'auto' -> 'torch' (an adapted model then swaps in at once; OpenVINO would convert each one) and
+    ``threads`` 0 -> the cores less one (the worker's)."""
     if not adaptation.enabled:
         return config, []
     notes = []
@@ -161,7 +162,14 @@ def serving_config(config: NodeConfig, adaptation: AdaptationConfig) -> tuple[No
         backend = 'torch'
         notes.append("adapt: backend auto runs PyTorch, so accepted models swap in at once (backend:=openvino "
                      'converts each one in the worker first)')
-    return replace(config, weights=start, backend=backend), notes
+    threads = config.threads
+    if threads == 0:  # one core for the worker: torch slows down many times when its threads outnumber free cores
+        from hr_depth_ros.core.backends import default_threads
+
+        threads = max(1, default_threads() - 1)
+        notes.append(f'adapt: inference on {threads} CPU thread(s), leaving a core to the adaptation worker '
+                     '(threads sets it)')
+    return replace(config, weights=start, backend=backend, threads=threads), notes
 
 
 def rebuild_estimator(template: Any, checkpoint: DepthCheckpoint, cache_dir: str | None = None,
