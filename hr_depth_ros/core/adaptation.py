@@ -43,7 +43,7 @@ from hr_depth_ros.core.depth_engine import ConfigError, NodeConfig, ParameterSpe
 from hr_depth_ros.core.geometry import scale_intrinsics
 from hr_depth_ros.core.image_decoding import resize_rgb
 from hr_depth_ros.core.log_limit import LogLimiter
-from hr_depth_ros.core.model_cache import default_cache_dir
+from hr_depth_ros.core.model_cache import default_cache_dir, remove_entry
 from hr_depth_ros.core.tf_poses import DEFAULT_MAX_TF_GAP_S, TransformError, TransformTree, normalize_frame
 from hr_depth_ros.core.training.data import _thumbnail
 
@@ -147,8 +147,7 @@ class AdaptationConfig:
 
 
 def serving_config(config: NodeConfig, adaptation: AdaptationConfig) -> tuple[NodeConfig, list[str]]:
-    """The node's config as adaptation serves it, and notes: the start weights (resumed or not), backend
-    'auto' -> 'torch' (an adapted model then swaps in at once; OpenVINO would convert each one) and
+    """The node's config as adaptation serves it, and notes: the start weights (resumed or not) and
     ``threads`` 0 -> the cores less one (the worker's)."""
     if not adaptation.enabled:
         return config, []
@@ -157,11 +156,6 @@ def serving_config(config: NodeConfig, adaptation: AdaptationConfig) -> tuple[No
     if resumed:
         notes.append(f'adapt: resuming from the last accepted model {start} (adapt_resume; {config.weights} '
                      'stays the anchor)')
-    backend = config.backend
-    if backend == 'auto' and config.precision != 'int8':
-        backend = 'torch'
-        notes.append("adapt: backend auto runs PyTorch, so accepted models swap in at once (backend:=openvino "
-                     'converts each one in the worker first)')
     threads = config.threads
     if threads == 0:  # one core for the worker: torch slows down many times when its threads outnumber free cores
         from hr_depth_ros.core.backends import default_threads
@@ -169,7 +163,7 @@ def serving_config(config: NodeConfig, adaptation: AdaptationConfig) -> tuple[No
         threads = max(1, default_threads() - 1)
         notes.append(f'adapt: inference on {threads} CPU thread(s), leaving a core to the adaptation worker '
                      '(threads sets it)')
-    return replace(config, weights=start, backend=backend, threads=threads), notes
+    return replace(config, weights=start, threads=threads), notes
 
 
 def rebuild_estimator(template: Any, checkpoint: DepthCheckpoint, cache_dir: str | None = None,
@@ -310,6 +304,7 @@ class OnlineAdaptation:
         self.last: dict[str, Any] = {}
         self.busy: Any = None
         self.worker_ready = False
+        self.adapted_entry: Path | None = None   # the model cache entry of the last accepted model
         self.log_limit = LogLimiter()
 
     # -- worker lifetime ------------------------------------------------------------------------
@@ -323,9 +318,9 @@ class OnlineAdaptation:
         self.inbox = context.Queue(maxsize=INBOX_FRAMES)
         self.outbox = context.Queue()
         self.busy = context.Value('b', 0, lock=False)
-        self.stop_event = context.Event()
+        self.stop_flag = context.Value('b', 0, lock=False)  # no lock: the worker may die holding it
         self.process = context.Process(target=worker_main, name='hr_depth_adaptation', daemon=True,
-                                       args=(self.settings, self.inbox, self.outbox, self.busy, self.stop_event))
+                                       args=(self.settings, self.inbox, self.outbox, self.busy, self.stop_flag))
         self.process.start()
         with self.lock:
             self.worker_ready = False
@@ -344,7 +339,7 @@ class OnlineAdaptation:
         process, self.process = self.process, None
         if process is None:
             return
-        self.stop_event.set()
+        self.stop_flag.value = 1
         process.join(timeout)
         if process.is_alive():
             self.log('warning', f'adapt: the worker did not stop within {timeout:g} s; terminating it')
@@ -484,7 +479,7 @@ class OnlineAdaptation:
                 except Exception as error:  # noqa: BLE001 - a bad model must not stop the receiver
                     self.log('error', f'adapt: could not use the accepted model: {type(error).__name__}: {error}')
                 continue
-            if self.stop_event.is_set():
+            if self.stop_flag.value:
                 return
             if not process.is_alive():
                 try:  # its last words (an error event) may still be in the pipe
@@ -534,6 +529,11 @@ class OnlineAdaptation:
         checkpoint = accepted_checkpoint(event, self.start_checkpoint)
         estimator = self.build_estimator(checkpoint)
         first_metric = self.metric_scale is None
+        entry = getattr(getattr(estimator, 'runner', None), 'cache_entry', None)
+        if entry is not None:  # OpenVINO: the worker converted it; the previous adapted one is not needed again
+            if self.adapted_entry is not None and self.adapted_entry != entry:
+                remove_entry(self.adapted_entry)  # its weights are in memory (ENABLE_MMAP off)
+            self.adapted_entry = entry
         with self.lock:
             self.ready_estimator = estimator
             self.metric_scale = event['metric_scale']

@@ -56,6 +56,7 @@ HOLDOUT_BLOCK = 10        # frames per held-out / training block (by arrival num
 HOLDOUT_PERIOD = 5        # every 5th block is held out: 20 % of the frames judge, never train
 MIN_HELD_OUT = 6          # held-out triplets needed before a candidate is judged
 MAX_HELD_OUT = 16         # the most recent held-out triplets a judgement looks at
+FIRST_ROUND_STEPS = 5     # steps before the first judgement (later: steps_per_round)
 RESET_AFTER = 4           # rejections in a row after which the candidate restarts from the serving model
 CHECKPOINT_NAME = 'latest'  # OUTPUT/latest: the last accepted model
 
@@ -240,7 +241,9 @@ class Adapter:
                 return False
             self._search_scale(train + held)
             return True
-        if self.since_round >= self.settings.steps_per_round and len(held) >= MIN_HELD_OUT:
+        # The first judgement comes early (FIRST_ROUND_STEPS): the robot gets the first gains soon.
+        due = min(FIRST_ROUND_STEPS, self.settings.steps_per_round) if self.accepted <= 1 else self.settings.steps_per_round
+        if self.since_round >= due and len(held) >= MIN_HELD_OUT:
             self._judge(held[-MAX_HELD_OUT:])
             return True
         if len(train) < self.settings.batch_size:
@@ -373,8 +376,11 @@ class Adapter:
         from hr_depth_ros.core.backends import OpenVINOBackend
         from hr_depth_ros.core.inference import _DepthNet
 
+        start = time.perf_counter()
         net = _DepthNet(copy.deepcopy(self.serving.encoder).cpu(), copy.deepcopy(self.serving.decoder).cpu()).eval()
         OpenVINOBackend(net, self.arch, self.width, self.height, 1, self.settings.cache_dir or None)
+        self.emit({'event': 'log', 'message': f'converted the accepted model for OpenVINO in '
+                                              f'{time.perf_counter() - start:.1f} s'})
 
 
 def _fingerprint(models: _Models) -> float:
@@ -401,7 +407,9 @@ def worker_main(settings: WorkerSettings, inbox: Any, outbox: Any, camera_busy: 
 
     Frames are taken in by a thread of their own (so none is lost during a long unit of work);
     the work waits while ``camera_busy.value`` is set (the node is running a frame) and ends when
-    ``stop`` is set. An exception is reported as an ``error`` event and ends the process with status 1.
+    ``stop.value`` is set (exit status 0). Both are lock-free shared bytes: a lock held by a worker
+    that gets killed would block the node. An exception is reported as an ``error`` event and ends the process
+    with status 1.
     """
     try:
         os.nice(settings.nice)
@@ -416,26 +424,30 @@ def worker_main(settings: WorkerSettings, inbox: Any, outbox: Any, camera_busy: 
         outbox.put({'event': 'ready', 'metric': adapter.metric})
         stream = torch.cuda.Stream(adapter.device) if adapter.device.type == 'cuda' else None
         with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
-            while not stop.is_set():
+            while not stop.value:
                 if failed:
                     raise failed[0]
                 if camera_busy.value:  # the node is running a frame: yield the CPU to it
                     time.sleep(0.005)
                 elif not adapter.work():
-                    stop.wait(0.1)
+                    time.sleep(0.1)
         intake.join(timeout=1.0)
+        status = 0
     except BaseException as error:  # noqa: BLE001 - reported to the node, which keeps serving
         outbox.put({'event': 'error', 'message': f'{type(error).__name__}: {error}',
                     'traceback': traceback.format_exc(limit=8)})
-        outbox.close()
-        outbox.join_thread()
-        raise SystemExit(1) from None
+        status = 1
+    # Flush the events, then leave without the interpreter's teardown (seconds with torch loaded on a
+    # busy CPU; nothing in it matters: checkpoints are already written atomically).
+    outbox.close()
+    outbox.join_thread()
+    os._exit(status)
 
 
 def _intake(adapter: Adapter, inbox: Any, stop: Any, failed: list[BaseException]) -> None:
     """Move frames from the node into the adapter's ring until ``stop``."""
     try:
-        while not stop.is_set():
+        while not stop.value:
             try:
                 item = inbox.get(timeout=0.1)
             except queue.Empty:
