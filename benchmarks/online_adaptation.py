@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/online_adaptation.py [--frames 600] [--passes 3] [--off-passes 1]
         [--size 320x96] [--fps 10] [--seed 3] [--weights models/lite_hr_depth_synthetic]
         [--plot docs/images/online_adaptation.png] [--json FILE] [--node-param NAME:=VALUE ...]
+    .venv/bin/python benchmarks/online_adaptation.py --worker-only 60 [--lr 1e-4] [--buffer 200]
 
 Writes a synthetic drive with TF (``tools/make_synthetic_bag``: camera, camera_info, ground-truth
 depth, odometry ``odom -> base_link`` at 30 Hz, the camera mount on ``/tf_static``) and plays it
@@ -354,6 +355,62 @@ def plot(path: Path, on: dict[str, Any], off: dict[str, Any] | None, pass_s: flo
     cv2.imwrite(str(path), canvas)
 
 
+def worker_only(args: argparse.Namespace, width: int, height: int) -> int:
+    """The worker alone, in this process, per step (no ROS, no clock): the drive's frames with their exact
+    poses go into an Adapter (its ring keeps the last ``--buffer`` frames); it searches the metric scale,
+    trains and judges as in the node; every 10 steps the serving model is scored on every 10th frame
+    of the whole drive. Shows what the node gains per training step whatever the CPU is doing."""
+    import torch
+
+    from hr_depth_ros.core.adaptation_worker import Adapter, WorkerSettings
+    from hr_depth_ros.core.geometry import disp_to_depth
+    from hr_depth_ros.core.synthetic import SyntheticDrive
+
+    torch.set_num_threads(1)
+    drive = SyntheticDrive(width=width, height=height, fps=args.fps, seed=args.seed, num_frames=args.frames)
+    events: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix='online_adaptation_worker_') as tmp:
+        adapter = Adapter(WorkerSettings(start=args.weights, anchor=args.weights, output=tmp, lr=args.lr,
+                                         buffer_frames=args.buffer), events.append)
+        adapter.reset(drive.K)
+        scored = [drive.frame(i) for i in range(0, args.frames, 10)]
+        for index in range(args.frames):
+            frame = drive.frame(index)
+            adapter.add_frame(frame.rgb, frame.pose_world_from_camera, frame.stamp_ns)
+
+        def evaluate() -> tuple[float, float]:
+            models = adapter.serving
+            errors = []
+            with torch.no_grad():
+                for frame in scored:
+                    image = torch.from_numpy(frame.rgb).permute(2, 0, 1)[None].float() / 255
+                    disp = models.decoder(models.encoder(image))[('disp', 0)][0, 0].numpy()
+                    depth = disp_to_depth(disp, 0.1, 100.0)[1] * adapter.trainer.state.metric_scale
+                    errors.append(evaluate_depth(frame.depth, depth, min_depth=1e-3, max_depth=80.0))
+            return float(np.mean([e['abs_rel'] for e in errors])), float(np.median([e['scale_ratio'] for e in errors]))
+
+        start_abs_rel, _ = evaluate()
+        adapter.work()  # the metric scale search
+        rows = [(0, 1, *evaluate(), 0.0)]
+        began = time.perf_counter()
+        while adapter.steps < args.worker_only:
+            adapter.work()
+            if adapter.steps % 10 == 0 and adapter.steps > rows[-1][0]:
+                rows.append((adapter.steps, adapter.accepted, *evaluate(), time.perf_counter() - began))
+                print(f'  step {rows[-1][0]}: serving abs_rel {rows[-1][2]:.4f}', flush=True)
+    print(f'\nworker alone: lr {args.lr:g}, buffer {args.buffer} frames; start model abs_rel {start_abs_rel:.4f} '
+          '(median-scaled, every 10th frame of the drive)')
+    print('| steps | models accepted | serving abs_rel | vs start | scale ratio | worker s |')
+    print('|---:|---:|---:|---:|---:|---:|')
+    for steps, accepted, abs_rel, ratio, seconds in rows:
+        print(f'| {steps} | {accepted} | {abs_rel:.4f} | {100 * (abs_rel / start_abs_rel - 1):+.1f} % | {ratio:.3f} | '
+              f'{seconds:.0f} |')
+    rejected = sum(e['event'] == 'rejected' for e in events)
+    print(f'judgements: {sum(e["event"] == "accepted" for e in events) - 1} accepted, {rejected} rejected; '
+          f'load average {os.getloadavg()}')
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--frames', type=int, default=600, help='frames per pass (600 = 60 s at 10 Hz)')
@@ -370,10 +427,16 @@ def main(argv: list[str] | None = None) -> int:
                                           'folder, removed)')
     parser.add_argument('--domain', type=int, default=int(os.environ.get('ROS_DOMAIN_ID', '0') or 0) or None,
                         help='ROS domain (default: $ROS_DOMAIN_ID, else a random one)')
+    parser.add_argument('--worker-only', type=int, default=0, metavar='STEPS',
+                        help='instead: the worker alone in this process for STEPS steps, scored every 10 steps')
+    parser.add_argument('--lr', type=float, default=1e-4, help='--worker-only: learning rate')
+    parser.add_argument('--buffer', type=int, default=200, help='--worker-only: frames in the ring')
     parser.add_argument('--node-param', action='append', default=[], metavar='NAME:=VALUE',
                         help='extra node parameter for both runs (repeatable)')
     args = parser.parse_args(argv)
     width, height = parse_size(args.size)
+    if args.worker_only:
+        return worker_only(args, width, height)
     with tempfile.TemporaryDirectory(prefix='online_adaptation_') as tmp:
         workdir = Path(args.workdir or tmp)
         workdir.mkdir(parents=True, exist_ok=True)

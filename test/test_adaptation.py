@@ -114,6 +114,21 @@ def test_frame_ring_is_bounded_holds_out_blocks_and_splits_at_gaps():
     assert len(ring) == 3 and np.allclose(ring.K[0], K * 2)
 
 
+def test_tf_history_is_bounded_without_losing_the_stamps_still_needed():
+    from hr_depth_ros.core.tf_poses import TransformTree
+
+    tree = TransformTree(max_gap_s=0.5)
+    for k in range(101):  # 10 s of odometry at 10 Hz
+        T = np.eye(4)
+        T[0, 3] = 0.1 * k
+        tree.add_message(tf_message('odom', 'base', k * 100_000_000, T))
+    assert tree.forget_before(5_050_000_000) == 50  # keeps 5.0 s (the sample before) and later
+    assert tree.forget_before(5_050_000_000) == 0
+    found = tree.lookup('odom', 'base', [5_050_000_000, 4_000_000_000])
+    assert found.valid.tolist() == [True, False]
+    assert found.poses[0][0, 3] == pytest.approx(5.05)
+
+
 # --- parameters ------------------------------------------------------------------------------------
 
 def test_adaptation_parameters_and_what_the_node_serves(tmp_path):
