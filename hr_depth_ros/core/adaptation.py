@@ -20,8 +20,8 @@ every ``/tf`` / ``/tf_static`` message to :class:`OnlineAdaptation`, which
   between two frames (:meth:`OnlineAdaptation.serving`); when the worker dies, the node keeps
   serving the last good model and says so.
 
-:data:`ADAPTATION_PARAMETERS` declares the node's ``adapt*`` parameters (validated by
-:meth:`AdaptationConfig.from_values`).
+The node's ``adapt*`` parameters are rows of its option table
+(:class:`~hr_depth_ros.core.depth_options.NodeConfig`); :meth:`AdaptationConfig.from_node_config` reads them.
 """
 from __future__ import annotations
 
@@ -32,14 +32,14 @@ import queue
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
 import numpy as np
 
 from hr_depth_ros.core.checkpoint import DepthCheckpoint
-from hr_depth_ros.core.depth_engine import ConfigError, NodeConfig, ParameterSpec, check_values
+from hr_depth_ros.core.depth_options import ConfigError, NodeConfig
 from hr_depth_ros.core.geometry import scale_intrinsics
 from hr_depth_ros.core.image_decoding import resize_rgb
 from hr_depth_ros.core.log_limit import LogLimiter
@@ -47,7 +47,7 @@ from hr_depth_ros.core.model_cache import default_cache_dir, remove_entry
 from hr_depth_ros.core.tf_poses import DEFAULT_MAX_TF_GAP_S, TransformError, TransformTree, normalize_frame
 from hr_depth_ros.core.training.data import _thumbnail
 
-__all__ = ['ADAPTATION_PARAMETERS', 'ADAPTATION_PARAMETER_NAMES', 'AdaptationConfig', 'PoseSource', 'TFPoseSource',
+__all__ = ['ADAPTATION_PARAMETER_NAMES', 'AdaptationConfig', 'PoseSource', 'TFPoseSource',
            'POSE_SOURCES', 'PoseAnswer', 'OnlineAdaptation', 'rebuild_estimator', 'serving_config']
 
 INBOX_FRAMES = 16           # frames in flight to the worker; more are dropped (counted)
@@ -55,45 +55,12 @@ MAX_PENDING = 32            # frames waiting for their TF pose
 TF_KEEP_S = 10.0            # TF history kept behind the newest frame
 
 
-ADAPTATION_PARAMETERS: tuple[ParameterSpec, ...] = (
-    ParameterSpec('adapt', False, 'online adaptation: keep learning from the served frames with the camera poses '
-                  'from TF; a new model is served only when it beats the serving one on held-out recent frames',
-                  read_only=True),
-    ParameterSpec('adapt_output', '', 'folder for the accepted models (OUTPUT/latest, a checkpoint); empty = '
-                  '<model cache>/adapted/<weights folder name>', read_only=True),
-    ParameterSpec('adapt_resume', True, 'start from adapt_output/latest when it exists (false: from weights); '
-                  'weights stays the anchor', read_only=True),
-    ParameterSpec('adapt_pose_source', 'tf', 'where the camera motion comes from', choices=('tf',), read_only=True),
-    ParameterSpec('adapt_odom_frame', 'odom', 'fixed frame of the odometry in TF', read_only=True),
-    ParameterSpec('adapt_camera_frame', '', "camera's optical frame in TF; empty = the images' header.frame_id",
-                  read_only=True),
-    ParameterSpec('adapt_max_tf_wait', 1.0, 'seconds a frame waits for TF past its stamp; TF silent this long '
-                  'pauses adaptation', min_value=0.05, max_value=60.0, read_only=True),
-    ParameterSpec('adapt_buffer_frames', 200, 'frames kept for training and judging (memory: this many frames at '
-                  'network resolution)', min_value=8, max_value=100000, read_only=True),
-    ParameterSpec('adapt_min_motion', 0.5, 'frames differing less than this from the last kept one (mean grey '
-                  'level on thumbnails) are not kept', min_value=0.0, max_value=255.0, read_only=True),
-    ParameterSpec('adapt_max_gap', 1.0, 'seconds; kept frames further apart do not form a training triplet',
-                  min_value=0.01, max_value=60.0, read_only=True),
-    ParameterSpec('adapt_batch_size', 4, 'triplets per training step', min_value=1, max_value=256, read_only=True),
-    ParameterSpec('adapt_lr', 1e-4, 'Adam learning rate of the adaptation', min_value=1e-8, max_value=1.0,
-                  read_only=True),
-    ParameterSpec('adapt_steps_per_round', 10, 'training steps between two judgements of the candidate',
-                  min_value=1, max_value=100000, read_only=True),
-    ParameterSpec('adapt_margin', 0.01, 'a candidate must score this fraction better than the serving model',
-                  min_value=0.0, max_value=0.5, read_only=True),
-    ParameterSpec('adapt_anchor_weight', 0.0, 'L1 pull of the disparity toward the start model (weights)',
-                  min_value=0.0, max_value=100.0, read_only=True),
-    ParameterSpec('adapt_device', 'auto', "'auto' (the node's device), 'cpu', 'cuda' or 'cuda:N'", read_only=True),
-    ParameterSpec('adapt_nice', 10, 'niceness added to the worker process (0-19; higher = lower priority)',
-                  min_value=0, max_value=19, read_only=True),
-)
-ADAPTATION_PARAMETER_NAMES = tuple(spec.name for spec in ADAPTATION_PARAMETERS)
+ADAPTATION_PARAMETER_NAMES = tuple(f.name for f in fields(NodeConfig) if f.name.startswith('adapt'))
 
 
 @dataclass(frozen=True)
 class AdaptationConfig:
-    """Validated ``adapt*`` parameter values (field = parameter name without ``adapt_``; ``enabled`` = ``adapt``)."""
+    """The ``adapt*`` parameter values (field = parameter name without ``adapt_``; ``enabled`` = ``adapt``)."""
 
     enabled: bool
     output: str
@@ -114,23 +81,14 @@ class AdaptationConfig:
     nice: int
 
     @classmethod
-    def from_values(cls, values: dict[str, Any]) -> AdaptationConfig:
-        """From ``{parameter name: value}`` (missing: defaults), checked as the node's parameters are."""
-        specs = {spec.name: spec for spec in ADAPTATION_PARAMETERS}
-        unknown = sorted(set(values) - set(specs))
-        if unknown:
-            raise ConfigError(f'unknown adaptation parameters {unknown}; known: {list(specs)}')
-        checked = check_values(ADAPTATION_PARAMETERS, values)
-        config = cls(**{('enabled' if name == 'adapt' else name[len('adapt_'):]): value
-                        for name, value in checked.items()})
-        if config.pose_source not in POSE_SOURCES:
-            raise ConfigError(f'adapt_pose_source {config.pose_source!r}: available {sorted(POSE_SOURCES)}')
-        if not (config.device in ('auto', 'cpu', 'cuda') or (config.device.startswith('cuda:')
-                                                             and config.device[5:].isdigit())):
-            raise ConfigError(f"parameter adapt_device={config.device!r} must be 'auto', 'cpu', 'cuda' or 'cuda:N'")
-        if config.enabled and not config.odom_frame.strip():
-            raise ConfigError('parameter adapt_odom_frame is empty: name the odometry frame in TF (e.g. odom)')
-        return config
+    def from_node_config(cls, config: NodeConfig) -> AdaptationConfig:
+        """The ``adapt*`` values of the node's (validated) config."""
+        values = {name: getattr(config, name) for name in ADAPTATION_PARAMETER_NAMES}
+        result = cls(**{('enabled' if name == 'adapt' else name[len('adapt_'):]): value
+                        for name, value in values.items()})
+        if result.pose_source not in POSE_SOURCES:
+            raise ConfigError(f'adapt_pose_source {result.pose_source!r}: available {sorted(POSE_SOURCES)}')
+        return result
 
     def output_folder(self, weights: str) -> Path:
         """Where accepted models go."""
@@ -166,15 +124,11 @@ def serving_config(config: NodeConfig, adaptation: AdaptationConfig) -> tuple[No
     return replace(config, weights=start, threads=threads), notes
 
 
-def rebuild_estimator(template: Any, checkpoint: DepthCheckpoint, cache_dir: str | None = None,
-                      compile: bool | str = False) -> Any:
-    """A :class:`~hr_depth_ros.core.inference.DepthEstimator` for ``checkpoint`` with ``template``'s settings."""
+def rebuild_estimator(config: NodeConfig, checkpoint: DepthCheckpoint) -> Any:
+    """The serving estimator (as ``config``, from :func:`serving_config`, describes it) for ``checkpoint``."""
     from hr_depth_ros.core.inference import DepthEstimator
 
-    return DepthEstimator(checkpoint, device=template.device, precision=template.precision,
-                          channels_last=template.channels_last, compile=compile, min_depth=template.min_depth,
-                          max_depth=template.max_depth, depth_scale=template.depth_scale, backend=template.backend,
-                          threads=template.threads, cache_dir=cache_dir, calibration=template.calibration)
+    return DepthEstimator.from_config(config, checkpoint)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -16,9 +16,9 @@ from typing import Any
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from std_msgs.msg import String
 
-from hr_depth_ros.core.adaptation import (ADAPTATION_PARAMETER_NAMES, ADAPTATION_PARAMETERS, AdaptationConfig,
-                                          OnlineAdaptation, rebuild_estimator, serving_config)
-from hr_depth_ros.core.depth_engine import ConfigError, DepthEngine, NodeConfig
+from hr_depth_ros.core.adaptation import AdaptationConfig, OnlineAdaptation, rebuild_estimator, serving_config
+from hr_depth_ros.core.depth_engine import DepthEngine
+from hr_depth_ros.core.depth_options import ConfigError, NodeConfig
 from hr_depth_ros.core.geometry import scale_intrinsics
 
 TF_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=100, reliability=ReliabilityPolicy.RELIABLE)
@@ -29,13 +29,12 @@ TF_STATIC_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=100, reliabili
 class NodeAdaptation:
     """One per depth node; the node calls it at each lifecycle transition and frame (see the module docstring)."""
 
-    PARAMETERS = ADAPTATION_PARAMETERS
-
     def __init__(self, node: Any) -> None:
         self.node = node
         self.config: AdaptationConfig | None = None
         self.manager: OnlineAdaptation | None = None
         self.anchor = ''
+        self.serving_config: NodeConfig | None = None
         self.subscriptions: list[Any] = []
         self.publisher: Any = None
 
@@ -44,9 +43,8 @@ class NodeAdaptation:
         return self.config is not None and self.config.enabled
 
     def configure(self, config: NodeConfig) -> NodeConfig:
-        """Read the adapt* parameters; the node config to load the serving model with (see serving_config)."""
-        self.config = AdaptationConfig.from_values(
-            {name: self.node.get_parameter(name).value for name in ADAPTATION_PARAMETER_NAMES})
+        """Take the adapt* parameters; the node config to load the serving model with (see serving_config)."""
+        self.config = AdaptationConfig.from_node_config(config)
         if not self.config.enabled:
             return config
         try:
@@ -56,6 +54,7 @@ class NodeAdaptation:
                               "README's setup says (scripts/setup_venv.sh), or set adapt:=false") from error
         self.anchor = config.weights
         serving, notes = serving_config(config, self.config)
+        self.serving_config = serving
         for note in notes:
             self.node.get_logger().info(note)
         return serving
@@ -64,11 +63,10 @@ class NodeAdaptation:
         """The adaptation over the configured engine (and ``~/adaptation``); the worker starts at activate."""
         if not self.enabled:
             return
-        estimator, config = engine.estimator, engine.config
+        estimator, config = engine.estimator, self.serving_config
         self.manager = OnlineAdaptation(
-            self.config, estimator.checkpoint, self.anchor,
-            functools.partial(rebuild_estimator, estimator, cache_dir=config.cache_dir or None, compile=config.compile),
-            self._log, device=estimator.device.type, cache_dir=config.cache_dir,
+            self.config, estimator.checkpoint, self.anchor, functools.partial(rebuild_estimator, config), self._log,
+            device=estimator.device.type, cache_dir=config.cache_dir,
             prepare='openvino' if estimator.backend == 'openvino' else '', min_depth=estimator.min_depth,
             max_depth=estimator.max_depth)
         self.publisher = self.node.create_lifecycle_publisher(String, '~/adaptation', 10)
@@ -99,10 +97,6 @@ class NodeAdaptation:
         if self.publisher is not None:
             self.node.destroy_lifecycle_publisher(self.publisher)
         self.publisher = self.manager = None
-
-    def refuses(self, parameters: list[Any]) -> bool:
-        """Whether ``parameters`` change an adapt* parameter (read-only while configured)."""
-        return any(p.name in ADAPTATION_PARAMETER_NAMES for p in parameters)
 
     def set_busy(self, busy: bool) -> None:
         if self.manager is not None:
