@@ -251,7 +251,7 @@ def run_node(args: argparse.Namespace, drive: dict[str, Any], adapt: bool, passe
     with open(log_path, 'w') as log_file:
         proc = subprocess.Popen(command, env=env, cwd=REPO, stdout=log_file, stderr=subprocess.STDOUT)
     try:
-        deadline = time.monotonic() + 180
+        deadline = time.monotonic() + 600  # a first start converts the model for OpenVINO (minutes on a busy CPU)
         while not harness.connected():
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f'the node did not come up (rc {proc.poll()}); log {log_path}:\n'

@@ -266,7 +266,7 @@ class Adapter:
         # A coarser grid than fine-tuning's (3 points a decade, then golden-section refinement to ~1 %):
         # the worker has one thread.
         def loss_at(scale: float) -> float:
-            return Trainer._photometric_under_tf(prepared, scale)
+            return self.trainer._photometric_under_tf(prepared, scale)
 
         search = search_scale(loss_at, points_per_decade=3, refine_steps=10)
         sharpness = min(loss_at(search.scale * 2), loss_at(search.scale / 2)) / max(search.loss, 1e-12) - 1.0
@@ -309,7 +309,7 @@ class Adapter:
     def score(self, models: _Models, held: list[tuple[int, int, int]]) -> float:
         """Mean minimum reprojection error of ``models``' metric depth under the TF poses on ``held`` (lower is better)."""
         scored = self.trainer._disparities(models, self._batches(held), len(held))
-        return Trainer._photometric_under_tf(self.trainer._tf_scoring(scored), self.trainer.state.metric_scale)
+        return self.trainer._photometric_under_tf(self.trainer._tf_scoring(scored), self.trainer.state.metric_scale)
 
     def _judge(self, held: list[tuple[int, int, int]]) -> None:
         self.since_round = 0
