@@ -206,8 +206,7 @@ class NodeConfig:
         if not self.weights:
             raise ConfigError('parameter weights is empty: give the checkpoint folder, '
                               'e.g. -p weights:=/path/to/HR_Depth_K_M_1280x384')
-        if not (self.device in ('auto', 'cpu', 'cuda') or (self.device.startswith('cuda:')
-                                                            and self.device[5:].isdigit())):
+        if not _device_name(self.device):
             raise ConfigError(f"parameter device={self.device!r} must be 'auto', 'cpu', 'cuda' or 'cuda:N'")
         if self.calibration_topic and not self.calibration:
             raise ConfigError(f'calibration_topic {self.calibration_topic!r} needs calibration (the bag) set')
@@ -219,8 +218,7 @@ class NodeConfig:
         if self.colored_range == 'fixed' and self.colored_max <= self.colored_min:
             raise ConfigError(f'colored_max ({self.colored_max}) must be larger than colored_min '
                               f'({self.colored_min}) when colored_range is fixed')
-        if not (self.adapt_device in ('auto', 'cpu', 'cuda') or (self.adapt_device.startswith('cuda:')
-                                                                  and self.adapt_device[5:].isdigit())):
+        if not _device_name(self.adapt_device):
             raise ConfigError(f"parameter adapt_device={self.adapt_device!r} must be 'auto', 'cpu', 'cuda' or "
                               "'cuda:N'")
         if self.adapt and not self.adapt_odom_frame.strip():
@@ -233,6 +231,11 @@ class NodeConfig:
     def as_dict(self) -> dict[str, Any]:
         """Field name -> value."""
         return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+def _device_name(name: str) -> bool:
+    """Whether ``name`` is 'auto', 'cpu', 'cuda' or 'cuda:N'."""
+    return name in ('auto', 'cpu', 'cuda') or (name.startswith('cuda:') and name[5:].isdigit())
 
 
 PARAMETERS: tuple[Option, ...] = options(NodeConfig)
