@@ -30,6 +30,10 @@ from hr_depth_ros.core.networks import ARCHITECTURES, build_depth_model
 ENCODER_FILE = 'encoder.pth'
 DECODER_FILE = 'depth.pth'
 METADATA_FILE = 'hr_depth_ros.json'
+POSE_ENCODER_FILE = 'pose_encoder.pth'  # training state beside the authors' files (load_extra_state)
+POSE_DECODER_FILE = 'pose.pth'
+POSE_FILES = (POSE_ENCODER_FILE, POSE_DECODER_FILE)
+OPTIMIZER_FILE = 'adam.pth'
 ENCODER_EXTRA_KEYS = ('height', 'width', 'use_stereo')
 MAX_LISTED_KEYS = 12
 MAX_NETWORK_SIDE = 4096  # network input height/width above this are refused (the releases use <= 1280)

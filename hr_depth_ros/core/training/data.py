@@ -617,12 +617,16 @@ class TripletDataset(Dataset):
     ``T`` 2 x 4 x 4 float32: ``T_target_to_source`` from TF for the sources -1 and +1 (identity
     when unknown), ``has_pose`` and ``index``. ``augment`` turns on colour jitter and horizontal
     flips (p = 0.5 each, as monodepth2); a flip mirrors K's principal point and the poses' x axis.
+    ``color`` and ``color_aug`` are float in [0, 1], or with ``uint8`` 0-255 uint8 (jitter rounded):
+    a quarter of the bytes to pin and copy to a GPU, scaled there.
     """
 
-    def __init__(self, store: FrameStore, samples: Sequence[tuple[int, int, int]], augment: bool = False) -> None:
+    def __init__(self, store: FrameStore, samples: Sequence[tuple[int, int, int]], augment: bool = False,
+                 uint8: bool = False) -> None:
         self.store = store
         self.samples = list(samples)
         self.augment = augment
+        self.uint8 = uint8
         self.jitter = ColorJitter(**JITTER)
 
     def __len__(self) -> int:
@@ -665,6 +669,8 @@ class TripletDataset(Dataset):
                 T = MIRROR_X @ T @ MIRROR_X  # the same motion seen in the mirrored image
             color_aug = self._jitter(color) if torch.rand(()) < 0.5 else color
         K4 = intrinsics_4x4(torch.from_numpy(K).float())[0]
+        if self.uint8:
+            color, color_aug = (images.mul(255.0).round_().to(torch.uint8) for images in (color, color_aug))
         return {'color': color, 'color_aug': color_aug.contiguous(), 'K': K4, 'inv_K': torch.linalg.inv(K4),
                 'depth_gt': depth_gt, 'T': torch.from_numpy(T).float(), 'has_pose': has_pose, 'index': item}
 

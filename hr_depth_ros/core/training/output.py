@@ -29,14 +29,15 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from hr_depth_ros.core.checkpoint import recover_checkpoint
+from hr_depth_ros.core.checkpoint import METADATA_FILE, recover_checkpoint
 
 __all__ = ['OutputError', 'output_lock', 'prepare_output', 'remove_previous_run', 'removed_if_left_empty',
            'FRAME_CACHE_PREFIX', 'RUN_FILES']
 
 FRAME_CACHE_PREFIX = '.hr_depth_frames-'
-CHECKPOINT_NAMES = ('latest', 'best')
-RUN_FILES = ('latest', 'best', 'metrics.csv', 'tensorboard')  # what a run writes into OUTPUT
+LATEST, BEST = 'latest', 'best'  # the checkpoint folders of a run: the last saved step, the best validation
+CHECKPOINT_NAMES = (LATEST, BEST)
+RUN_FILES = (*CHECKPOINT_NAMES, 'metrics.csv', 'tensorboard')  # what a run writes into OUTPUT
 LOCK_FILE = '.hr_depth_ros.lock'  # flocked by the run that owns OUTPUT; holds its PID
 
 
@@ -46,7 +47,7 @@ class OutputError(ValueError):
 
 def _describe_run(output: Path) -> str:
     try:
-        step = json.loads((output / 'latest' / 'hr_depth_ros.json').read_text()).get('step')
+        step = json.loads((output / LATEST / METADATA_FILE).read_text()).get('step')
     except (OSError, ValueError, AttributeError):
         step = None
     found = [name + ('/' if (output / name).is_dir() else '') for name in RUN_FILES if (output / name).exists()]
