@@ -82,6 +82,7 @@ SOURCE_OFFSETS = (-1, 1)
 METRICS_COLUMNS = ('step', 'epoch', 'split', 'loss', 'photometric', 'loss_tf', 'lr', 'samples_per_s', 'abs_rel',
                    'rmse', 'a1', 'abs_rel_metric', 'scale_ratio', 'selected')
 MAX_BAD_STEPS = 20  # consecutive non-finite losses before giving up
+MIN_LOSS_SCALE = 1.0  # AMP: GradScaler starts at 65536; below 1 the gradients overflowed in nearly every step
 MIN_POSE_LR = 1e-4  # measured: a fresh pose network barely learns below this
 AUTO_POSE_WARMUP_STEPS = 160  # measured: translation converges in 120-160 steps at 1e-4
 AUTO_ANCHOR_WEIGHT = 1.0  # measured (benchmarks/RESULTS.md): pose-network fine-tunes stop damaging the start model
@@ -272,6 +273,16 @@ def _seed_everything(seed: int, deterministic: bool) -> None:
     if deterministic:
         os.environ.setdefault('CUBLAS_WORKSPACE_CONFIG', ':4096:8')  # cuBLAS's deterministic mode (README)
         torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def check_loss_scale(scaler: torch.amp.GradScaler | None) -> None:
+    """TrainingError when mixed precision's loss scale fell below :data:`MIN_LOSS_SCALE`. GradScaler skips
+    every step whose gradients are inf/NaN and halves the scale: the model stops learning while the loss
+    stays finite, so the non-finite-loss check never fires."""
+    if scaler is not None and scaler.is_enabled() and scaler.get_scale() < MIN_LOSS_SCALE:
+        raise TrainingError(f'mixed precision: the gradients were inf/NaN in nearly every recent step (loss scale '
+                            f'{scaler.get_scale():.3g}); those steps were skipped, the model stopped learning: run '
+                            'with --no-amp (amp: false); the last good checkpoint is kept')
 
 
 def rng_state(device: torch.device) -> dict[str, torch.Tensor]:
@@ -927,6 +938,7 @@ class Trainer:
                         if tensorboard is not None:
                             tensorboard.add_scalar('train/loss', row['loss'], self.state.step)
                         running.clear()
+                        check_loss_scale(scaler)
                     if self.state.step % val_every == 0 or self.state.step == total:
                         best = validate() or best
                     if self.state.step % cfg.save_every == 0 or self.state.step == total:
