@@ -423,7 +423,7 @@ class Trainer:
     def _transforms(self, models: _Models, batch: dict[str, torch.Tensor], pose_source: str,
                     color_aug: torch.Tensor) -> dict[int, torch.Tensor]:
         """``T_target_to_source`` per source offset, from TF (the batch) or the pose network."""
-        if pose_source == 'tf':
+        if pose_source in ('tf', 'vo'):  # fixed poses of the batch: odometry or two-view geometry
             T = batch['T'].to(self.device)
             return {offset: T[:, j] for j, offset in enumerate(SOURCE_OFFSETS)}
         transforms = {}
@@ -720,10 +720,13 @@ class Trainer:
         if cfg.resume:
             self._resume(models, optimizer, scheduler, scaler)
         generator = torch.Generator().manual_seed(cfg.seed + self.state.step)
-        train_set = TripletDataset(data.store, data.train, augment=cfg.augment)
+        if data.pose_source == 'vo':
+            self._scale_two_view(models, data)
+        train_set = TripletDataset(data.store, data.train, augment=cfg.augment, transforms=data.transforms)
         sampler = train_sampler(self.dist, train_set, cfg.seed)
         train_loader = self._loader(train_set, True, generator, sampler)
-        val_loader = self._loader(TripletDataset(data.store, data.val), False) if data.val else None
+        val_loader = (self._loader(TripletDataset(data.store, data.val, transforms=data.transforms), False)
+                      if data.val else None)
         if not cfg.resume:  # on rank 0, the same scale for every rank
             if self.dist.is_main:
                 self._choose_metric_scale(models, data)
@@ -733,11 +736,11 @@ class Trainer:
         if pose_warmup is None:
             pose_warmup = (AUTO_POSE_WARMUP_STEPS if data.pose_source == 'net' and cfg.init and models.pose_from_scratch
                            else 0)
-        if data.pose_source == 'tf':
+        if data.pose_source in ('tf', 'vo'):
             pose_warmup = 0  # the pose network is not used
             models.pose_encoder.requires_grad_(False)
             models.pose_decoder.requires_grad_(False)
-        self._log(f'camera motion from {"TF (" + cfg.odom_frame + " -> camera)" if data.pose_source == "tf" else "the pose network"}'
+        self._log(f'camera motion from {data.report.pose_source}'
                   + (f'; depth in metres (metric scale {self.state.metric_scale:.4g})' if self.state.metric else
                      '; depth without metric scale')
                   + (f'; pose network lr {pose_lr:g}, {pose_warmup} pose-only warm-up steps'
@@ -903,6 +906,37 @@ class Trainer:
             self.state.best_val = value
             return self._save(models, optimizer, scheduler, scaler, data, 'best')
         return None
+
+    @torch.no_grad()
+    def _scale_two_view(self, models: _Models, data: PreparedData) -> None:
+        """Two-view poses in the start depth network's units (:mod:`hr_depth_ros.core.visual_odometry`): the
+        translation length of every sample from the network's depth of its centre frame, once (measured:
+        benchmarks/RESULTS.md). Samples whose length the depth cannot fix are dropped and counted."""
+        centres = sorted({centre for _, centre, _ in (*data.train, *data.val)})
+        depths: dict[int, np.ndarray] = {}
+        models.encoder.eval()
+        models.decoder.eval()
+        try:
+            for first in range(0, len(centres), 16):
+                chunk = centres[first:first + 16]
+                images = torch.from_numpy(np.stack([data.store.image(i) for i in chunk])).permute(0, 3, 1, 2)
+                disp = models.decoder(models.encoder(images.to(self.device).float().div_(255.0)))[('disp', 0)]
+                for i, depth in zip(chunk, self._depth(disp.float(), 1.0)[:, 0].cpu().numpy()):
+                    depths[i] = depth
+        finally:
+            models.encoder.train()
+            models.decoder.train()
+        data.transforms, failures = data.motions.scaled(depths.__getitem__, data.store.K, data.store.segment, centres)
+        keep = functools.partial(lambda T, sample: bool(np.isfinite(T[sample[1]]).all()), data.transforms)
+        before = len(data.train) + len(data.val)
+        data.train, data.val = [s for s in data.train if keep(s)], [s for s in data.val if keep(s)]
+        self._log(f'{data.motions.summary()}; translation lengths from the start depth network: '
+                  f'{len(centres) - (before - len(data.train) - len(data.val))} of {len(centres)} samples'
+                  + (f' ({failures["no_scale"]} pairs refused: too few tracks with depth to fix the length)'
+                     if failures else ''))
+        if not data.train:
+            raise TrainingError('two-view geometry left no training sample with a camera motion; '
+                                + data.motions.summary())
 
     def _choose_metric_scale(self, models: _Models, data: PreparedData) -> None:
         """Metric scale for TF poses: given, the start checkpoint's, or found by the scale search."""
