@@ -146,5 +146,5 @@ def test_vo_fine_tune_selects_best_by_the_fixed_poses(tmp_path, lite_checkpoint)
     assert metadata['pose_source'] == 'vo' and metadata['selected_by'] == 'loss_tf'
     assert metadata['anchor_weight'] == 0.0
     rows = [row for row in csv.DictReader(open(tmp_path / 'out' / 'metrics.csv')) if row['split'] == 'val']
-    assert rows and all(row['loss_tf'] for row in rows)
+    assert rows and all(row['loss_tf'] and row['selected_by'] == 'loss_tf' for row in rows)
     assert any('translation lengths from the start depth network' in line for line in logs)

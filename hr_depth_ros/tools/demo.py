@@ -10,9 +10,10 @@
    the bundled checkpoint ``models/lite_hr_depth_synthetic`` (itself trained monocularly on
    another synthetic drive, so without metric scale) or from random weights when it is absent:
    once with camera motion from the odometry (``--pose-source tf``: metric depth) and, unless
-   ``--skip-net``, once from the camera alone: the same drive recorded without TF, camera motion
-   from the bundled pose network, the depth network anchored to the start model (as a user
-   without odometry gets it: ``best/`` chosen by the loss);
+   ``--skip-camera-only``, once from the camera alone: the same drive recorded without TF, as a
+   user without odometry gets it (``--pose-source auto``): camera motion from the two-view geometry
+   of the images, the translation length from the start depth network, ``best/`` chosen by the
+   photometric error under those fixed poses;
 3. starts the real ``depth_node`` as a process with the TF-fine-tuned checkpoint and plays the
    held-out frames into it over ROS 2 (DDS on loopback only), collecting what it publishes;
 4. writes colourised depth strips beside the camera frames and the ground truth (PNG), a
@@ -403,8 +404,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help='fine-tuning steps of each run (from the bundled checkpoint)')
     parser.add_argument('--batch-size', type=int, default=4)
     parser.add_argument('--lr', type=float, default=1e-4, help='fine-tuning learning rate')
-    parser.add_argument('--skip-net', action='store_true',
-                        help='skip the fine-tuning run without odometry (pose network), to save time')
+    parser.add_argument('--skip-camera-only', '--skip-net', dest='skip_net', action='store_true',
+                        help='skip the fine-tuning run without odometry (camera only), to save time')
+    parser.add_argument('--seed', type=int, default=0, help='random seed of the fine-tuning runs')
     parser.add_argument('--init', default=None,
                         help=f'checkpoint to start from (default: the shipped {BUNDLED_CHECKPOINT} '
                              "if present, else random; 'random' forces random weights)")
@@ -436,7 +438,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.skip_net:  # the same drive as a robot without odometry records it
         camera_only = ensure_bag(output / 'bags' / 'train_camera_only', args.train_frames, args.width, args.height,
                                  seed=1, with_tf=False)
-        runs.append(('net', camera_only, 'the same drive without TF: camera motion from the pose network'))
+        runs.append(('auto', camera_only, 'the same drive without TF: camera motion from the images (two-view '
+                                          'geometry)'))
     frames = load_eval_frames(eval_bag, args.eval_frames)
     done(t, f'{args.train_frames} training frames (camera + odometry in TF'
             + ('; and camera only' if not args.skip_net else '') + f'), {len(frames)} held-out frames')
@@ -445,10 +448,11 @@ def main(argv: list[str] | None = None) -> int:
     for pose_source, bag, what in runs:
         t = step(2, total, f'fine-tuning Lite-HR-Depth at {args.net_width}x{args.net_height}, {args.finetune_steps} '
                            f'steps from {init or "random weights"}, {what}')
-        checkpoints[pose_source] = finetune(bag, output / f'finetune_{pose_source}', init, args.finetune_steps,
-                                            args.net_width, args.net_height, args.device, args.batch_size, args.lr,
-                                            pose_source)
-        done(t, str(checkpoints[pose_source]))
+        name = 'tf' if pose_source == 'tf' else 'camera_only'
+        checkpoints[name] = finetune(bag, output / f'finetune_{name}', init, args.finetune_steps, args.net_width,
+                                     args.net_height, args.device, args.batch_size, args.lr, pose_source,
+                                     ['--seed', str(args.seed)])
+        done(t, str(checkpoints[name]))
     finetuned = checkpoints['tf']
 
     t = step(3, total, 'evaluating random weights, the starting checkpoint and the fine-tuned ones')
@@ -458,8 +462,9 @@ def main(argv: list[str] | None = None) -> int:
     if init is not None:
         results['start_checkpoint'] = direct_metrics(init, frames, args.device, backend)[0]
     results['finetuned_tf'], results['finetuned_tf_metric'] = direct_metrics(finetuned, frames, args.device, backend)
-    if 'net' in checkpoints:
-        results['finetuned_net'] = direct_metrics(checkpoints['net'], frames, args.device, backend)[0]
+    if 'camera_only' in checkpoints:
+        results['finetuned_camera_only'] = direct_metrics(checkpoints['camera_only'], frames, args.device,
+                                                          backend)[0]
     done(t)
 
     t = step(4, total, 'running depth_node and playing the held-out frames into it over ROS 2')
@@ -516,7 +521,7 @@ def main(argv: list[str] | None = None) -> int:
     if 'start_checkpoint' in results:
         start = results['start_checkpoint']['abs_rel']
         for name, how in (('finetuned_tf', 'with the odometry (TF poses, metric)'),
-                          ('finetuned_net', 'from the camera alone (pose network, anchored to the start model)')):
+                          ('finetuned_camera_only', 'from the camera alone (two-view geometry)')):
             if name in results:
                 tuned = results[name]['abs_rel']
                 lines += ['', f'Fine-tuning {how} changed abs_rel by {100 * (tuned - start) / start:+.1f} % '

@@ -78,7 +78,7 @@ LOGGER = logging.getLogger(__name__)
 SCALES = (0, 1, 2, 3)
 SOURCE_OFFSETS = (-1, 1)
 METRICS_COLUMNS = ('step', 'epoch', 'split', 'loss', 'photometric', 'loss_tf', 'lr', 'samples_per_s', 'abs_rel',
-                   'rmse', 'a1', 'abs_rel_metric', 'scale_ratio', 'selected')
+                   'rmse', 'a1', 'abs_rel_metric', 'scale_ratio', 'selected', 'selected_by')
 MAX_BAD_STEPS = 20  # consecutive non-finite losses before giving up
 MIN_POSE_LR = 1e-4  # measured: a fresh pose network barely learns below this
 AUTO_POSE_WARMUP_STEPS = 160  # measured: translation converges in 120-160 steps at 1e-4
@@ -157,8 +157,10 @@ class TrainingConfig:
                                        f'{AUTO_POSE_WARMUP_STEPS} when the start checkpoint has no pose network and '
                                        'poses come from it, else 0)')
     pose_source: str = option('auto', choices=POSE_SOURCES,
-                              help="camera motion from the bags' TF (odometry; gives metric depth) or the pose "
-                                   'network; auto: tf when every bag has a TF chain from odom_frame to the camera')
+                              help="camera motion from the bags' TF (odometry; gives metric depth), the two-view "
+                                   'geometry of the images (vo: feature tracks, essential matrix, translation length '
+                                   'from the start depth network) or the pose network (net); auto: tf when every bag '
+                                   'has a TF chain from odom_frame to the camera, else vo')
     odom_frame: str = option('odom', help='fixed frame of the odometry in TF')
     camera_frame: str | None = option(None, type=str, unset='',
                                       help="camera's optical frame in TF (default: the images' header.frame_id)")
@@ -892,7 +894,8 @@ class Trainer:
         self.state.selected_by, value = self._selection(result)
         improved = math.isfinite(value) and value < self.state.best_val
         row = {'step': self.state.step, 'epoch': self.state.epoch, 'split': 'val', 'lr': optimizer.param_groups[0]['lr'],
-               **{k: result.get(k) for k in METRICS_COLUMNS if k in result}, 'selected': int(improved)}
+               **{k: result.get(k) for k in METRICS_COLUMNS if k in result}, 'selected': int(improved),
+               'selected_by': self.state.selected_by}  # what best/ is chosen by
         writer.writerow(row)
         csv_stream.flush()
         if tensorboard is not None:
