@@ -15,7 +15,7 @@ capped at 80 m.
 
 - Synthetic (default): drives as in the demo (tools/demo.py): training drive seed 1 (120 frames,
   640x192, 10 fps, odometry in TF, which the ``vo`` and ``net`` variants ignore), held-out drive
-  seed 2 (72 frames, ``--eval-frames`` of them scored).
+  seed 2 (72 frames, ``--eval-frames`` of them scored; ``--demo-eval``: the demo's own 12 of 36).
 - ``--real BAG``: a real recording with a colour topic, camera_info and a depth sensor (the
   shared TUM RGB-D ``tum_fr1_xyz_37f``): training on its first ``--train-frames`` (24) frames (a
   copy of the bag cut there), scored on the next ``--heldout-frames`` (12) frames that have depth.
@@ -100,6 +100,9 @@ def main() -> int:
     parser.add_argument('--seeds', type=int, nargs='+', default=[0], help='one run per seed and variant')
     parser.add_argument('--output', default='/tmp/pose_sources')
     parser.add_argument('--eval-frames', type=int, default=24)
+    parser.add_argument('--demo-eval', action='store_true',
+                        help="score on the demo's held-out frames (a 36-frame drive, 12 of them) instead")
+    parser.add_argument('--reuse', action='store_true', help='score runs already in --output instead of training')
     parser.add_argument('--threads', type=int, default=1)
     parser.add_argument('--real', default=None, help='a real bag (colour, camera_info, depth) instead of the drives')
     parser.add_argument('--train-frames', type=int, default=24, help='--real: frames trained on (the first ones)')
@@ -120,8 +123,10 @@ def main() -> int:
     else:
         steps = args.steps or 30
         train = ensure_bag(output / 'bags' / 'train', 120, 640, 192, seed=1)
-        heldout = ensure_bag(output / 'bags' / 'heldout', 72, 640, 192, seed=2)
-        frames = load_eval_frames(heldout, args.eval_frames)
+        if args.demo_eval:  # as tools/demo.py: max(3 x 12, 30) frames, 12 scored
+            frames = load_eval_frames(ensure_bag(output / 'bags' / 'heldout_demo', 36, 640, 192, seed=2), 12)
+        else:
+            frames = load_eval_frames(ensure_bag(output / 'bags' / 'heldout', 72, 640, 192, seed=2), args.eval_frames)
     backend = BackendOptions('torch', args.threads, None)
 
     def abs_rel(folder: Path) -> float:
@@ -134,7 +139,8 @@ def main() -> int:
     for name in args.variants:
         for seed in args.seeds:
             run = output / f'{name}_seed{seed}'
-            shutil.rmtree(run, ignore_errors=True)  # a fresh run each time (the demo's helper would reuse it)
+            if not args.reuse:
+                shutil.rmtree(run, ignore_errors=True)  # a fresh run each time (the demo's helper would reuse it)
             pose_source, extra = VARIANTS[name]
             extra = [*extra, *extra_data, '--seed', str(seed)]
             began = time.monotonic()

@@ -930,9 +930,11 @@ class Trainer:
             models.encoder.train()
             models.decoder.train()
         data.transforms, failures = data.motions.scaled(depths.__getitem__, data.store.K, data.store.segment, centres)
-        keep = functools.partial(lambda T, sample: bool(np.isfinite(T[sample[1]]).all()), data.transforms)
+        def keep(samples: list[tuple[int, int, int]]) -> list[tuple[int, int, int]]:
+            return [sample for sample in samples if np.isfinite(data.transforms[sample[1]]).all()]
+
         before = len(data.train) + len(data.val)
-        data.train, data.val = [s for s in data.train if keep(s)], [s for s in data.val if keep(s)]
+        data.train, data.val = keep(data.train), keep(data.val)
         self._log(f'{data.motions.summary()}; translation lengths from the start depth network: '
                   f'{len(centres) - (before - len(data.train) - len(data.val))} of {len(centres)} samples'
                   + (f' ({failures["no_scale"]} pairs refused: too few tracks with depth to fix the length)'
