@@ -29,6 +29,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -221,12 +222,14 @@ class PairMotions:
     tracks: list[list[np.ndarray]]
     version: int = VO_VERSION
     failures: Counter = field(default_factory=Counter)
+    seconds: float = 0.0            # time the estimate took (0: read from the cache)
 
     @classmethod
     def estimate(cls, images: Callable[[int], np.ndarray], segment: np.ndarray, Ks: Sequence[np.ndarray],
                  stride: int = 1, settings: TwoViewSettings = TwoViewSettings()) -> 'PairMotions':
         """Estimate every (i, i + stride) pair of frames of one segment (bag) once; ``images(i)``: frame
         ``i`` (RGB), ``segment[i]``: its bag, ``Ks[segment]``: the bag's intrinsics."""
+        started = time.perf_counter()
         n = len(segment)
         T = np.full((n, 2, 4, 4), np.nan)
         status = np.full((n, 2), '', dtype=object)
@@ -250,7 +253,7 @@ class PairMotions:
                 T[i, 1], T[k, 0] = result.T, inverse_motion(result.T)
                 tracks[i][1] = np.concatenate([result.target_px, result.source_px], axis=1)
                 tracks[k][0] = np.concatenate([result.source_px, result.target_px], axis=1)
-        motions = cls(stride, T, status, tracks)
+        motions = cls(stride, T, status, tracks, seconds=time.perf_counter() - started)
         motions.failures = Counter(s for s in status[:, 1] if s not in ('', 'ok'))
         return motions
 
@@ -260,6 +263,7 @@ class PairMotions:
         motions = cls(parts[0].stride, np.concatenate([p.T for p in parts]), np.concatenate([p.status for p in parts]),
                       [row for p in parts for row in p.tracks])
         motions.failures = sum((p.failures for p in parts), Counter())
+        motions.seconds = sum(p.seconds for p in parts)
         return motions
 
     def has_motion(self, centre: int) -> bool:
@@ -292,8 +296,9 @@ class PairMotions:
         pairs = int((self.status[:, 1] != '').sum())
         ok = int((self.status[:, 1] == 'ok').sum())
         why = ', '.join(f'{count} {FAILURES[key]}' for key, count in sorted(self.failures.items()))
-        return f'two-view geometry: {ok} of {pairs} frame pairs gave a camera motion' + (f' (refused: {why})'
-                                                                                          if why else '')
+        return (f'two-view geometry: {ok} of {pairs} frame pairs gave a camera motion'
+                + (f' (refused: {why})' if why else '')
+                + (f', {self.seconds:.1f} s' if self.seconds else ', from the frame cache'))
 
     # -- cache ----------------------------------------------------------------------------------
     def save(self, path: Path) -> None:

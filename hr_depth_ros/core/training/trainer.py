@@ -935,7 +935,7 @@ class Trainer:
 
         before = len(data.train) + len(data.val)
         data.train, data.val = keep(data.train), keep(data.val)
-        self._log(f'{data.motions.summary()}; translation lengths from the start depth network: '
+        self._log(f'two-view poses: translation lengths from the start depth network for '
                   f'{len(centres) - (before - len(data.train) - len(data.val))} of {len(centres)} samples'
                   + (f' ({failures["no_scale"]} pairs refused: too few tracks with depth to fix the length)'
                      if failures else ''))
