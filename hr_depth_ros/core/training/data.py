@@ -241,7 +241,8 @@ def _check_topics(bag: Path, config: DataConfig) -> tuple[dict[str, str], bool]:
         raise DataError(f'pose source must be one of {", ".join(POSE_SOURCES)}, got {config.pose_source!r}')
     if config.pose_source == 'tf' and topics.get(config.tf_topic) != TF_TYPE:
         raise DataError(f'bag {bag} has no {TF_TYPE} topic {config.tf_topic} for poses from TF (pose source '
-                        f'tf); its topics are: {_describe_topics(topics)}; use pose source net without odometry')
+                        f'tf); its topics are: {_describe_topics(topics)}; use pose source vo (two-view geometry) '
+                        'without odometry')
     if info_type is None and config.intrinsics is None:
         raise DataError(f'bag {bag} has no camera_info topic {config.camera_info_topic} and no intrinsics '
                         f'(fx, fy, cx, cy) were given; its topics are: {_describe_topics(topics)}')
@@ -484,7 +485,8 @@ def _segment_poses(tree: TransformTree, config: DataConfig, bag: Path, camera_fr
                 f'gaps > {config.max_tf_gap:g} s)' if missing else '')
         return True, note, missing
     if config.pose_source == 'tf':
-        raise DataError(note + '; use pose source net (the pose network) when the bag has no odometry')
+        raise DataError(note + '; use pose source vo (two-view geometry of the images) when the bag has no '
+                        'odometry')
     return False, note, len(stamps)
 
 
@@ -521,7 +523,8 @@ class SampleReport:
     def summary(self) -> str:
         return (f'{self.frames} frames -> {self.train} training + {self.val} validation samples '
                 f'(dropped: {self.dropped_edges} at sequence ends, {self.dropped_gap} across time gaps, '
-                f'{self.dropped_no_motion} without camera motion, {self.dropped_no_pose} without a TF pose, '
+                f'{self.dropped_no_motion} without camera motion, {self.dropped_no_pose} without a '
+                f'{"two-view" if self.pose_source.startswith("two-view") else "TF"} pose, '
                 f'{self.dropped_split} straddling the train/validation split; {self.skipped_frames} '
                 f'undecodable frames skipped)'
                 + (f'; camera poses from {self.pose_source}' if self.pose_source else '')

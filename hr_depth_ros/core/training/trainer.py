@@ -930,6 +930,7 @@ class Trainer:
             models.encoder.train()
             models.decoder.train()
         data.transforms, failures = data.motions.scaled(depths.__getitem__, data.store.K, data.store.segment, centres)
+
         def keep(samples: list[tuple[int, int, int]]) -> list[tuple[int, int, int]]:
             return [sample for sample in samples if np.isfinite(data.transforms[sample[1]]).all()]
 
