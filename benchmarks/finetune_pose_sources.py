@@ -8,7 +8,7 @@
 The question it answers: which camera motion (odometry in TF, two-view geometry of the images,
 the pose network) and which anchoring make a short fine-tune better than the model it starts
 from. Lite-HR-Depth at 320x96, batch 4, lr 1e-4, from ``models/lite_hr_depth_synthetic``, each
-variant and seed a ``finetune`` process (started by the demo's ``finetune`` helper) on
+variant and seed a ``finetune`` process (the demo's ``finetune_config`` / ``finetune`` helpers) on
 ``--threads`` threads. Scored: ``latest/`` (no model selection, so the table shows what training
 did) and ``best/`` (what a user gets), median-scaled abs_rel against the ground truth, depth
 capped at 80 m.
@@ -35,19 +35,18 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from hr_depth_ros.core.backends import BackendOptions  # noqa: E402
 from hr_depth_ros.tools.demo import (EvalFrame, bundled_checkpoint, direct_metrics, ensure_bag,  # noqa: E402
-                                    finetune, load_eval_frames)
+                                    finetune, finetune_config, load_eval_frames)
 
-VARIANTS = {  # name -> (pose source, more finetune arguments)
-    'tf': ('tf', []),
-    'tf_anchor1': ('tf', ['--anchor-weight', '1']),
-    'vo': ('vo', []),
-    'vo_anchor1': ('vo', ['--anchor-weight', '1']),
-    'net_no_anchor': ('net', ['--anchor-weight', '0']),
-    'net_anchor0.1': ('net', ['--anchor-weight', '0.1']),
-    'net_anchor1': ('net', ['--anchor-weight', '1']),
-    'net_anchor3': ('net', ['--anchor-weight', '3']),
+VARIANTS = {  # name -> (pose source, more TrainingConfig fields)
+    'tf': ('tf', {}),
+    'tf_anchor1': ('tf', {'anchor_weight': 1.0}),
+    'vo': ('vo', {}),
+    'vo_anchor1': ('vo', {'anchor_weight': 1.0}),
+    'net_no_anchor': ('net', {'anchor_weight': 0.0}),
+    'net_anchor0.1': ('net', {'anchor_weight': 0.1}),
+    'net_anchor1': ('net', {'anchor_weight': 1.0}),
+    'net_anchor3': ('net', {'anchor_weight': 3.0}),
 }
 REAL_IMAGE_TOPIC = '/camera/image_raw/compressed'
 REAL_INFO_TOPIC = '/camera/camera_info'
@@ -113,13 +112,13 @@ def main() -> int:
     if start is None:
         print('the shipped checkpoint models/lite_hr_depth_synthetic is missing', file=sys.stderr)
         return 1
-    extra_data: list[str] = []
+    extra_data: dict[str, str] = {}
     if args.real:
         steps = args.steps or 60
         output.mkdir(parents=True, exist_ok=True)
         train = cut_bag(Path(args.real), output / 'bags' / 'train', args.train_frames, REAL_IMAGE_TOPIC)
         frames = real_eval_frames(Path(args.real), args.train_frames, args.heldout_frames)
-        extra_data = ['--image-topic', REAL_IMAGE_TOPIC]
+        extra_data = {'image_topic': REAL_IMAGE_TOPIC}
     else:
         steps = args.steps or 30
         train = ensure_bag(output / 'bags' / 'train', 120, 640, 192, seed=1)
@@ -127,10 +126,10 @@ def main() -> int:
             frames = load_eval_frames(ensure_bag(output / 'bags' / 'heldout_demo', 36, 640, 192, seed=2), 12)
         else:
             frames = load_eval_frames(ensure_bag(output / 'bags' / 'heldout', 72, 640, 192, seed=2), args.eval_frames)
-    backend = BackendOptions('torch', args.threads, None)
+    inference = {'device': 'cpu', 'backend': 'torch', 'threads': args.threads, 'precision': 'fp32'}
 
     def abs_rel(folder: Path) -> float:
-        return direct_metrics(folder, frames, 'cpu', backend)[0]['abs_rel']
+        return direct_metrics(folder, frames, inference)[0]['abs_rel']
 
     baseline = abs_rel(start)
     print(f'start checkpoint: held-out abs_rel {baseline:.4f} on {len(frames)} frames', flush=True)
@@ -141,13 +140,14 @@ def main() -> int:
             run = output / f'{name}_seed{seed}'
             if not args.reuse:
                 shutil.rmtree(run, ignore_errors=True)  # a fresh run each time (the demo's helper would reuse it)
-            pose_source, extra = VARIANTS[name]
-            extra = [*extra, *extra_data, '--seed', str(seed)]
+            pose_source, more = VARIANTS[name]
             began = time.monotonic()
-            finetune(train, run, start, steps, 320, 96, 'cpu', 4, 1e-4, pose_source, extra)
+            finetune(finetune_config(train, run, start, steps, 320, 96, 'cpu', 4, 1e-4, pose_source, seed=seed,
+                                     **more, **extra_data))
             seconds = time.monotonic() - began
             latest, best = abs_rel(run / 'latest'), abs_rel(run / 'best')
-            rows.append((name, seed, ' '.join(['--pose-source', pose_source, *extra]), latest, best, seconds))
+            flags = ' '.join(f'--{key.replace("_", "-")} {value:g}' for key, value in more.items())
+            rows.append((name, seed, f'--pose-source {pose_source} {flags}'.strip(), latest, best, seconds))
             print(f'  done: {name} seed {seed} latest {latest:.4f} best {best:.4f} ({seconds:.0f} s)', flush=True)
     load = os.getloadavg()[0]
     print(f'\nstart checkpoint: held-out abs_rel {baseline:.4f} on {len(frames)} frames '

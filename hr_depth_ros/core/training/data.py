@@ -336,6 +336,7 @@ def extract_frames(config: DataConfig) -> FrameStore:
             pending_depth: dict[int, np.ndarray] = {}
             first = count
             bag_skipped: list[str] = []
+            repeated = 0  # image messages whose header stamp an earlier frame of this bag already has
             for topic, t_ns, stamp_ns, msg in read_messages(bag, wanted, on_partial=notes.append):
                 stamp = stamp_ns if stamp_ns else t_ns
                 if topic == config.camera_info_topic:
@@ -351,7 +352,8 @@ def extract_frames(config: DataConfig) -> FrameStore:
                     if camera_frame is None:
                         camera_frame = normalize_frame(msg.header.frame_id)
                     if stamp in by_stamp:
-                        continue  # duplicate stamp: keep the first
+                        repeated += 1  # duplicate stamp: keep the first, count the rest (in the summary)
+                        continue
                     try:
                         rgb = (compressed_to_rgb(msg, config.max_pixels) if compressed
                                else image_to_rgb(msg, config.max_pixels))
@@ -385,6 +387,9 @@ def extract_frames(config: DataConfig) -> FrameStore:
                         has_depth[by_stamp[stamp]] = True
                     else:
                         pending_depth[stamp] = gt
+            if repeated:
+                notes.append(f'bag {bag}: {repeated} frames on {config.image_topic} repeat the header stamp of an '
+                             'earlier frame: dropped (the first of each stamp kept; check the camera driver\'s clock)')
             _check_decodable(bag, config, count - first, bag_skipped, notes)
             skipped += len(bag_skipped)
             bag_skipped_counts.append(len(bag_skipped))
@@ -494,7 +499,9 @@ def _check_decodable(bag: Path, config: DataConfig, decoded: int, skipped: list[
     """Note skipped frames of one bag; DataError when too few decoded (``min_decodable_fraction``)."""
     total = decoded + len(skipped)
     if total == 0:
-        raise DataError(f'bag {bag}: no readable messages on {config.image_topic}')
+        why = next((note for note in reversed(notes) if note.startswith(f'bag {bag}:')), '')  # a corrupt file
+        raise DataError(f'bag {bag}: no readable messages on {config.image_topic}'
+                        + (f' ({why[len(f"bag {bag}: "):]})' if why else ''))
     if skipped:
         notes.append(f'bag {bag}: {len(skipped)} of {total} frames on {config.image_topic} skipped '
                      f'(undecodable; first: {skipped[0]})')
@@ -615,15 +622,18 @@ class TripletDataset(Dataset):
     ``T`` 2 x 4 x 4 float32: ``T_target_to_source`` from TF for the sources -1 and +1 (identity
     when unknown), ``has_pose`` and ``index``. ``augment`` turns on colour jitter and horizontal
     flips (p = 0.5 each, as monodepth2); a flip mirrors K's principal point and the poses' x axis.
+    ``color`` and ``color_aug`` are float in [0, 1], or with ``uint8`` 0-255 uint8 (jitter rounded):
+    a quarter of the bytes to pin and copy to a GPU, scaled there.
     ``transforms``: N x 2 x 4 x 4 ``T_target_to_source`` by centre frame, instead of TF (two-view geometry).
     """
 
     def __init__(self, store: FrameStore, samples: Sequence[tuple[int, int, int]], augment: bool = False,
-                 transforms: np.ndarray | None = None) -> None:
+                 uint8: bool = False, transforms: np.ndarray | None = None) -> None:
         self.store = store
         self.transforms = transforms
         self.samples = list(samples)
         self.augment = augment
+        self.uint8 = uint8
         self.jitter = ColorJitter(**JITTER)
 
     def __len__(self) -> int:
@@ -669,6 +679,8 @@ class TripletDataset(Dataset):
                 T = MIRROR_X @ T @ MIRROR_X  # the same motion seen in the mirrored image
             color_aug = self._jitter(color) if torch.rand(()) < 0.5 else color
         K4 = intrinsics_4x4(torch.from_numpy(K).float())[0]
+        if self.uint8:
+            color, color_aug = (images.mul(255.0).round_().to(torch.uint8) for images in (color, color_aug))
         return {'color': color, 'color_aug': color_aug.contiguous(), 'K': K4, 'inv_K': torch.linalg.inv(K4),
                 'depth_gt': depth_gt, 'T': torch.from_numpy(T).float(), 'has_pose': has_pose, 'index': item}
 
