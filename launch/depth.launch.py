@@ -61,6 +61,9 @@ def _depth_node(context, *args, **kwargs):
         name='hr_depth',
         output='screen',
         emulate_tty=True,
+        # Unloading torch + OpenVINO after Ctrl-C took 6-12 s on a saturated 2-core machine: more than
+        # launch's default 5 s before SIGTERM. `sigterm_timeout:=N` on the command line still wins.
+        sigterm_timeout=LaunchConfiguration('sigterm_timeout', default='15'),
         parameters=[LaunchConfiguration('params_file'), overrides],
         remappings=[
             ('image', image),
