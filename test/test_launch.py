@@ -65,6 +65,9 @@ RUN = {
     'ros2 launch hr_depth_ros finetune.launch.py ': 'test_finetune_launch_writes_a_loadable_checkpoint',
 }
 NOT_RUN = {
+    'ros2 launch hr_depth_ros depth.launch.py adapt:=true': 'the launch argument passes the adapt parameter as it '
+                                                           'passes autostart (run here); test_adaptation runs the '
+                                                           'node with adapt',
     'ros2 bag ': 'rosbag2 (ros2 bag) is not among the ROS 2 packages installed here; play_bag stands in for it',
     'ros2 run hr_depth_ros depth_node --ros-args --params-file config/depth.yaml -p weights:=<folder> '
     '-p precision:=int8': 'int8 quantises the model at the first start (~80 s on 2 busy cores); test_quantization '

@@ -16,6 +16,9 @@ The names of those modules that callers need are importable from here too.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
 
 from hr_depth_ros.core.training.cache import prepare_frames
 from hr_depth_ros.core.training.data_config import (POSE_SOURCES, DataConfig, DataError, InputErrors, check_bags,
@@ -39,8 +42,10 @@ class PreparedData:
     train: list[tuple[int, int, int]]
     val: list[tuple[int, int, int]]
     report: SampleReport
-    pose_source: str = 'net'        # what the trainer uses: 'tf' or 'net'
+    pose_source: str = 'net'        # what the trainer uses: 'tf', 'net' or 'vo'
     bag_reports: list[SampleReport] = field(default_factory=list)  # one per bag, in store.bags order
+    motions: Any = None             # 'vo': the two-view geometry (visual_odometry.PairMotions)
+    transforms: np.ndarray | None = None  # 'vo': its poses in the depth network's units (the trainer's)
 
     def bag_summaries(self) -> list[str]:
         """One line per bag: frames, kept samples, dropped and why."""
@@ -49,6 +54,8 @@ class PreparedData:
     @property
     def val_has_poses(self) -> bool:
         """Every validation sample has TF poses (so validation can score depth under them)."""
+        if self.transforms is not None:
+            return bool(self.val) and all(np.isfinite(self.transforms[centre]).all() for _, centre, _ in self.val)
         return bool(self.val) and all(self.store.has_poses(sample) for sample in self.val)
 
     def close(self) -> None:
@@ -61,17 +68,23 @@ def prepare_data(config: DataConfig, min_train_samples: int = 1) -> PreparedData
     try:
         pose_source = resolve_pose_source(config.pose_source, store)
         report = SampleReport(skipped_frames=store.skipped, notes=list(store.notes),
-                              pose_source='TF (' + config.odom_frame + ' -> camera)' if pose_source == 'tf'
-                              else 'the pose network')
+                              pose_source={'tf': 'TF (' + config.odom_frame + ' -> camera)', 'net': 'the pose network',
+                                           'vo': 'two-view geometry of the images'}[pose_source])
         check_consecutive(store, config.frame_stride)
+        motions = pose_ok = None
+        if pose_source == 'vo':  # frame pairs without a trustworthy motion are dropped, counted
+            from hr_depth_ros.core.visual_odometry import store_motions
+            motions = store_motions(store, config.frame_stride)
+            pose_ok = motions.has_motion
+            report.notes.append(motions.summary())
         samples = build_samples(store, config.frame_stride, config.max_gap_factor, config.min_motion, report,
-                                require_pose=pose_source == 'tf')
+                                require_pose=pose_source in ('tf', 'vo'), pose_ok=pose_ok)
         train, val = split_samples(store, samples, config.val_fraction, config.val_block_frames, report)
-        by_bag = bag_reports(store, config, require_pose=pose_source == 'tf')
+        by_bag = bag_reports(store, config, require_pose=pose_source in ('tf', 'vo'), pose_ok=pose_ok)
         if len(train) < min_train_samples:
             raise DataError(f'too few usable training samples in {", ".join(store.bags)}: found '
                             f'{len(train)}, need {min_train_samples}; {report.summary()}')
-        return PreparedData(store, train, val, report, pose_source, by_bag)
+        return PreparedData(store, train, val, report, pose_source, by_bag, motions)
     except BaseException:
         store.close()
         raise

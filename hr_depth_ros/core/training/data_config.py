@@ -23,7 +23,7 @@ IMAGE_TYPE = 'sensor_msgs/msg/Image'
 COMPRESSED_TYPE = 'sensor_msgs/msg/CompressedImage'
 CAMERA_INFO_TYPE = 'sensor_msgs/msg/CameraInfo'
 TF_TYPE = 'tf2_msgs/msg/TFMessage'
-POSE_SOURCES = ('auto', 'tf', 'net')
+POSE_SOURCES = ('auto', 'tf', 'net', 'vo')
 
 
 class DataError(ValueError):
@@ -100,7 +100,8 @@ def check_topics(bag: Path, config: DataConfig) -> CheckedBag:
         raise DataError(f'pose source must be one of {", ".join(POSE_SOURCES)}, got {config.pose_source!r}')
     if config.pose_source == 'tf' and topics.get(config.tf_topic) != TF_TYPE:
         raise DataError(f'bag {bag} has no {TF_TYPE} topic {config.tf_topic} for poses from TF (pose source '
-                        f'tf); its topics are: {_describe_topics(topics)}; use pose source net without odometry')
+                        f'tf); its topics are: {_describe_topics(topics)}; use pose source vo (two-view geometry) '
+                        'without odometry')
     if info_type is None and config.intrinsics is None:
         raise DataError(f'bag {bag} has no camera_info topic {config.camera_info_topic} and no intrinsics '
                         f'(fx, fy, cx, cy) were given; its topics are: {_describe_topics(topics)}')

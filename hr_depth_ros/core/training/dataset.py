@@ -29,11 +29,13 @@ class TripletDataset(Dataset):
     flips (p = 0.5 each, as monodepth2); a flip mirrors K's principal point and the poses' x axis.
     ``color`` and ``color_aug`` are float in [0, 1], or with ``uint8`` 0-255 uint8 (jitter rounded):
     a quarter of the bytes to pin and copy to a GPU, scaled there.
+    ``transforms``: N x 2 x 4 x 4 ``T_target_to_source`` by centre frame, instead of TF (two-view geometry).
     """
 
     def __init__(self, store: FrameStore, samples: Sequence[tuple[int, int, int]], augment: bool = False,
-                 uint8: bool = False) -> None:
+                 uint8: bool = False, transforms: np.ndarray | None = None) -> None:
         self.store = store
+        self.transforms = transforms
         self.samples = list(samples)
         self.augment = augment
         self.uint8 = uint8
@@ -64,7 +66,10 @@ class TripletDataset(Dataset):
         K = self.store.K[int(self.store.segment[centre])].copy()
         has_pose = self.store.has_poses((prev, centre, nxt))
         T = np.tile(np.eye(4), (2, 1, 1))
-        if has_pose:
+        if self.transforms is not None:
+            has_pose = bool(np.isfinite(self.transforms[centre]).all())
+            T = self.transforms[centre] if has_pose else T
+        elif has_pose:
             poses = self.store.poses
             T = np.stack([relative_transform(poses[centre], poses[source]) for source in (prev, nxt)])
         gt = self.store.depth(centre)

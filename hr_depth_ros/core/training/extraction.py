@@ -288,7 +288,8 @@ def _segment_poses(tree: TransformTree, config: DataConfig, bag: Path, camera_fr
                 f'gaps > {config.max_tf_gap:g} s)' if missing else '')
         return True, note, missing
     if config.pose_source == 'tf':
-        raise DataError(note + '; use pose source net (the pose network) when the bag has no odometry')
+        raise DataError(note + '; use pose source vo (two-view geometry of the images) when the bag has no '
+                        'odometry')
     return False, note, len(stamps)
 
 

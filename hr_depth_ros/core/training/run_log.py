@@ -87,8 +87,9 @@ class RunLog:
         self.start_time = time.perf_counter()
 
     def train_step(self, step: int, epoch: int, loss: float, info: dict[str, Any], lr: float,
-                   best_val: float | None) -> None:
-        """After optimiser step ``step``: progress (bar, event) and, every ``log_every`` steps, a CSV row."""
+                   best_val: float | None) -> bool:
+        """After optimiser step ``step``: progress (bar, event) and, every ``log_every`` steps, a CSV row
+        (then True)."""
         self.running.append(loss)
         elapsed = time.perf_counter() - self.start_time
         done = step - self.start_step
@@ -106,6 +107,8 @@ class RunLog:
             if self.tensorboard is not None:
                 self.tensorboard.add_scalar('train/loss', row['loss'], step)
             self.running.clear()
+            return True
+        return False
 
     def validation(self, row: dict[str, Any], result: dict[str, float]) -> None:
         """A validation's CSV row and its metrics (``result``) in TensorBoard."""

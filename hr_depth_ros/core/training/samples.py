@@ -12,7 +12,7 @@ a :class:`SampleReport`.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -42,7 +42,8 @@ class SampleReport:
     def summary(self) -> str:
         return (f'{self.frames} frames -> {self.train} training + {self.val} validation samples '
                 f'(dropped: {self.dropped_edges} at sequence ends, {self.dropped_gap} across time gaps, '
-                f'{self.dropped_no_motion} without camera motion, {self.dropped_no_pose} without a TF pose, '
+                f'{self.dropped_no_motion} without camera motion, {self.dropped_no_pose} without a '
+                f'{"two-view" if self.pose_source.startswith("two-view") else "TF"} pose, '
                 f'{self.dropped_split} straddling the train/validation split; {self.skipped_frames} '
                 f'undecodable frames skipped)'
                 + (f'; camera poses from {self.pose_source}' if self.pose_source else '')
@@ -51,10 +52,12 @@ class SampleReport:
 
 def build_samples(store: FrameStore, frame_stride: int = 1, max_gap_factor: float = 2.5,
                   min_motion: float = 0.5, report: SampleReport | None = None,
-                  require_pose: bool = False, segments: Sequence[int] | None = None) -> list[tuple[int, int, int]]:
+                  require_pose: bool = False, segments: Sequence[int] | None = None,
+                  pose_ok: Callable[[int], bool] | None = None) -> list[tuple[int, int, int]]:
     """Triplets ``(previous, centre, next)`` of frame indices; see the module docstring for the rules.
 
-    ``segments``: only these bags (default: all).
+    ``segments``: only these bags (default: all). ``pose_ok(centre)``: with ``require_pose``, whether the
+    sample has its poses (default: TF poses of all three frames).
     """
     if frame_stride < 1:
         raise ValueError(f'frame_stride must be >= 1, got {frame_stride}')
@@ -75,7 +78,7 @@ def build_samples(store: FrameStore, frame_stride: int = 1, max_gap_factor: floa
                 report.dropped_gap += 1
                 continue
             prev, centre, nxt = int(frames[p - k]), int(frames[p]), int(frames[p + k])
-            if require_pose and not store.has_poses((prev, centre, nxt)):
+            if require_pose and not (pose_ok(centre) if pose_ok else store.has_poses((prev, centre, nxt))):
                 report.dropped_no_pose += 1
                 continue
             motion = min(float(np.abs(thumbs[centre] - thumbs[prev]).mean()),
@@ -123,14 +126,15 @@ def split_samples(store: FrameStore, samples: Sequence[tuple[int, int, int]], va
     return train, val
 
 
-def bag_reports(store: FrameStore, config: DataConfig, require_pose: bool) -> list[SampleReport]:
+def bag_reports(store: FrameStore, config: DataConfig, require_pose: bool,
+                pose_ok: Callable[[int], bool] | None = None) -> list[SampleReport]:
     """The sample report of every bag on its own (same rules as :func:`prepare_data`)."""
     reports = []
     for seg in range(len(store.bags)):
         report = SampleReport(skipped_frames=store.bag_skipped[seg] if seg < len(store.bag_skipped) else 0,
                               notes=[store.tf_notes[seg]] if seg < len(store.tf_notes) and store.tf_notes[seg] else [])
         samples = build_samples(store, config.frame_stride, config.max_gap_factor, config.min_motion, report,
-                                require_pose=require_pose, segments=[seg])
+                                require_pose=require_pose, segments=[seg], pose_ok=pose_ok)
         split_samples(store, samples, config.val_fraction, config.val_block_frames, report)
         reports.append(report)
     return reports
@@ -146,7 +150,8 @@ def check_consecutive(store: FrameStore, frame_stride: int) -> None:
 
 
 def resolve_pose_source(requested: str, store: FrameStore) -> str:
-    """'tf' or 'net': 'auto' is 'tf' when every bag has a TF chain to its camera."""
+    """'tf', 'net' or 'vo': 'auto' is 'tf' when every bag has a TF chain to its camera, else 'vo' (two-view
+    geometry: measured better than the pose network, benchmarks/RESULTS.md)."""
     if requested == 'auto':
-        return 'tf' if store.tf_segments and all(store.tf_segments) else 'net'
+        return 'tf' if store.tf_segments and all(store.tf_segments) else 'vo'
     return requested
