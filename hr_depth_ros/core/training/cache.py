@@ -36,8 +36,9 @@ from hr_depth_ros.core.training.data import (DataConfig, FrameStore, _check_topi
 
 __all__ = ['cache_key', 'cached_bag', 'prepare_frames', 'save_store', 'load_store', 'concat_stores', 'CACHE_VERSION']
 
-CACHE_VERSION = 1  # bump when the stored layout or the decoding changes
-KEY_FIELDS = ('width', 'height', 'image_topic', 'camera_info_topic', 'gt_depth_topic', 'intrinsics', 'max_pixels',
+CACHE_VERSION = 2  # bump when the stored layout or the decoding changes (2: rectified frames, depth in metres)
+KEY_FIELDS = ('width', 'height', 'image_topic', 'camera_info_topic', 'gt_depth_topic', 'gt_depth_tolerance',
+              'intrinsics', 'max_pixels',
               'min_decodable_fraction', 'pose_source', 'odom_frame', 'camera_frame', 'tf_topic', 'tf_static_topic',
               'max_tf_gap')
 INDEX_ARRAYS = ('stamps_ns', 'segment', 'has_depth', 'poses')
