@@ -81,10 +81,10 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
                   read_only=True),
     ParameterSpec('calibration_frames', DEFAULT_CALIBRATION_FRAMES, 'precision int8: frames used (evenly spaced '
                   'over the folder or bag)', min_value=1, max_value=MAX_CALIBRATION_FRAMES, read_only=True),
-    ParameterSpec('min_depth', 0.1, 'depth of the largest disparity (m, before depth_scale)',
-                  min_value=1e-3, read_only=True),
-    ParameterSpec('max_depth', 100.0, 'depth of the smallest disparity (m, before depth_scale)',
-                  min_value=1e-3, read_only=True),
+    ParameterSpec('min_depth', 0.0, "depth of the largest disparity (before metric scale and depth_scale); 0 = the "
+                  "checkpoint's depth_range (0.1 when it has none)", min_value=0.0, read_only=True),
+    ParameterSpec('max_depth', 0.0, "depth of the smallest disparity (before metric scale and depth_scale); 0 = the "
+                  "checkpoint's depth_range (100 when it has none)", min_value=0.0, read_only=True),
     ParameterSpec('depth_scale', 1.0, 'metric scale factor (5.4 for stereo-trained checkpoints)',
                   min_value=1e-6, read_only=True),
     ParameterSpec('scale_mode', 'fixed', "'fixed' (depth_scale) or 'camera_height' (ground-plane estimate)",
@@ -212,7 +212,7 @@ class NodeConfig:
         if self.precision == 'int8' and self.calibration and not os.path.exists(os.path.expanduser(self.calibration)):
             raise ConfigError(f'calibration {self.calibration!r} does not exist: give a folder of images or a bag, '
                               'or leave it empty for synthetic frames')
-        if self.max_depth <= self.min_depth:
+        if self.max_depth > 0 and self.max_depth <= self.min_depth:
             raise ConfigError(f'max_depth ({self.max_depth}) must be larger than min_depth ({self.min_depth})')
         if self.colored_range == 'fixed' and self.colored_max <= self.colored_min:
             raise ConfigError(f'colored_max ({self.colored_max}) must be larger than colored_min '

@@ -219,7 +219,7 @@ class DepthNode(LifecycleNode):
         try:
             estimator = DepthEstimator(
                 config.weights, device=config.device, precision=config.precision, channels_last=config.channels_last,
-                compile=config.compile, min_depth=config.min_depth, max_depth=config.max_depth,
+                compile=config.compile, min_depth=config.min_depth or None, max_depth=config.max_depth or None,
                 depth_scale=config.depth_scale, backend=config.backend, threads=config.threads or None,
                 cache_dir=config.cache_dir or None,
                 calibration=CalibrationSource(config.calibration, config.calibration_topic, config.calibration_frames,

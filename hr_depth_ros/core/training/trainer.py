@@ -381,6 +381,9 @@ class Trainer:
             encoder.load_state_dict(init.encoder.state_dict())
             decoder.load_state_dict(init.decoder.state_dict())
             init_metric_scale = init.metric_scale
+            if init.depth_range != (cfg.min_depth, cfg.max_depth):
+                self._log(f'warning: the start checkpoint {cfg.init} was trained with depth range {init.depth_range}, '
+                          f'this run uses {cfg.min_depth}-{cfg.max_depth} (--min-depth, --max-depth)')
             folder = Path(cfg.init).expanduser()
             if (folder / 'pose_encoder.pth').is_file() and (folder / 'pose.pth').is_file():
                 pose_encoder.load_state_dict(load_extra_state(folder, 'pose_encoder.pth'))
@@ -628,6 +631,7 @@ class Trainer:
             'anchor_weight': self.anchor_weight(),  # resolved: the start model's pull (0: none)
             'depth_units': 'metres' if self.state.metric else 'relative (monocular: no metric scale)',
         }
+        metadata['depth_range'] = [cfg.min_depth, cfg.max_depth]  # every consumer reads it (checkpoint.depth_range_of)
         if self.state.metric:
             # depth_node / predict / DepthEstimator publish metres with it (checkpoint.metric_scale_of).
             metadata['metric_scale'] = self.state.metric_scale
