@@ -24,18 +24,17 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from hr_depth_ros.core.backends import BackendOptions  # noqa: E402
 from hr_depth_ros.tools.demo import (bundled_checkpoint, direct_metrics, ensure_bag, finetune,  # noqa: E402
-                                    load_eval_frames)
+                                    finetune_config, load_eval_frames)
 
-VARIANTS = {  # name -> (pose source, more finetune arguments)
-    'tf': ('tf', []),
-    'tf_anchor1': ('tf', ['--anchor-weight', '1']),
-    'net_no_anchor': ('net', ['--anchor-weight', '0']),
-    'net_anchor0.1': ('net', ['--anchor-weight', '0.1']),
-    'net_anchor1': ('net', ['--anchor-weight', '1']),
-    'net_anchor3': ('net', ['--anchor-weight', '3']),
-    'net_anchor1_seed1': ('net', ['--anchor-weight', '1', '--seed', '1']),
+VARIANTS = {  # name -> (pose source, more TrainingConfig fields)
+    'tf': ('tf', {}),
+    'tf_anchor1': ('tf', {'anchor_weight': 1.0}),
+    'net_no_anchor': ('net', {'anchor_weight': 0.0}),
+    'net_anchor0.1': ('net', {'anchor_weight': 0.1}),
+    'net_anchor1': ('net', {'anchor_weight': 1.0}),
+    'net_anchor3': ('net', {'anchor_weight': 3.0}),
+    'net_anchor1_seed1': ('net', {'anchor_weight': 1.0, 'seed': 1}),
 }
 
 
@@ -55,10 +54,10 @@ def main() -> int:
     train = ensure_bag(output / 'bags' / 'train', 120, 640, 192, seed=1)
     heldout = ensure_bag(output / 'bags' / 'heldout', 72, 640, 192, seed=2)
     frames = load_eval_frames(heldout, args.eval_frames)
-    backend = BackendOptions('torch', args.threads, None)
+    inference = {'device': 'cpu', 'backend': 'torch', 'threads': args.threads, 'precision': 'fp32'}
 
     def abs_rel(folder: Path) -> float:
-        return direct_metrics(folder, frames, 'cpu', backend)[0]['abs_rel']
+        return direct_metrics(folder, frames, inference)[0]['abs_rel']
 
     baseline = abs_rel(start)
     os.environ['OMP_NUM_THREADS'] = str(args.threads)  # for the finetune processes
@@ -66,12 +65,14 @@ def main() -> int:
     for name in args.variants:
         run = output / name
         shutil.rmtree(run, ignore_errors=True)  # a fresh run each time (the demo's helper would reuse it)
-        pose_source, extra = VARIANTS[name]
+        pose_source, more = VARIANTS[name]
         began = time.monotonic()
-        finetune(train, run, start, args.steps, 320, 96, 'cpu', 4, 1e-4, pose_source, extra)
+        config = finetune_config(train, run, start, args.steps, 320, 96, 'cpu', 4, 1e-4, pose_source, **more)
+        finetune(config)
         seconds = time.monotonic() - began
         latest, best = abs_rel(run / 'latest'), abs_rel(run / 'best')
-        rows.append((name, ' '.join(['--pose-source', pose_source, *extra]), latest, best, seconds))
+        flags = ' '.join(f'--{key.replace("_", "-")} {value:g}' for key, value in more.items())
+        rows.append((name, f'--pose-source {pose_source} {flags}'.strip(), latest, best, seconds))
         print(f'  done: {name} latest {latest:.4f} best {best:.4f} ({seconds:.0f} s)', flush=True)
     load = os.getloadavg()[0]
     print(f'\nstart checkpoint: held-out abs_rel {baseline:.4f}; {args.steps} steps per variant; load average {load:.1f}\n')

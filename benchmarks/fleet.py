@@ -12,7 +12,7 @@
 - ``ddp``: ``torchrun --standalone --nproc_per_node N`` fine-tuning (128x64, batch 2 per rank, 1
   thread per rank, pose network) for ``--ddp-steps`` steps; samples/s of all ranks together as
   the trainer reports it (steady-state: from the first step on, data preparation excluded);
-  ``--nproc 1 2 1 2`` interleaves repeated runs.
+  ``--nproc 1 2 1 2`` interleaves repeated runs; ``--ddp-device cuda`` runs them on GPUs (NCCL).
 
 Prints Markdown tables. Figures depend on the load of the machine: compare ratios within a run.
 """
@@ -130,7 +130,7 @@ def run_memory(work: Path, lengths: list[int]) -> None:
         shutil.rmtree(bag)
 
 
-def run_ddp(work: Path, nprocs: list[int], steps: int) -> None:
+def run_ddp(work: Path, nprocs: list[int], steps: int, device: str = 'cpu') -> None:
     bag = write_synthetic_bag(work / 'ddp_drive', frames=60, width=256, height=96, seed=7)
     print('\n| processes | per-rank batch | effective batch | steps | samples/s (all ranks) | wall s |')
     print('| --- | --- | --- | --- | --- | --- |')
@@ -138,7 +138,7 @@ def run_ddp(work: Path, nprocs: list[int], steps: int) -> None:
         output = work / f'ddp{run}-{nproc}'
         command = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', str(nproc),
                    '-m', 'hr_depth_ros.tools.finetune', '--bag', str(bag), '--output', str(output), '--width', '128',
-                   '--height', '64', '--batch-size', '2', '--device', 'cpu', '--steps', str(steps),
+                   '--height', '64', '--batch-size', '2', '--device', device, '--steps', str(steps),
                    '--pose-source', 'net', '--val-fraction', '0', '--save-every', str(steps)]
         env = {**os.environ, 'OMP_NUM_THREADS': '1', 'PYTHONPATH': str(REPO), 'MASTER_ADDR': '127.0.0.1'}
         start = time.perf_counter()
@@ -158,9 +158,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--memory-frames', type=int, nargs='+', default=[120, 240])
     parser.add_argument('--ddp-steps', type=int, default=12)
     parser.add_argument('--nproc', type=int, nargs='+', default=[1, 2])
+    parser.add_argument('--ddp-device', default='cpu', help='ddp: cpu (gloo) or cuda (NCCL, one GPU per rank)')
     args = parser.parse_args(argv)
     import torch
-    print(f'torch {torch.__version__}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}, no GPU used')
+    gpus = 'no GPU used'
+    if args.ddp_device != 'cpu':
+        gpus = f'DDP on {torch.cuda.device_count()} x {torch.cuda.get_device_name(0)}'
+    print(f'torch {torch.__version__}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}, {gpus}')
     work = Path(tempfile.mkdtemp(prefix='hr_depth_fleet_bench-'))
     try:
         parts = args.parts.split(',')
@@ -169,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
         if 'memory' in parts:
             run_memory(work, args.memory_frames)
         if 'ddp' in parts:
-            run_ddp(work, args.nproc, args.ddp_steps)
+            run_ddp(work, args.nproc, args.ddp_steps, args.ddp_device)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return 0

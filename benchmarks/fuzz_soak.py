@@ -29,7 +29,6 @@ import json
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any, Iterator
@@ -126,60 +125,41 @@ def bad_camera_infos(K: np.ndarray) -> list[tuple[str, np.ndarray, int, int]]:
 
 
 class Fuzzer:
-    """In-process rclpy node: publishes to both depth nodes and records their outputs."""
+    """In-process rclpy node (a GraphProbe): publishes to both depth nodes and records their outputs."""
 
     def __init__(self, domain_id: int) -> None:
-        import rclpy
-        from rclpy.context import Context
-        from rclpy.executors import SingleThreadedExecutor
-        from rclpy.qos import QoSProfile, ReliabilityPolicy
         from sensor_msgs.msg import CameraInfo, CompressedImage, Image
         from std_msgs.msg import String
 
-        self.context = Context()
-        rclpy.init(context=self.context, domain_id=domain_id)
-        self.node = rclpy.create_node('fuzzer', context=self.context)
-        qos = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
-        self.image_pub = self.node.create_publisher(Image, '/raw/image', qos)
-        self.compressed_pub = self.node.create_publisher(CompressedImage, '/compressed/image/compressed', qos)
-        self.info_pubs = {name: self.node.create_publisher(CameraInfo, f'/{name}/camera_info', qos) for name in NODES}
-        self.lock = threading.Lock()
-        self.outputs: dict[str, list[tuple[int, list[float]]]] = {name: [] for name in NODES}
-        self.statistics: dict[str, dict] = {}
-        self.subs = []
+        from hr_depth_ros.ros.probe import GraphProbe
+
+        self.probe = GraphProbe('fuzzer', domain_id=domain_id)
+        self.image_pub = self.probe.publisher(Image, '/raw/image')
+        self.compressed_pub = self.probe.publisher(CompressedImage, '/compressed/image/compressed')
+        self.info_pubs = {name: self.probe.publisher(CameraInfo, f'/{name}/camera_info') for name in NODES}
         for name in NODES:
-            self.subs.append(self.node.create_subscription(
-                CameraInfo, f'/{name}/depth/camera_info', lambda m, n=name: self._on_output(n, m), qos))
-            self.subs.append(self.node.create_subscription(
-                String, f'/{name}/hr_depth/statistics', lambda m, n=name: self._on_statistics(n, m), 10))
-        self.executor = SingleThreadedExecutor(context=self.context)
-        self.executor.add_node(self.node)
-        self.thread = threading.Thread(target=self.executor.spin, daemon=True)
-        self.thread.start()
+            self.probe.subscribe(CameraInfo, f'/{name}/depth/camera_info', f'{name}/output',
+                                 convert=lambda m: (int(m.header.stamp.sec), list(m.k)))
+            self.probe.subscribe(String, f'/{name}/hr_depth/statistics', f'{name}/statistics',
+                                 convert=lambda m: json.loads(m.data))
 
-    def _on_output(self, name: str, msg: Any) -> None:
-        with self.lock:
-            self.outputs[name].append((int(msg.header.stamp.sec), list(msg.k)))
+    def outputs(self, name: str) -> list[tuple[int, list[float]]]:
+        """(stamp sec, K) of every depth/camera_info node ``name`` published."""
+        return self.probe.received(f'{name}/output')
 
-    def _on_statistics(self, name: str, msg: Any) -> None:
-        with self.lock:
-            self.statistics[name] = json.loads(msg.data)
+    def statistics(self, name: str) -> dict:
+        """Node ``name``'s latest ~/statistics ({} before the first)."""
+        return (self.probe.received(f'{name}/statistics') or [{}])[-1]
 
     def connected(self) -> bool:
-        return (self.image_pub.get_subscription_count() > 0 and self.compressed_pub.get_subscription_count() > 0
-                and all(sub.get_publisher_count() > 0 for sub in self.subs))
+        return self.probe.connected(self.image_pub, self.compressed_pub)
 
     def processed_by_all(self, sec: int) -> bool:
         """Whether every node published depth/camera_info for the frame stamped ``sec``."""
-        with self.lock:
-            return all(any(stamp == sec for stamp, _ in self.outputs[name]) for name in NODES)
+        return all(any(stamp == sec for stamp, _ in self.outputs(name)) for name in NODES)
 
     def close(self) -> None:
-        import rclpy
-
-        self.executor.shutdown()
-        self.node.destroy_node()
-        rclpy.shutdown(context=self.context)
+        self.probe.close()
 
 
 class Harness:
@@ -310,7 +290,7 @@ class Harness:
 
     def soak(self) -> dict[str, Any]:
         start = time.monotonic()
-        before = {name: dict(self.fuzzer.statistics.get(name, {})) for name in NODES}
+        before = {name: self.fuzzer.statistics(name) for name in NODES}
         sent = 0
         while time.monotonic() - start < self.args.soak_s and all(self.alive().values()):
             self.send_good(camera_info=False)
@@ -320,7 +300,7 @@ class Harness:
             time.sleep(max(0.0, start + sent / self.args.rate_hz - time.monotonic()))
         elapsed = time.monotonic() - start
         time.sleep(1.5)  # the last statistics
-        after = self.fuzzer.statistics
+        after = {name: self.fuzzer.statistics(name) for name in NODES}
         return {'frames_sent': sent, 'seconds': round(elapsed, 1),
                 'processed_hz': {n: round((after.get(n, {}).get('processed', 0) - before[n].get('processed', 0))
                                           / max(elapsed, 1e-6), 2) for n in NODES}}
@@ -369,19 +349,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 report['fuzz_seconds'] = round(time.monotonic() - fuzz_start, 1)
                 report['good_after_fuzz'] = harness.good_round_trip(60.0)
                 harness.sample_rss('after_fuzz')
-                with harness.fuzzer.lock:
-                    report['good_K_kept'] = all(
-                        np.allclose(k, harness.K.ravel()) for n in NODES for sec, k in harness.fuzzer.outputs[n][-1:])
-                report['bad_frames_counted'] = {n: harness.fuzzer.statistics.get(n, {}).get('bad_frames')
-                                                for n in NODES}
+                report['good_K_kept'] = all(
+                    np.allclose(k, harness.K.ravel()) for n in NODES for sec, k in harness.fuzzer.outputs(n)[-1:])
+                report['bad_frames_counted'] = {n: harness.fuzzer.statistics(n).get('bad_frames') for n in NODES}
                 report['soak'] = harness.soak()
                 harness.sample_rss('end')
         finally:
             report['logs'] = harness.log_summary()
             report['exit_codes'] = harness.close()
-        with harness.fuzzer.lock:
-            published = [harness.kind_of.get((n, sec), f'{n}:camera_info') for n in NODES
-                         for sec, _ in harness.fuzzer.outputs[n] if sec >= BAD_SEC]
+        published = [harness.kind_of.get((n, sec), f'{n}:camera_info') for n in NODES
+                     for sec, _ in harness.fuzzer.outputs(n) if sec >= BAD_SEC]
         report['outputs_for_bad_input'] = sum(1 for kind in published if kind not in MAY_DECODE)
         report['bad_input_published'] = {kind: published.count(kind) for kind in sorted(set(published))}
         report['bad_inputs_sent'] = dict(sorted(harness.sent.items()))

@@ -2,13 +2,14 @@
 
     .venv/bin/python benchmarks/inference.py [--device auto|cpu|cuda]
         [--models hr_depth,lite_hr_depth,monodepth2] [--resolutions 640x192,1024x320,1280x384]
-        [--modes eager,channels_last,fp16,bf16,compile,openvino,openvino_int8] [--baseline MODE]
+        [--modes eager,channels_last,fp16,fp16_nchw,bf16,compile,openvino,openvino_int8] [--baseline MODE]
         [--repeats N] [--warmup N] [--threads N] [--calibration-frames N] [--markdown] [--authors-dir DIR]
 
 Times ``DepthEstimator.predict_batch`` on a pre-made ``1 x 3 x H x W`` tensor already on the
 device (network only: no decoding, resizing or copies back) under ``torch.inference_mode``.
 Modes: ``eager`` fp32 NCHW (the baseline), ``channels_last`` fp32 NHWC, ``fp16`` / ``bf16``
-autocast (fp16 on CUDA only; both NHWC on CUDA, NCHW on the CPU), ``compile``
+autocast (fp16 on CUDA only; both NHWC on CUDA, NCHW on the CPU), ``fp16_nchw`` fp16 NCHW (CUDA:
+whether channels-last pays there, with its reflection-pad layout round trips), ``compile``
 ``torch.compile`` inductor, fp32 (NHWC on CUDA), ``openvino`` the OpenVINO backend (CPU, fp32;
 its one-off conversion is not in the warm-up time; converted models go to a temporary cache),
 ``openvino_int8`` the same model quantised to INT8 by NNCF (``precision='int8'``) on
@@ -52,7 +53,7 @@ from hr_depth_ros.core.inference import DepthEstimator, select_device  # noqa: E
 from hr_depth_ros.core.networks import ARCHITECTURES, build_depth_model  # noqa: E402
 from hr_depth_ros.core.quantization import DEFAULT_CALIBRATION_FRAMES, CalibrationSource, nncf_version  # noqa: E402
 
-MODES = ('eager', 'channels_last', 'fp16', 'bf16', 'compile', 'openvino', 'openvino_int8')
+MODES = ('eager', 'channels_last', 'fp16', 'fp16_nchw', 'bf16', 'compile', 'openvino', 'openvino_int8')
 DEFAULT_MODELS = ('hr_depth', 'lite_hr_depth', 'monodepth2')
 DEFAULT_RESOLUTIONS = ('640x192', '1024x320', '1280x384')
 AUTHORS_ROW = 'authors eager'
@@ -142,7 +143,7 @@ def make_runners(arch: str, width: int, height: int, modes: list[str], device: t
     """The baseline first (default eager), then the other modes, then the authors' row if asked for."""
     runners = []
     for mode in [baseline] + [m for m in modes if m != baseline]:
-        if mode == 'fp16' and device.type != 'cuda':
+        if mode.startswith('fp16') and device.type != 'cuda':
             runners.append(Runner(mode, None, 'n/a (CUDA only)'))
             continue
         if mode.startswith('openvino') and (device.type != 'cpu' or openvino_version() is None):
@@ -154,6 +155,7 @@ def make_runners(arch: str, width: int, height: int, modes: list[str], device: t
         options = {'eager': {'channels_last': False},
                    'channels_last': {'channels_last': True},
                    'fp16': {'precision': 'fp16', 'channels_last': None},
+                   'fp16_nchw': {'precision': 'fp16', 'channels_last': False},
                    'bf16': {'precision': 'bf16', 'channels_last': device.type == 'cuda'},
                    'compile': {'compile': True, 'channels_last': False},
                    'openvino': {'backend': 'openvino', 'cache_dir': cache_dir},

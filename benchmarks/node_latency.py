@@ -24,7 +24,6 @@ import platform
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -33,6 +32,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from hr_depth_ros.core.depth_options import (PARAMETERS_BY_NAME, add_tool_arguments, ros_arguments,  # noqa: E402
+                                             tool_values)
 from hr_depth_ros.ros.transport import local_ros_env  # noqa: E402
 
 STAGES = ('decode', 'inference', 'resize', 'colorize', 'points', 'publish')
@@ -61,72 +62,41 @@ def pointcloud_microbenchmark(width: int = 1024, height: int = 320, repeats: int
 
 
 class Listener:
-    """Records arrival time - header stamp of depth and points, and the node's statistics."""
+    """Records arrival time - header stamp of depth and points, and the node's statistics (a GraphProbe)."""
 
     def __init__(self, domain_id: int) -> None:
-        import rclpy
-        from rclpy.context import Context
-        from rclpy.executors import SingleThreadedExecutor
-        from rclpy.qos import QoSProfile, ReliabilityPolicy
         from sensor_msgs.msg import Image, PointCloud2
         from std_msgs.msg import String
 
-        self.context = Context()
-        rclpy.init(context=self.context, domain_id=domain_id)
-        self.node = rclpy.create_node('latency_listener', context=self.context)
-        self.lock = threading.Lock()
-        self.latency_ms: dict[str, dict[int, float]] = {'depth': {}, 'points': {}, 'colored': {}}
-        self.input_stamps_ns: list[int] = []
-        self.depth_arrivals_ns: list[int] = []
-        self.statistics: list[dict] = []
-        qos = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
-        camera_qos = QoSProfile(depth=10, reliability=ReliabilityPolicy.BEST_EFFORT)
-        self.subs = [
-            self.node.create_subscription(Image, '/depth', lambda m: self._on_output('depth', m), qos),
-            self.node.create_subscription(PointCloud2, '/points', lambda m: self._on_output('points', m), qos),
-            # like rviz: someone watches the colourised depth, so the node computes it
-            self.node.create_subscription(Image, '/depth/colored', lambda m: self._on_output('colored', m), qos),
-            self.node.create_subscription(String, '/hr_depth/statistics', self._on_statistics, 10),
-        ]
-        self.executor = SingleThreadedExecutor(context=self.context)
-        self.executor.add_node(self.node)
-        self.input_sub = self.node.create_subscription(Image, '/image', self._on_input, camera_qos)
-        self.thread = threading.Thread(target=self.executor.spin, daemon=True)
-        self.thread.start()
+        from hr_depth_ros.ros.probe import BEST_EFFORT, GraphProbe, stamp_ns
 
-    def _on_input(self, msg) -> None:
-        with self.lock:
-            self.input_stamps_ns.append(msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec)
-
-    def _on_output(self, name: str, msg) -> None:
-        now_ns = time.time_ns()
-        stamp_ns = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
-        with self.lock:
-            self.latency_ms[name][stamp_ns] = (now_ns - stamp_ns) / 1e6
-            if name == 'depth':
-                self.depth_arrivals_ns.append(now_ns)
-
-    def _on_statistics(self, msg) -> None:
-        with self.lock:
-            self.statistics.append(json.loads(msg.data))
+        self.probe = GraphProbe('latency_listener', domain_id=domain_id)
+        self.probe.subscribe(Image, '/depth', 'depth', convert=stamp_ns)
+        self.probe.subscribe(PointCloud2, '/points', 'points', convert=stamp_ns)
+        # like rviz: someone watches the colourised depth, so the node computes it
+        self.probe.subscribe(Image, '/depth/colored', 'colored', convert=stamp_ns)
+        self.probe.subscribe(String, '/hr_depth/statistics', 'statistics', convert=lambda m: json.loads(m.data))
+        self.probe.subscribe(Image, '/image', 'input', reliability=BEST_EFFORT, convert=stamp_ns)
 
     def connected(self) -> bool:
-        return all(sub.get_publisher_count() > 0 for sub in self.subs)
+        """The node's outputs and statistics are discovered (the input tap may wait for play_bag)."""
+        return all(sub.get_publisher_count() > 0 for sub in self.probe.subscriptions[:4])
 
     def reset(self) -> None:
-        with self.lock:
-            for values in self.latency_ms.values():
-                values.clear()
-            self.statistics.clear()
-            self.input_stamps_ns.clear()
-            self.depth_arrivals_ns.clear()
+        self.probe.clear()
 
     def close(self) -> None:
-        import rclpy
+        self.probe.close()
 
-        self.executor.shutdown()
-        self.node.destroy_node()
-        rclpy.shutdown(context=self.context)
+    def latency_ms(self, name: str) -> np.ndarray:
+        """Arrival - header stamp of the output ``name`` (one per stamp: the first arrival)."""
+        first: dict[int, int] = {}
+        for arrival, stamp in self.probe.arrivals(name):
+            first.setdefault(stamp, arrival)
+        return np.array([(arrival - stamp) / 1e6 for stamp, arrival in first.items()])
+
+    def statistics(self) -> list[dict]:
+        return self.probe.received('statistics')
 
 
 def make_checkpoint(arch: str, width: int, height: int, folder: Path) -> Path:
@@ -166,11 +136,10 @@ def run_case(arch: str, width: int, height: int, args: argparse.Namespace, workd
     env.update(PYTHONUNBUFFERED='1', RCUTILS_LOGGING_BUFFERED_STREAM='0',
                HR_DEPTH_ROS_CACHE=str(workdir / 'model_cache'))  # converts on start, like a first start
     node_log = case / 'node.log'
+    parameters = {**tool_values(args), 'weights': str(weights), 'points_stride': args.points_stride,
+                  'statistics_period': 0.5}
     node_cmd = [sys.executable, '-m', 'hr_depth_ros.ros.depth_node', '--ros-args', '--params-file',
-                str(REPO / 'config' / 'depth.yaml'), '-p', f'weights:={weights}', '-p', f'device:={args.device}',
-                '-p', f'points_stride:={args.points_stride}', '-p', 'statistics_period:=0.5',
-                '-p', f'backend:={args.backend}', '-p', f'threads:={args.threads}',
-                '-p', f'precision:={args.precision}', '-p', f'calibration_frames:={args.calibration_frames}']
+                str(REPO / 'config' / 'depth.yaml'), *ros_arguments(parameters)]
     listener = Listener(int(env['ROS_DOMAIN_ID']))
     with open(node_log, 'wb') as handle:
         node = subprocess.Popen(node_cmd, env=env, stdout=handle, stderr=subprocess.STDOUT, cwd=REPO)
@@ -184,16 +153,14 @@ def run_case(arch: str, width: int, height: int, args: argparse.Namespace, workd
         startup_s = time.monotonic() - started
         play(env, bag, rate=1.0, limit=args.warmup, log=case / 'play.log')  # warm-up: first inferences are slow
         time.sleep(2.0)
-        before = listener.statistics[-1] if listener.statistics else {'received': 0, 'processed': 0, 'dropped': 0}
+        before = (listener.statistics() or [{'received': 0, 'processed': 0, 'dropped': 0}])[-1]
         listener.reset()
         play(env, bag, rate=1.0, limit=0, log=case / 'play.log')
         time.sleep(3.0)
-        with listener.lock:
-            after = listener.statistics[-1]
-            depth = np.array(list(listener.latency_ms['depth'].values()))
-            points = np.array(list(listener.latency_ms['points'].values()))
-            inputs = sorted(listener.input_stamps_ns)
-            arrivals = sorted(listener.depth_arrivals_ns)
+        after = listener.statistics()[-1]
+        depth, points = listener.latency_ms('depth'), listener.latency_ms('points')
+        inputs = sorted(listener.probe.received('input'))
+        arrivals = sorted(arrival for arrival, _ in listener.probe.arrivals('depth'))
         # rates over the span of the input stamps (restamped when published), seen by this process
         played_s = (inputs[-1] - inputs[0]) / 1e9 * len(inputs) / max(1, len(inputs) - 1)
         stage_means = {s: after['stage_ms'].get(s, {}).get('mean', 0.0) for s in STAGES}
@@ -261,12 +228,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--warmup', type=int, default=5, help='frames played before measuring')
     parser.add_argument('--rate-hz', type=float, default=30.0, help='camera rate')
     parser.add_argument('--camera', help='WxH camera resolution of the played images (default: --size)')
-    parser.add_argument('--device', default='cpu')
-    parser.add_argument('--backend', default='auto', choices=('auto', 'torch', 'openvino'))
-    parser.add_argument('--threads', type=int, default=0, help="the node's threads parameter (0: its default)")
-    parser.add_argument('--precision', default='fp16', choices=('fp32', 'fp16', 'bf16', 'int8'),
-                        help="the node's precision parameter (default fp16, the node's default: fp32 on the CPU)")
-    parser.add_argument('--calibration-frames', type=int, default=32, help='precision int8: synthetic calibration frames')
+    add_tool_arguments(parser)  # the node's flags (--device, --backend, --threads, --precision, ...): the option table
+    # The node as it starts by default (precision fp16: fp32 on the CPU), on the CPU.
+    parser.set_defaults(device='cpu', precision=PARAMETERS_BY_NAME['precision'].default)
     parser.add_argument('--points-stride', type=int, default=2)
     parser.add_argument('--weights', help='checkpoint folder to use instead of random weights (one --arch)')
     args = parser.parse_args(argv)

@@ -10,6 +10,9 @@ The node is a managed (lifecycle) node. ``autostart:=true`` (default) makes it c
 activate itself, so it publishes as soon as it runs; ``autostart:=false`` leaves it unconfigured
 for a lifecycle manager (``ros2 lifecycle set /hr_depth configure`` / ``activate``).
 
+``use_rviz:=true`` starts rviz2 with config/depth.rviz; where rviz2 is not installed (no ``rviz2``
+package in the sourced ROS environment) it logs a warning saying so and runs the depth node alone.
+
 Transport: unless FASTDDS_DEFAULT_PROFILES_FILE is already set in the environment, it is set
 to the shipped config/fastdds_large_data.xml for the processes started here. Without that
 profile Fast DDS silently drops images and clouds over ~0.5 MB; the camera driver and any
@@ -19,7 +22,8 @@ from __future__ import annotations
 
 import os
 
-from ament_index_python.packages import get_package_share_directory
+from ament_index_python.packages import PackageNotFoundError, get_package_prefix, get_package_share_directory
+import launch.logging
 from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, OpaqueFunction, SetEnvironmentVariable
 from launch.conditions import IfCondition
@@ -46,9 +50,9 @@ def _depth_node(context, *args, **kwargs):
     """The node, with only the non-empty parameter arguments overriding the params file."""
     overrides = {}
     for name, value_type in NODE_PARAMETER_ARGUMENTS.items():
-        value = LaunchConfiguration(name).perform(context)
-        if value != '':
-            overrides[name] = ParameterValue(value, value_type=value_type)
+        if LaunchConfiguration(name).perform(context) != '':
+            # A substitution, not the performed string: ParameterValue refuses a str for bool/float.
+            overrides[name] = ParameterValue(LaunchConfiguration(name), value_type=value_type)
     image = LaunchConfiguration('image').perform(context)
     camera_info = LaunchConfiguration('camera_info').perform(context)
     return [Node(
@@ -63,6 +67,23 @@ def _depth_node(context, *args, **kwargs):
             ('image/compressed', image + '/compressed'),
             ('camera_info', camera_info),
         ],
+    )]
+
+
+def _rviz(context, *args, **kwargs):
+    """rviz2 with config/depth.rviz, or a warning when rviz2 is not installed (the node runs anyway)."""
+    try:
+        get_package_prefix('rviz2')
+    except PackageNotFoundError:
+        launch.logging.get_logger('launch').warning(
+            'use_rviz:=true but rviz2 is not installed (no rviz2 package in AMENT_PREFIX_PATH): '
+            'running the depth node without rviz2')
+        return []
+    return [Node(
+        package='rviz2',
+        executable='rviz2',
+        name='rviz2',
+        arguments=['-d', _share('config', 'depth.rviz')],
     )]
 
 
@@ -88,11 +109,5 @@ def generate_launch_description() -> LaunchDescription:
             EnvironmentVariable('FASTDDS_DEFAULT_PROFILES_FILE',
                                 default_value=_share('config', 'fastdds_large_data.xml'))),
         OpaqueFunction(function=_depth_node),
-        Node(
-            package='rviz2',
-            executable='rviz2',
-            name='rviz2',
-            arguments=['-d', _share('config', 'depth.rviz')],
-            condition=IfCondition(LaunchConfiguration('use_rviz')),
-        ),
+        OpaqueFunction(function=_rviz, condition=IfCondition(LaunchConfiguration('use_rviz'))),
     ])

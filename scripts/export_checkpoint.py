@@ -15,9 +15,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from hr_depth_ros.core.checkpoint import load_depth_checkpoint, load_extra_state, save_depth_checkpoint  # noqa: E402
-
-POSE_FILES = ('pose_encoder.pth', 'pose.pth')
+from hr_depth_ros.core.checkpoint import (POSE_FILES, load_depth_checkpoint, load_extra_state,  # noqa: E402
+                                          save_depth_checkpoint)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,10 +1,11 @@
-"""Generate the README's parameter tables from the code: the depth node's (hr_depth_ros.core.depth_engine.PARAMETERS)
-and the fine-tuning options (the option table of hr_depth_ros.core.training.trainer.TrainingConfig).
+"""Generate the README's parameter tables and config/depth.yaml from the code: the depth node's option table
+(hr_depth_ros.core.depth_options.NodeConfig) and the fine-tuning options (the option table of
+hr_depth_ros.core.training.trainer.TrainingConfig).
 
     python scripts/readme_tables.py          # print the tables
-    python scripts/readme_tables.py --write  # rewrite them in README.md between their markers
+    python scripts/readme_tables.py --write  # rewrite them in README.md between their markers, and config/depth.yaml
 
-test/test_readme.py fails when the README and the code drift apart.
+test/test_readme.py and test/test_launch.py fail when the README, the YAML and the code drift apart.
 """
 from __future__ import annotations
 
@@ -16,27 +17,21 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 MARKER = 'depth-parameters'
 FINETUNE_MARKER = 'finetune-options'
-
-
-def format_default(value: object) -> str:
-    if isinstance(value, bool):
-        return 'true' if value else 'false'
-    if isinstance(value, str):
-        return f'`"{value}"`' if value == '' else f'`{value}`'
-    return f'`{value}`'
+DEPTH_YAML = REPO / 'config' / 'depth.yaml'
 
 
 def depth_parameter_table() -> str:
-    """Markdown table of the depth node's parameters: name, default, description."""
-    from hr_depth_ros.core.depth_engine import PARAMETERS
+    """Markdown table of the depth node's parameters: name, command-line flag, default, description."""
+    from hr_depth_ros.core.depth_options import depth_markdown_table
 
-    rows = ['| parameter | default | description |', '|---|---|---|']
-    for spec in PARAMETERS:
-        description = spec.description.replace('|', '\\|')
-        if spec.choices:
-            description += f' (one of {", ".join(spec.choices)})'
-        rows.append(f'| `{spec.name}` | {format_default(spec.default)} | {description} |')
-    return '\n'.join(rows)
+    return depth_markdown_table()
+
+
+def depth_yaml() -> str:
+    """config/depth.yaml: the depth node's defaults."""
+    from hr_depth_ros.core.depth_options import depth_yaml as text
+
+    return text()
 
 
 def finetune_option_table() -> str:
@@ -67,7 +62,8 @@ def main() -> int:
         for marker, table in tables.items():
             text = replace_block(text, marker, table)
         readme.write_text(text)
-        print(f'updated {readme}')
+        DEPTH_YAML.write_text(depth_yaml())
+        print(f'updated {readme} and {DEPTH_YAML}')
     else:
         print('\n\n'.join(tables.values()))
     return 0

@@ -15,7 +15,8 @@ if [ ! -x "$VENV/bin/python" ]; then
   "$PYTHON" -m venv "$VENV"
 fi
 STAMP="$VENV/.requirements.sha256"
-WANT="$(cat "$REPO"/requirements*.txt | sha256sum | cut -d' ' -f1)"
+# What requirements.txt installs (requirements-ros2-launch.txt has a stamp of its own, below).
+WANT="$(cat "$REPO"/requirements-core.txt "$REPO"/requirements.txt | sha256sum | cut -d' ' -f1)"
 if [ "$(cat "$STAMP" 2>/dev/null || true)" != "$WANT" ]; then
   echo "[setup] installing pinned dependencies into $VENV (first run takes a few minutes)"
   "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -r "$REPO/requirements.txt"
@@ -23,3 +24,6 @@ if [ "$(cat "$STAMP" 2>/dev/null || true)" != "$WANT" ]; then
 else
   echo "[setup] $VENV is up to date"
 fi
+# ROS 2 launch system and ros2 command from ../shared/third_party/ros2 when it is there (CI, this
+# machine); a ROS 2 install provides them otherwise.
+bash "$REPO/scripts/setup_ros2_launch.sh" "$VENV"

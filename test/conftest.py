@@ -55,3 +55,30 @@ def lite_checkpoint(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp('checkpoints') / 'lite_random_640x192'
     save_depth_checkpoint(folder, encoder, decoder, arch='lite_hr_depth', height=192, width=640)
     return folder
+
+
+@pytest.fixture(scope='session')
+def colcon() -> str:
+    """The colcon executable (the venv's, else PATH's); skips where colcon is not installed."""
+    import shutil
+
+    exe = shutil.which('colcon') or str(Path(sys.executable).with_name('colcon'))
+    if not Path(exe).exists():
+        pytest.skip('colcon is not installed (requirements.txt installs it; CI has it)')
+    return exe
+
+
+@pytest.fixture(scope='session')
+def colcon_install(colcon, tmp_path_factory) -> Path:
+    """``colcon build`` of this repository, once per session, as a ROS user's workspace does; the
+    install base (``<it>/setup.bash``, ``<it>/hr_depth_ros``)."""
+    import subprocess
+
+    workspace = tmp_path_factory.mktemp('colcon_ws')
+    env = dict(os.environ, PATH=f'{Path(sys.executable).parent}:{os.environ.get("PATH", "")}')
+    build = subprocess.run(
+        [colcon, '--log-base', str(workspace / 'log'), 'build', '--base-paths', str(REPO_ROOT),
+         '--build-base', str(workspace / 'build'), '--install-base', str(workspace / 'install')],
+        capture_output=True, text=True, env=env, cwd=workspace)
+    assert build.returncode == 0, build.stdout + build.stderr
+    return workspace / 'install'

@@ -99,7 +99,7 @@ def test_cached_model_that_does_not_load_is_converted_again(tmp_path, caplog):
         (folder / 'model.bin').write_bytes(b'\0' * 8)
 
     key = openvino_cache_key('tiny', 64, 32, weights_hash(tiny_net()), openvino_version())
-    cached_entry(tmp_path, key, garbage)
+    cached_entry(tmp_path, key, garbage, {'weights_sha256': weights_hash(tiny_net())})  # ours, but unreadable
     with caplog.at_level(logging.WARNING):
         backend = OpenVINOBackend(tiny_net(), 'tiny', 64, 32, threads=1, cache_dir=tmp_path)
     assert 'does not load' in caplog.text and backend.converted_s is not None

@@ -1,9 +1,7 @@
-"""The fine-tuning node: parameter table vs config/finetune.yaml, launch file, end-to-end job over DDS."""
+"""The fine-tuning node: parameter table vs config/finetune.yaml, end-to-end job over DDS (test_launch runs
+finetune.launch.py)."""
 from __future__ import annotations
 
-import ast
-import fnmatch
-import importlib.util
 import json
 import subprocess
 import sys
@@ -16,10 +14,8 @@ import yaml
 from hr_depth_ros.ros.finetune_node import parameter_table
 from hr_depth_ros.tools.make_synthetic_bag import write_synthetic_bag
 from hr_depth_ros.ros.transport import local_ros_env
-from test_launch import _installed_config_globs, _node_calls
 
 REPO = Path(__file__).resolve().parents[1]
-LAUNCH_FILE = REPO / 'launch' / 'finetune.launch.py'
 YAML_FILE = REPO / 'config' / 'finetune.yaml'
 NODE_NAME = 'hr_depth_finetune'
 
@@ -37,66 +33,17 @@ def test_yaml_matches_parameter_table():
 
 
 def test_node_defaults_match_the_cli():
-    from hr_depth_ros.tools.finetune import build_parser
-    from hr_depth_ros.core.training.options import options
+    """A job started with the node's default parameters (config/finetune.yaml) is the job the command line
+    runs without optional flags: the same TrainingConfig, through the two independent mappings."""
+    from hr_depth_ros.core.training import options
     from hr_depth_ros.core.training.trainer import TrainingConfig
+    from hr_depth_ros.tools.finetune import build_parser, config_from_args
 
-    args = build_parser().parse_args(['--bag', 'b', '--output', 'o'])
-    table = {p.name: p.default for p in parameter_table()}
-    for spec in options(TrainingConfig):
-        if spec.flag and spec.parameter and not spec.required and spec.nargs is None:
-            cli = getattr(args, spec.name)
-            expected = spec.unset if cli is None and spec.fallback is None else (cli if cli is not None else
-                                                                                 spec.fallback)
-            assert table[spec.parameter] == expected, spec.name
-
-
-def _launch_tree() -> ast.Module:
-    return ast.parse(LAUNCH_FILE.read_text())
-
-
-def test_launch_starts_a_console_script_with_declared_parameters():
-    tree = _launch_tree()
-    setup = (REPO / 'setup.py').read_text()
-    scripts = {line.split('=')[0].strip(" '") for line in setup.splitlines() if ' = hr_depth_ros.' in line}
-    node_calls = [n for n in ast.walk(tree) if isinstance(n, ast.Call) and getattr(n.func, 'id', None) == 'Node']
-    assert len(node_calls) == 1
-    keywords = {kw.arg: kw.value for kw in node_calls[0].keywords}
-    assert keywords['executable'].value == 'finetune_node' and 'finetune_node' in scripts
-    assert keywords['name'].id == 'NODE_NAME'
-    overridden = {n.slice.value for n in ast.walk(tree) if isinstance(n, ast.Subscript)
-                  and getattr(n.value, 'id', None) == 'overrides'}
-    assert overridden == {'bags', 'output_dir'} and overridden <= {p.name for p in parameter_table()}
-    arguments = {n.args[0].value for n in ast.walk(tree) if isinstance(n, ast.Call)
-                 and getattr(n.func, 'id', None) == 'DeclareLaunchArgument'}
-    assert arguments == {'bag', 'output_dir', 'params_file'}
-    # The launched node gets the name the node gives itself and the params file's top-level key.
-    launched_name = next(call['name'] for call in _node_calls(tree) if call.get('package') == 'hr_depth_ros')
-    node_source = ast.parse((REPO / 'hr_depth_ros' / 'ros' / 'finetune_node.py').read_text())
-    own_name = next(n.args[0].value for n in ast.walk(node_source) if isinstance(n, ast.Call)
-                    and getattr(n.func, 'attr', None) == '__init__' and n.args and isinstance(n.args[0], ast.Constant))
-    assert launched_name == own_name == NODE_NAME
-    assert list(yaml.safe_load(YAML_FILE.read_text())) == [launched_name]
-    # The default params_file (share/<package>/config/<name>) is a file in config/ that setup.py installs.
-    default = next(kw.value for n in ast.walk(tree) if isinstance(n, ast.Call)
-                   and getattr(n.func, 'id', None) == 'DeclareLaunchArgument' and n.args[0].value == 'params_file'
-                   for kw in n.keywords if kw.arg == 'default_value')
-    relative = Path(*(a.value for a in default.args if isinstance(a, ast.Constant)))
-    assert (REPO / relative).resolve() == YAML_FILE.resolve()
-    assert any(fnmatch.fnmatch(str(relative), pattern) for pattern in _installed_config_globs())
-
-
-@pytest.mark.skipif(importlib.util.find_spec('launch_ros') is None,
-                    reason='launch_ros is not installed here; the static checks above cover the file')
-def test_launch_description_builds(monkeypatch):
-    import ament_index_python.packages as packages
-
-    monkeypatch.setattr(packages, 'get_package_share_directory', lambda _: str(REPO))
-    spec = importlib.util.spec_from_file_location('finetune_launch', LAUNCH_FILE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    description = module.generate_launch_description()
-    assert {a.name for a in description.get_launch_arguments()} == {'bag', 'output_dir', 'params_file'}
+    cli = config_from_args(build_parser().parse_args(['--bag', 'b', '--output', 'o']))
+    params = yaml.safe_load(YAML_FILE.read_text())[NODE_NAME]['ros__parameters']
+    node = options.config_from_parameters({**params, 'bags': ['b'], 'output_dir': 'o'}, TrainingConfig)
+    assert node == cli
+    assert cli.steps is not None and cli.epochs is None and cli.camera_info_topic == '/camera/camera_info'
 
 
 @pytest.fixture(scope='module')

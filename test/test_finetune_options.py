@@ -183,9 +183,12 @@ def test_limits_from_the_table_are_checked_and_described():
     assert specs['save_every'].limits == '>= 1' and '(>= 1)' in specs['save_every'].description
     assert specs['val_fraction'].limits == '0.0 .. 1.0'
     options.check_limits(TrainingConfig(bags=['b'], output='o', steps=1))
-    for name, value in (('save_every', 0), ('val_fraction', 1.5), ('frame_stride', 0), ('seed', -1)):
-        config = TrainingConfig(bags=['b'], output='o', steps=1, **{name: value})
-        with pytest.raises(ValueError, match=f'{name} must be'):
+    # Limits, choices and list lengths: declared once in the table, checked by check_limits (validate has no copy).
+    for name, value in (('save_every', 0), ('val_fraction', 1.5), ('frame_stride', 0), ('seed', -1), ('steps', 0),
+                        ('batch_size', 0), ('width', 32), ('num_workers', -1), ('arch', 'resnet'),
+                        ('pose_source', 'gps'), ('intrinsics', [1.0, 2.0])):
+        config = TrainingConfig(**{'bags': ['b'], 'output': 'o', 'steps': 1, name: value})
+        with pytest.raises(ValueError, match=name):
             options.check_limits(config)
-        with pytest.raises(TrainingError, match=f'{name} must be'):
+        with pytest.raises(TrainingError, match=name):
             config.validate()

@@ -152,7 +152,7 @@ def test_malformed_messages_name_the_numbers():
     rgb = smooth_rgb(4, 5)
     msg = image_msg(rgb, 'rgb8')
     short = SimpleNamespace(**{**vars(msg), 'data': msg.data[:-1]})
-    with pytest.raises(MalformedImage, match=r'59 bytes, expected height\*step = 4\*15 = 60'):
+    with pytest.raises(MalformedImage, match=r'\b59\b.*\b60\b'):
         dec.image_to_rgb(short)
     small_step = SimpleNamespace(**{**vars(msg), 'step': 14})
     with pytest.raises(MalformedImage, match='step 14 is less than'):
@@ -245,10 +245,10 @@ def test_decompression_bombs_are_refused_from_the_header_before_decoding(fmt, mo
     assert len(payload) < 30_000 and dec.compressed_size(payload) == (fmt, 8000, 8000)
     calls = []
     monkeypatch.setattr(dec.cv2, 'imdecode', lambda *a: calls.append(a))
-    with pytest.raises(MalformedImage, match=r'8000x8000 = 64.0 MP is above the limit of 50.0 MP'):
+    with pytest.raises(MalformedImage, match=r'8000x8000.*\b50\.0 MP'):
         dec.compressed_to_rgb(SimpleNamespace(format=fmt, data=payload))
     assert calls == []  # never handed to the decoder
-    with pytest.raises(MalformedImage, match='above the limit of 0.0 MP'):
+    with pytest.raises(MalformedImage, match=r'\b0\.0 MP'):
         dec.compressed_to_rgb(SimpleNamespace(format=fmt, data=dec.encode_compressed(smooth_rgb(), fmt).data),
                               max_pixels=100)
 

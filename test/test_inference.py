@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from golden_weights import NETWORK_OUTPUT_ATOL
+from messages import warned
 from hr_depth_ros.core.geometry import disp_to_depth
 from hr_depth_ros.core.inference import DepthEstimator, select_device
 
@@ -62,21 +63,20 @@ def test_depth_is_scaled_converted_disparity(lite_checkpoint, image):
     assert np.all((expected >= 0.1) & (expected <= 100.0))
 
 
-def test_device_selection(caplog):
+def test_device_selection():
     assert select_device('cpu') == torch.device('cpu')
     assert select_device('auto').type == ('cuda' if torch.cuda.is_available() else 'cpu')
     with pytest.raises(ValueError, match='unknown device'):
         select_device('tpu')
-    if not torch.cuda.is_available():
-        with caplog.at_level(logging.WARNING):
-            assert select_device('cuda') == torch.device('cpu')
-        assert 'CUDA is not available' in caplog.text
+    if not torch.cuda.is_available():  # an explicit GPU request is refused, never run on the CPU (test_gpu_paths.py)
+        with pytest.raises(ValueError, match='cuda'):
+            select_device('cuda')
 
 
 def test_fp16_on_cpu_falls_back_to_fp32(lite_checkpoint, caplog):
     with caplog.at_level(logging.WARNING):
         estimator = DepthEstimator(lite_checkpoint, device='cpu', precision='fp16')
-    assert estimator.precision == 'fp32' and 'fp16 autocast needs CUDA' in caplog.text
+    assert estimator.precision == 'fp32' and warned(caplog, 'fp16', 'fp32')
     with pytest.raises(ValueError, match='precision'):
         DepthEstimator(lite_checkpoint, device='cpu', precision='int4')
     with pytest.raises(ValueError, match='min_depth'):

@@ -45,7 +45,7 @@ def test_a_fresh_run_into_a_previous_run_is_refused_unless_overwrite(bag, first_
     best = (output / 'best' / 'encoder.pth').read_bytes()
     assert run(bag, output, '--steps', '2') == 2
     err = capsys.readouterr().err
-    assert err.count('\n') == 1 and 'holds a previous run' in err and 'step 4' in err and '--overwrite' in err
+    assert err.count('\n') == 1 and str(output) in err and 'step 4' in err and '--overwrite' in err
     assert step_of(output / 'latest') == 4 and (output / 'metrics.csv').read_text() == rows
     assert (output / 'best' / 'encoder.pth').read_bytes() == best
     assert run(bag, output, '--steps', '2', '--overwrite', '--image-topic', '/nope') == 2  # bad input: run kept
@@ -113,8 +113,7 @@ def test_full_disk_is_one_line_naming_the_path(bag, tmp_path, capsys, monkeypatc
     monkeypatch.setattr(checkpoint.shutil, 'disk_usage', lambda path: shutil._ntuple_diskusage(10**9, 10**9, 1000))
     assert run(bag, output, '--steps', '1') == 2
     err = capsys.readouterr().err
-    assert err.count('\n') == 1 and 'not enough free disk space' in err
-    assert str(output) in err and 'disk full' in err
+    assert err.count('\n') == 1 and str(output) in err and 'disk' in err.lower()  # the path and the reason
     assert not list(output.glob('.latest.tmp-*'))
 
 

@@ -73,8 +73,9 @@ def test_backends_write_the_same_disparity(image_folder, lite_checkpoint, tmp_pa
         assert f'with {backend}' in capsys.readouterr().out
     disparity = {backend: np.load(tmp_path / backend / 'b_disp.npy') for backend in ('torch', 'openvino')}
     assert np.abs(disparity['openvino'] - disparity['torch']).max() <= 1e-3  # the issue's parity bound
-    with pytest.raises(SystemExit):
-        main(['--weights', str(lite_checkpoint), '--threads', '0', image])
+    # Outside the option table's limits: refused before loading, naming the option.
+    assert main(['--weights', str(lite_checkpoint), '--threads', '-1', image]) == 2
+    assert 'threads' in capsys.readouterr().err
 
 
 def test_missing_weights_is_a_clear_error(tmp_path, capsys):

@@ -109,7 +109,7 @@ def test_missing_link_and_contradictions_are_named():
     assert not tree.can_transform('odom', 'camera_frame_typo')
     with pytest.raises(TransformError, match="'base_link' has two parents"):
         add(tree, 'map', 'base_link', 0.0, np.eye(4))
-    with pytest.raises(TransformError, match='both on /tf and /tf_static'):
+    with pytest.raises(TransformError, match='/tf_static'):
         add(tree, 'odom', 'base_link', 3.0, np.eye(4), static=True)
 
 

@@ -177,6 +177,26 @@ def test_dataset_items_and_flip(prepared):
     assert 0 < flipped < 12 and 0 < jittered < 12
 
 
+
+def test_uint8_items_are_the_float_items_rounded(prepared):
+    """uint8 items (what the trainer loads: a quarter of the bytes to pin and copy to a GPU)."""
+    plain = TripletDataset(prepared.store, prepared.train)
+    packed = TripletDataset(prepared.store, prepared.train, uint8=True)
+    item = packed[0]
+    assert item['color'].dtype == item['color_aug'].dtype == torch.uint8
+    assert torch.equal(item['color'].float().div_(255.0), plain[0]['color'])  # exact: the frames are 8-bit
+    plain.augment = packed.augment = True
+    jittered = 0
+    for seed in range(8):  # the same flips and jitter drawn: the jittered frames rounded to the nearest level
+        torch.manual_seed(seed)
+        expected = plain[0]
+        torch.manual_seed(seed)
+        item = packed[0]
+        assert (item['color_aug'].float() - expected['color_aug'] * 255.0).abs().max() <= 0.5 + 1e-3
+        assert torch.equal(item['color'].float().div_(255.0), expected['color'])
+        jittered += not torch.equal(expected['color'], expected['color_aug'])
+    assert jittered > 0
+
 # --- ROS 1 bags, partial bags, undecodable frames (issue 12, items 8 and 9) ----------------------
 
 def write_ros1_camera_bag(path: Path, frames: int, image_topic: str = 'camera/image_raw/compressed',

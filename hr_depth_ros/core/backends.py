@@ -21,13 +21,11 @@ machine busy with other work: OpenMP threads spin-waiting for a descheduled sibl
 """
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
 import time
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -36,8 +34,7 @@ import torch
 from torch import nn
 
 from hr_depth_ros.core.model_cache import cached_entry, default_cache_dir, remove_entry, weights_hash
-from hr_depth_ros.core.quantization import (DEFAULT_CALIBRATION_FRAMES, QUANTIZATION_FORMAT, CalibrationSet,
-                                            CalibrationSource, quantize_model, require_nncf)
+from hr_depth_ros.core.quantization import QUANTIZATION_FORMAT, CalibrationSet, quantize_model, require_nncf
 
 LOGGER = logging.getLogger(__name__)
 BACKENDS = ('auto', 'torch', 'openvino')
@@ -77,63 +74,6 @@ def default_threads() -> int:
     return max(1, min(cores, int(limit))) if limit.isdigit() and int(limit) > 0 else max(1, cores)
 
 
-@dataclass(frozen=True)
-class BackendOptions:
-    """What ``--backend``, ``--threads``, ``--cache-dir``, ``--precision`` and ``--calibration*`` asked
-    for (None / empty: the defaults)."""
-
-    backend: str = 'auto'
-    threads: int | None = None
-    cache_dir: str | None = None
-    precision: str = 'fp32'
-    calibration: str = ''
-    calibration_topic: str = ''
-    calibration_frames: int = DEFAULT_CALIBRATION_FRAMES
-
-    @classmethod
-    def from_args(cls, args: argparse.Namespace) -> BackendOptions:
-        """The options parsed by :func:`add_backend_arguments`."""
-        return cls(args.backend, args.threads, args.cache_dir, args.precision, args.calibration or '',
-                   args.calibration_topic or '', args.calibration_frames)
-
-    def estimator_kwargs(self) -> dict[str, Any]:
-        """``DepthEstimator`` keyword arguments for these options."""
-        return {'backend': self.backend, 'threads': self.threads, 'cache_dir': self.cache_dir,
-                'precision': self.precision,
-                'calibration': CalibrationSource(self.calibration, self.calibration_topic, self.calibration_frames)}
-
-
-def positive_int(text: str) -> int:
-    """argparse type: an integer >= 1."""
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f'must be >= 1, got {value}')
-    return value
-
-
-def add_backend_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--backend``, ``--threads``, ``--cache-dir``, ``--precision`` and ``--calibration*``, shared by the
-    command-line tools (:meth:`BackendOptions.from_args` reads them back)."""
-    parser.add_argument('--backend', default='auto', choices=BACKENDS,
-                        help='auto: torch on CUDA, OpenVINO on the CPU when installed (default auto)')
-    parser.add_argument('--threads', type=positive_int, default=None,
-                        help='CPU inference threads (default: the cores this process may use; use fewer '
-                             'on a machine busy with other work)')
-    parser.add_argument('--cache-dir', default=None,
-                        help='converted-model cache (default $HR_DEPTH_ROS_CACHE or ~/.cache/hr_depth_ros)')
-    parser.add_argument('--precision', default='fp32', choices=('fp32', 'fp16', 'bf16', 'int8'),
-                        help='fp32 (default); fp16 / bf16 autocast (torch, CUDA); int8: OpenVINO INT8 on the CPU, '
-                             'quantised once from --calibration frames and cached (~2x faster than fp32, slightly '
-                             'less accurate; falls back to fp16 on CUDA / fp32 with torch, with a warning)')
-    parser.add_argument('--calibration', default='',
-                        help='int8: a folder of images or a bag from your camera (default: synthetic street frames; '
-                             'real frames calibrate better)')
-    parser.add_argument('--calibration-topic', default='',
-                        help="int8: image topic of the calibration bag (default: the bag's only image topic)")
-    parser.add_argument('--calibration-frames', type=positive_int, default=DEFAULT_CALIBRATION_FRAMES,
-                        help=f'int8: calibration frames, evenly spaced (default {DEFAULT_CALIBRATION_FRAMES})')
-
-
 def configure_threads(threads: int | None) -> int:
     """Validate ``threads`` (None: :func:`default_threads`) and apply it to PyTorch; returns it."""
     threads = default_threads() if threads is None else int(threads)
@@ -150,6 +90,8 @@ class TorchBackend:
     def __init__(self, net: nn.Module, device: torch.device, autocast_dtype: torch.dtype | None,
                  channels_last: bool, compile: bool | str) -> None:
         net = net.to(device)
+        if device.type == 'cuda':
+            torch.backends.cudnn.benchmark = True  # one input size: cuDNN times its kernels once (at warm-up)
         if channels_last:
             net = net.to(memory_format=torch.channels_last)
         if compile:
@@ -161,9 +103,9 @@ class TorchBackend:
         self.description = 'torch'
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        images = images.to(self.device)
-        if self.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
+        # The layout the network was converted to: a permuted H x W x 3 frame is channels-last-strided.
+        images = images.to(self.device).contiguous(
+            memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
         dtype = self.autocast_dtype
         with torch.inference_mode(), torch.autocast(self.device.type, dtype=dtype or torch.float32,
                                                     enabled=dtype is not None):
@@ -180,6 +122,24 @@ def openvino_cache_key(arch: str, width: int, height: int, content_hash: str, ve
         nncf, calibration_hash = int8
         quantized = f'_int8-nncf-{nncf}-q{QUANTIZATION_FORMAT}-cal{calibration_hash[:16]}'
     return f'{arch}_{width}x{height}_openvino-{version}{quantized}_f{OPENVINO_CACHE_FORMAT}_{content_hash[:32]}'
+
+
+def load_cache_entry(root: Path, key: str, build: Callable[[Path], None], use: Callable[[Path], Any],
+                     identity: dict[str, str]) -> tuple[Path, Any]:
+    """``use(entry)`` of the model cache entry ``key`` under ``root`` (built when missing; bound to
+    ``identity``, see :func:`~.model_cache.cached_entry`); an entry that was already there but does not
+    load is removed and built again once; a freshly built one that fails raises."""
+    entry, built = cached_entry(root, key, build, identity)
+    try:
+        return entry, use(entry)
+    except Exception as error:  # noqa: BLE001 - OpenVINO raises RuntimeError subclasses of its own
+        if built:
+            raise  # a fresh conversion that does not load is a real failure
+        LOGGER.warning('cached model %s does not load (%s: %s): building it again', entry,
+                       type(error).__name__, error)
+        remove_entry(entry)
+        entry, _ = cached_entry(root, key, build, identity)
+        return entry, use(entry)
 
 
 class OpenVINOBackend:
@@ -209,6 +169,10 @@ class OpenVINOBackend:
         fp32_key = openvino_cache_key(arch, self.width, self.height, net_hash, version)
         key = fp32_key if precision == 'fp32' else openvino_cache_key(
             arch, self.width, self.height, net_hash, version, (nncf_version, calibration.content_hash))
+        # The full hashes bind a cache entry to these weights (and calibration frames) inside its manifest.
+        fp32_identity = {'weights_sha256': net_hash}
+        identity = fp32_identity if precision == 'fp32' else {
+            **fp32_identity, 'calibration_sha256': calibration.content_hash}
         self.converted_s: float | None = None
         self.quantized_s: float | None = None
         root = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
@@ -225,26 +189,11 @@ class OpenVINOBackend:
             ov.save_model(model, folder / OPENVINO_MODEL_FILE, compress_to_fp16=False)  # fp32 weights: parity
             self.converted_s = time.perf_counter() - start
 
-        def load(entry_key: str, build: Callable[[Path], None], use: Callable[[Path], Any]) -> tuple[Path, Any]:
-            """``use(entry)`` of cache entry ``entry_key`` (built when missing); an entry that was already
-            there but does not load is removed and built again once; a freshly built one that fails raises."""
-            entry, built = cached_entry(root, entry_key, build)
-            try:
-                return entry, use(entry)
-            except Exception as error:  # noqa: BLE001 - OpenVINO raises RuntimeError subclasses of its own
-                if built:
-                    raise  # a fresh conversion that does not load is a real failure
-                LOGGER.warning('cached model %s does not load (%s: %s): building it again', entry,
-                               type(error).__name__, error)
-                remove_entry(entry)
-                entry, _ = cached_entry(root, entry_key, build)
-                return entry, use(entry)
-
         def read(entry: Path) -> Any:
             return core.read_model(entry / OPENVINO_MODEL_FILE)
 
         def quantize(folder: Path) -> None:
-            _, model = load(fp32_key, convert, read)  # the fp32 model from its own cache entry
+            _, model = load_cache_entry(root, fp32_key, convert, read, fp32_identity)  # from its own cache entry
             LOGGER.info('%s %dx%d: quantising to INT8 with NNCF %s on %s (once: the result is cached)',
                         arch, self.width, self.height, nncf_version, calibration.description)
             start = time.perf_counter()
@@ -270,17 +219,21 @@ class OpenVINOBackend:
             self.compile_s = time.perf_counter() - start
             return compiled
 
-        self.cache_entry, compiled = load(key, build, compile_entry)
+        self.cache_entry, compiled = load_cache_entry(root, key, build, compile_entry, identity)
         self.request = compiled.create_infer_request()
+        self.description = self._describe(version, threads, calibration)
+        LOGGER.info('%s %dx%d: %s', arch, self.width, self.height, self.description)
+
+    def _describe(self, version: str, threads: int, calibration: CalibrationSet | None) -> str:
+        """What runs, e.g. 'openvino 2026.4.1 fp32 (loaded from the cache, compiled in 0.4 s, 2 thread(s); ...)'."""
         steps = []
         if self.converted_s is not None:
             steps.append(f'converted in {self.converted_s:.1f} s')
         if self.quantized_s is not None:
             steps.append(f'quantised in {self.quantized_s:.1f} s on {calibration.description}')
         origin = ', '.join(steps) or 'loaded from the cache'
-        self.description = (f'openvino {version} {precision} ({origin}, compiled in {self.compile_s:.1f} s, '
-                            f'{threads} thread(s); {self.cache_entry})')
-        LOGGER.info('%s %dx%d: %s', arch, self.width, self.height, self.description)
+        return (f'openvino {version} {self.precision} ({origin}, compiled in {self.compile_s:.1f} s, '
+                f'{threads} thread(s); {self.cache_entry})')
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         if tuple(images.shape[1:]) != (3, self.height, self.width):

@@ -179,8 +179,10 @@ def _bag_messages(reader: AnyReader, bag: Path, topics: Iterable[str] | None,
         return
     count = 0
     skipped = 0
+    last, at_last = -(2**63), 0  # the latest timestamp read and how many messages had it
     try:
         for conn, timestamp, raw in reader.messages(connections=connections):
+            last, at_last = (last, at_last + 1) if timestamp == last else (int(timestamp), 1)
             try:
                 msg = reader.deserialize(raw, conn.msgtype)
             except Exception:
@@ -196,6 +198,18 @@ def _bag_messages(reader: AnyReader, bag: Path, topics: Iterable[str] | None,
         reason = f'{type(exc).__name__}: {exc}'
         if on_partial is None:
             raise BagError(f'bag {bag}: failed while reading messages (corrupt or truncated?): {reason}') from exc
+        if bag.is_dir() and any(path.suffix == '.mcap' for path in bag.iterdir()):
+            # rosbags stops at a corrupt MCAP chunk; the scanner skips it (counted) and reads the chunks after it
+            try:
+                salvage = _Salvage(bag, f'corrupt data after {count} messages ({reason})')
+            except BagError:
+                salvage = None
+            if salvage is not None:
+                try:
+                    yield from _salvaged_messages(salvage, bag, topics, on_partial, after=(last, at_last))
+                finally:
+                    salvage.close()
+                return
         on_partial(f'bag {bag}: reading stopped after {count} messages ({reason}); used what was readable'
                    + (f', {skipped} undecodable messages skipped' if skipped else ''))
         return
@@ -204,13 +218,19 @@ def _bag_messages(reader: AnyReader, bag: Path, topics: Iterable[str] | None,
 
 
 def _salvaged_messages(salvage: _Salvage, bag: Path, topics: Iterable[str] | None,
-                       on_partial: PartialCallback) -> Iterator[Message]:
+                       on_partial: PartialCallback, after: tuple[int, int] | None = None) -> Iterator[Message]:
+    """The readable messages of ``salvage``; ``after = (stamp, n)``: only those after the first ``n``
+    messages at ``stamp`` (what a reader that failed there had already given)."""
     wanted = _wanted(bag, salvage.topics, topics)
     typestore = salvage.typestore()
     deserialize = typestore.deserialize_ros1 if salvage.ros1 else typestore.deserialize_cdr
     count = skipped = 0
+    last, at_last = after if after is not None else (-(2**63), 0)
     for topic, timestamp, raw in salvage.raw():
-        if topic not in wanted:
+        if topic not in wanted or timestamp < last:
+            continue
+        if timestamp == last and at_last > 0:
+            at_last -= 1
             continue
         try:
             msg = deserialize(raw, salvage.topics[topic])
@@ -219,8 +239,10 @@ def _salvaged_messages(salvage: _Salvage, bag: Path, topics: Iterable[str] | Non
             continue
         count += 1
         yield topic, timestamp, header_stamp_ns(msg), msg
-    on_partial(f'bag {bag}: {salvage.reason}; read {count} messages up to the last readable one'
-               + (f' ({salvage.stopped})' if salvage.stopped else '')
+    on_partial(f'bag {bag}: {salvage.reason}; read {count} ' + ('more ' if after is not None else '')
+               + 'messages up to the last readable one' + (f' ({salvage.stopped})' if salvage.stopped else '')
+               + (f', {salvage.bad_chunks} corrupt chunks skipped (first: {salvage.bad_chunk})'
+                  if salvage.bad_chunks else '')
                + (f', {skipped} undecodable messages skipped' if skipped else ''))
 
 
@@ -264,6 +286,8 @@ class _Salvage:
         self.bag = bag
         self.reason = reason
         self.stopped: str | None = None
+        self.bad_chunks = 0  # MCAP chunks skipped because they do not decompress (the scan goes on after them)
+        self.bad_chunk: str | None = None
         self._copies: list[Path] = []
         self.ros1 = bag.suffix == '.bag'
         self.files = [bag] if self.ros1 else sorted(p for p in bag.iterdir() if p.suffix in ('.mcap', '.db3'))
@@ -271,12 +295,11 @@ class _Salvage:
             raise BagError(f'bag {bag}: {reason}, and it holds no .mcap / .db3 file to read')
         self.topics: dict[str, str] = {}
         self._schemas: dict[str, str] = {}
-        for _ in self.raw():  # one pass collects the topics (cheap: nothing is deserialised)
-            pass
-        if not self.topics:
+        readable = sum(1 for _ in self.raw())  # one pass collects the topics (cheap: nothing is deserialised)
+        if not self.topics or (not readable and self.stopped):  # e.g. a corrupt page of sqlite's messages table
             self.close()
             raise BagError(f'bag {bag}: {reason}; nothing readable in {", ".join(p.name for p in self.files)}'
-                           + (f' ({self.stopped})' if self.stopped else ''))
+                           + (f' (the file is corrupt: {self.stopped})' if self.stopped else ''))
 
     def typestore(self) -> Any:
         """The fallback typestore plus the message definitions stored in the files."""
@@ -292,6 +315,7 @@ class _Salvage:
     def raw(self) -> Iterator[tuple[str, int, bytes]]:
         """``(topic, timestamp_ns, serialized message)`` of every readable message."""
         self.stopped = None
+        self.bad_chunks, self.bad_chunk = 0, None
         for path in self.files:
             reader = {'.mcap': self._mcap, '.db3': self._sqlite, '.bag': self._ros1}[path.suffix]
             yield from reader(path)
@@ -392,10 +416,17 @@ class _Salvage:
                     if channel_id in channels:
                         yield channels[channel_id][0], int(log_time), bytes(body[22:])
                 elif op == 0x06:  # chunk: start, end, size, crc, compression, records
-                    size, crc = struct.unpack_from('<QI', body, 16)
-                    compression, at = _mcap_string(body, 28)
-                    records_length = struct.unpack_from('<Q', body, at)[0]
-                    records = mcap_decompress(bytes(body[at + 8:at + 8 + records_length]), compression, size, crc)
+                    try:
+                        size, crc = struct.unpack_from('<QI', body, 16)
+                        compression, at = _mcap_string(body, 28)
+                        records_length = struct.unpack_from('<Q', body, at)[0]
+                        records = mcap_decompress(bytes(body[at + 8:at + 8 + records_length]), compression, size,
+                                                  crc)
+                    except Exception as error:  # noqa: BLE001 - its length is intact: skip it, read on
+                        self.bad_chunks += 1
+                        self.bad_chunk = self.bad_chunk or (f'{name} byte {start - 9}: {type(error).__name__}: '
+                                                            f'{error}')
+                        continue
                     yield from self._mcap_records(memoryview(records), 0, name, schemas, channels)
                     if self.stopped:
                         return

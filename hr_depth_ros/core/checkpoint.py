@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import errno
 import json
+import math
 import os
 import shutil
 import tempfile
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,9 +30,27 @@ from hr_depth_ros.core.networks import ARCHITECTURES, build_depth_model
 ENCODER_FILE = 'encoder.pth'
 DECODER_FILE = 'depth.pth'
 METADATA_FILE = 'hr_depth_ros.json'
+POSE_ENCODER_FILE = 'pose_encoder.pth'  # training state beside the authors' files (load_extra_state)
+POSE_DECODER_FILE = 'pose.pth'
+POSE_FILES = (POSE_ENCODER_FILE, POSE_DECODER_FILE)
+OPTIMIZER_FILE = 'adam.pth'
 ENCODER_EXTRA_KEYS = ('height', 'width', 'use_stereo')
 MAX_LISTED_KEYS = 12
 MAX_NETWORK_SIDE = 4096  # network input height/width above this are refused (the releases use <= 1280)
+# metric_scale (metres per disp_to_depth unit) outside this range is refused wherever it is read: 1e39
+# overflowed float32 in training (a segfault in backward), 1e30 published 2e29 m (see check_metric_scale).
+METRIC_SCALE_RANGE = (1e-3, 1e4)
+# What a state file may expand to when read: torch.save stores zip members uncompressed, so the members'
+# declared sizes exceed the file's size only for a compressed (crafted) file; an absolute cap as well
+# (the largest training state, adam.pth of hr_depth_resnet50, is ~0.9 GB).
+MAX_EXPANSION_RATIO = 1.5
+MAX_STATE_FILE_BYTES = 2 << 30
+MAX_ZIP_MEMBERS = 100_000
+MAX_METADATA_BYTES = 16 << 20
+# Non-tensor values (pickle or JSON) are walked with a budget: nesting depth and values visited
+# (a shared reference counts at every use), so a small file cannot format or walk into gigabytes.
+MAX_VALUE_DEPTH = 64
+MAX_VALUE_ITEMS = 200_000
 
 
 class CheckpointError(RuntimeError):
@@ -54,7 +74,7 @@ class DepthCheckpoint:
     def metric_scale(self) -> float | None:
         """Metres per unit of ``disp_to_depth`` when the checkpoint was trained metric (see
         :func:`metric_scale_of`), else None."""
-        return metric_scale_of(self.metadata)
+        return metric_scale_of(self.metadata, (self.path or Path('.')) / METADATA_FILE)
 
     @property
     def depth_range(self) -> tuple[float, float]:
@@ -77,19 +97,85 @@ def depth_range_of(metadata: dict[str, Any]) -> tuple[float, float] | None:
     return (low, high) if 0 < low < high < float('inf') else None
 
 
-def metric_scale_of(metadata: dict[str, Any]) -> float | None:
+def check_metric_scale(value: Any, source: str) -> float:
+    """``value`` as a metric scale (metres per ``disp_to_depth`` unit), or ValueError naming ``source`` (the
+    file, option or parameter it came from) and the value: the one range check of every reader."""
+    low, high = METRIC_SCALE_RANGE
+    number = float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else math.nan
+    if not low <= number <= high:  # NaN, inf, negative, zero, absurd, or not a number
+        raise ValueError(f'{source}: metric_scale {_short(value)} is not a plausible metric scale (a number from '
+                         f'{low:g} to {high:g} metres per depth unit)')
+    return number
+
+
+def metric_scale_of(metadata: dict[str, Any], source: str | Path = METADATA_FILE) -> float | None:
     """The ``metric_scale`` a fine-tuning run with metric poses records in ``hr_depth_ros.json``
-    (depth in metres = metric_scale x disp_to_depth(disp)); None when absent or not a positive number."""
+    (depth in metres = metric_scale x disp_to_depth(disp)); None when absent. CheckpointError naming
+    ``source`` when it is there but outside :data:`METRIC_SCALE_RANGE` (see :func:`check_metric_scale`)."""
     value = metadata.get('metric_scale') if isinstance(metadata, dict) else None
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if value is None:
         return None
-    return float(value) if 0 < value < float('inf') else None
+    try:
+        return check_metric_scale(value, str(source))
+    except ValueError as error:
+        raise CheckpointError(str(error)) from None
+
+
+def _short(value: Any) -> str:
+    """A value for an error message without formatting a (possibly huge or self-referencing) container."""
+    if value is None or isinstance(value, (bool, int, float)):
+        return repr(value)[:40]
+    if isinstance(value, str):
+        return repr(value[:40])
+    return f'<{type(value).__name__}>'
+
+
+def check_bounded(value: Any, where: str | Path) -> None:
+    """CheckpointError naming ``where`` when ``value``'s non-tensor structure nests deeper than
+    MAX_VALUE_DEPTH or holds more than MAX_VALUE_ITEMS values (shared references counted at each use)."""
+    pending = [(value, 0)]
+    seen = 0
+    while pending:
+        item, depth = pending.pop()
+        seen += 1
+        if seen > MAX_VALUE_ITEMS or depth > MAX_VALUE_DEPTH:
+            what = f'nests deeper than {MAX_VALUE_DEPTH}' if depth > MAX_VALUE_DEPTH else \
+                f'holds more than {MAX_VALUE_ITEMS} values'
+            raise CheckpointError(f'{where}: refused: its data {what} (crafted or corrupt file)')
+        if isinstance(item, dict):
+            pending.extend((v, depth + 1) for v in item.values())
+            pending.extend((k, depth + 1) for k in item if not isinstance(k, (str, int)))
+        elif isinstance(item, (list, tuple, set, frozenset)):
+            pending.extend((v, depth + 1) for v in item)
+
+
+def _check_expansion(path: Path) -> None:
+    """CheckpointError when the state file would expand to far more than its size (before reading it)."""
+    size = path.stat().st_size
+    limit = min(MAX_STATE_FILE_BYTES, int(MAX_EXPANSION_RATIO * size) + (1 << 20))
+    if not zipfile.is_zipfile(path):
+        if size > MAX_STATE_FILE_BYTES:
+            raise CheckpointError(f'{path}: {size / 1e6:.0f} MB is more than a checkpoint file may hold '
+                                  f'({MAX_STATE_FILE_BYTES / 1e6:.0f} MB)')
+        return
+    try:
+        with zipfile.ZipFile(path) as archive:
+            members = archive.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError) as error:
+        raise CheckpointError(f'{path}: cannot be read as a PyTorch checkpoint (truncated or corrupt?): '
+                              f'{type(error).__name__}: {error}') from error
+    expanded = sum(member.file_size for member in members)
+    if len(members) > MAX_ZIP_MEMBERS or expanded > limit:
+        raise CheckpointError(f'{path}: refused: its {len(members)} zip members expand to {expanded / 1e6:.0f} MB '
+                              f'from {size / 1e6:.1f} MB on disk (limit {limit / 1e6:.0f} MB; torch.save does not '
+                              'compress: a crafted or corrupt file)')
 
 
 def _read_state(path: Path, map_location: str | torch.device = 'cpu') -> dict[str, Any]:
     if not path.is_file():
         present = sorted(p.name for p in path.parent.iterdir()) if path.parent.is_dir() else []
         raise CheckpointError(f'{path}: file missing (folder holds: {", ".join(present) or "nothing"})')
+    _check_expansion(path)
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:  # noqa: BLE001 - truncated zip, pickle error, ...: all reported by name
@@ -97,7 +183,30 @@ def _read_state(path: Path, map_location: str | torch.device = 'cpu') -> dict[st
                               f'(truncated or corrupt?): {type(error).__name__}: {error}') from error
     if not isinstance(state, dict):
         raise CheckpointError(f'{path}: holds a {type(state).__name__}, not a state dict')
+    odd_keys = [key for key in state if not isinstance(key, str)]
+    if odd_keys:
+        raise CheckpointError(f'{path}: {len(odd_keys)} state-dict keys are not strings (first: '
+                              f'{_short(odd_keys[0])}, a {type(odd_keys[0]).__name__}): not a state dict')
+    check_bounded(state, path)
     return state
+
+
+def read_metadata(path: str | Path) -> dict[str, Any]:
+    """``hr_depth_ros.json`` as a dict; CheckpointError naming the file when it is too large, not JSON,
+    nested too deeply or not an object."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        if size > MAX_METADATA_BYTES:
+            raise CheckpointError(f'{path}: {size / 1e6:.0f} MB is more than checkpoint metadata may hold '
+                                  f'({MAX_METADATA_BYTES / 1e6:.0f} MB)')
+        metadata = json.loads(path.read_text())
+    except (ValueError, RecursionError) as error:  # RecursionError: JSON nested thousands deep
+        raise CheckpointError(f'{path}: not valid JSON: {type(error).__name__}: {str(error)[:200]}') from None
+    check_bounded(metadata, path)
+    if not isinstance(metadata, dict):
+        raise CheckpointError(f'{path}: holds a JSON {type(metadata).__name__}, not an object')
+    return metadata
 
 
 def _listing(keys: list[str]) -> str:
@@ -113,7 +222,7 @@ def _network_size(extras: dict[str, Any], path: Path) -> tuple[int, int]:
         if isinstance(value, torch.Tensor) and value.numel() == 1 and not value.is_floating_point():
             value = value.item()
         if isinstance(value, bool) or not isinstance(value, int):
-            raise CheckpointError(f'{path}: {name} must be an integer, got {str(value)[:40]!r} '
+            raise CheckpointError(f'{path}: {name} must be an integer, got {_short(value)} '
                                   f'({type(value).__name__})')
         if not 32 <= value <= MAX_NETWORK_SIDE or value % 32:
             raise CheckpointError(f'{path}: {name}={value} is not a network input size (a multiple of 32 '
@@ -184,6 +293,9 @@ def load_depth_checkpoint(folder: str | Path, map_location: str | torch.device =
     if not folder.is_dir():
         raise CheckpointError(f'{folder}: checkpoint folder does not exist (expected encoder.pth + depth.pth)')
     encoder_path, decoder_path = folder / ENCODER_FILE, folder / DECODER_FILE
+    metadata_path = folder / METADATA_FILE
+    metadata = read_metadata(metadata_path) if metadata_path.is_file() else {}
+    metric_scale_of(metadata, metadata_path)  # an implausible metric scale is refused before any weights are read
     encoder_state = _read_state(encoder_path, map_location)
     decoder_state = _read_state(decoder_path, map_location)
     extras = {k: encoder_state.pop(k) for k in ENCODER_EXTRA_KEYS if k in encoder_state}
@@ -201,13 +313,6 @@ def load_depth_checkpoint(folder: str | Path, map_location: str | torch.device =
     encoder, decoder = build_depth_model(arch)
     load_state_strict(encoder, encoder_state, encoder_path)
     load_state_strict(decoder, decoder_state, decoder_path)
-    metadata: dict[str, Any] = {}
-    metadata_path = folder / METADATA_FILE
-    if metadata_path.is_file():
-        try:
-            metadata = json.loads(metadata_path.read_text())
-        except ValueError as error:
-            raise CheckpointError(f'{metadata_path}: not valid JSON: {error}') from error
     encoder.eval()
     decoder.eval()
     return DepthCheckpoint(arch=arch, encoder=encoder, decoder=decoder, height=height,
@@ -274,8 +379,8 @@ def check_free_space(folder: Path, states: list[Any], margin: float = 1.2) -> No
 def _complete(folder: Path) -> bool:
     """A checkpoint folder written to the end: its metadata (written last, after fsyncing the rest) parses."""
     try:
-        json.loads((folder / METADATA_FILE).read_text())
-    except (OSError, ValueError):
+        read_metadata(folder / METADATA_FILE)
+    except (OSError, CheckpointError):
         return False
     return (folder / ENCODER_FILE).is_file() and (folder / DECODER_FILE).is_file()
 

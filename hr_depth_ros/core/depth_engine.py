@@ -1,12 +1,11 @@
-"""The depth node's ROS-free core: parameter schema, intrinsics, metric scale, per-frame engine, statistics.
+"""The depth node's ROS-free core: intrinsics, metric scale, per-frame engine, statistics.
 
 :mod:`hr_depth_ros.ros.depth_node` is the rclpy adapter around it. Nothing here imports rclpy or
 message packages (test/test_package_build.py checks it), so the engine runs and is tested
 without ROS: ``DepthEngine(estimator, NodeConfig.from_values({...})).process(rgb)``.
 
-- :data:`PARAMETERS` (:class:`ParameterSpec`) is the one schema of the node's parameters
-  (declarations, README table, config/depth.yaml are checked against it);
-  :class:`NodeConfig` holds validated values.
+- :class:`~hr_depth_ros.core.depth_options.NodeConfig` (its own module: the option table of the
+  node's parameters and the tools' flags) holds validated values.
 - :func:`select_intrinsics`: K from camera_info, the fx/fy/cx/cy parameters, the checkpoint's
   metadata or KITTI-like defaults.
 - :class:`CameraHeightScale`: metric scale from a RANSAC ground-plane fit.
@@ -17,12 +16,11 @@ without ROS: ``DepthEngine(estimator, NodeConfig.from_values({...})).process(rgb
 from __future__ import annotations
 
 import math
-import os
 import sys
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import cv2
@@ -31,199 +29,16 @@ import numpy as np
 from hr_depth_ros.core.geometry import depth_to_points, pixel_intrinsics, ray_planes, scale_intrinsics
 from hr_depth_ros.core import image_decoding
 from hr_depth_ros.core.camera_info import implausible_intrinsics
+from hr_depth_ros.core.depth_options import ConfigError, NodeConfig
+from hr_depth_ros.core.image_decoding import shorten
 from hr_depth_ros.core.rectification import Calibration, Rectifier, calibration_of, rectifier_for
-from hr_depth_ros.core.image_decoding import DEFAULT_MAX_PIXELS, MAX_PIXELS_LIMIT, shorten
 from hr_depth_ros.core.pointcloud import CloudPacker, PackedCloud
-from hr_depth_ros.core.quantization import DEFAULT_CALIBRATION_FRAMES, MAX_CALIBRATION_FRAMES
 from hr_depth_ros.core.visualization import colorize
 
-NODE_NAME = 'hr_depth'
 # monodepth2's KITTI intrinsics, normalised by image width/height.
 KITTI_NORMALIZED_K = np.array([[0.58, 0.0, 0.5], [0.0, 1.92, 0.5], [0.0, 0.0, 1.0]])
 GROUND_BAND_START = 0.65  # the ground-plane fit uses image rows below this fraction of the height
 SCALE_SMOOTHING = 0.2  # weight of a new camera-height scale estimate (EMA in log space)
-
-
-@dataclass(frozen=True)
-class ParameterSpec:
-    """One node parameter: name, default (its type is the parameter's type), description, limits."""
-
-    name: str
-    default: Any
-    description: str
-    choices: tuple[str, ...] = ()
-    min_value: float | None = None
-    max_value: float | None = None
-    read_only: bool = False
-
-
-PARAMETERS: tuple[ParameterSpec, ...] = (
-    ParameterSpec('weights', '', 'checkpoint folder (encoder.pth + depth.pth); required', read_only=True),
-    ParameterSpec('autostart', True, 'configure and activate on start-up; false: stay unconfigured until a '
-                  'lifecycle transition (change_state) is requested', read_only=True),
-    ParameterSpec('device', 'auto', "'auto' (CUDA if available), 'cuda', 'cuda:N' or 'cpu'", read_only=True),
-    ParameterSpec('precision', 'fp16', 'inference precision: fp16 / bf16 / fp32 on CUDA (the CPU runs fp32 for fp16); '
-                  'int8 = opt-in OpenVINO INT8 on the CPU, quantised once from calibration (~2x faster, slightly '
-                  'less accurate; fp16 on CUDA and fp32 with torch, with a warning)',
-                  choices=('fp32', 'fp16', 'bf16', 'int8'), read_only=True),
-    ParameterSpec('channels_last', True, 'channels-last memory format (faster on CUDA and on the CPU)', read_only=True),
-    ParameterSpec('compile', False, 'torch.compile the model (slow first frames)', read_only=True),
-    ParameterSpec('backend', 'auto', "'auto': torch on CUDA, OpenVINO on the CPU if installed; 'openvino' runs on "
-                  "the CPU", choices=('auto', 'torch', 'openvino'), read_only=True),
-    ParameterSpec('threads', 0, 'CPU inference threads; 0 = the cores the process may use (use fewer on a '
-                  'busy machine: oversubscription made torch 20-30x slower)', min_value=0, max_value=1024,
-                  read_only=True),
-    ParameterSpec('cache_dir', '', 'converted-model cache; empty = $HR_DEPTH_ROS_CACHE or ~/.cache/hr_depth_ros',
-                  read_only=True),
-    ParameterSpec('calibration', '', 'precision int8: a folder of images or a bag from this camera to calibrate on; '
-                  'empty = synthetic street frames (real frames calibrate better)', read_only=True),
-    ParameterSpec('calibration_topic', '', "image topic in the calibration bag; empty = the bag's only image topic",
-                  read_only=True),
-    ParameterSpec('calibration_frames', DEFAULT_CALIBRATION_FRAMES, 'precision int8: frames used (evenly spaced '
-                  'over the folder or bag)', min_value=1, max_value=MAX_CALIBRATION_FRAMES, read_only=True),
-    ParameterSpec('min_depth', 0.0, "depth of the largest disparity (before metric scale and depth_scale); 0 = the "
-                  "checkpoint's depth_range (0.1 when it has none)", min_value=0.0, read_only=True),
-    ParameterSpec('max_depth', 0.0, "depth of the smallest disparity (before metric scale and depth_scale); 0 = the "
-                  "checkpoint's depth_range (100 when it has none)", min_value=0.0, read_only=True),
-    ParameterSpec('depth_scale', 1.0, 'metric scale factor (5.4 for stereo-trained checkpoints)',
-                  min_value=1e-6, read_only=True),
-    ParameterSpec('scale_mode', 'fixed', "'fixed' (depth_scale) or 'camera_height' (ground-plane estimate)",
-                  choices=('fixed', 'camera_height')),
-    ParameterSpec('camera_height', 1.65, 'camera height above the ground (m) for scale_mode camera_height',
-                  min_value=0.01, max_value=100.0),
-    ParameterSpec('output_resolution', 'camera', "'camera' (input image size) or 'network' (model size)",
-                  choices=('camera', 'network')),
-    ParameterSpec('colormap', 'magma', 'colour map of depth/colored', choices=('magma', 'turbo')),
-    ParameterSpec('colored_mode', 'disparity', "colourise 'depth' or 'disparity' (1/depth)",
-                  choices=('depth', 'disparity')),
-    ParameterSpec('colored_range', 'percentile', "'percentile' (per frame, min..95th) or 'fixed'",
-                  choices=('percentile', 'fixed')),
-    ParameterSpec('colored_min', 0.0, 'lower end of the fixed colour range (m, or 1/m for disparity)'),
-    ParameterSpec('colored_max', 50.0, 'upper end of the fixed colour range (m, or 1/m for disparity)'),
-    ParameterSpec('publish_points', True, 'publish the point cloud on points'),
-    ParameterSpec('points_stride', 2, 'use every Nth pixel in both directions for points',
-                  min_value=1, max_value=64),
-    ParameterSpec('points_max_range', 50.0, 'drop points deeper than this (m, along the optical axis); 0 = no limit',
-                  min_value=0.0),
-    ParameterSpec('points_organized', False, 'organised cloud (H x W with NaN points) instead of 1 x N'),
-    ParameterSpec('points_rgb', True, 'xyzrgb cloud coloured from the image (else xyz)'),
-    ParameterSpec('image_transport', 'raw', "'raw' (image) or 'compressed' (image/compressed, jpeg/png)",
-                  choices=('raw', 'compressed'), read_only=True),
-    ParameterSpec('qos_reliability', 'best_effort', 'reliability of the input subscriptions',
-                  choices=('best_effort', 'reliable'), read_only=True),
-    ParameterSpec('qos_depth', 1, 'history depth of the input subscriptions', min_value=1, max_value=100,
-                  read_only=True),
-    ParameterSpec('fx', 0.0, 'focal length x (px, input image) used when no camera_info; 0 = unset', min_value=0.0),
-    ParameterSpec('fy', 0.0, 'focal length y (px, input image) used when no camera_info; 0 = unset', min_value=0.0),
-    ParameterSpec('cx', 0.0, 'principal point x (px, input image) used when no camera_info; 0 = unset', min_value=0.0),
-    ParameterSpec('cy', 0.0, 'principal point y (px, input image) used when no camera_info; 0 = unset', min_value=0.0),
-    ParameterSpec('statistics_period', 1.0, 'seconds between ~/statistics messages', min_value=0.05,
-                  max_value=3600.0, read_only=True),
-    ParameterSpec('max_pixels', DEFAULT_MAX_PIXELS, 'larger input images (width x height, read from the raw '
-                  'fields or the JPEG/PNG header before decoding) are dropped as malformed',
-                  min_value=1, max_value=MAX_PIXELS_LIMIT),
-)
-PARAMETER_NAMES = tuple(spec.name for spec in PARAMETERS)
-PARAMETERS_BY_NAME = {spec.name: spec for spec in PARAMETERS}
-
-
-class ConfigError(ValueError):
-    """A parameter value the node cannot run with."""
-
-
-@dataclass(frozen=True)
-class NodeConfig:
-    """Validated parameter values (one field per entry of PARAMETERS)."""
-
-    weights: str
-    autostart: bool
-    device: str
-    precision: str
-    channels_last: bool
-    compile: bool
-    backend: str
-    threads: int
-    cache_dir: str
-    calibration: str
-    calibration_topic: str
-    calibration_frames: int
-    min_depth: float
-    max_depth: float
-    depth_scale: float
-    scale_mode: str
-    camera_height: float
-    output_resolution: str
-    colormap: str
-    colored_mode: str
-    colored_range: str
-    colored_min: float
-    colored_max: float
-    publish_points: bool
-    points_stride: int
-    points_max_range: float
-    points_organized: bool
-    points_rgb: bool
-    image_transport: str
-    qos_reliability: str
-    qos_depth: int
-    fx: float
-    fy: float
-    cx: float
-    cy: float
-    statistics_period: float
-    max_pixels: int
-
-    @classmethod
-    def from_values(cls, values: dict[str, Any]) -> NodeConfig:
-        """Check types, choices and ranges; missing names take their defaults. Raises ConfigError."""
-        unknown = sorted(set(values) - set(PARAMETERS_BY_NAME))
-        if unknown:
-            raise ConfigError(f'unknown parameters {unknown}; known: {list(PARAMETER_NAMES)}')
-        checked: dict[str, Any] = {}
-        for spec in PARAMETERS:
-            value = values.get(spec.name, spec.default)
-            kind = type(spec.default)
-            if kind is float and isinstance(value, int) and not isinstance(value, bool):
-                value = float(value)
-            if type(value) is not kind:
-                raise ConfigError(f'parameter {spec.name} must be {kind.__name__}, got {value!r}')
-            if spec.choices and value not in spec.choices:
-                raise ConfigError(f'parameter {spec.name}={value!r} must be one of {list(spec.choices)}')
-            if kind is float and not math.isfinite(value):
-                raise ConfigError(f'parameter {spec.name} must be finite, got {value}')
-            if spec.min_value is not None and value < spec.min_value:
-                raise ConfigError(f'parameter {spec.name}={value} is below its minimum {spec.min_value}')
-            if spec.max_value is not None and value > spec.max_value:
-                raise ConfigError(f'parameter {spec.name}={value} is above its maximum {spec.max_value}')
-            checked[spec.name] = value
-        config = cls(**checked)
-        config._check_relations()
-        return config
-
-    def _check_relations(self) -> None:
-        if not self.weights:
-            raise ConfigError('parameter weights is empty: give the checkpoint folder, '
-                              'e.g. -p weights:=/path/to/HR_Depth_K_M_1280x384')
-        if not (self.device in ('auto', 'cpu', 'cuda') or (self.device.startswith('cuda:')
-                                                            and self.device[5:].isdigit())):
-            raise ConfigError(f"parameter device={self.device!r} must be 'auto', 'cpu', 'cuda' or 'cuda:N'")
-        if self.calibration_topic and not self.calibration:
-            raise ConfigError(f'calibration_topic {self.calibration_topic!r} needs calibration (the bag) set')
-        if self.precision == 'int8' and self.calibration and not os.path.exists(os.path.expanduser(self.calibration)):
-            raise ConfigError(f'calibration {self.calibration!r} does not exist: give a folder of images or a bag, '
-                              'or leave it empty for synthetic frames')
-        if self.max_depth > 0 and self.max_depth <= self.min_depth:
-            raise ConfigError(f'max_depth ({self.max_depth}) must be larger than min_depth ({self.min_depth})')
-        if self.colored_range == 'fixed' and self.colored_max <= self.colored_min:
-            raise ConfigError(f'colored_max ({self.colored_max}) must be larger than colored_min '
-                              f'({self.colored_min}) when colored_range is fixed')
-        manual = (self.fx, self.fy, self.cx, self.cy)
-        if any(v > 0 for v in manual) and not all(v > 0 for v in manual):
-            raise ConfigError(f'set all of fx, fy, cx, cy (> 0) or none of them; got {manual}')
-
-    def as_dict(self) -> dict[str, Any]:
-        """Field name -> value."""
-        return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -288,7 +103,7 @@ def select_intrinsics(
     """
     if camera_info is not None:
         chosen = camera_info
-    elif config.fx > 0:
+    elif config.manual_intrinsics:
         K = np.array([[config.fx, 0.0, config.cx], [0.0, config.fy, config.cy], [0.0, 0.0, 1.0]])
         chosen = Intrinsics(K, tuple(image_size), 'parameters')
     elif from_checkpoint is not None:

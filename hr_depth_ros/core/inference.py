@@ -8,6 +8,8 @@ scale (5.4 for stereo-trained checkpoints, monodepth2's ``STEREO_SCALE_FACTOR``)
 from __future__ import annotations
 
 import logging
+import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +18,7 @@ from torch import nn
 
 from hr_depth_ros.core.backends import OpenVINOBackend, TorchBackend, configure_threads, resolve_backend
 from hr_depth_ros.core.checkpoint import DepthCheckpoint, load_depth_checkpoint
+from hr_depth_ros.core.depth_options import NodeConfig
 from hr_depth_ros.core.geometry import disp_to_depth
 from hr_depth_ros.core.image_decoding import resize_rgb
 from hr_depth_ros.core.quantization import (REAL_FRAMES_HINT, CalibrationSet, CalibrationSource, load_calibration,
@@ -27,17 +30,34 @@ AUTOCAST = {'fp32': None, 'fp16': torch.float16, 'bf16': torch.bfloat16}  # torc
 PRECISIONS = (*AUTOCAST, 'int8')  # int8: OpenVINO only (NNCF post-training quantisation)
 
 
+class DeviceError(ValueError):
+    """An explicitly requested device that cannot be used here (the reason in the message)."""
+
+
+def cuda_unavailable_reason() -> str:
+    """Why ``torch.cuda.is_available()`` is False, in words."""
+    if torch.version.cuda is None:
+        return f'this PyTorch ({torch.__version__}) is built without CUDA'
+    visible = os.environ.get('CUDA_VISIBLE_DEVICES')
+    return (f'no CUDA GPU is usable (PyTorch {torch.__version__} for CUDA {torch.version.cuda}: no GPU, no driver '
+            'or a driver too old' + (f'; CUDA_VISIBLE_DEVICES={visible!r}' if visible is not None else '') + ')')
+
+
 def select_device(name: str = 'auto') -> torch.device:
-    """'auto' (CUDA when available, else CPU), 'cuda' / 'cuda:N' (CPU with a warning if absent), 'cpu'."""
+    """'auto' (CUDA when available, else CPU), 'cpu', or 'cuda' / 'cuda:N': DeviceError with the reason
+    when CUDA or GPU N is not there (an explicit GPU request never silently becomes the CPU)."""
     name = str(name).strip().lower()
     if name == 'auto':
         return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
     if name == 'cpu':
         return torch.device('cpu')
-    if name == 'cuda' or name.startswith('cuda:'):
+    if name == 'cuda' or (name.startswith('cuda:') and name[5:].isdigit()):
         if not torch.cuda.is_available():
-            LOGGER.warning('device %r requested but CUDA is not available; running on the CPU', name)
-            return torch.device('cpu')
+            raise DeviceError(f"device {name!r}: {cuda_unavailable_reason()}; use device 'cpu' (or 'auto') to run "
+                              'on the CPU')
+        count = torch.cuda.device_count()
+        if name != 'cuda' and int(name[5:]) >= count:
+            raise DeviceError(f'device {name!r}: only {count} CUDA device(s) visible (cuda:0 to cuda:{count - 1})')
         return torch.device(name)
     raise ValueError(f"unknown device {name!r}: use 'auto', 'cuda', 'cuda:N' or 'cpu'")
 
@@ -158,6 +178,17 @@ class DepthEstimator:
             self.runner = TorchBackend(net, self.device, AUTOCAST[precision], self.channels_last, compile)
         self.net: nn.Module = getattr(self.runner, 'net', net)  # the torch module (what OpenVINO converted)
 
+    @classmethod
+    def from_config(cls, config: NodeConfig) -> DepthEstimator:
+        """The estimator a :class:`~hr_depth_ros.core.depth_options.NodeConfig` describes: the one mapping of
+        the option table to the estimator (the depth node, ``predict``, the demo and the benchmarks)."""
+        return cls(config.weights, device=config.device, precision=config.precision,
+                   channels_last=config.channels_last, compile=config.compile, min_depth=config.min_depth or None,
+                   max_depth=config.max_depth or None, depth_scale=config.depth_scale, backend=config.backend,
+                   threads=config.threads or None, cache_dir=config.cache_dir or None,
+                   calibration=CalibrationSource(config.calibration, config.calibration_topic,
+                                                 config.calibration_frames, config.max_pixels))
+
     def _calibration_set(self, calibration: CalibrationSource | CalibrationSet | str | Path | None) -> CalibrationSet:
         """The INT8 calibration frames at the network's size (see the class docstring)."""
         if isinstance(calibration, CalibrationSet):
@@ -198,6 +229,13 @@ class DepthEstimator:
         rgb = resize_rgb(rgb, self.width, self.height)
         tensor = torch.from_numpy(np.ascontiguousarray(rgb)).to(self.device, non_blocking=True)
         return tensor.permute(2, 0, 1)[None].float().div_(255.0)
+
+    def warm_up(self) -> float:
+        """One inference on a blank frame, so that compilation, cuDNN set-up and errors (no bf16 kernel on
+        this GPU, out of memory, a failing ``torch.compile``) happen now, not on the first frame; its seconds."""
+        start = time.perf_counter()
+        self.predict_depth(np.zeros((self.height, self.width, 3), np.uint8))
+        return time.perf_counter() - start
 
     def predict_batch(self, images: torch.Tensor) -> torch.Tensor:
         """Scale-0 disparity ``B x 1 x H x W`` (float32) for ``B x 3 x H x W`` images in [0, 1]."""

@@ -6,6 +6,11 @@ into place in one step, so a reader sees either nothing or a complete entry; whe
 processes build the same entry at once, the first rename wins and the other process uses the
 winner's files. An entry whose manifest is missing or does not match its files (a crash of an
 older version, a disk error, a hand edit) is deleted and rebuilt, with a warning.
+
+The manifest also binds the entry to what it was built from: its key and the caller's ``identity``
+(e.g. the full SHA-256 of the weights). An entry whose manifest names another key or identity (an
+entry of other weights copied or moved under this key) is not used: it is rebuilt, with one warning,
+so a planted folder never runs in place of the model the user gave.
 """
 from __future__ import annotations
 
@@ -57,13 +62,27 @@ def _describe(folder: Path) -> dict[str, dict[str, int | str]]:
             for path in sorted(folder.iterdir()) if path.is_file() and path.name != MANIFEST}
 
 
-def _is_complete(entry: Path) -> bool:
-    """True when ``entry`` has a manifest that matches its files (sizes and hashes)."""
+def _manifest(entry: Path) -> dict:
     try:
         manifest = json.loads((entry / MANIFEST).read_text())
+    except (OSError, ValueError, RecursionError):
+        return {}
+    return manifest if isinstance(manifest, dict) else {}
+
+
+def _is_complete(entry: Path) -> bool:
+    """True when ``entry`` has a manifest that matches its files (sizes and hashes)."""
+    manifest = _manifest(entry)
+    try:
         return bool(manifest.get('files')) and manifest['files'] == _describe(entry)
-    except (OSError, ValueError, AttributeError):
+    except OSError:
         return False
+
+
+def _belongs(entry: Path, key: str, identity: dict[str, str]) -> bool:
+    """True when ``entry``'s manifest was written for ``key`` and ``identity``."""
+    manifest = _manifest(entry)
+    return manifest.get('key') == key and manifest.get('identity', {}) == identity
 
 
 def remove_entry(entry: Path) -> None:
@@ -76,26 +95,34 @@ def remove_entry(entry: Path) -> None:
     shutil.rmtree(trash, ignore_errors=True)
 
 
-def cached_entry(root: Path, key: str, build: Callable[[Path], None]) -> tuple[Path, bool]:
+def cached_entry(root: Path, key: str, build: Callable[[Path], None],
+                 identity: dict[str, str] | None = None) -> tuple[Path, bool]:
     """The folder of entry ``key`` under ``root``; ``build(folder)`` writes its files when missing.
 
-    Returns ``(folder, built)``: ``built`` is False when a complete entry was already there.
-    A corrupt entry is rebuilt. Errors of ``build`` propagate (nothing is left behind).
+    ``identity``: what the entry is built from beyond its (shortened) key, e.g. the full weights hash;
+    recorded in the manifest and checked at every use. Returns ``(folder, built)``: ``built`` is
+    False when a complete entry of this key and identity was already there. A corrupt entry, or one
+    written for another key or identity, is rebuilt. Errors of ``build`` propagate (nothing is left behind).
     """
+    identity = dict(identity or {})
     if not key or Path(key).name != key or key.startswith('.'):
         raise ValueError(f'invalid cache key {key!r}')
     root = Path(root).expanduser()
     entry = root / key
     if entry.is_dir():
         if _is_complete(entry):
-            return entry, False
-        LOGGER.warning('model cache entry %s is incomplete or corrupt: rebuilding it', entry)
+            if _belongs(entry, key, identity):
+                return entry, False
+            LOGGER.warning('model cache entry %s was not built from these weights (its manifest names another '
+                           'key or content hash: copied or planted?): not using it, rebuilding it', entry)
+        else:
+            LOGGER.warning('model cache entry %s is incomplete or corrupt: rebuilding it', entry)
         remove_entry(entry)
     root.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f'.{key}.tmp-', dir=root))
     try:
         build(staging)
-        manifest = {'key': key, 'files': _describe(staging)}
+        manifest = {'key': key, 'identity': identity, 'files': _describe(staging)}
         if not manifest['files']:
             raise RuntimeError(f'building cache entry {key} wrote no files')
         with open(staging / MANIFEST, 'w') as stream:
@@ -108,7 +135,7 @@ def cached_entry(root: Path, key: str, build: Callable[[Path], None]) -> tuple[P
         try:
             os.rename(staging, entry)
         except OSError:
-            if not _is_complete(entry):  # lost the race to a broken entry: replace it
+            if not (_is_complete(entry) and _belongs(entry, key, identity)):  # lost the race to a bad entry
                 remove_entry(entry)
                 os.rename(staging, entry)
             # else another process finished the same entry first: use theirs

@@ -377,14 +377,13 @@ class SyntheticDrive:
     # -- appearance -----------------------------------------------------------------------
 
     def _shade(self, d, C, t_best, surface, box_id, box_axis) -> np.ndarray:
-        n = d.shape[0]
-        rgb = np.empty((n, 3), dtype=np.float32)
+        """Colour of each ray's hit (surface 0 sky, 1 ground, 2/3 facades, 4 cars)."""
+        rgb = np.empty((d.shape[0], 3), dtype=np.float32)
         # |R r| = |r|: the ray lengths depend only on K and the image size.
         ray_len = np.linalg.norm(pixel_rays(self.K, self.height, self.width), axis=2).reshape(-1) \
             if self._ray_len is None else self._ray_len
         self._ray_len = ray_len
         pixel_angle = np.float32(1.0 / self.K[0, 0])
-        s = self._salt
 
         sky = surface == 0
         if sky.any():
@@ -395,70 +394,76 @@ class SyntheticDrive:
             """World size of one pixel on the surface (grazing angles stretch it)."""
             return (t_best[idx] * ray_len[idx] * pixel_angle / np.maximum(np.abs(normal_dot), 0.05)).astype(np.float32)
 
-        # Ground: asphalt, lane markings, parking lanes, sidewalks with tiles, gravel behind facades.
         idx = np.nonzero(surface == 1)[0]
         if idx.size:
-            px = C[0] + t_best[idx] * d[idx, 0]
-            py = C[1] + t_best[idx] * d[idx, 1]
-            fp = footprint(idx, d[idx, 2] / ray_len[idx])
-            grain = _fbm(px, py, fp, s + 1, 0.35, 8)
-            ay = np.abs(py)
-            base = np.where(ay < _SIDEWALK, 0.33, np.where(ay < _FACADE_Y, 0.58, 0.47)).astype(np.float32)
-            albedo = np.repeat((base * (1.0 + 0.9 * grain))[:, None], 3, axis=1)
-            albedo[ay >= _FACADE_Y] *= np.array([1.0, 0.95, 0.8], np.float32)      # gravel courtyards
-            tiles = np.maximum(_periodic_band(px, 0.6, 0.0, 0.04, fp), _periodic_band(py, 0.6, 0.0, 0.04, fp))
-            side = (ay >= _SIDEWALK) & (ay < _FACADE_Y)
-            albedo[side] *= (1.0 - 0.35 * tiles[side])[:, None]
-            paint = np.maximum(_band(ay, _LANE_EDGE, 0.08, fp),
-                               _band(py, 0.0, 0.07, fp) * _periodic_band(px, 6.0, 0.0, 3.0, fp))
-            paint = np.maximum(paint, _band(ay, _SIDEWALK, 0.1, fp) * 0.6)  # curb line
-            albedo = albedo + (np.float32(0.88) - albedo) * paint[:, None]
-            rgb[idx] = albedo * np.float32(_AMBIENT + (1 - _AMBIENT) * _SUN[2])
-
-        # Facades: per-building colour, wall noise, window grid, plinth.
+            rgb[idx] = self._shade_ground(C[0] + t_best[idx] * d[idx, 0], C[1] + t_best[idx] * d[idx, 1],
+                                          footprint(idx, d[idx, 2] / ray_len[idx]))
         for code, cell_len, salt in ((2, _BUILDING_CELL, 11), (3, _BACK_CELL, 23)):
             idx = np.nonzero(surface == code)[0]
-            if not idx.size:
-                continue
-            px = C[0] + t_best[idx] * d[idx, 0]
-            pz = C[2] + t_best[idx] * d[idx, 2]
-            left = d[idx, 1] >= 0
-            fp = footprint(idx, d[idx, 1] / ray_len[idx])
-            cell = np.floor(px / cell_len).astype(np.int64)
-            _, _, key = self._building_params(cell, left, salt, code == 2)
-            colour = _FACADE_COLOURS[(_hash01(key, 4, s + salt) * len(_FACADE_COLOURS)).astype(np.int64)]
-            wall = colour * (1.0 + 0.8 * _fbm(px, pz, fp, s + 3 + code, 0.4, 8))[:, None]
-            win_w = 1.1 + 0.5 * _hash01(key, 5, s + salt)
-            windows = _periodic_band(px - cell * cell_len, 3.0, 1.5 - win_w / 2, win_w, fp) * \
-                _periodic_band(pz, 3.2, 0.9, 1.5, fp) * (pz > 3.0)
-            in_window = np.nonzero(windows > 0)[0]
-            reflection = _fbm(px[in_window], pz[in_window], fp[in_window], s + 5, 1.0, 5)
-            glass = np.array([0.16, 0.21, 0.30], np.float32) * (1.0 + 1.5 * reflection)[:, None]
-            albedo = wall
-            albedo[in_window] += (glass - wall[in_window]) * windows[in_window, None]
-            albedo *= (1.0 - np.float32(0.3) * (pz < 0.8))[:, None]
-            normal_y = np.where(left, -1.0, 1.0).astype(np.float32)
-            lambert = np.maximum(normal_y * _SUN[1], 0.0)
-            rgb[idx] = albedo * (np.float32(_AMBIENT) + np.float32(1 - _AMBIENT) * lambert)[:, None]
-
-        # Cars: per-car paint, noise, dark window band, face-dependent shading.
+            if idx.size:
+                rgb[idx] = self._shade_facade(code, cell_len, salt, C[0] + t_best[idx] * d[idx, 0],
+                                              C[2] + t_best[idx] * d[idx, 2], d[idx, 1] >= 0,
+                                              footprint(idx, d[idx, 1] / ray_len[idx]))
         idx = np.nonzero(surface == 4)[0]
         if idx.size:
-            p = C[None, :] + t_best[idx, None] * d[idx]
             axis = box_axis[idx].astype(np.int64)
-            sign = -np.sign(d[idx, axis])
             normal_dot = d[idx, axis] / ray_len[idx]
-            fp = footprint(idx, normal_dot)
-            key = box_id[idx].astype(np.int64)
-            paint = _CAR_COLOURS[(_hash01(key, 9, s) * len(_CAR_COLOURS)).astype(np.int64)]
-            u_coord = np.where(axis == 0, p[:, 1], p[:, 0])
-            v_coord = np.where(axis == 2, p[:, 1], p[:, 2])
-            albedo = paint * (1.0 + 0.5 * _fbm(u_coord, v_coord, fp, s + 9, 1.0, 7))[:, None] + np.float32(0.03)
-            top = (1.4 + 0.25 * _hash01(key, 3, s + 101))
-            window = _band(p[:, 2], top - 0.32, 0.2, fp) * (axis != 2)
-            albedo = albedo + (np.float32(0.08) - albedo) * window[:, None]
-            wheels = _band(p[:, 2], 0.2, 0.2, fp) * (axis == 1)
-            albedo = albedo + (np.float32(0.05) - albedo) * wheels[:, None]
-            lambert = np.maximum(sign * _SUN[axis], 0.0)
-            rgb[idx] = albedo * (np.float32(_AMBIENT) + np.float32(1 - _AMBIENT) * lambert)[:, None]
+            rgb[idx] = self._shade_car(C[None, :] + t_best[idx, None] * d[idx], axis, -np.sign(d[idx, axis]),
+                                       footprint(idx, normal_dot), box_id[idx].astype(np.int64))
         return rgb
+
+    def _shade_ground(self, px: np.ndarray, py: np.ndarray, fp: np.ndarray) -> np.ndarray:
+        """Ground at world ``(px, py)`` (pixel footprint ``fp``): asphalt, lane markings, parking lanes,
+        sidewalks with tiles, gravel behind facades."""
+        s = self._salt
+        grain = _fbm(px, py, fp, s + 1, 0.35, 8)
+        ay = np.abs(py)
+        base = np.where(ay < _SIDEWALK, 0.33, np.where(ay < _FACADE_Y, 0.58, 0.47)).astype(np.float32)
+        albedo = np.repeat((base * (1.0 + 0.9 * grain))[:, None], 3, axis=1)
+        albedo[ay >= _FACADE_Y] *= np.array([1.0, 0.95, 0.8], np.float32)      # gravel courtyards
+        tiles = np.maximum(_periodic_band(px, 0.6, 0.0, 0.04, fp), _periodic_band(py, 0.6, 0.0, 0.04, fp))
+        side = (ay >= _SIDEWALK) & (ay < _FACADE_Y)
+        albedo[side] *= (1.0 - 0.35 * tiles[side])[:, None]
+        paint = np.maximum(_band(ay, _LANE_EDGE, 0.08, fp),
+                           _band(py, 0.0, 0.07, fp) * _periodic_band(px, 6.0, 0.0, 3.0, fp))
+        paint = np.maximum(paint, _band(ay, _SIDEWALK, 0.1, fp) * 0.6)  # curb line
+        albedo = albedo + (np.float32(0.88) - albedo) * paint[:, None]
+        return albedo * np.float32(_AMBIENT + (1 - _AMBIENT) * _SUN[2])
+
+    def _shade_facade(self, code: int, cell_len: float, salt: int, px: np.ndarray, pz: np.ndarray,
+                      left: np.ndarray, fp: np.ndarray) -> np.ndarray:
+        """Facade ``code`` at world ``(px, pz)``: per-building colour, wall noise, window grid, plinth."""
+        s = self._salt
+        cell = np.floor(px / cell_len).astype(np.int64)
+        _, _, key = self._building_params(cell, left, salt, code == 2)
+        colour = _FACADE_COLOURS[(_hash01(key, 4, s + salt) * len(_FACADE_COLOURS)).astype(np.int64)]
+        wall = colour * (1.0 + 0.8 * _fbm(px, pz, fp, s + 3 + code, 0.4, 8))[:, None]
+        win_w = 1.1 + 0.5 * _hash01(key, 5, s + salt)
+        windows = _periodic_band(px - cell * cell_len, 3.0, 1.5 - win_w / 2, win_w, fp) * \
+            _periodic_band(pz, 3.2, 0.9, 1.5, fp) * (pz > 3.0)
+        in_window = np.nonzero(windows > 0)[0]
+        reflection = _fbm(px[in_window], pz[in_window], fp[in_window], s + 5, 1.0, 5)
+        glass = np.array([0.16, 0.21, 0.30], np.float32) * (1.0 + 1.5 * reflection)[:, None]
+        albedo = wall
+        albedo[in_window] += (glass - wall[in_window]) * windows[in_window, None]
+        albedo *= (1.0 - np.float32(0.3) * (pz < 0.8))[:, None]
+        normal_y = np.where(left, -1.0, 1.0).astype(np.float32)
+        lambert = np.maximum(normal_y * _SUN[1], 0.0)
+        return albedo * (np.float32(_AMBIENT) + np.float32(1 - _AMBIENT) * lambert)[:, None]
+
+    def _shade_car(self, p: np.ndarray, axis: np.ndarray, sign: np.ndarray, fp: np.ndarray,
+                   key: np.ndarray) -> np.ndarray:
+        """Car faces at world points ``p`` (face ``axis``, facing ``sign``): per-car paint, noise, dark window
+        band, wheels, face-dependent shading."""
+        s = self._salt
+        paint = _CAR_COLOURS[(_hash01(key, 9, s) * len(_CAR_COLOURS)).astype(np.int64)]
+        u_coord = np.where(axis == 0, p[:, 1], p[:, 0])
+        v_coord = np.where(axis == 2, p[:, 1], p[:, 2])
+        albedo = paint * (1.0 + 0.5 * _fbm(u_coord, v_coord, fp, s + 9, 1.0, 7))[:, None] + np.float32(0.03)
+        top = (1.4 + 0.25 * _hash01(key, 3, s + 101))
+        window = _band(p[:, 2], top - 0.32, 0.2, fp) * (axis != 2)
+        albedo = albedo + (np.float32(0.08) - albedo) * window[:, None]
+        wheels = _band(p[:, 2], 0.2, 0.2, fp) * (axis == 1)
+        albedo = albedo + (np.float32(0.05) - albedo) * wheels[:, None]
+        lambert = np.maximum(sign * _SUN[axis], 0.0)
+        return albedo * (np.float32(_AMBIENT) + np.float32(1 - _AMBIENT) * lambert)[:, None]

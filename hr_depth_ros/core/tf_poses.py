@@ -21,7 +21,7 @@ which is what a ``TransformStamped`` with ``header.frame_id = a`` and ``child_fr
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -59,38 +59,62 @@ def slerp(q0: np.ndarray, q1: np.ndarray, weight: np.ndarray) -> np.ndarray:
     return q / np.linalg.norm(q, axis=-1, keepdims=True)
 
 
-@dataclass
-class _Link:
-    """One parent -> child link: a static transform or time-sorted samples."""
+_MIN_CAPACITY = 1024  # samples of a dynamic link's first allocation; then it grows by 25 %
 
-    static: bool
-    stamps: list[int] = field(default_factory=list)
-    translations: list[Sequence[float]] = field(default_factory=list)
-    rotations: list[Sequence[float]] = field(default_factory=list)
-    _arrays: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+
+class _Link:
+    """One parent -> child link: a static transform or time-sorted samples.
+
+    Samples are kept compactly (48 bytes each: int64 stamp, float64 translation, float32 quaternion) in
+    arrays grown in place (``ndarray.resize``: realloc, no second copy), so a bag with millions of tiny
+    TF messages costs tens of MB per million, not hundreds.
+    """
+
+    def __init__(self, static: bool) -> None:
+        self.static = static
+        self._stamps = np.empty(0, np.int64)
+        self._translations = np.empty((0, 3), np.float64)
+        self._rotations = np.empty((0, 4), np.float32)
+        self.samples = 0  # stored (duplicates included until arrays() drops them)
+        self._arrays: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
 
     def add(self, stamp_ns: int, translation: Sequence[float], rotation: Sequence[float]) -> None:
+        self._arrays = None  # views of the storage handed out before are invalid from here on
         if self.static:  # the latest static transform wins, as in tf2
-            self.stamps[:] = [stamp_ns]
-            self.translations[:] = [translation]
-            self.rotations[:] = [rotation]
-        else:
-            self.stamps.append(stamp_ns)
-            self.translations.append(translation)
-            self.rotations.append(rotation)
-        self._arrays = None
+            self.samples = 0
+        capacity = len(self._stamps)
+        if self.samples == capacity:
+            capacity = max(_MIN_CAPACITY if not self.static else 1, capacity + capacity // 4)
+            self._stamps.resize(capacity, refcheck=False)
+            self._translations.resize((capacity, 3), refcheck=False)
+            self._rotations.resize((capacity, 4), refcheck=False)
+        index = self.samples
+        self._stamps[index] = stamp_ns
+        self._translations[index] = translation
+        self._rotations[index] = rotation
+        self.samples += 1
 
     def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(stamps, translations, quaternions) sorted by stamp, one sample per stamp."""
+        """(stamps, translations, quaternions (float32)) sorted by stamp, one sample per stamp (the first).
+
+        Views of the storage, valid until the next :meth:`add`.
+        """
         if self._arrays is None:
-            stamps = np.asarray(self.stamps, dtype=np.int64)
-            order = np.argsort(stamps, kind='stable')
-            stamps = stamps[order]
-            keep = np.ones(len(stamps), dtype=bool)
+            count = self.samples
+            stamps, translations, rotations = self._stamps[:count], self._translations[:count], self._rotations[:count]
+            if count > 1 and not (stamps[1:] >= stamps[:-1]).all():
+                order = np.argsort(stamps, kind='stable')
+                stamps, translations, rotations = stamps[order], translations[order], rotations[order]
+            keep = np.ones(count, dtype=bool)
             keep[1:] = stamps[1:] != stamps[:-1]  # duplicated samples count once (the first)
-            index = order[keep]
-            self._arrays = (stamps[keep], np.asarray(self.translations, dtype=np.float64)[index],
-                            np.asarray(self.rotations, dtype=np.float64)[index])
+            if not keep.all():
+                stamps, translations, rotations = stamps[keep], translations[keep], rotations[keep]
+            if stamps.base is None:  # sorted or deduplicated copies: they become the storage (owning their data)
+                stamps, translations, rotations = (part if part.flags.owndata else part.copy()
+                                                   for part in (stamps, translations, rotations))
+                self._stamps, self._translations, self._rotations = stamps, translations, rotations
+                self.samples = len(stamps)
+            self._arrays = (stamps, translations, rotations)
         return self._arrays
 
     def at(self, stamps_ns: np.ndarray, max_gap_ns: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -99,7 +123,7 @@ class _Link:
         n = len(stamps_ns)
         T = np.tile(np.eye(4), (n, 1, 1))
         if self.static:
-            T[:, :3, :3] = matrix_from_quaternion(quaternions[:1])[0]
+            T[:, :3, :3] = matrix_from_quaternion(quaternions[:1].astype(np.float64))[0]
             T[:, :3, 3] = translations[0]
             return T, np.zeros(n, dtype=bool), np.zeros(n, dtype=bool)
         outside = (stamps_ns < t[0]) | (stamps_ns > t[-1])
@@ -112,7 +136,8 @@ class _Link:
         weight = np.divide((stamps_ns - t[lower]).astype(np.float64), span, out=np.zeros(n), where=span > 0)
         weight = weight.clip(0.0, 1.0)
         T[:, :3, 3] = translations[lower] + weight[:, None] * (translations[upper] - translations[lower])
-        T[:, :3, :3] = matrix_from_quaternion(slerp(quaternions[lower], quaternions[upper], weight))
+        T[:, :3, :3] = matrix_from_quaternion(slerp(quaternions[lower].astype(np.float64),
+                                                    quaternions[upper].astype(np.float64), weight))
         return T, outside, gap
 
 

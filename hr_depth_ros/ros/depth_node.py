@@ -9,7 +9,8 @@ Topics (relative, remap them): in ``image`` (sensor_msgs/Image) or ``image/compr
 ``~/statistics`` (std_msgs/String holding JSON). Outputs carry the input header.
 
 Lifecycle (``rclpy.lifecycle``, services ``~/change_state``, ``~/get_state``): configure
-validates the parameters, loads the weights and builds the backend; activate subscribes and
+validates the parameters, loads the weights, builds the backend and runs one warm-up inference
+(so that compilation and errors such as out of memory happen there); activate subscribes and
 starts the worker; deactivate unsubscribes, stops the worker and returns cached GPU memory;
 cleanup frees the model. A failing configure logs the reason and returns FAILURE (the node
 stays unconfigured; fix the parameters and configure again). With ``autostart`` (default) the
@@ -40,19 +41,22 @@ from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 from std_msgs.msg import String
 
 from hr_depth_ros.ros import ros_messages
-from hr_depth_ros.core.depth_engine import (  # noqa: F401 - NODE_NAME, checkpoint_intrinsics: public names
+from hr_depth_ros.core.depth_engine import (  # noqa: F401 - checkpoint_intrinsics: public name
+    DepthEngine,
+    FrameStatistics,
+    InputChecker,
+    checkpoint_intrinsics,
+    elapsed_ms,
+    release_cached_gpu_memory,
+)
+from hr_depth_ros.core.depth_options import (  # noqa: F401 - NODE_NAME: public name
     NODE_NAME,
     PARAMETER_NAMES,
     PARAMETERS,
     PARAMETERS_BY_NAME,
     ConfigError,
-    DepthEngine,
-    FrameStatistics,
-    InputChecker,
     NodeConfig,
-    checkpoint_intrinsics,
-    elapsed_ms,
-    release_cached_gpu_memory,
+    constraints,
 )
 from hr_depth_ros.core.image_decoding import shorten
 from hr_depth_ros.core.log_limit import LogLimiter
@@ -68,17 +72,14 @@ def _declare_parameters(node: Any) -> None:
     callback refuses them once configured), so a failed configure can be fixed in place.
     """
     for spec in PARAMETERS:
-        constraints = [f'one of {list(spec.choices)}'] if spec.choices else []
-        if spec.read_only:
-            constraints.append('changeable only while unconfigured')
         descriptor = ParameterDescriptor(
-            name=spec.name, description=spec.description, additional_constraints='; '.join(constraints),
-            dynamic_typing=isinstance(spec.default, float))
+            name=spec.name, description=spec.description, additional_constraints=constraints(spec),
+            dynamic_typing=spec.value_type is float)
         bounded = spec.min_value is not None and spec.max_value is not None
-        if bounded and isinstance(spec.default, int) and not isinstance(spec.default, bool):
+        if bounded and spec.value_type is int:
             descriptor.integer_range = [
                 IntegerRange(from_value=int(spec.min_value), to_value=int(spec.max_value), step=1)]
-        elif bounded and isinstance(spec.default, float):
+        elif bounded and spec.value_type is float:
             descriptor.floating_point_range = [
                 FloatingPointRange(from_value=float(spec.min_value), to_value=float(spec.max_value), step=0.0)]
         node.declare_parameter(spec.name, spec.default, descriptor)
@@ -208,25 +209,28 @@ class DepthNode(LifecycleNode):
         release_cached_gpu_memory()
 
     def _load_estimator(self, config: NodeConfig) -> Any:
-        """The DepthEstimator; its own rules pick the device and precision (CPU fallback, fp32 on the CPU)."""
-        from hr_depth_ros.core.inference import DepthEstimator
-        from hr_depth_ros.core.quantization import CalibrationSource
+        """The DepthEstimator, after one warm-up inference; its own rules pick the precision (fp32 on the CPU)."""
+        from hr_depth_ros.core.inference import DepthEstimator, select_device
 
         if config.precision == 'int8':
             self.get_logger().info(
                 'precision int8: the first start with these weights and calibration frames quantises the model '
                 '(tens of seconds on a small CPU); later starts load it from the model cache')
         try:
-            estimator = DepthEstimator(
-                config.weights, device=config.device, precision=config.precision, channels_last=config.channels_last,
-                compile=config.compile, min_depth=config.min_depth or None, max_depth=config.max_depth or None,
-                depth_scale=config.depth_scale, backend=config.backend, threads=config.threads or None,
-                cache_dir=config.cache_dir or None,
-                calibration=CalibrationSource(config.calibration, config.calibration_topic, config.calibration_frames,
-                                              config.max_pixels))
+            select_device(config.device)  # an explicit GPU that is not there is refused, with the reason
+        except ValueError as error:
+            raise ConfigError(f'parameter {error}') from None
+        try:
+            estimator = DepthEstimator.from_config(config)
         except Exception as error:
             raise ConfigError(f'cannot load the checkpoint weights={config.weights!r}: '
                               f'{type(error).__name__}: {error}') from error
+        try:  # compilation, cuDNN set-up, a missing bf16 kernel, out of memory: here, not on every frame
+            warm_up_s = estimator.warm_up()
+        except Exception as error:
+            raise ConfigError(f'the first inference failed on {estimator.device} ({estimator.precision}, '
+                              f'{estimator.backend_description}): {type(error).__name__}: {error}') from error
+        self.get_logger().info(f'first inference (warm-up) in {warm_up_s:.2f} s')
         if config.device == 'auto' and estimator.device.type == 'cpu':
             self.get_logger().warning('CUDA is not available: running on the CPU (slow)')
         metadata = getattr(estimator.checkpoint, 'metadata', None) or {}
@@ -237,7 +241,7 @@ class DepthNode(LifecycleNode):
         elif metadata.get('use_stereo') and config.depth_scale == 1.0 and config.scale_mode == 'fixed':
             self.get_logger().warning(
                 'the checkpoint was trained with stereo (use_stereo): set depth_scale:=5.4 for metric depth')
-        if 'intrinsics' not in metadata and config.fx <= 0:
+        if 'intrinsics' not in metadata and not config.manual_intrinsics:
             self.get_logger().info('intrinsics: from camera_info; until one arrives, KITTI-like defaults')
         return estimator
 
@@ -253,9 +257,14 @@ class DepthNode(LifecycleNode):
                                            'configured (deactivate and cleanup to change it)')
             values[parameter.name] = parameter.value
         try:
-            new_config = NodeConfig.from_values(values)
+            new_config = NodeConfig.from_values(values, partial_intrinsics=True)  # fx, fy, cx, cy one at a time
         except ConfigError as error:
             return SetParametersResult(successful=False, reason=str(error))
+        manual = {name: values[name] for name in ('fx', 'fy', 'cx', 'cy')}
+        if any(value > 0 for value in manual.values()) and not new_config.manual_intrinsics:
+            unset = [name for name, value in manual.items() if value <= 0]
+            self.get_logger().info(f'intrinsics parameters: {", ".join(unset)} still unset; K from fx, fy, cx, cy '
+                                   'is used once all four are set')
         self.config = self.engine.config = new_config
         return SetParametersResult(successful=True)
 
@@ -363,6 +372,9 @@ def main(argv: list[str] | None = None) -> int:
         rclpy.spin(node)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
+    except Exception:  # noqa: BLE001 - e.g. take_message's RuntimeError when SIGINT lands mid-conversion
+        if rclpy.ok():  # not a shutdown (SIGINT / SIGTERM shut the context down first): a real failure
+            raise
     finally:
         if node is not None:
             node.destroy_node()

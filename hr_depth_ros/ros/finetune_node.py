@@ -33,7 +33,10 @@ from std_msgs.msg import String
 
 from hr_depth_ros.core.training import options
 
-__all__ = ['FinetuneNode', 'parameter_table', 'main']
+__all__ = ['FinetuneNode', 'parameter_table', 'main', 'FINETUNE_MODULE']
+
+# What torchrun starts for nproc > 1: the ROS-free finetune command line, as a process (not an import).
+FINETUNE_MODULE = 'hr_depth_ros.tools.finetune'
 
 
 # A list parameter (default None in the table) is declared by its type: rclpy cannot infer one from
@@ -106,7 +109,7 @@ class FinetuneNode(Node):
         from hr_depth_ros.core.training.trainer import TrainingError
 
         self.publish({'state': 'training', 'processes': nproc})
-        process = subprocess.Popen(torchrun_command(config, nproc), stdout=subprocess.DEVNULL,
+        process = subprocess.Popen(torchrun_command(config, nproc, FINETUNE_MODULE), stdout=subprocess.DEVNULL,
                                    stderr=subprocess.PIPE, text=True)
         errors = []
         for line in process.stderr:
@@ -118,9 +121,12 @@ class FinetuneNode(Node):
                 self.get_logger().error(line)
         if process.wait() != 0:
             raise TrainingError(errors[0] if errors else f'torchrun exited with code {process.returncode}')
-        latest = Path(config.output).expanduser() / 'latest'
-        meta = json.loads((latest / 'hr_depth_ros.json').read_text())
-        best = latest.parent / 'best'
+        from hr_depth_ros.core.checkpoint import METADATA_FILE
+        from hr_depth_ros.core.training.output import BEST, LATEST
+
+        latest = Path(config.output).expanduser() / LATEST
+        meta = json.loads((latest / METADATA_FILE).read_text())
+        best = latest.parent / BEST
         return {'step': meta['step'], 'latest': latest, 'best': best if best.is_dir() else None,
                 'val': meta.get('metrics', {})}
 

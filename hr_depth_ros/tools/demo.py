@@ -1,7 +1,7 @@
 """The whole loop in one command, on synthetic data, on a CPU in a few minutes.
 
     python -m hr_depth_ros.tools.demo [--output demo_output] [--device auto] [--backend auto|torch|openvino]
-        [--precision fp32|int8 [--calibration FOLDER_OR_BAG]]
+        [--precision fp32|int8 [--calibration FOLDER_OR_BAG]] [the depth node's other flags, see --help]
 
 1. writes two synthetic drives as rosbag2 files (one to fine-tune on, with the robot's odometry
    in TF as a real robot records it, and one held out: other scenes than the bundled
@@ -25,21 +25,22 @@ A second run reuses the bags and the fine-tuned checkpoint already in the output
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import shutil
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Mapping
 
 import cv2
 import numpy as np
 
-from hr_depth_ros.core.backends import BackendOptions, add_backend_arguments
+from hr_depth_ros.core.checkpoint import DECODER_FILE, METADATA_FILE
+from hr_depth_ros.core.depth_options import NodeConfig, add_tool_arguments, ros_arguments, tool_values
 from hr_depth_ros.core.evaluation import evaluate_depth, mean_errors
 from hr_depth_ros.core.resources import package_file
 from hr_depth_ros.core.visualization import colorize
@@ -78,7 +79,7 @@ def bundled_checkpoint() -> Path | None:
         folder = package_file(BUNDLED_CHECKPOINT)
     except FileNotFoundError:
         return None
-    return folder if (folder / 'depth.pth').is_file() else None
+    return folder if (folder / DECODER_FILE).is_file() else None
 
 
 def ensure_bag(path: Path, frames: int, width: int, height: int, seed: int, with_tf: bool = True) -> Path:
@@ -122,7 +123,7 @@ def load_eval_frames(bag: Path, limit: int) -> list[EvalFrame]:
 def checkpoint_step(folder: Path) -> int:
     """Training step recorded in our checkpoint metadata (-1 when absent or unreadable)."""
     try:
-        return int(json.loads((folder / 'hr_depth_ros.json').read_text()).get('step', -1))
+        return int(json.loads((folder / METADATA_FILE).read_text()).get('step', -1))
     except (OSError, ValueError, AttributeError):
         return -1
 
@@ -134,7 +135,7 @@ def make_random_checkpoint(folder: Path, width: int, height: int) -> Path:
     from hr_depth_ros.core.checkpoint import save_depth_checkpoint
     from hr_depth_ros.core.networks import build_depth_model
 
-    if (folder / 'depth.pth').is_file():
+    if (folder / DECODER_FILE).is_file():
         return folder
     torch.manual_seed(0)
     encoder, decoder = build_depth_model('lite_hr_depth')
@@ -143,29 +144,35 @@ def make_random_checkpoint(folder: Path, width: int, height: int) -> Path:
     return folder
 
 
-def finetune(train_bag: Path, output: Path, init: Path | None, steps: int, width: int, height: int,
-             device: str, batch_size: int, lr: float, pose_source: str, extra: Sequence[str] = ()) -> Path:
-    """Run the ROS-free fine-tuning CLI as a process; returns its ``best/`` (else ``latest/``).
-    ``extra``: more ``finetune`` arguments (benchmarks/finetune_pose_sources.py's variants).
+def finetune_config(bag: Path, output: Path, init: Path | None, steps: int, width: int, height: int, device: str,
+                    batch_size: int, lr: float, pose_source: str, **more: Any) -> Any:
+    """The demo's fine-tuning run as a TrainingConfig (``more``: further fields, e.g.
+    benchmarks/finetune_pose_sources.py's variants)."""
+    from hr_depth_ros.core.training.trainer import TrainingConfig
+
+    return TrainingConfig(bags=[str(bag)], output=str(output), arch='lite_hr_depth', steps=steps, width=width,
+                          height=height, batch_size=batch_size, device=device, lr=lr, pose_source=pose_source,
+                          val_every=max(1, steps // 3), save_every=steps, init=str(init) if init else None, **more)
+
+
+def finetune(config: Any) -> Path:
+    """Run the ROS-free fine-tuning CLI on ``config`` (its command line generated from the option table) as a
+    process, resuming an unfinished run; returns its ``best/`` (else ``latest/``).
 
     No depth labels: ``best/`` is chosen as a user without a depth sensor gets it (the
     photometric loss under the odometry's poses, the start model included).
     """
-    latest = output / 'latest'
-    if checkpoint_step(latest) >= steps:
+    from hr_depth_ros.core.training.options import args_from_config
+    from hr_depth_ros.core.training.output import BEST, LATEST
+
+    output = Path(config.output)
+    latest, best = output / LATEST, output / BEST
+    if checkpoint_step(latest) >= config.steps:
         print(f'      reusing {latest} (step {checkpoint_step(latest)})')
     else:
-        command = [sys.executable, '-m', 'hr_depth_ros.tools.finetune', '--bag', str(train_bag), '--output', str(output),
-                   '--arch', 'lite_hr_depth', '--steps', str(steps), '--width', str(width), '--height', str(height),
-                   '--batch-size', str(batch_size), '--device', device, '--lr', str(lr),
-                   '--pose-source', pose_source, '--val-every', str(max(1, steps // 3)), '--save-every', str(steps),
-                   *extra]
-        if init is not None:
-            command += ['--init', str(init)]
-        if (latest / 'depth.pth').is_file():
-            command.append('--resume')
-        subprocess.run(command, check=True)
-    return output / 'best' if (output / 'best' / 'depth.pth').is_file() else latest
+        config = dataclasses.replace(config, resume=(latest / DECODER_FILE).is_file())
+        subprocess.run([sys.executable, '-m', 'hr_depth_ros.tools.finetune', *args_from_config(config)], check=True)
+    return best if (best / DECODER_FILE).is_file() else latest
 
 
 def score_depths(pairs: list[tuple[np.ndarray, np.ndarray]]) -> tuple[dict[str, float], dict[str, float]]:
@@ -178,12 +185,13 @@ def score_depths(pairs: list[tuple[np.ndarray, np.ndarray]]) -> tuple[dict[str, 
     return mean_errors(scaled), mean_errors(published)
 
 
-def direct_metrics(weights: Path, frames: list[EvalFrame], device: str,
-                   backend: BackendOptions) -> tuple[dict[str, float], dict[str, float]]:
-    """:func:`score_depths` of a checkpoint on the held-out frames, through the inference engine."""
+def direct_metrics(weights: Path, frames: list[EvalFrame],
+                   values: Mapping[str, Any]) -> tuple[dict[str, float], dict[str, float]]:
+    """:func:`score_depths` of a checkpoint on the held-out frames, through the inference engine configured by
+    the depth node's parameter ``values`` (:func:`~hr_depth_ros.core.depth_options.tool_values`)."""
     from hr_depth_ros.core.inference import DepthEstimator
 
-    estimator = DepthEstimator(weights, device=device, **backend.estimator_kwargs())
+    estimator = DepthEstimator.from_config(NodeConfig.from_values({**values, 'weights': str(weights)}))
     pairs = []
     for frame in frames:
         depth = estimator.predict_depth(frame.rgb)
@@ -193,68 +201,35 @@ def direct_metrics(weights: Path, frames: list[EvalFrame], device: str,
 
 
 class NodeSession:
-    """The demo's side of the ROS graph: publishes camera frames, collects the node's outputs."""
+    """The demo's side of the ROS graph (a :class:`~hr_depth_ros.ros.probe.GraphProbe`): publishes camera
+    frames, records the node's depth and points by stamp."""
 
     def __init__(self) -> None:
-        import rclpy
-        from rclpy.qos import QoSProfile, ReliabilityPolicy, HistoryPolicy
-        from sensor_msgs.msg import Image, PointCloud2
+        from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 
-        rclpy.init()
-        self.rclpy = rclpy
-        self.node = rclpy.create_node('hr_depth_demo_player')
-        qos = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST)
-        self.image_pub = self.node.create_publisher(Image, IMAGE_TOPIC, qos)
-        from sensor_msgs.msg import CameraInfo
-
-        self.info_pub = self.node.create_publisher(CameraInfo, CAMERA_INFO_TOPIC, qos)
-        self.lock = threading.Lock()
-        self.depth: dict[int, tuple[np.ndarray, float]] = {}
-        self.colored: dict[int, np.ndarray] = {}
-        self.points: dict[int, tuple[np.ndarray, np.ndarray | None, float]] = {}
-        self.node.create_subscription(Image, '/camera/depth', self._on_depth, qos)
-        self.node.create_subscription(Image, '/camera/depth/colored', self._on_colored, qos)
-        self.node.create_subscription(PointCloud2, '/camera/points', self._on_points, qos)
-        self.executor = rclpy.executors.SingleThreadedExecutor()
-        self.executor.add_node(self.node)
-        self.spinner = threading.Thread(target=self.executor.spin, daemon=True)
-        self.spinner.start()
-
-    @staticmethod
-    def _stamp(msg) -> int:
-        return int(msg.header.stamp.sec) * 1_000_000_000 + int(msg.header.stamp.nanosec)
-
-    def _on_depth(self, msg) -> None:
         from hr_depth_ros.core.image_decoding import image_to_array
-
-        with self.lock:
-            self.depth[self._stamp(msg)] = (image_to_array(msg).copy(), time.monotonic())
-
-    def _on_colored(self, msg) -> None:
-        from hr_depth_ros.core.image_decoding import image_to_rgb
-
-        with self.lock:
-            self.colored[self._stamp(msg)] = image_to_rgb(msg).copy()
-
-    def _on_points(self, msg) -> None:
         from hr_depth_ros.core.pointcloud import unpack_points
+        from hr_depth_ros.ros.probe import GraphProbe, stamp_ns
 
-        with_rgb = any(field.name == 'rgb' for field in msg.fields)
-        points, colors = unpack_points(bytes(msg.data), with_rgb)
-        with self.lock:
-            self.points[self._stamp(msg)] = (points.copy(), None if colors is None else colors.copy(),
-                                             time.monotonic())
+        def points(msg: Any) -> tuple[int, tuple[np.ndarray, np.ndarray | None]]:
+            cloud, colors = unpack_points(bytes(msg.data), any(field.name == 'rgb' for field in msg.fields))
+            return stamp_ns(msg), (cloud.copy(), None if colors is None else colors.copy())
 
-    def wait_for_subscriber(self, timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.image_pub.get_subscription_count() and self.info_pub.get_subscription_count():
-                return True
-            time.sleep(0.1)
-        return False
+        self.probe = GraphProbe('hr_depth_demo_player')
+        self.image_pub = self.probe.publisher(Image, IMAGE_TOPIC, depth=5)
+        self.info_pub = self.probe.publisher(CameraInfo, CAMERA_INFO_TOPIC, depth=5)
+        self.probe.subscribe(Image, '/camera/depth', 'depth', depth=5,
+                             convert=lambda msg: (stamp_ns(msg), image_to_array(msg).copy()))
+        # like rviz: someone watches the colourised depth, so the node computes it
+        self.probe.subscribe(Image, '/camera/depth/colored', 'colored', depth=5, convert=stamp_ns)
+        self.probe.subscribe(PointCloud2, '/camera/points', 'points', depth=5, convert=points)
+
+    def outputs(self, key: str) -> dict[int, tuple[Any, float]]:
+        """Stamp (ns) -> (value, arrival time in s) of the outputs recorded under ``key`` ('depth', 'points')."""
+        return {value[0]: (value[1], arrival / 1e9) for arrival, value in self.probe.arrivals(key)}
 
     def play(self, frame: EvalFrame, timeout: float) -> float | None:
-        """Publish one frame and wait for its depth and points; returns publish time or None."""
+        """Publish one frame and wait for its depth and points; returns the publish time (s) or None."""
         from builtin_interfaces.msg import Time
         from std_msgs.msg import Header
 
@@ -263,41 +238,30 @@ class NodeSession:
         header = Header(stamp=Time(sec=frame.stamp_ns // 1_000_000_000, nanosec=frame.stamp_ns % 1_000_000_000),
                         frame_id='camera_optical_frame')
         self.info_pub.publish(camera_info_msg(frame.K, frame.rgb.shape[1], frame.rgb.shape[0], header))
-        sent = time.monotonic()
+        sent = time.time_ns() / 1e9
         self.image_pub.publish(rgb_image_msg(frame.rgb, 'rgb8', header))
-        deadline = sent + timeout
-        while time.monotonic() < deadline:
-            with self.lock:
-                if frame.stamp_ns in self.depth and frame.stamp_ns in self.points:
-                    return sent
-            time.sleep(0.005)
-        return None
+        answered = self.probe.wait_until(lambda: all(frame.stamp_ns in self.outputs(key) for key in ('depth', 'points')),
+                                         timeout, period=0.005)
+        return sent if answered else None
 
     def close(self) -> None:
-        self.executor.shutdown()
-        self.node.destroy_node()
-        self.rclpy.try_shutdown()
+        self.probe.close()
 
 
-def run_node_session(weights: Path, frames: list[EvalFrame], device: str, backend: BackendOptions, log_path: Path,
+def run_node_session(weights: Path, frames: list[EvalFrame], values: Mapping[str, Any], log_path: Path,
                      timeout: float) -> tuple[NodeSession, dict[int, float]]:
-    """Start depth_node, play ``frames`` into it one by one; returns the session and send times."""
+    """Start depth_node (parameters: the tools' ``values`` and ``weights``), play ``frames`` into it one by one;
+    returns the session and send times."""
     from hr_depth_ros.ros.transport import local_ros_env
 
     env = local_ros_env()
     os.environ.update({k: env[k] for k in ('ROS_AUTOMATIC_DISCOVERY_RANGE', 'ROS_DOMAIN_ID',
                                            'FASTDDS_DEFAULT_PROFILES_FILE', 'RMW_IMPLEMENTATION')})
+    # Metres come from the checkpoint itself (fine-tuned with the odometry's metric poses): scale_mode fixed.
+    parameters = {**values, 'weights': str(weights), 'points_stride': 2, 'qos_reliability': 'reliable',
+                  'qos_depth': 5, 'scale_mode': 'fixed'}
     command = [sys.executable, '-m', 'hr_depth_ros.ros.depth_node', '--ros-args',
-               '--params-file', str(package_file('config/depth.yaml')),
-               '-p', f'weights:={weights}', '-p', f'device:={device}', '-p', 'points_stride:=2',
-               '-p', f'backend:={backend.backend}', '-p', f'threads:={backend.threads or 0}',
-               *(('-p', f'cache_dir:={backend.cache_dir}') if backend.cache_dir else ()),  # '' does not parse
-               '-p', f'precision:={backend.precision}', '-p', f'calibration_frames:={backend.calibration_frames}',
-               *(('-p', f'calibration:={backend.calibration}') if backend.calibration else ()),
-               *(('-p', f'calibration_topic:={backend.calibration_topic}') if backend.calibration_topic else ()),
-               '-p', 'qos_reliability:=reliable', '-p', 'qos_depth:=5',
-               # Metres come from the checkpoint itself (fine-tuned with the odometry's metric poses).
-               '-p', 'scale_mode:=fixed',
+               '--params-file', str(package_file('config/depth.yaml')), *ros_arguments(parameters),
                '-r', f'image:={IMAGE_TOPIC}', '-r', f'camera_info:={CAMERA_INFO_TOPIC}',
                '-r', 'depth:=/camera/depth', '-r', 'depth/colored:=/camera/depth/colored',
                '-r', 'depth/camera_info:=/camera/depth/camera_info', '-r', 'points:=/camera/points']
@@ -306,7 +270,7 @@ def run_node_session(weights: Path, frames: list[EvalFrame], device: str, backen
     session = NodeSession()
     sent: dict[int, float] = {}
     try:
-        if not session.wait_for_subscriber(60.0):
+        if not session.probe.wait_until(session.probe.connected, 60.0, period=0.1):
             raise RuntimeError(f'depth_node did not subscribe within 60 s; see {log_path}')
         time.sleep(1.0)  # let discovery finish both ways before the first frame
         for index, frame in enumerate(frames):
@@ -327,12 +291,14 @@ def run_node_session(weights: Path, frames: list[EvalFrame], device: str, backen
     return session, sent
 
 
-def write_strips(frames: list[EvalFrame], session: NodeSession, folder: Path, per_strip: int = 3) -> list[Path]:
-    """PNG strips: per frame a row of camera | ground truth | predicted depth (same colour range)."""
+def write_strips(frames: list[EvalFrame], depths: Mapping[int, tuple[np.ndarray, float]], folder: Path,
+                 per_strip: int = 3) -> list[Path]:
+    """PNG strips: per frame a row of camera | ground truth | predicted depth (``depths``: stamp -> (depth,
+    arrival), :meth:`NodeSession.outputs`), same colour range."""
     folder.mkdir(parents=True, exist_ok=True)
     rows = []
     for frame in frames:
-        predicted = session.depth.get(frame.stamp_ns)
+        predicted = depths.get(frame.stamp_ns)
         if predicted is None:
             continue
         gt_disp = 1.0 / frame.depth_gt
@@ -391,8 +357,7 @@ def percentiles(values: list[float]) -> dict[str, float]:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog='demo', description=__doc__.split('\n\n')[0])
     parser.add_argument('--output', default='demo_output', help='output folder (default: demo_output)')
-    parser.add_argument('--device', default='auto', choices=('auto', 'cuda', 'cpu'))
-    add_backend_arguments(parser)
+    add_tool_arguments(parser)  # the depth node's flags: --device, --backend, --precision, ... (the option table)
     parser.add_argument('--width', type=int, default=640, help='camera width of the synthetic drives')
     parser.add_argument('--height', type=int, default=192, help='camera height of the synthetic drives')
     parser.add_argument('--net-width', type=int, default=320, help='network width for fine-tuning')
@@ -413,22 +378,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    output = Path(args.output).expanduser().resolve()
-    if args.fresh and output.exists():
-        shutil.rmtree(output)
-    output.mkdir(parents=True, exist_ok=True)
-    if args.init == 'random':
-        init = None
-    elif args.init:
-        init = Path(args.init)
-    else:
-        init = bundled_checkpoint()
-    total = 5
-    started = time.monotonic()
+@dataclass
+class NodeRun:
+    """What step 4 collected: the session, the frames answered, publish -> output latencies (s)."""
 
-    t = step(1, total, f'synthetic drives ({args.width}x{args.height}) in {output / "bags"}')
+    session: NodeSession
+    answered: list[EvalFrame]
+    latency_depth: list[float]
+    latency_points: list[float]
+
+
+TOTAL_STEPS = 5
+
+
+def make_drives(args: argparse.Namespace, output: Path) -> tuple[list[EvalFrame], list[tuple[str, Path, str]]]:
+    """Step 1: the synthetic bags; returns the held-out frames and the fine-tuning runs (pose source, bag, what)."""
+    t = step(1, TOTAL_STEPS, f'synthetic drives ({args.width}x{args.height}) in {output / "bags"}')
     train_bag = ensure_bag(output / 'bags' / 'train', args.train_frames, args.width, args.height, seed=1)
     eval_bag = ensure_bag(output / 'bags' / 'heldout', max(args.eval_frames * 3, 30), args.width, args.height,
                           seed=2)
@@ -440,71 +405,55 @@ def main(argv: list[str] | None = None) -> int:
     frames = load_eval_frames(eval_bag, args.eval_frames)
     done(t, f'{args.train_frames} training frames (camera + odometry in TF'
             + ('; and camera only' if not args.skip_net else '') + f'), {len(frames)} held-out frames')
+    return frames, runs
 
+
+def finetune_runs(args: argparse.Namespace, output: Path, init: Path | None, runs: list[tuple[str, Path, str]],
+                  device: str) -> dict[str, Path]:
+    """Step 2: one fine-tuning run per pose source; returns pose source -> checkpoint."""
     checkpoints = {}
     for pose_source, bag, what in runs:
-        t = step(2, total, f'fine-tuning Lite-HR-Depth at {args.net_width}x{args.net_height}, {args.finetune_steps} '
-                           f'steps from {init or "random weights"}, {what}')
-        checkpoints[pose_source] = finetune(bag, output / f'finetune_{pose_source}', init, args.finetune_steps,
-                                            args.net_width, args.net_height, args.device, args.batch_size, args.lr,
-                                            pose_source)
+        t = step(2, TOTAL_STEPS, f'fine-tuning Lite-HR-Depth at {args.net_width}x{args.net_height}, '
+                                 f'{args.finetune_steps} steps from {init or "random weights"}, {what}')
+        checkpoints[pose_source] = finetune(finetune_config(
+            bag, output / f'finetune_{pose_source}', init, args.finetune_steps, args.net_width, args.net_height,
+            device, args.batch_size, args.lr, pose_source))
         done(t, str(checkpoints[pose_source]))
-    finetuned = checkpoints['tf']
+    return checkpoints
 
-    t = step(3, total, 'evaluating random weights, the starting checkpoint and the fine-tuned ones')
+
+def evaluate_directly(args: argparse.Namespace, output: Path, init: Path | None, checkpoints: dict[str, Path],
+                      frames: list[EvalFrame], values: Mapping[str, Any]) -> dict[str, dict[str, float]]:
+    """Step 3: the held-out metrics of random weights, the start and the fine-tuned checkpoints."""
+    t = step(3, TOTAL_STEPS, 'evaluating random weights, the starting checkpoint and the fine-tuned ones')
     random_weights = make_random_checkpoint(output / 'random_init', args.net_width, args.net_height)
-    backend = BackendOptions.from_args(args)
-    results = {'random_init': direct_metrics(random_weights, frames, args.device, backend)[0]}
+    results = {'random_init': direct_metrics(random_weights, frames, values)[0]}
     if init is not None:
-        results['start_checkpoint'] = direct_metrics(init, frames, args.device, backend)[0]
-    results['finetuned_tf'], results['finetuned_tf_metric'] = direct_metrics(finetuned, frames, args.device, backend)
+        results['start_checkpoint'] = direct_metrics(init, frames, values)[0]
+    results['finetuned_tf'], results['finetuned_tf_metric'] = direct_metrics(checkpoints['tf'], frames, values)
     if 'net' in checkpoints:
-        results['finetuned_net'] = direct_metrics(checkpoints['net'], frames, args.device, backend)[0]
+        results['finetuned_net'] = direct_metrics(checkpoints['net'], frames, values)[0]
     done(t)
+    return results
 
-    t = step(4, total, 'running depth_node and playing the held-out frames into it over ROS 2')
-    session, sent = run_node_session(finetuned, frames, args.device, backend, output / 'depth_node.log',
-                                     args.timeout)
-    published = []
-    latency_depth, latency_points = [], []
-    for frame in frames:
-        if frame.stamp_ns not in sent:
-            continue
-        depth, t_depth = session.depth[frame.stamp_ns]
-        published.append((frame.depth_gt, depth))
-        latency_depth.append(t_depth - sent[frame.stamp_ns])
-        latency_points.append(session.points[frame.stamp_ns][2] - sent[frame.stamp_ns])
-    if not published:
-        session.close()
-        print(f'demo: depth_node produced nothing; see {output / "depth_node.log"}', file=sys.stderr)
-        return 1
-    results['node_published'], results['node_published_metric'] = score_depths(published)
-    done(t, f'{len(published)}/{len(frames)} frames answered')
 
-    t = step(5, total, 'writing pictures, point cloud and report')
-    from hr_depth_ros.core.pointcloud import write_ply
+def play_into_node(weights: Path, frames: list[EvalFrame], values: Mapping[str, Any], output: Path,
+                   timeout: float) -> NodeRun:
+    """Step 4: depth_node with ``weights``, the held-out frames played into it."""
+    t = step(4, TOTAL_STEPS, 'running depth_node and playing the held-out frames into it over ROS 2')
+    session, sent = run_node_session(weights, frames, values, output / 'depth_node.log', timeout)
+    depths, points = session.outputs('depth'), session.outputs('points')
+    answered = [frame for frame in frames if frame.stamp_ns in sent]
+    run = NodeRun(session, answered, [depths[f.stamp_ns][1] - sent[f.stamp_ns] for f in answered],
+                  [points[f.stamp_ns][1] - sent[f.stamp_ns] for f in answered])
+    done(t, f'{len(answered)}/{len(frames)} frames answered')
+    return run
 
-    strips = write_strips(frames, session, output / 'strips')
-    middle = [f for f in frames if f.stamp_ns in sent][len(published) // 2]
-    points, colors, _ = session.points[middle.stamp_ns]
-    ply = write_ply(output / 'points.ply', points, colors)
-    cloud_view = output / 'points.png'
-    cv2.imwrite(str(cloud_view), cv2.cvtColor(render_point_cloud(points, colors), cv2.COLOR_RGB2BGR))
-    session.close()
-    report = {
-        'frames_played': len(frames),
-        'frames_processed': len(published),
-        'latency_ms_publish_to_depth': percentiles(latency_depth),
-        'latency_ms_publish_to_points': percentiles(latency_points),
-        'metrics': results,
-        'checkpoints': {'start': str(init) if init else None, **{f'finetuned_{k}': str(v) for k, v in checkpoints.items()}},
-        'device': args.device,
-        'backend': args.backend,
-        'precision': args.precision,
-    }
-    (output / 'report.json').write_text(json.dumps(report, indent=2))
+
+def report_lines(results: dict[str, dict[str, float]], run: NodeRun, played: int) -> list[str]:
+    """report.md: the metrics table, what fine-tuning changed, the node's latencies."""
     lines = ['# hr_depth_ros demo report', '',
-             f'Held-out synthetic frames: {len(published)} processed by depth_node of {len(frames)} played.', '',
+             f'Held-out synthetic frames: {len(run.answered)} processed by depth_node of {played} played.', '',
              '| model | ' + ' | '.join(REPORTED_METRICS) + ' | scale ratio |', '|---' * (len(REPORTED_METRICS) + 2) + '|']
     for name, metrics in results.items():
         ratio = f'{metrics["scale_ratio"]:.3f}' if name.endswith('_metric') else '(median-scaled)'
@@ -521,17 +470,63 @@ def main(argv: list[str] | None = None) -> int:
                 tuned = results[name]['abs_rel']
                 lines += ['', f'Fine-tuning {how} changed abs_rel by {100 * (tuned - start) / start:+.1f} % '
                               f'({start:.3f} -> {tuned:.3f}).']
-    lines += ['',
-              '| latency (ms) | p50 | p95 | p99 |', '|---|---|---|---|']
-    for name, values in (('publish -> depth', latency_depth), ('publish -> points', latency_points)):
+    lines += ['', '| latency (ms) | p50 | p95 | p99 |', '|---|---|---|---|']
+    for name, values in (('publish -> depth', run.latency_depth), ('publish -> points', run.latency_points)):
         stats = percentiles(values)
         lines.append(f'| {name} | {stats["p50"]:.1f} | {stats["p95"]:.1f} | {stats["p99"]:.1f} |')
+    return lines
+
+
+def write_outputs(output: Path, frames: list[EvalFrame], run: NodeRun, results: dict[str, dict[str, float]],
+                  report: dict[str, Any]) -> list[Path]:
+    """Step 5: strips, the point cloud (PLY and a picture), report.json and report.md; returns what was written."""
+    from hr_depth_ros.core.pointcloud import write_ply
+
+    t = step(5, TOTAL_STEPS, 'writing pictures, point cloud and report')
+    strips = write_strips(frames, run.session.outputs('depth'), output / 'strips')
+    (points, colors), _ = run.session.outputs('points')[run.answered[len(run.answered) // 2].stamp_ns]
+    ply = write_ply(output / 'points.ply', points, colors)
+    cloud_view = output / 'points.png'
+    cv2.imwrite(str(cloud_view), cv2.cvtColor(render_point_cloud(points, colors), cv2.COLOR_RGB2BGR))
+    report.update({'frames_played': len(frames), 'frames_processed': len(run.answered),
+                   'latency_ms_publish_to_depth': percentiles(run.latency_depth),
+                   'latency_ms_publish_to_points': percentiles(run.latency_points), 'metrics': results})
+    (output / 'report.json').write_text(json.dumps(report, indent=2))
+    lines = report_lines(results, run, len(frames))
     (output / 'report.md').write_text('\n'.join(lines) + '\n')
     done(t)
-
     print('\n' + '\n'.join(lines))
+    return [output / 'report.md', output / 'report.json', ply, cloud_view, *strips]
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    values = tool_values(args)
+    output = Path(args.output).expanduser().resolve()
+    if args.fresh and output.exists():
+        shutil.rmtree(output)
+    output.mkdir(parents=True, exist_ok=True)
+    init = None if args.init == 'random' else (Path(args.init) if args.init else bundled_checkpoint())
+    started = time.monotonic()
+    frames, runs = make_drives(args, output)
+    checkpoints = finetune_runs(args, output, init, runs, values['device'])
+    results = evaluate_directly(args, output, init, checkpoints, frames, values)
+    run = play_into_node(checkpoints['tf'], frames, values, output, args.timeout)
+    try:
+        if not run.answered:
+            print(f'demo: depth_node produced nothing; see {output / "depth_node.log"}', file=sys.stderr)
+            return 1
+        published = run.session.outputs('depth')
+        results['node_published'], results['node_published_metric'] = score_depths(
+            [(frame.depth_gt, published[frame.stamp_ns][0]) for frame in run.answered])
+        report = {'checkpoints': {'start': str(init) if init else None,
+                                  **{f'finetuned_{k}': str(v) for k, v in checkpoints.items()}},
+                  'device': values['device'], 'backend': values['backend'], 'precision': values['precision']}
+        written = write_outputs(output, frames, run, results, report)
+    finally:
+        run.session.close()
     print(f'\nEverything is in {output}:')
-    for path in [output / 'report.md', output / 'report.json', ply, cloud_view, *strips, output / 'depth_node.log']:
+    for path in [*written, output / 'depth_node.log']:
         print(f'  {path}')
     print(f'Total {time.monotonic() - started:.0f} s.')
     return 0

@@ -23,7 +23,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from hr_depth_ros.core.backends import BackendOptions, add_backend_arguments
+from hr_depth_ros.core.depth_options import add_tool_arguments, tool_values
 from hr_depth_ros.core.image_decoding import IMAGE_FILE_EXTENSIONS as IMAGE_EXTENSIONS
 from hr_depth_ros.core.image_decoding import read_image_file as read_rgb
 from hr_depth_ros.core.visualization import colorize
@@ -59,13 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('inputs', nargs='+', help='image files and/or folders of images')
     parser.add_argument('--weights', required=True, help='checkpoint folder (encoder.pth + depth.pth)')
     parser.add_argument('--output-dir', help='where to write results (default: beside each image)')
-    parser.add_argument('--device', default='auto', choices=('auto', 'cuda', 'cpu'))
-    add_backend_arguments(parser)
     parser.add_argument('--ext', help='only this extension inside folders (default: common image types)')
-    parser.add_argument('--cmap', default='magma', help='colour map of the jpeg (default magma)')
-    parser.add_argument('--depth-scale', type=float, default=1.0,
-                        help="factor on the depth (5.4 for stereo-trained checkpoints); multiplies the checkpoint's "
-                             'own metric scale when it has one (default 1)')
+    add_tool_arguments(parser)  # --device, --backend, --precision, --depth-scale, --cmap, ... (the option table)
     parser.add_argument('--no-progress', action='store_true', help='no progress bar')
     return parser
 
@@ -76,13 +71,18 @@ def main(argv: list[str] | None = None) -> int:
     from tqdm import tqdm
 
     from hr_depth_ros.core.checkpoint import CheckpointError
+    from hr_depth_ros.core.depth_options import NodeConfig
     from hr_depth_ros.core.inference import DepthEstimator
 
     try:
-        estimator = DepthEstimator(args.weights, device=args.device, depth_scale=args.depth_scale,
-                                   **BackendOptions.from_args(args).estimator_kwargs())
-    except (CheckpointError, ValueError, ImportError) as error:  # ImportError: int8 without nncf
+        config = NodeConfig.from_values({**tool_values(args), 'weights': args.weights})
+        estimator = DepthEstimator.from_config(config)
+    except (CheckpointError, ValueError, ImportError) as error:  # ValueError: ConfigError; ImportError: no nncf
         print(f'predict: {error}', file=sys.stderr)
+        return 2
+    except OSError as error:  # e.g. a model cache that cannot be written (--cache-dir read-only)
+        print(f'predict: cannot use {error.filename or args.cache_dir or "the model cache"}: '
+              f'{error.strerror or error} (is --cache-dir / $HR_DEPTH_ROS_CACHE writable?)', file=sys.stderr)
         return 2
     images = collect_images(args.inputs, args.ext)
     if not images:
@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
              else 'relative units (no metric scale in the checkpoint)')
     print(f'-> {estimator.arch} at {estimator.width}x{estimator.height} on {estimator.device} '
           f'with {estimator.backend_description}; '
-          f'{len(images)} image(s); depth in {units} x {args.depth_scale:g}')
+          f'{len(images)} image(s); depth in {units} x {config.depth_scale:g}')
     failed: list[str] = []
     # Reading the next image and writing results run in I/O threads while the network runs
     # (both backends release the GIL): per image the slower of the two, not their sum.
@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             disparity = estimator.predict_disparity(rgb)
             writes.append(io.submit(write_results, (output_dir or path.parent) / path.stem, disparity,
-                                   estimator.disparity_to_depth(disparity), rgb, args.cmap))
+                                   estimator.disparity_to_depth(disparity), rgb, config.colormap))
             while len(writes) > 2:  # bounded: results are written about as fast as they come
                 writes.popleft().result()
         for write in writes:

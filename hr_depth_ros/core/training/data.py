@@ -403,6 +403,9 @@ def extract_frames(config: DataConfig) -> FrameStore:
                 elif topic == config.image_topic:
                     if camera_frame is None:
                         camera_frame = normalize_frame(msg.header.frame_id)
+                    if stamp in frames.by_stamp:
+                        frames.repeated += 1  # duplicate stamp: keep the first, count the rest (in the summary)
+                        continue
                     try:
                         rgb = (compressed_to_rgb(msg, config.max_pixels) if compressed
                                else image_to_rgb(msg, config.max_pixels))
@@ -418,6 +421,9 @@ def extract_frames(config: DataConfig) -> FrameStore:
                     except ValueError as error:
                         notes.append(f'bag {bag}: {topic} at {stamp} ns skipped: {error}')
             frames.finish()
+            if frames.repeated:
+                notes.append(f'bag {bag}: {frames.repeated} frames on {config.image_topic} repeat the header stamp of '
+                             'an earlier frame: dropped (the first of each stamp kept; check the camera driver\'s clock)')
             stamps += frames.stamps
             segments += [seg] * len(frames.stamps)
             count, first = frames.next_row, frames.first
@@ -490,6 +496,7 @@ class _BagFrames:
         self.pending_depth: dict[int, np.ndarray] = {}
         self.depth_gap: dict[int, int] = {}      # row -> |depth stamp - frame stamp|
         self.depth_messages = self.depth_dropped = 0
+        self.repeated = 0                        # image messages repeating an earlier frame's stamp
         self.changes = 0
         self.tolerance_ns = int(config.gt_depth_tolerance * 1e9)
 
@@ -672,7 +679,9 @@ def _check_decodable(bag: Path, config: DataConfig, decoded: int, skipped: list[
     """Note skipped frames of one bag; DataError when too few decoded (``min_decodable_fraction``)."""
     total = decoded + len(skipped)
     if total == 0:
-        raise DataError(f'bag {bag}: no readable messages on {config.image_topic}')
+        why = next((note for note in reversed(notes) if note.startswith(f'bag {bag}:')), '')  # a corrupt file
+        raise DataError(f'bag {bag}: no readable messages on {config.image_topic}'
+                        + (f' ({why[len(f"bag {bag}: "):]})' if why else ''))
     if skipped:
         notes.append(f'bag {bag}: {len(skipped)} of {total} frames on {config.image_topic} skipped '
                      f'(undecodable; first: {skipped[0]})')
@@ -792,12 +801,16 @@ class TripletDataset(Dataset):
     ``T`` 2 x 4 x 4 float32: ``T_target_to_source`` from TF for the sources -1 and +1 (identity
     when unknown), ``has_pose`` and ``index``. ``augment`` turns on colour jitter and horizontal
     flips (p = 0.5 each, as monodepth2); a flip mirrors K's principal point and the poses' x axis.
+    ``color`` and ``color_aug`` are float in [0, 1], or with ``uint8`` 0-255 uint8 (jitter rounded):
+    a quarter of the bytes to pin and copy to a GPU, scaled there.
     """
 
-    def __init__(self, store: FrameStore, samples: Sequence[tuple[int, int, int]], augment: bool = False) -> None:
+    def __init__(self, store: FrameStore, samples: Sequence[tuple[int, int, int]], augment: bool = False,
+                 uint8: bool = False) -> None:
         self.store = store
         self.samples = list(samples)
         self.augment = augment
+        self.uint8 = uint8
         self.jitter = ColorJitter(**JITTER)
 
     def __len__(self) -> int:
@@ -840,6 +853,8 @@ class TripletDataset(Dataset):
                 T = MIRROR_X @ T @ MIRROR_X  # the same motion seen in the mirrored image
             color_aug = self._jitter(color) if torch.rand(()) < 0.5 else color
         K4 = intrinsics_4x4(torch.from_numpy(K).float())[0]
+        if self.uint8:
+            color, color_aug = (images.mul(255.0).round_().to(torch.uint8) for images in (color, color_aug))
         return {'color': color, 'color_aug': color_aug.contiguous(), 'K': K4, 'inv_K': torch.linalg.inv(K4),
                 'depth_gt': depth_gt, 'T': torch.from_numpy(T).float(), 'has_pose': has_pose, 'index': item}
 

@@ -44,10 +44,14 @@ class Distributed:
         return self.rank == 0
 
     def device(self, requested: torch.device) -> torch.device:
-        """One GPU per rank (``cuda:LOCAL_RANK``) when training on CUDA, else ``requested``."""
-        if self.active and requested.type == 'cuda':
-            torch.cuda.set_device(self.local_rank)
-            return torch.device('cuda', self.local_rank)
+        """One GPU per rank (``cuda:LOCAL_RANK``) when training on CUDA, else ``requested``. The GPU is made
+        current (``set_device``): pinned memory and new tensors otherwise open a context on GPU 0 too."""
+        if requested.type != 'cuda':
+            return requested
+        if self.active:
+            requested = torch.device('cuda', self.local_rank)
+        if requested.index is not None:
+            torch.cuda.set_device(requested)
         return requested
 
     def barrier(self) -> None:
@@ -134,10 +138,11 @@ def train_sampler(context: Distributed, dataset: Any, seed: int) -> DistributedS
     return DistributedSampler(dataset, num_replicas=context.world_size, rank=context.rank, shuffle=True, seed=seed)
 
 
-def torchrun_command(config: Any, nproc: int) -> list[str]:
-    """The ``torchrun`` command running the ``finetune`` tool with ``config`` on ``nproc`` local processes
-    (loopback rendezvous)."""
+def torchrun_command(config: Any, nproc: int, module: str) -> list[str]:
+    """The ``torchrun`` command running ``python -m module`` with ``config`` as its command line on ``nproc``
+    local processes (loopback rendezvous). ``module``: a command line generated from the option table (the
+    caller names it: the core knows no tool)."""
     from hr_depth_ros.core.training.options import args_from_config
 
     return [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', str(nproc),
-            '-m', 'hr_depth_ros.tools.finetune', *args_from_config(config)]
+            '-m', module, *args_from_config(config)]

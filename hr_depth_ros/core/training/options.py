@@ -42,7 +42,9 @@ class Option:
     for None when ``unset`` is ''); ``nargs``: a list field (an int: that many values; '+': a
     repeatable flag); ``exclusive``: command-line group of which one member may be given;
     ``fallback``: the value when no member of that group is given (also the node's default);
-    ``min_value`` / ``max_value``: inclusive limits of a value that is not None (:func:`check_limits`).
+    ``min_value`` / ``max_value``: inclusive limits of a value that is not None (:func:`check_limits`);
+    ``cli_default``: the command line's default where it differs from the node's (None: the same); ``read_only``: the
+    node refuses a change while configured (the depth node's table, :mod:`hr_depth_ros.core.depth_options`).
     """
 
     help: str
@@ -59,6 +61,8 @@ class Option:
     fallback: Any = None
     cli_help: str = ''
     internal: str = ''
+    cli_default: Any = None
+    read_only: bool = False
     name: str = ''                  # filled in by options()
     default: Any = None             # filled in by options(); None for a required field
     required: bool = False          # filled in by options(): the field has no default
@@ -169,10 +173,17 @@ def list_parameters(config_class: type) -> dict[str, type]:
 
 
 def check_limits(config: Any) -> None:
-    """ValueError naming the first field of ``config`` outside its ``min_value`` / ``max_value``."""
+    """ValueError naming the first field of ``config`` outside what the table declares: its ``choices``, its
+    number of values (``nargs`` an int), its ``min_value`` / ``max_value``."""
     for spec in options(type(config)):
         value = getattr(config, spec.name)
-        if value is None or isinstance(value, (bool, str)) or spec.nargs is not None:
+        if value is None:
+            continue
+        if spec.choices and value not in spec.choices:
+            raise ValueError(f'{spec.name} must be one of {", ".join(spec.choices)}, got {value!r}')
+        if isinstance(spec.nargs, int) and len(value) != spec.nargs:
+            raise ValueError(f'{spec.name} takes {spec.nargs} values, got {list(value)}')
+        if isinstance(value, (bool, str)) or spec.nargs is not None:
             continue
         if (spec.min_value is not None and not value >= spec.min_value) or (
                 spec.max_value is not None and not value <= spec.max_value):
@@ -197,7 +208,8 @@ def add_arguments(parser: argparse.ArgumentParser, config_class: type) -> None:
         if spec.value_type is bool and spec.nargs is None:
             kwargs['action'] = 'store_false' if spec.default is True else 'store_true'
         else:
-            kwargs.update(type=spec.value_type, default=spec.default)
+            kwargs.update(type=spec.value_type, default=spec.default if spec.cli_default is None
+                          else spec.cli_default)
             if spec.choices:
                 kwargs['choices'] = spec.choices
             if spec.nargs == '+':
@@ -303,15 +315,18 @@ def yaml_scalar(value: Any) -> str:
     return str(value)
 
 
-def yaml_text(config_class: type, extra: Sequence[NodeParameter] = NODE_PARAMETERS) -> str:
-    """config/finetune.yaml: every node parameter with its default, its description as a comment."""
+def yaml_text(config_class: type, extra: Sequence[NodeParameter] = NODE_PARAMETERS,
+              header: Sequence[str] | None = None, node_name: str = NODE_NAME) -> str:
+    """config/finetune.yaml (or, given its ``header`` comment and ``node_name``, another node's parameter
+    file): every node parameter with its default, its description as a comment."""
     lists = list_parameters(config_class)
-    lines = ['# Defaults of the fine-tuning node (hr_depth_ros/ros/finetune_node.py), generated from the option',
+    lines = [*header] if header is not None else [
+             '# Defaults of the fine-tuning node (ros2 run hr_depth_ros finetune_node), generated from the option',
              '# table (hr_depth_ros/core/training/options.py) by: python scripts/finetune_yaml.py --write',
              '#   ros2 run hr_depth_ros finetune_node --ros-args --params-file config/finetune.yaml \\',
              "#       -p bags:=\"['/data/drive1']\" -p output_dir:=/data/finetuned",
-             f'# Not set here (lists, given on the command line or in your own file): {", ".join(lists)}.',
-             f'{NODE_NAME}:', '  ros__parameters:']
+             f'# Not set here (lists, given on the command line or in your own file): {", ".join(lists)}.']
+    lines += [f'{node_name}:', '  ros__parameters:']
     for parameter in node_parameters(config_class, extra):
         if parameter.name in lists:
             continue
@@ -334,6 +349,8 @@ def markdown_table(config_class: type, extra: Sequence[NodeParameter] = NODE_PAR
             continue
         description = spec.help + (f' (one of {", ".join(spec.choices)})' if spec.choices else '') + (
             f' ({spec.limits})' if spec.limits else '')
+        if spec.read_only:
+            description += ' (read-only while configured)'
         if spec.required:
             description += ' (required)'
         elif spec.unset is not None:

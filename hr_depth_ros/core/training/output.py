@@ -12,24 +12,33 @@
    is refused unless ``resume`` (continue it) or ``overwrite``; with ``overwrite`` the previous
    run's files are deleted by :func:`remove_previous_run` only once the new run's data is ready,
    so bad input never costs the previous run.
+
+:func:`output_lock` is held around all of it, for the life of a run: an exclusive ``flock`` on
+``OUTPUT/.hr_depth_ros.lock`` (which records the holder's PID). A second run into the same folder
+is refused before it touches anything (a sweep by it would delete the live run's staging and
+frame-cache folders).
 """
 from __future__ import annotations
 
 import errno
+import fcntl
 import json
+import os
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from hr_depth_ros.core.checkpoint import recover_checkpoint
+from hr_depth_ros.core.checkpoint import METADATA_FILE, recover_checkpoint
 
-__all__ = ['OutputError', 'prepare_output', 'remove_previous_run', 'removed_if_left_empty', 'FRAME_CACHE_PREFIX',
-           'RUN_FILES']
+__all__ = ['OutputError', 'output_lock', 'prepare_output', 'remove_previous_run', 'removed_if_left_empty',
+           'FRAME_CACHE_PREFIX', 'RUN_FILES']
 
 FRAME_CACHE_PREFIX = '.hr_depth_frames-'
-CHECKPOINT_NAMES = ('latest', 'best')
-RUN_FILES = ('latest', 'best', 'metrics.csv', 'tensorboard')  # what a run writes into OUTPUT
+LATEST, BEST = 'latest', 'best'  # the checkpoint folders of a run: the last saved step, the best validation
+CHECKPOINT_NAMES = (LATEST, BEST)
+RUN_FILES = (*CHECKPOINT_NAMES, 'metrics.csv', 'tensorboard')  # what a run writes into OUTPUT
+LOCK_FILE = '.hr_depth_ros.lock'  # flocked by the run that owns OUTPUT; holds its PID
 
 
 class OutputError(ValueError):
@@ -38,11 +47,59 @@ class OutputError(ValueError):
 
 def _describe_run(output: Path) -> str:
     try:
-        step = json.loads((output / 'latest' / 'hr_depth_ros.json').read_text()).get('step')
+        step = json.loads((output / LATEST / METADATA_FILE).read_text()).get('step')
     except (OSError, ValueError, AttributeError):
         step = None
     found = [name + ('/' if (output / name).is_dir() else '') for name in RUN_FILES if (output / name).exists()]
     return ', '.join(found) + (f'; latest/ is at step {step}' if step is not None else '')
+
+
+@contextmanager
+def output_lock(output: str | Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``output`` (created if missing) for the ``with`` block.
+
+    OutputError naming the holder's PID when another run holds it; nothing in ``output`` is touched
+    then. The lock file is removed on the way out (and the folder too when this call created it and
+    it is left empty); the lock dies with its process, so a killed run never blocks the next one.
+    """
+    output = Path(output).expanduser()
+    created = not output.exists()
+    output.mkdir(parents=True, exist_ok=True)
+    path = output / LOCK_FILE
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors='replace').strip() or 'unknown'
+            os.close(fd)
+            raise OutputError(f'output {output} is in use by another fine-tuning run (PID {holder}, lock '
+                              f'{path}): wait for it to finish, or choose another --output') from None
+        except BaseException:
+            os.close(fd)
+            raise
+        try:
+            same = os.path.samestat(os.fstat(fd), os.stat(path))
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)  # the holder removed the file between our open and flock: lock the new one
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f'{os.getpid()}\n'.encode(), 0)
+        yield
+    finally:
+        try:
+            os.unlink(path)  # while still locked: a waiting opener sees a different file and retries
+        except OSError:
+            pass
+        os.close(fd)
+        if created:
+            try:
+                output.rmdir()  # only when left empty
+            except OSError:
+                pass
 
 
 def prepare_output(output: str | Path, resume: bool = False, overwrite: bool = False) -> list[str]:

@@ -36,6 +36,7 @@ metadata (arch, resolution, intrinsics, bags, topics, config, step, epoch, metri
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import functools
 import logging
@@ -55,8 +56,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
-from hr_depth_ros.core.checkpoint import (CheckpointError, load_depth_checkpoint, load_extra_state, metric_scale_of,
-                                          save_depth_checkpoint)
+from hr_depth_ros.core.checkpoint import (OPTIMIZER_FILE, POSE_DECODER_FILE, POSE_ENCODER_FILE, POSE_FILES,
+                                          CheckpointError, check_metric_scale, load_depth_checkpoint, load_extra_state,
+                                          metric_scale_of, read_metadata, save_depth_checkpoint)
 from hr_depth_ros.core.evaluation import evaluate_depth, mean_errors
 from hr_depth_ros.core.geometry import disp_to_depth, normalized_intrinsics, transformation_from_parameters, warp_image
 from hr_depth_ros.core.image_decoding import DEFAULT_MAX_PIXELS
@@ -69,7 +71,7 @@ from hr_depth_ros.core.training.losses import (IDENTITY_NOISE_STD, SMOOTHNESS_WE
                                                photometric_error, smoothness_loss, upsample_to)
 from hr_depth_ros.core.training.options import check_limits, option
 from hr_depth_ros.core.training.scale import ScaleSearch, median_pixel_scale, search_scale
-from hr_depth_ros.core.training.output import (FRAME_CACHE_PREFIX, prepare_output, remove_previous_run,
+from hr_depth_ros.core.training.output import (FRAME_CACHE_PREFIX, output_lock, prepare_output, remove_previous_run,
                                                removed_if_left_empty)
 
 __all__ = ['TrainingConfig', 'TrainingError', 'Trainer', 'train', 'METRICS_COLUMNS']
@@ -226,20 +228,18 @@ class TrainingConfig:
                           progress=sys.stderr.isatty() if self.progress_bar is None else self.progress_bar)
 
     def validate(self) -> None:
-        """TrainingError naming the first bad setting."""
-        if self.arch not in ARCHITECTURES:
-            raise TrainingError(f'unknown architecture {self.arch!r}; choose one of {", ".join(ARCHITECTURES)}')
+        """TrainingError naming the first bad setting: what the option table declares (choices, limits,
+        list lengths: :func:`~.options.check_limits`), then the rules across settings it cannot say."""
+        try:
+            check_limits(self)
+        except ValueError as error:
+            raise TrainingError(str(error)) from None
         if (self.steps is None) == (self.epochs is None):
             raise TrainingError('give exactly one of steps or epochs')
-        for name in ('steps', 'epochs'):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise TrainingError(f'{name} must be >= 1, got {value}')
-        if self.width % 32 or self.height % 32 or self.width < 64 or self.height < 32:
-            raise TrainingError(f'width and height must be multiples of 32 (>= 64x32), got {self.width}x{self.height}')
-        if self.batch_size < 1 or self.lr <= 0 or self.num_workers < 0 or self.prepare_workers < 0:
-            raise TrainingError(f'need batch_size >= 1, lr > 0, num_workers >= 0, prepare_workers >= 0; got '
-                                f'{self.batch_size}, {self.lr}, {self.num_workers}, {self.prepare_workers}')
+        if self.width % 32 or self.height % 32:
+            raise TrainingError(f'width and height must be multiples of 32, got {self.width}x{self.height}')
+        if self.lr <= 0:
+            raise TrainingError(f'lr must be > 0, got {self.lr}')
         if not 0 < self.min_depth < self.max_depth:
             raise TrainingError(f'need 0 < min_depth < max_depth, got {self.min_depth}, {self.max_depth}')
         output = Path(self.output).expanduser()
@@ -251,16 +251,17 @@ class TrainingConfig:
             value = getattr(self, name)
             if value and not Path(value).expanduser().is_dir():
                 raise TrainingError(f'{name} checkpoint folder {value} does not exist')
-        if self.pose_source not in POSE_SOURCES:
-            raise TrainingError(f'pose_source must be one of {", ".join(POSE_SOURCES)}, got {self.pose_source!r}')
-        for name in ('pose_lr', 'metric_scale', 'max_tf_gap'):
+        for name in ('pose_lr', 'max_tf_gap'):
             value = getattr(self, name)
             if value is not None and not (math.isfinite(value) and value > 0):
                 raise TrainingError(f'{name} must be a positive number, got {value}')
-        if self.intrinsics is not None and len(self.intrinsics) != 4:
-            raise TrainingError(f'intrinsics must be fx, fy, cx, cy; got {list(self.intrinsics)}')
+        if self.metric_scale is not None:
+            try:
+                check_metric_scale(self.metric_scale, 'option metric_scale (--metric-scale)')
+            except ValueError as error:
+                raise TrainingError(str(error)) from None
         try:
-            check_limits(self)  # the table's limits of the settings not checked above
+            select_device(self.device)  # an explicit GPU that is not there: refused, with the reason
         except ValueError as error:
             raise TrainingError(str(error)) from None
 
@@ -272,9 +273,26 @@ def _seed_everything(seed: int, deterministic: bool) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+    torch.backends.cudnn.benchmark = not deterministic  # fixed-size batches: cuDNN times its kernels once
     if deterministic:
+        os.environ.setdefault('CUBLAS_WORKSPACE_CONFIG', ':4096:8')  # cuBLAS's deterministic mode (README)
         torch.use_deterministic_algorithms(True, warn_only=True)
-        torch.backends.cudnn.benchmark = False
+
+
+def rng_state(device: torch.device) -> dict[str, torch.Tensor]:
+    """PyTorch's CPU random generator state and, on CUDA, ``device``'s (auto-mask noise is drawn there)."""
+    state = {'torch_rng': torch.get_rng_state()}
+    if device.type == 'cuda':
+        state['cuda_rng'] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def set_rng_state(state: dict[str, Any], device: torch.device) -> None:
+    """Restore what :func:`rng_state` saved (the CUDA state only on CUDA)."""
+    if 'torch_rng' in state:
+        torch.set_rng_state(state['torch_rng'])
+    if 'cuda_rng' in state and device.type == 'cuda':
+        torch.cuda.set_rng_state(state['cuda_rng'], device)
 
 
 def _finite(module: torch.nn.Module) -> bool:
@@ -341,6 +359,25 @@ class _State:
     samples_seen: int = 0                   # training samples consumed, all ranks together
 
 
+def _drop_rows_after(path: Path, step: int) -> None:
+    """Rewrite the metrics CSV ``path`` (atomically) without its rows after ``step``."""
+    with open(path, newline='') as stream:
+        rows = list(csv.reader(stream))
+    if not rows:
+        return
+    header, body = rows[0], rows[1:]
+    column = header.index('step') if 'step' in header else 0
+    kept = [row for row in body if not (row and row[column].isdigit() and int(row[column]) > step)]
+    if len(kept) == len(body):
+        return
+    staging = path.with_name(f'.{path.name}.tmp-{os.getpid()}')
+    with open(staging, 'w', newline='') as stream:
+        csv.writer(stream).writerows([header, *kept])
+        stream.flush()
+        os.fsync(stream.fileno())
+    os.replace(staging, path)
+
+
 class Trainer:
     """One fine-tuning run: ``Trainer(config, callback).run()`` -> summary dict.
 
@@ -385,9 +422,9 @@ class Trainer:
                 self._log(f'warning: the start checkpoint {cfg.init} was trained with depth range {init.depth_range}, '
                           f'this run uses {cfg.min_depth}-{cfg.max_depth} (--min-depth, --max-depth)')
             folder = Path(cfg.init).expanduser()
-            if (folder / 'pose_encoder.pth').is_file() and (folder / 'pose.pth').is_file():
-                pose_encoder.load_state_dict(load_extra_state(folder, 'pose_encoder.pth'))
-                pose_decoder.load_state_dict(load_extra_state(folder, 'pose.pth'))
+            if all((folder / name).is_file() for name in POSE_FILES):
+                pose_encoder.load_state_dict(load_extra_state(folder, POSE_ENCODER_FILE))
+                pose_decoder.load_state_dict(load_extra_state(folder, POSE_DECODER_FILE))
                 pose_from_scratch = False
                 self._log(f'initialised depth and pose networks from {folder}')
             else:
@@ -439,9 +476,21 @@ class Trainer:
         for j, offset in enumerate(SOURCE_OFFSETS, start=1):
             pair = (color_aug[:, j], color_aug[:, 0]) if offset < 0 else (color_aug[:, 0], color_aug[:, j])
             axisangle, translation = models.pose_decoder([models.pose_encoder(torch.cat(pair, 1))])
-            transforms[offset] = transformation_from_parameters(axisangle[:, 0].float(), translation[:, 0].float(),
-                                                                invert=offset < 0)
+            with self._full_precision():
+                transforms[offset] = transformation_from_parameters(axisangle[:, 0].float(), translation[:, 0].float(),
+                                                                    invert=offset < 0)
         return transforms
+
+    def _images(self, images: torch.Tensor) -> torch.Tensor:
+        """A batch's frames on the device as float in [0, 1] (the loaders send uint8: a quarter of the bytes)."""
+        images = images.to(self.device, non_blocking=True)
+        return images.float().div_(255.0) if images.dtype == torch.uint8 else images
+
+    def _full_precision(self) -> torch.autocast:
+        """Autocast off: under mixed precision only the networks run in fp16. The warp geometry's matmuls
+        would too, and ``Z x u`` passes fp16's 65504 beyond ~50 m at 1280 px (inf coordinates: a finite
+        loss with NaN gradients, so every step is skipped); they and the losses run in float32."""
+        return torch.autocast(self.device.type, enabled=False)
 
     def _depth(self, disp: torch.Tensor, scale: float | None = None) -> torch.Tensor:
         """Depth of a sigmoid disparity: ``scale`` (default: the run's metric scale) x disp_to_depth."""
@@ -451,18 +500,24 @@ class Trainer:
     def _losses(self, models: _Models, batch: dict[str, torch.Tensor], pose_source: str | None = None,
                 outputs: dict | None = None) -> tuple[torch.Tensor, dict[str, Any]]:
         """The training loss of one batch; ``outputs``: the depth network's, when already computed."""
-        cfg = self.config
-        color = batch['color'].to(self.device, non_blocking=True)
-        color_aug = batch['color_aug'].to(self.device, non_blocking=True)
+        color = self._images(batch['color'])
+        color_aug = self._images(batch['color_aug'])
         K = batch['K'].to(self.device)
         target = color[:, 0]
-        height, width = target.shape[-2:]
         if outputs is None:
             outputs = models.decoder(models.encoder(color_aug[:, 0]))
         transforms = self._transforms(models, batch, pose_source or self.state.pose_source, color_aug)
-        target32 = target.float()
-        identity = [photometric_error(color[:, j].float(), target32) for j in range(1, 1 + len(SOURCE_OFFSETS))]
         pulls = [(pull.weight, pull.disparity(target)) for pull in models.targets]
+        with self._full_precision():
+            return self._loss_terms(outputs, color, K, transforms, pulls)
+
+    def _loss_terms(self, outputs: dict, color: torch.Tensor, K: torch.Tensor, transforms: dict[int, torch.Tensor],
+                    pulls: list[tuple[float, torch.Tensor]]) -> tuple[torch.Tensor, dict[str, Any]]:
+        """The loss of the networks' outputs (:meth:`_losses`), in float32."""
+        cfg = self.config
+        target32 = color[:, 0].float()
+        height, width = target32.shape[-2:]
+        identity = [photometric_error(color[:, j].float(), target32) for j in range(1, 1 + len(SOURCE_OFFSETS))]
         total = torch.zeros((), device=self.device)
         info: dict[str, Any] = {}
         for scale in SCALES:
@@ -477,53 +532,62 @@ class Trainer:
                 loss = loss + weight * distillation_loss(disp_full, target_disp)
             total = total + loss
             if scale == 0:
-                info['photometric'] = per_pixel.detach().mean().item()
-                info['automask'] = automask.float().mean().item()
+                info['photometric'] = per_pixel.detach().mean()  # tensors: read (a host sync) when logged
+                info['automask'] = automask.float().mean()
                 info['disp'] = disp.detach()
         return total / len(SCALES), info
 
     # -- validation -----------------------------------------------------------------------------
     def _tf_scoring(self, scored: list[tuple[dict[str, torch.Tensor], torch.Tensor]]) -> list[tuple[Any, ...]]:
-        """What scoring depth under the TF poses needs, at any scale: per batch the frames, the
-        un-warped errors, K, the TF transforms and ``disp_to_depth`` of the full-size disparity."""
+        """What scoring depth under the TF poses needs, at any scale: per batch the frames (uint8: exact), the
+        un-warped errors, K, the TF transforms and ``disp_to_depth`` of the full-size disparity. Kept on the
+        CPU and moved per batch when scored: 200 validation samples took ~1.2 GB of GPU memory at 640x192
+        and ~4.7 GB at 1280x384 (too much beside training on a Jetson); this form is ~45 % of that."""
         prepared = []
         for batch, disp in scored:
-            color = batch['color'].to(self.device)
-            identity = [photometric_error(color[:, j].float(), color[:, 0].float())
-                        for j in range(1, 1 + len(SOURCE_OFFSETS))]
-            T = batch['T'].to(self.device)
-            prepared.append((color, identity, batch['K'].to(self.device),
-                             {offset: T[:, j] for j, offset in enumerate(SOURCE_OFFSETS)},
-                             self._depth(upsample_to(disp, *color.shape[-2:]), 1.0)))
+            color = self._images(batch['color'])
+            identity = [photometric_error(color[:, j], color[:, 0]).cpu() for j in range(1, 1 + len(SOURCE_OFFSETS))]
+            frames = batch['color'] if batch['color'].dtype == torch.uint8 else batch['color'].mul(255.0).round_()
+            prepared.append((frames.to(torch.uint8), identity, batch['K'],
+                             {offset: batch['T'][:, j] for j, offset in enumerate(SOURCE_OFFSETS)},
+                             self._depth(upsample_to(disp.to(self.device), *color.shape[-2:]), 1.0).cpu()))
         return prepared
 
-    @staticmethod
-    def _photometric_under_tf(prepared: list[tuple[Any, ...]], scale: float) -> float:
+    def _photometric_under_tf(self, prepared: list[tuple[Any, ...]], scale: float) -> float:
         """Mean scale-0 minimum reprojection error of ``scale x disp_to_depth(disp)`` under the TF poses
         (``prepared`` by :meth:`_tf_scoring`)."""
-        total, count = 0.0, 0
-        for color, identity, K, transforms, depth in prepared:
-            per_pixel, _ = reprojection_loss(color, depth * scale, K, transforms, identity, noise_std=0.0)
-            total += per_pixel.mean().item() * len(depth)
-            count += len(depth)
-        return total / max(count, 1)
+        def move(tensor: torch.Tensor) -> torch.Tensor:
+            return tensor.to(self.device, non_blocking=True)
 
-    def _search_scale(self, scored: list[tuple[dict[str, torch.Tensor], torch.Tensor]]) -> ScaleSearch:
-        """The depth scale whose reprojection under the TF poses is best (see :mod:`.scale`)."""
-        prepared = self._tf_scoring(scored)
+        total, count = torch.zeros((), device=self.device), 0
+        for color, identity, K, transforms, depth in prepared:
+            per_pixel, _ = reprojection_loss(move(color).float().div_(255.0), move(depth) * scale, move(K),
+                                             {offset: move(T) for offset, T in transforms.items()},
+                                             [move(error) for error in identity], noise_std=0.0)
+            total += per_pixel.mean() * len(depth)
+            count += len(depth)
+        return float(total) / max(count, 1)
+
+    def _search_scale(self, prepared: list[tuple[Any, ...]]) -> ScaleSearch:
+        """The depth scale whose reprojection under the TF poses (``prepared`` by :meth:`_tf_scoring`) is best
+        (see :mod:`.scale`)."""
         return search_scale(lambda scale: self._photometric_under_tf(prepared, scale))
 
-    def _pixel_scale(self, scored: list[tuple[dict[str, torch.Tensor], torch.Tensor]], centre: float,
-                     spread: float = 1.0, points: int = 41) -> ScaleSearch:
-        """The median of per-pixel best depth scales under the TF poses, inverse scales within
-        ``(1 +- spread) / centre`` (:func:`.scale.median_pixel_scale`)."""
-        prepared = self._tf_scoring(scored)
+    def _pixel_scale(self, prepared: list[tuple[Any, ...]], centre: float, spread: float = 1.0,
+                     points: int = 41) -> ScaleSearch:
+        """The median of per-pixel best depth scales under the TF poses (``prepared`` by :meth:`_tf_scoring`),
+        inverse scales within ``(1 +- spread) / centre`` (:func:`.scale.median_pixel_scale`)."""
+        def move(tensor: torch.Tensor) -> torch.Tensor:
+            return tensor.to(self.device, non_blocking=True)
+
         identity = np.concatenate([torch.cat(ident, 1).min(1).values.flatten().cpu().numpy()
                                    for _, ident, _, _, _ in prepared])
 
         def errors_at(scale: float) -> np.ndarray:
-            return np.concatenate([reprojection_loss(color, depth * scale, K, transforms, None)[0].flatten().cpu().numpy()
-                                   for color, _, K, transforms, depth in prepared])
+            return np.concatenate([
+                reprojection_loss(move(color).float().div_(255.0), move(depth) * scale, move(K),
+                                  {offset: move(T) for offset, T in transforms.items()}, None)[0].flatten().cpu().numpy()
+                for color, _, K, transforms, depth in prepared])
 
         return median_pixel_scale(errors_at, identity, centre, spread, points)
 
@@ -535,7 +599,7 @@ class Trainer:
             module.eval()
         try:
             for batch in loader:
-                disp = models.decoder(models.encoder(batch['color_aug'][:, 0].to(self.device)))[('disp', 0)]
+                disp = models.decoder(models.encoder(self._images(batch['color_aug'][:, 0])))[('disp', 0)]
                 scored.append((batch, disp.float()))
                 seen += len(disp)
                 if seen >= limit:
@@ -553,19 +617,19 @@ class Trainer:
         for module in models.trainable():
             module.eval()
         losses, photometric, per_frame, per_frame_metric = [], [], [], []
-        scored = []
+        prepared = []  # for the photometric error under TF poses, on the CPU (_tf_scoring)
         seen = 0
-        rng_state = torch.get_rng_state()
+        saved_rng = rng_state(self.device)
         torch.manual_seed(12345)  # identical auto-mask noise at every validation
         try:
             for batch in loader:
-                outputs = models.decoder(models.encoder(batch['color_aug'][:, 0].to(self.device)))
+                outputs = models.decoder(models.encoder(self._images(batch['color_aug'][:, 0])))
                 loss, info = self._losses(models, batch, outputs=outputs)
                 losses.append(loss.item())
-                photometric.append(info['photometric'])
+                photometric.append(float(info['photometric']))
                 disp = outputs[('disp', 0)].float()
                 if tf_poses:
-                    scored.append((batch, disp))
+                    prepared.extend(self._tf_scoring([(batch, disp)]))
                 depth = self._depth(disp)[:, 0].cpu().numpy()
                 for gt, pred in zip(batch['depth_gt'][:, 0].numpy(), depth):
                     if not np.isfinite(gt).any():
@@ -581,15 +645,15 @@ class Trainer:
                 if seen >= self.config.max_val_samples:
                     break
         finally:
-            torch.set_rng_state(rng_state)
+            set_rng_state(saved_rng, self.device)
             for module in models.trainable():
                 module.train()
         result = {'loss': float(np.mean(losses)), 'photometric': float(np.mean(photometric))}
-        if scored:
+        if prepared:
             if self.state.metric:
-                result['loss_tf'] = self._photometric_under_tf(self._tf_scoring(scored), self.state.metric_scale)
+                result['loss_tf'] = self._photometric_under_tf(prepared, self.state.metric_scale)
             else:  # relative depth: scored at its best scale (a scale-free measure of its shape)
-                result['loss_tf'] = self._search_scale(scored).loss
+                result['loss_tf'] = self._search_scale(prepared).loss
         if per_frame:
             errors = mean_errors(per_frame)
             result.update(abs_rel=errors['abs_rel'], rmse=errors['rmse'], a1=errors['a1'])
@@ -640,12 +704,12 @@ class Trainer:
                           'scaler': scaler.state_dict() if scaler is not None else {},
                           'step': self.state.step, 'epoch': self.state.epoch, 'best_val': self.state.best_val,
                           'samples_seen': self.state.samples_seen,
-                          'torch_rng': torch.get_rng_state()}
+                          **rng_state(self.device)}
         folder = save_depth_checkpoint(
             Path(cfg.output).expanduser() / name, models.encoder, models.decoder, arch=cfg.arch,
             height=cfg.height, width=cfg.width, metadata=metadata,
-            extra_state={'pose_encoder.pth': models.pose_encoder.state_dict(), 'pose.pth': models.pose_decoder.state_dict(),
-                         'adam.pth': training_state})
+            extra_state={POSE_ENCODER_FILE: models.pose_encoder.state_dict(),
+                         POSE_DECODER_FILE: models.pose_decoder.state_dict(), OPTIMIZER_FILE: training_state})
         return folder
 
     def _resume(self, models: _Models, optimizer: torch.optim.Optimizer, scheduler: Any, scaler: Any) -> None:
@@ -657,26 +721,38 @@ class Trainer:
                                 f'this run is {cfg.arch} {cfg.width}x{cfg.height}')
         models.encoder.load_state_dict(ckpt.encoder.state_dict())
         models.decoder.load_state_dict(ckpt.decoder.state_dict())
-        models.pose_encoder.load_state_dict(load_extra_state(latest, 'pose_encoder.pth'))
-        models.pose_decoder.load_state_dict(load_extra_state(latest, 'pose.pth'))
-        state = load_extra_state(latest, 'adam.pth')
+        models.pose_encoder.load_state_dict(load_extra_state(latest, POSE_ENCODER_FILE))
+        models.pose_decoder.load_state_dict(load_extra_state(latest, POSE_DECODER_FILE))
+        state = load_extra_state(latest, OPTIMIZER_FILE)
         try:
             optimizer.load_state_dict(state['optimizer'])
             scheduler.load_state_dict(state['scheduler'])
             if scaler is not None and state.get('scaler'):
                 scaler.load_state_dict(state['scaler'])
             self.state.step, self.state.epoch = int(state['step']), int(state['epoch'])
-            self.state.best_val = float(state.get('best_val', math.inf))
+            # best/ may be newer than latest/ (a crash after a best save): its score stays the one to beat.
+            self.state.best_val = min(float(state.get('best_val', math.inf)), self._best_saved(ckpt.metadata))
             self.state.samples_seen = int(state.get('samples_seen', 0))
             scale = metric_scale_of(ckpt.metadata)
             if scale is not None:
                 self.state.metric_scale, self.state.metric = scale, True
                 self.state.scale_search = ckpt.metadata.get('scale_search', {})
-            if 'torch_rng' in state:
-                torch.set_rng_state(state['torch_rng'])
+            set_rng_state(state, self.device)
         except (KeyError, ValueError) as error:
-            raise CheckpointError(f'{latest / "adam.pth"}: not a training state of this trainer: {error}') from error
+            raise CheckpointError(f'{latest / OPTIMIZER_FILE}: not a training state of this trainer: {error}') from error
         self._log(f'resumed from {latest} at step {self.state.step}, epoch {self.state.epoch}')
+
+    def _best_saved(self, latest_metadata: dict[str, Any]) -> float:
+        """The score recorded in OUTPUT/best when it was chosen by what latest/ records (else inf)."""
+        best = Path(self.config.output).expanduser() / 'best' / 'hr_depth_ros.json'
+        try:
+            metadata = read_metadata(best)
+        except (OSError, CheckpointError):
+            return math.inf
+        value = metadata.get('best_val_loss')
+        if metadata.get('selected_by') != latest_metadata.get('selected_by') or not isinstance(value, (int, float)):
+            return math.inf
+        return float(value) if math.isfinite(value) else math.inf
 
     # -- the run --------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
@@ -690,6 +766,11 @@ class Trainer:
             self.dist.close()
 
     def _run_ranks(self) -> dict[str, Any]:
+        # Rank 0 holds the output folder's lock for the whole run: a second run is refused untouched.
+        with output_lock(self.config.output) if self.dist.is_main else contextlib.nullcontext():
+            return self._run_locked()
+
+    def _run_locked(self) -> dict[str, Any]:
         cfg = self.config
         if self.dist.is_main:  # the others wait until the output folder is recovered and checked
             for action in prepare_output(cfg.output, cfg.resume, cfg.overwrite):  # before validate looks for latest/
@@ -749,10 +830,10 @@ class Trainer:
         if cfg.resume:
             self._resume(models, optimizer, scheduler, scaler)
         generator = torch.Generator().manual_seed(cfg.seed + self.state.step)
-        train_set = TripletDataset(data.store, data.train, augment=cfg.augment)
+        train_set = TripletDataset(data.store, data.train, augment=cfg.augment, uint8=True)
         sampler = train_sampler(self.dist, train_set, cfg.seed)
         train_loader = self._loader(train_set, True, generator, sampler)
-        val_loader = self._loader(TripletDataset(data.store, data.val), False) if data.val else None
+        val_loader = self._loader(TripletDataset(data.store, data.val, uint8=True), False) if data.val else None
         if not cfg.resume:  # on rank 0, the same scale for every rank
             if self.dist.is_main:
                 self._choose_metric_scale(models, data)
@@ -784,6 +865,8 @@ class Trainer:
         output.mkdir(parents=True, exist_ok=True)
         metrics_path = output / 'metrics.csv' if self.dist.is_main else Path(os.devnull)  # rank 0 alone writes
         new_csv = not (cfg.resume and metrics_path.is_file())
+        if not new_csv:  # rows the interrupted run wrote after latest/ are written again: drop them
+            _drop_rows_after(metrics_path, self.state.step)
         csv_stream = open(metrics_path, 'w' if new_csv else 'a', newline='')
         writer = csv.DictWriter(csv_stream, fieldnames=METRICS_COLUMNS)
         if new_csv:
@@ -835,13 +918,14 @@ class Trainer:
                     with torch.autocast(self.device.type, dtype=torch.float16, enabled=use_amp):
                         loss, info = train_step(batch)
                     optimizer.zero_grad(set_to_none=True)
-                    if not self.dist.all_true(bool(torch.isfinite(loss)), self.device):  # every rank skips
+                    loss_value = loss.item()  # the step's one host sync
+                    if not self.dist.all_true(math.isfinite(loss_value), self.device):  # every rank skips
                         if self.dist.active:
                             loss.backward()  # completes DDP's gradient exchange; the gradients are dropped
                             optimizer.zero_grad(set_to_none=True)
                         bad_in_a_row += 1
                         self.state.skipped_steps += 1
-                        self._log(f'step {self.state.step + 1}: non-finite loss {loss.item()}, step skipped')
+                        self._log(f'step {self.state.step + 1}: non-finite loss {loss_value}, step skipped')
                         if bad_in_a_row >= MAX_BAD_STEPS:
                             raise TrainingError(f'{bad_in_a_row} non-finite losses in a row: training diverged '
                                                 f'(lower the learning rate); the last good checkpoint is kept')
@@ -856,20 +940,20 @@ class Trainer:
                         optimizer.step()
                     self.state.step += 1
                     self.state.samples_seen += len(batch['index']) * world  # every rank's batch has this size
-                    running.append(loss.item())
+                    running.append(loss_value)
                     elapsed = time.perf_counter() - start_time
                     done = self.state.step - start_step
                     samples_per_s = done * cfg.batch_size * world / max(elapsed, 1e-9)  # all ranks together
                     eta = (total - self.state.step) * elapsed / max(done, 1)
                     if bar is not None:
                         bar.update(1)
-                        bar.set_postfix(loss=f'{loss.item():.4f}')
+                        bar.set_postfix(loss=f'{loss_value:.4f}')
                     best_val = None if math.isinf(self.state.best_val) else self.state.best_val
                     self._emit('progress', step=self.state.step, total=total, epoch=self.state.epoch,
-                               loss=loss.item(), eta_s=eta, samples_per_s=samples_per_s, best_val=best_val)
+                               loss=loss_value, eta_s=eta, samples_per_s=samples_per_s, best_val=best_val)
                     if self.state.step % cfg.log_every == 0 or self.state.step == total:
                         row = {'step': self.state.step, 'epoch': self.state.epoch, 'split': 'train',
-                               'loss': float(np.mean(running)), 'photometric': info['photometric'],
+                               'loss': float(np.mean(running)), 'photometric': float(info['photometric']),
                                'lr': optimizer.param_groups[0]['lr'], 'samples_per_s': samples_per_s}
                         writer.writerow(row)
                         csv_stream.flush()
@@ -941,7 +1025,7 @@ class Trainer:
         scale = None
         if self.dist.is_main:
             scored = self._disparities(models, self._scale_loader, SCALE_SEARCH_SAMPLES)
-            scale = self._pixel_scale(scored, self.state.metric_scale, SCALE_REFINE_SPREAD, 21).scale
+            scale = self._pixel_scale(self._tf_scoring(scored), self.state.metric_scale, SCALE_REFINE_SPREAD, 21).scale
         scale = self.dist.broadcast(scale)
         if abs(math.log(scale / self.state.metric_scale)) > 1e-3:
             self._log(f'metric scale {self.state.metric_scale:.4g} -> {scale:.4g} (re-estimated at step '
@@ -964,10 +1048,10 @@ class Trainer:
         else:
             stride = max(1, len(data.train) // SCALE_SEARCH_SAMPLES)
             samples = data.train[::stride][:SCALE_SEARCH_SAMPLES]
-            loader = self._loader(TripletDataset(data.store, samples), False)
-            scored = self._disparities(models, loader, SCALE_SEARCH_SAMPLES)
-            whole = self._search_scale(scored)
-            search = self._pixel_scale(scored, whole.scale)
+            loader = self._loader(TripletDataset(data.store, samples, uint8=True), False)
+            prepared = self._tf_scoring(self._disparities(models, loader, SCALE_SEARCH_SAMPLES))
+            whole = self._search_scale(prepared)
+            search = self._pixel_scale(prepared, whole.scale)
             self._scale_loader = loader  # re-estimated on the same samples at every validation
             self.state.metric_scale = search.scale
             self.state.scale_search = {'samples': len(samples), 'loss': search.loss, 'sharpness': search.sharpness(),
