@@ -96,3 +96,26 @@ def test_best_is_chosen_by_the_depth_error_of_a_depth_sensor(tmp_path, lite_chec
     assert best['selected_by'] == 'abs_rel_metric'
     chosen = min(val, key=lambda v: float(v['abs_rel_metric']))
     assert best['step'] == int(chosen['step'])
+
+
+REAL = Path(__file__).resolve().parents[2] / 'shared' / 'realdata' / 'tum_fr1_xyz_37f'
+
+
+@pytest.mark.skipif(not (REAL / 'metadata.yaml').is_file(),
+                    reason='real data ../shared/realdata/tum_fr1_xyz_37f is absent (see its README); the logic is '
+                           'tested above on synthetic depth sensors')
+def test_a_real_kinect_bag_with_defaults():
+    """TUM fr1/xyz as a new user gives it: the only (compressed) image topic and its camera_info are
+    found, the distorted frames are rectified, the Kinect's 16UC1 depth is read in metres."""
+    data = prepare_data(DataConfig(bags=[REAL], width=320, height=96, gt_depth_topic='/camera/depth/image_raw'))
+    try:
+        assert data.topics['image'] == '/camera/image_raw/compressed'
+        assert data.topics['camera_info'] == '/camera/camera_info'
+        assert any('rectified' in note for note in data.store.notes)
+        assert data.store.has_depth.sum() == 32  # 5 colour frames have no depth image
+        depths = np.concatenate([data.store.depth(i)[np.isfinite(data.store.depth(i))]
+                                 for i in np.flatnonzero(data.store.has_depth)])
+        assert 0.4 < np.percentile(depths, 1) and np.percentile(depths, 99) < 4.5 and 0.7 < np.median(depths) < 1.5
+        assert len(data.val) >= 5 and data.pose_source == 'tf'
+    finally:
+        data.close()
