@@ -446,8 +446,8 @@ def repeated_stamps(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         print(20 - len(store.stamps_ns), '|', ' | '.join(n for n in store.notes if 'stamp' in n))
         shutil.rmtree(store.folder)
     ''')
-    dropped, _, note = result['stdout'].strip().partition(' | ')
-    return {'frames': 20, 'dropped': int(dropped), 'reported': note[:200], 'ok': str(dropped) in note}
+    dropped, _, note = (part.strip() for part in result['stdout'].strip().partition('|'))
+    return {'frames': 20, 'dropped': int(dropped), 'reported': note[:200], 'ok': bool(note) and dropped in note}
 
 
 def write_image_bag(path: Path, storage: str, frames: int, size: tuple[int, int]) -> Path:
@@ -521,7 +521,7 @@ def mcap_chunk(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         n = sum(1 for _ in bags.read_messages({str(bag)!r}, ['/camera/image_raw'], on_partial=notes.append))
         print(n, '|', notes[0] if notes else '')
     ''')
-    read, _, note = result['stdout'].strip().partition(' | ')
+    read, _, note = (part.strip() for part in result['stdout'].strip().partition('|'))
     per_chunk = 12 / chunks
     return {'messages': 12, 'chunks': chunks, 'read': int(read), 'note': note[:240],
             'ok': int(read) >= 12 - per_chunk and 'corrupt chunk' in note}

@@ -15,7 +15,8 @@ scenes) started by the demo's helper:
   under TF (and ``latest/``);
 - ``tf_gt``: the same with ``--gt-depth-topic /camera/depth/image_raw``: ``best/`` chosen by the
   metric depth error on the validation frames (within the training frames);
-- ``camera``: the camera-only pose source (``--pose-source net``, the pose network; anchored).
+- ``camera``: camera only, the pose network (``--pose-source net``; anchored);
+- ``camera_vo``: camera only, two-view geometry (``--pose-source vo``, issue 19).
 
 Scoring as the depth node sees a frame: the colour image rectified with its camera_info (the
 Kinect depth, registered to the colour image, rectified with the same maps, nearest-neighbour),
@@ -56,6 +57,7 @@ ROWS = {  # name -> (label, pose source, more finetune arguments)
     'tf': ('TF (no depth sensor)', 'tf', []),
     'tf_gt': ('TF + `--gt-depth-topic`', 'tf', ['--gt-depth-topic', DEPTH]),
     'camera': ('camera only (pose network)', 'net', []),
+    'camera_vo': ('camera only (two-view geometry)', 'vo', []),
 }
 
 

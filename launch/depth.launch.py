@@ -3,7 +3,7 @@
     ros2 launch hr_depth_ros depth.launch.py image:=/camera/image_raw \
         camera_info:=/camera/camera_info weights:=/path/to/HR_Depth_K_M_1280x384 use_rviz:=true
 
-Arguments left empty (weights, device, image_transport, depth_scale) keep the value from
+Arguments left empty (weights, device, image_transport, depth_scale, adapt) keep the value from
 ``params_file`` (default: the installed config/depth.yaml).
 
 The node is a managed (lifecycle) node. ``autostart:=true`` (default) makes it configure and
@@ -39,6 +39,7 @@ NODE_PARAMETER_ARGUMENTS = {
     'image_transport': str,
     'depth_scale': float,
     'autostart': bool,
+    'adapt': bool,
 }
 
 
@@ -61,6 +62,9 @@ def _depth_node(context, *args, **kwargs):
         name='hr_depth',
         output='screen',
         emulate_tty=True,
+        # Unloading torch + OpenVINO after Ctrl-C took 6-12 s on a saturated 2-core machine: more than
+        # launch's default 5 s before SIGTERM. `sigterm_timeout:=N` on the command line still wins.
+        sigterm_timeout=LaunchConfiguration('sigterm_timeout', default='15'),
         parameters=[LaunchConfiguration('params_file'), overrides],
         remappings=[
             ('image', image),
@@ -88,7 +92,7 @@ def _rviz(context, *args, **kwargs):
 
 
 def generate_launch_description() -> LaunchDescription:
-    """image, camera_info, weights, device, image_transport, params_file, use_rviz, depth_scale, autostart."""
+    """image, camera_info, weights, device, image_transport, params_file, use_rviz, depth_scale, autostart, adapt."""
     return LaunchDescription([
         DeclareLaunchArgument('image', default_value='image', description='input image topic'),
         DeclareLaunchArgument('camera_info', default_value='camera_info', description='input camera_info topic'),
@@ -101,6 +105,9 @@ def generate_launch_description() -> LaunchDescription:
                               description='metric scale, 5.4 for stereo-trained checkpoints (empty: params_file)'),
         DeclareLaunchArgument('autostart', default_value='true',
                               description='configure and activate the lifecycle node on start-up (true | false)'),
+        DeclareLaunchArgument('adapt', default_value='',
+                              description='online adaptation with the poses from /tf (true | false; empty: params_file, '
+                                          'default false)'),
         DeclareLaunchArgument('params_file', default_value=_share('config', 'depth.yaml'),
                               description='node parameters (YAML, hr_depth: ros__parameters:)'),
         DeclareLaunchArgument('use_rviz', default_value='false', description='start rviz2 with config/depth.rviz'),

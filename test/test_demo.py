@@ -25,8 +25,8 @@ def test_demo_runs_the_whole_loop(tmp_path):
     report = json.loads((output / 'report.json').read_text())
     assert report['frames_played'] == 3 and report['frames_processed'] == 3
     metrics = report['metrics']
-    assert set(metrics) == {'random_init', 'finetuned_tf', 'finetuned_tf_metric', 'finetuned_net', 'node_published',
-                            'node_published_metric'}
+    assert set(metrics) == {'random_init', 'finetuned_tf', 'finetuned_tf_metric', 'finetuned_camera_only',
+                            'node_published', 'node_published_metric'}
     # What the node published over DDS is what the engine computes for the same checkpoint.
     for key in ('abs_rel', 'rmse', 'a1'):
         assert metrics['node_published'][key] == pytest.approx(metrics['finetuned_tf'][key], rel=1e-3, abs=1e-4)
@@ -37,7 +37,8 @@ def test_demo_runs_the_whole_loop(tmp_path):
     assert metrics['finetuned_tf_metric']['abs_rel'] != pytest.approx(metrics['finetuned_tf']['abs_rel'])
     finetuned = json.loads((output / 'finetune_tf' / 'latest' / 'hr_depth_ros.json').read_text())
     assert finetuned['pose_source'] == 'tf' and finetuned['metric_scale'] > 0
-    assert json.loads((output / 'finetune_net' / 'latest' / 'hr_depth_ros.json').read_text())['pose_source'] == 'net'
+    camera_only = json.loads((output / 'finetune_camera_only' / 'latest' / 'hr_depth_ros.json').read_text())
+    assert camera_only['pose_source'] == 'vo' and camera_only['selected_by'] == 'loss_tf'
     assert report['latency_ms_publish_to_depth']['p50'] > 0
     strip = cv2.imread(str(output / 'strips' / 'strip_00.png'))
     assert strip.shape == (3 * 96, 3 * 320, 3)  # rows of camera | ground truth | prediction

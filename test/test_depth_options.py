@@ -39,7 +39,8 @@ def test_every_parameter_has_one_declaration_with_help_and_a_type():
     assert {spec.name for spec in PARAMETERS if spec.read_only} == {
         'weights', 'autostart', 'device', 'precision', 'channels_last', 'compile', 'backend', 'threads', 'cache_dir',
         'calibration', 'calibration_topic', 'calibration_frames', 'min_depth', 'max_depth', 'depth_scale',
-        'image_transport', 'qos_reliability', 'qos_depth', 'statistics_period'}
+        'image_transport', 'qos_reliability', 'qos_depth', 'statistics_period',
+        *(spec.name for spec in PARAMETERS if spec.name.startswith('adapt'))}  # online adaptation: read at configure
 
 
 def test_tool_flags_give_the_node_defaults_except_the_declared_cli_default():

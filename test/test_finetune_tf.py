@@ -151,7 +151,7 @@ def test_pose_source_tf_without_tf_is_refused_and_auto_falls_back(tmp_path):
         extract_frames(DataConfig(bags=[bag], width=W, height=H, pose_source='tf'))
     data = prepare_data(DataConfig(bags=[bag], width=W, height=H, val_fraction=0.0, min_motion=0.0))
     try:
-        assert data.pose_source == 'net' and 'pose network' in data.report.summary()
+        assert data.pose_source == 'vo' and 'two-view geometry' in data.report.summary()
     finally:
         data.close()
     with pytest.raises(DataError, match=r"no TF chain from 'map' to the camera frame 'camera_optical_frame'.*"

@@ -283,3 +283,26 @@ def test_rng_state_keeps_the_cuda_generator_on_cuda(monkeypatch):
     assert torch.equal(torch.rand(3), expected) and torch.equal(cuda_states[gpu], saved['cuda_rng'])
     set_rng_state(saved, torch.device('cpu'))  # a CUDA run's state resumed on the CPU: the CPU part only
     assert len(cuda_states) == 1
+
+
+def test_a_loss_scale_collapse_stops_the_run():
+    """AMP's silent failure: inf/NaN gradients at every step, GradScaler skips each one and halves its scale
+    while the loss stays finite. The trainer's check (at every logged step) turns it into an error."""
+    from hr_depth_ros.core.training.trainer import MIN_LOSS_SCALE, TrainingError, check_loss_scale
+
+    weight = torch.nn.Parameter(torch.ones(3))
+    optimizer = torch.optim.SGD([weight], lr=0.1)
+    scaler = torch.amp.GradScaler('cpu')  # the same scaling rules as on CUDA
+    check_loss_scale(scaler)
+    check_loss_scale(None)  # AMP off
+    for _ in range(20):
+        optimizer.zero_grad()
+        loss = (weight * torch.tensor([1.0, 0.0, 1.0])).sum() + (weight[1] * torch.tensor(float('inf'))).clamp(max=0)
+        assert torch.isfinite(loss)
+        scaler.scale(loss).backward()  # d(loss)/d(weight[1]) = inf x 0: NaN
+        scaler.step(optimizer)
+        scaler.update()
+    assert torch.equal(weight.detach(), torch.ones(3))  # every step skipped: nothing learnt
+    assert scaler.get_scale() < MIN_LOSS_SCALE
+    with pytest.raises(TrainingError, match='amp'):
+        check_loss_scale(scaler)

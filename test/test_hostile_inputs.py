@@ -409,3 +409,14 @@ def test_a_corrupt_sqlite_page_is_reported_as_a_corrupt_file(tmp_path):
     with pytest.raises(bags.BagError, match='corrupt') as error:
         bags.topic_counts(bag, partial=True)  # was {'/camera/image_raw': 0}: "no messages on ..."
     assert db3.name in str(error.value)
+
+
+def test_the_probe_script_runs_its_probes(tmp_path):
+    """benchmarks/hostile_probes.py (the repeatable form of these probes) at its cheapest probes."""
+    report_path = tmp_path / 'report.json'
+    result = subprocess.run([sys.executable, str(REPO_ROOT / 'benchmarks' / 'hostile_probes.py'), '--only',
+                             'mcap_chunk', 'repeated_stamps', '--json', str(report_path)], cwd=REPO_ROOT,
+                            capture_output=True, text=True, timeout=300)
+    report = json.loads(report_path.read_text())
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert report['mcap_chunk']['read'] >= 10 and report['repeated_stamps']['dropped'] == 3

@@ -18,7 +18,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -27,6 +26,7 @@ import pytest
 import yaml
 
 from hr_depth_ros.core.depth_options import NODE_NAME, PARAMETER_NAMES, PARAMETERS_BY_NAME, NodeConfig
+from hr_depth_ros.ros.probe import GraphProbe
 from hr_depth_ros.ros.transport import fastdds_profile_path, local_ros_env
 
 REPO = Path(__file__).resolve().parents[1]
@@ -65,6 +65,9 @@ RUN = {
     'ros2 launch hr_depth_ros finetune.launch.py ': 'test_finetune_launch_writes_a_loadable_checkpoint',
 }
 NOT_RUN = {
+    'ros2 launch hr_depth_ros depth.launch.py adapt:=true': 'the launch argument passes the adapt parameter as it '
+                                                           'passes autostart (run here); test_adaptation runs the '
+                                                           'node with adapt',
     'ros2 bag ': 'rosbag2 (ros2 bag) is not among the ROS 2 packages installed here; play_bag stands in for it',
     'ros2 run hr_depth_ros depth_node --ros-args --params-file config/depth.yaml -p weights:=<folder> '
     '-p precision:=int8': 'int8 quantises the model at the first start (~80 s on 2 busy cores); test_quantization '
@@ -245,66 +248,45 @@ OUTPUT_TYPES = {'/depth': 'Image', '/depth/camera_info': 'CameraInfo', '/depth/c
                 '/points': 'PointCloud2'}
 
 
-class Probe:
-    """Publishes camera frames, records the depth node's outputs, reads the node's graph and parameters."""
+class Probe(GraphProbe):
+    """The project's GraphProbe as camera and listener: publishes frames, records the depth node's
+    outputs, reads the node's graph and parameters."""
 
     serial = itertools.count()
 
     def __init__(self, domain_id: int, image_topic: str = '', info_topic: str = '') -> None:
         """A camera on ``image_topic`` (CompressedImage when it ends in /compressed) and ``info_topic``, if given."""
-        import rclpy
         import sensor_msgs.msg
-        from rclpy.context import Context
-        from rclpy.executors import SingleThreadedExecutor
-        from rclpy.qos import QoSProfile, ReliabilityPolicy
 
-        self.context = Context()
-        rclpy.init(context=self.context, domain_id=domain_id)
-        self.node = rclpy.create_node(f'launch_probe_{next(Probe.serial)}', context=self.context)
-        qos = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
-        self.publishers = {}
+        super().__init__(f'launch_probe_{next(Probe.serial)}', domain_id=domain_id)
+        self.camera = {}
         if image_topic:
             image_type = 'CompressedImage' if image_topic.endswith('/compressed') else 'Image'
-            self.publishers['image'] = self.node.create_publisher(
-                getattr(sensor_msgs.msg, image_type), image_topic, qos)
-            self.publishers['camera_info'] = self.node.create_publisher(sensor_msgs.msg.CameraInfo, info_topic, qos)
-        self.lock = threading.Lock()
-        self.received: dict[str, list] = {topic: [] for topic in OUTPUT_TYPES}
+            self.camera['image'] = self.publisher(getattr(sensor_msgs.msg, image_type), image_topic)
+            self.camera['camera_info'] = self.publisher(sensor_msgs.msg.CameraInfo, info_topic)
         for topic, type_name in OUTPUT_TYPES.items():
-            self.node.create_subscription(getattr(sensor_msgs.msg, type_name), topic, self._recorder(topic), qos)
-        self.executor = SingleThreadedExecutor(context=self.context)
-        self.executor.add_node(self.node)
-        self.thread = threading.Thread(target=self.executor.spin, daemon=True)
-        self.thread.start()
-
-    def _recorder(self, topic: str):
-        def record(msg) -> None:
-            with self.lock:
-                self.received[topic].append(msg)
-        return record
+            self.subscribe(getattr(sensor_msgs.msg, type_name), topic)
 
     def count(self, topic: str) -> int:
-        with self.lock:
-            return len(self.received[topic])
+        return len(self.received(topic))
 
     def last(self, topic: str):
-        with self.lock:
-            return self.received[topic][-1] if self.received[topic] else None
+        received = self.received(topic)
+        return received[-1] if received else None
 
     def send(self, frame: dict, stamp: tuple[int, int]) -> None:
         """Publish ``frame`` ({'image': msg, 'camera_info': msg}) stamped ``stamp``, camera_info first."""
         for name in ('camera_info', 'image'):
             msg = frame[name]
             msg.header.stamp.sec, msg.header.stamp.nanosec = stamp
-            self.publishers[name].publish(msg)
+            self.camera[name].publish(msg)
             time.sleep(0.05)
 
     def send_until_output(self, frame: dict, stamp: tuple[int, int], timeout: float, *processes: Launched) -> dict:
         """Send ``frame`` (again every 2 s: a best-effort hop may lose one) until every output for it arrived."""
         def outputs():
-            with self.lock:
-                found = {t: next((m for m in v if (m.header.stamp.sec, m.header.stamp.nanosec) == stamp), None)
-                         for t, v in self.received.items()}
+            found = {t: next((m for m in self.received(t) if (m.header.stamp.sec, m.header.stamp.nanosec) == stamp),
+                             None) for t in OUTPUT_TYPES}
             return found if all(found.values()) else None
 
         deadline = time.monotonic() + timeout
@@ -320,9 +302,6 @@ class Probe:
         return (dict(self.node.get_publisher_names_and_types_by_node(node_name, '/')),
                 dict(self.node.get_subscriber_names_and_types_by_node(node_name, '/')))
 
-    def node_names(self) -> set[str]:
-        return {f'{ns.rstrip("/")}/{name}' for name, ns in self.node.get_node_names_and_namespaces()}
-
     def parameters(self, names: list[str], node_name: str = NODE_NAME) -> dict:
         from rclpy.parameter import parameter_value_to_python
         from rclpy.parameter_client import AsyncParameterClient
@@ -332,13 +311,6 @@ class Probe:
         future = client.get_parameters(names)
         wait_until(future.done, 20.0, 'get_parameters')
         return {name: parameter_value_to_python(value) for name, value in zip(names, future.result().values)}
-
-    def close(self) -> None:
-        import rclpy
-
-        self.executor.shutdown()
-        self.node.destroy_node()
-        rclpy.shutdown(context=self.context)
 
 
 @pytest.fixture(scope='module')

@@ -126,6 +126,48 @@ class NodeConfig:
                              help='larger input images (width x height, read from the raw fields or the JPEG/PNG '
                                   'header before decoding) are dropped as malformed')
 
+    # -- online adaptation (hr_depth_ros.core.adaptation; read at configure)
+    adapt: bool = option(False, read_only=True, cli=None,
+                         help='online adaptation: keep learning from the served frames with the camera poses from TF; '
+                              'a new model is served only when it beats the serving one on held-out recent frames')
+    adapt_output: str = option('', read_only=True, cli=None,
+                               help='folder for the accepted models (OUTPUT/latest, a checkpoint); empty = '
+                                    '<model cache>/adapted/<weights folder name>')
+    adapt_resume: bool = option(True, read_only=True, cli=None,
+                                help='start from adapt_output/latest when it exists (false: from weights); weights '
+                                     'stays the anchor')
+    adapt_pose_source: str = option('tf', choices=('tf',), read_only=True, cli=None,
+                                    help='where the camera motion comes from')
+    adapt_odom_frame: str = option('odom', read_only=True, cli=None, help='fixed frame of the odometry in TF')
+    adapt_camera_frame: str = option('', read_only=True, cli=None,
+                                     help="camera's optical frame in TF; empty = the images' header.frame_id")
+    adapt_max_tf_wait: float = option(1.0, min_value=0.05, max_value=60.0, read_only=True, cli=None,
+                                      help='seconds a frame waits for TF past its stamp; TF silent this long pauses '
+                                           'adaptation')
+    adapt_buffer_frames: int = option(200, min_value=8, max_value=100000, read_only=True, cli=None,
+                                      help='frames kept for training and judging (memory: this many frames at network '
+                                           'resolution)')
+    adapt_min_motion: float = option(0.5, min_value=0.0, max_value=255.0, read_only=True, cli=None,
+                                     help='frames differing less than this from the last kept one (mean grey level on '
+                                          'thumbnails) are not kept')
+    adapt_max_gap: float = option(1.0, min_value=0.01, max_value=60.0, read_only=True, cli=None,
+                                  help='seconds; kept frames further apart do not form a training triplet')
+    adapt_batch_size: int = option(4, min_value=1, max_value=256, read_only=True, cli=None,
+                                   help='triplets per training step')
+    adapt_lr: float = option(1e-4, min_value=1e-8, max_value=1.0, read_only=True, cli=None,
+                             help='Adam learning rate of the adaptation')
+    adapt_steps_per_round: int = option(10, min_value=1, max_value=100000, read_only=True, cli=None,
+                                        help='training steps between two judgements of the candidate (the first '
+                                             'after 5)')
+    adapt_margin: float = option(0.01, min_value=0.0, max_value=0.5, read_only=True, cli=None,
+                                 help='a candidate must score this fraction better than the serving model')
+    adapt_anchor_weight: float = option(0.0, min_value=0.0, max_value=100.0, read_only=True, cli=None,
+                                        help='L1 pull of the disparity toward the start model (weights)')
+    adapt_device: str = option('auto', read_only=True, cli=None,
+                               help="'auto' (the node's device), 'cpu', 'cuda' or 'cuda:N'")
+    adapt_nice: int = option(10, min_value=0, max_value=19, read_only=True, cli=None,
+                             help='niceness added to the worker process (0-19; higher = lower priority)')
+
     @classmethod
     def from_values(cls, values: Mapping[str, Any], partial_intrinsics: bool = False) -> NodeConfig:
         """Check types, choices and ranges; missing names take their defaults. Raises ConfigError.
@@ -166,8 +208,7 @@ class NodeConfig:
         if not self.weights:
             raise ConfigError('parameter weights is empty: give the checkpoint folder, '
                               'e.g. -p weights:=/path/to/HR_Depth_K_M_1280x384')
-        if not (self.device in ('auto', 'cpu', 'cuda') or (self.device.startswith('cuda:')
-                                                            and self.device[5:].isdigit())):
+        if not _device_name(self.device):
             raise ConfigError(f"parameter device={self.device!r} must be 'auto', 'cpu', 'cuda' or 'cuda:N'")
         if self.calibration_topic and not self.calibration:
             raise ConfigError(f'calibration_topic {self.calibration_topic!r} needs calibration (the bag) set')
@@ -179,6 +220,11 @@ class NodeConfig:
         if self.colored_range == 'fixed' and self.colored_max <= self.colored_min:
             raise ConfigError(f'colored_max ({self.colored_max}) must be larger than colored_min '
                               f'({self.colored_min}) when colored_range is fixed')
+        if not _device_name(self.adapt_device):
+            raise ConfigError(f"parameter adapt_device={self.adapt_device!r} must be 'auto', 'cpu', 'cuda' or "
+                              "'cuda:N'")
+        if self.adapt and not self.adapt_odom_frame.strip():
+            raise ConfigError('parameter adapt_odom_frame is empty: name the odometry frame in TF (e.g. odom)')
         manual = (self.fx, self.fy, self.cx, self.cy)
         if not partial_intrinsics and any(v > 0 for v in manual) and not self.manual_intrinsics:
             raise ConfigError(f'set all of fx, fy, cx, cy (> 0) or none of them; got {manual} (while the node runs '
@@ -187,6 +233,11 @@ class NodeConfig:
     def as_dict(self) -> dict[str, Any]:
         """Field name -> value."""
         return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+def _device_name(name: str) -> bool:
+    """Whether ``name`` is 'auto', 'cpu', 'cuda' or 'cuda:N'."""
+    return name in ('auto', 'cpu', 'cuda') or (name.startswith('cuda:') and name[5:].isdigit())
 
 
 PARAMETERS: tuple[Option, ...] = options(NodeConfig)

@@ -179,10 +179,11 @@ class DepthEstimator:
         self.net: nn.Module = getattr(self.runner, 'net', net)  # the torch module (what OpenVINO converted)
 
     @classmethod
-    def from_config(cls, config: NodeConfig) -> DepthEstimator:
+    def from_config(cls, config: NodeConfig, checkpoint: DepthCheckpoint | None = None) -> DepthEstimator:
         """The estimator a :class:`~hr_depth_ros.core.depth_options.NodeConfig` describes: the one mapping of
-        the option table to the estimator (the depth node, ``predict``, the demo and the benchmarks)."""
-        return cls(config.weights, device=config.device, precision=config.precision,
+        the option table to the estimator (the depth node, ``predict``, the demo and the benchmarks).
+        ``checkpoint``: loaded weights to use instead of ``config.weights`` (online adaptation's models)."""
+        return cls(checkpoint or config.weights, device=config.device, precision=config.precision,
                    channels_last=config.channels_last, compile=config.compile, min_depth=config.min_depth or None,
                    max_depth=config.max_depth or None, depth_scale=config.depth_scale, backend=config.backend,
                    threads=config.threads or None, cache_dir=config.cache_dir or None,

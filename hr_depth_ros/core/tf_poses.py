@@ -117,6 +117,20 @@ class _Link:
             self._arrays = (stamps, translations, rotations)
         return self._arrays
 
+    def forget_before(self, stamp_ns: int) -> int:
+        """Drop the samples before ``stamp_ns`` but the last one (see :meth:`TransformTree.forget_before`)."""
+        if self.static or self.samples < 2:
+            return 0
+        stamps, translations, rotations = self.arrays()
+        first = max(0, int(np.searchsorted(stamps, stamp_ns, side='left')) - 1)
+        if first == 0:
+            return 0
+        self._stamps, self._translations, self._rotations = (
+            part[first:].copy() for part in (stamps, translations, rotations))
+        self.samples = len(self._stamps)
+        self._arrays = None
+        return first
+
     def at(self, stamps_ns: np.ndarray, max_gap_ns: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``(T N x 4 x 4, outside N bool, gap N bool)`` of this link at ``stamps_ns``."""
         t, translations, quaternions = self.arrays()
@@ -190,6 +204,12 @@ class TransformTree:
             t, r = tf.transform.translation, tf.transform.rotation
             self.add_transform(tf.header.frame_id, tf.child_frame_id, int(sec) * 1_000_000_000 + int(nanosec),
                                (t.x, t.y, t.z), (r.x, r.y, r.z, r.w), static=static)
+
+    def forget_before(self, stamp_ns: int) -> int:
+        """Drop dynamic samples older than ``stamp_ns`` (keeping the last one before it, so stamps from
+        ``stamp_ns`` on still interpolate): bounds the memory of a tree fed by a live ``/tf``. Returns
+        the number of samples dropped."""
+        return sum(link.forget_before(stamp_ns) for _, link in self._links.values())
 
     @property
     def frames(self) -> set[str]:

@@ -41,6 +41,7 @@ from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 from std_msgs.msg import String
 
 from hr_depth_ros.ros import ros_messages
+from hr_depth_ros.ros.adaptation import NodeAdaptation
 from hr_depth_ros.core.depth_engine import (  # noqa: F401 - checkpoint_intrinsics: public name
     DepthEngine,
     FrameStatistics,
@@ -105,6 +106,7 @@ class DepthNode(LifecycleNode):
         self.worker: threading.Thread | None = None
         self.stopping = False
         self.idle = False
+        self.adaptation = NodeAdaptation(self)  # parameter adapt (off: nothing changes)
         self.add_on_set_parameters_callback(self._on_set_parameters)
 
     # -- lifecycle transitions
@@ -112,11 +114,13 @@ class DepthNode(LifecycleNode):
         """Validate the parameters, load the weights, build the backend and the publishers."""
         try:
             self.config = NodeConfig.from_values({name: self.get_parameter(name).value for name in PARAMETER_NAMES})
-            estimator = self._load_estimator(self.config)
+            estimator = self._load_estimator(self.adaptation.configure(self.config))
             self.engine = DepthEngine(estimator, self.config, checkpoint_intrinsics(
                 getattr(estimator.checkpoint, 'metadata', None)))
+            self.adaptation.build(self.engine)
         except Exception as error:  # ConfigError, CheckpointError, ...: reported through the transition
             self.config = self.engine = None
+            self.adaptation.release()
             self.get_logger().error(f'configure failed: {type(error).__name__}: {error}')
             return FAILURE
         output_qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=self.config.qos_depth,
@@ -152,6 +156,7 @@ class DepthNode(LifecycleNode):
         self.worker = threading.Thread(target=self._work_loop, name='hr_depth_worker', daemon=True)
         self.worker.start()
         self.stats_timer = self.create_timer(config.statistics_period, self._publish_statistics)
+        self.adaptation.activate()
         estimator = self.engine.estimator
         self.get_logger().info(
             f'ready: {estimator.arch} {estimator.width}x{estimator.height} on {estimator.device} '
@@ -184,6 +189,7 @@ class DepthNode(LifecycleNode):
         return super().on_error(state)
 
     def _stop_work(self) -> None:
+        self.adaptation.deactivate()
         for subscription in self.inputs:
             self.destroy_subscription(subscription)
         self.inputs = []
@@ -204,6 +210,7 @@ class DepthNode(LifecycleNode):
                 self.destroy_lifecycle_publisher(publisher)
         self.outputs = []
         self.stats_pub = None
+        self.adaptation.release()
         self.engine = self.config = self.input_checker.camera_info = None
         gc.collect()
         release_cached_gpu_memory()
@@ -301,11 +308,14 @@ class DepthNode(LifecycleNode):
                 msg, compressed, _ = self.mailbox
                 self.mailbox = None
             try:
+                self.adaptation.set_busy(True)
                 self._process(msg, compressed)
             except Exception as error:  # keep serving; a bug in one frame must not kill the node
                 self.stats.on_bad_frame()
                 self._warn(f'failed {type(error).__name__}',
                            f'frame failed: {type(error).__name__}: {shorten(error, 300)}', error=True)
+            finally:
+                self.adaptation.set_busy(False)
 
     def _warn(self, reason: str, text: str, error: bool = False) -> None:
         """Log ``text`` unless ``reason`` was logged recently or too much was (see LogLimiter)."""
@@ -321,6 +331,7 @@ class DepthNode(LifecycleNode):
 
     def _process(self, msg: Any, compressed: bool) -> None:
         engine = self.engine
+        engine.estimator = self.adaptation.serving(engine.estimator)  # an accepted model swaps in between frames
         start = time.perf_counter()
         rgb = self.input_checker.decode(msg, compressed, engine.config.max_pixels, self.image_sub.topic_name)
         if rgb is None:
@@ -344,10 +355,12 @@ class DepthNode(LifecycleNode):
         self.stats.on_processed((self.get_clock().now().nanoseconds - stamp_ns) / 1e6, timings)
         self.last_result_info = {'scale': round(result.scale, 6), 'intrinsics_source': result.intrinsics_source,
                                  'output_size': [width, height]}
+        self.adaptation.on_frame(rgb, stamp_ns, header.frame_id, result.K, (width, height))
 
     def _publish_statistics(self) -> None:
         extra = dict(self.last_result_info, idle_no_subscribers=not self._listening())
         self.stats_pub.publish(String(data=json.dumps(self.stats.snapshot(extra))))
+        self.adaptation.publish_status()
 
     def destroy_node(self) -> None:
         self._stop_work()

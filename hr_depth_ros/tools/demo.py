@@ -10,9 +10,10 @@
    the bundled checkpoint ``models/lite_hr_depth_synthetic`` (itself trained monocularly on
    another synthetic drive, so without metric scale) or from random weights when it is absent:
    once with camera motion from the odometry (``--pose-source tf``: metric depth) and, unless
-   ``--skip-net``, once from the camera alone: the same drive recorded without TF, camera motion
-   from the bundled pose network, the depth network anchored to the start model (as a user
-   without odometry gets it: ``best/`` chosen by the loss);
+   ``--skip-camera-only``, once from the camera alone: the same drive recorded without TF, as a
+   user without odometry gets it (``--pose-source auto``): camera motion from the two-view geometry
+   of the images, the translation length from the start depth network, ``best/`` chosen by the
+   photometric error under those fixed poses;
 3. starts the real ``depth_node`` as a process with the TF-fine-tuned checkpoint and plays the
    held-out frames into it over ROS 2 (DDS on loopback only), collecting what it publishes;
 4. writes colourised depth strips beside the camera frames and the ground truth (PNG), a
@@ -368,8 +369,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help='fine-tuning steps of each run (from the bundled checkpoint)')
     parser.add_argument('--batch-size', type=int, default=4)
     parser.add_argument('--lr', type=float, default=1e-4, help='fine-tuning learning rate')
-    parser.add_argument('--skip-net', action='store_true',
-                        help='skip the fine-tuning run without odometry (pose network), to save time')
+    parser.add_argument('--skip-camera-only', '--skip-net', dest='skip_net', action='store_true',
+                        help='skip the fine-tuning run without odometry (camera only), to save time')
+    parser.add_argument('--seed', type=int, default=0, help='random seed of the fine-tuning runs')
     parser.add_argument('--init', default=None,
                         help=f'checkpoint to start from (default: the shipped {BUNDLED_CHECKPOINT} '
                              "if present, else random; 'random' forces random weights)")
@@ -392,33 +394,35 @@ TOTAL_STEPS = 5
 
 
 def make_drives(args: argparse.Namespace, output: Path) -> tuple[list[EvalFrame], list[tuple[str, Path, str]]]:
-    """Step 1: the synthetic bags; returns the held-out frames and the fine-tuning runs (pose source, bag, what)."""
+    """Step 1: the synthetic bags; returns the held-out frames and the fine-tuning runs (name, pose source, bag,
+    what)."""
     t = step(1, TOTAL_STEPS, f'synthetic drives ({args.width}x{args.height}) in {output / "bags"}')
     train_bag = ensure_bag(output / 'bags' / 'train', args.train_frames, args.width, args.height, seed=1)
     eval_bag = ensure_bag(output / 'bags' / 'heldout', max(args.eval_frames * 3, 30), args.width, args.height,
                           seed=2)
-    runs = [('tf', train_bag, 'camera motion from the odometry (TF)')]
+    runs = [('tf', 'tf', train_bag, 'camera motion from the odometry (TF)')]
     if not args.skip_net:  # the same drive as a robot without odometry records it
         camera_only = ensure_bag(output / 'bags' / 'train_camera_only', args.train_frames, args.width, args.height,
                                  seed=1, with_tf=False)
-        runs.append(('net', camera_only, 'the same drive without TF: camera motion from the pose network'))
+        runs.append(('camera_only', 'auto', camera_only, 'the same drive without TF: camera motion from the images '
+                                                          '(two-view geometry)'))
     frames = load_eval_frames(eval_bag, args.eval_frames)
     done(t, f'{args.train_frames} training frames (camera + odometry in TF'
             + ('; and camera only' if not args.skip_net else '') + f'), {len(frames)} held-out frames')
     return frames, runs
 
 
-def finetune_runs(args: argparse.Namespace, output: Path, init: Path | None, runs: list[tuple[str, Path, str]],
-                  device: str) -> dict[str, Path]:
-    """Step 2: one fine-tuning run per pose source; returns pose source -> checkpoint."""
+def finetune_runs(args: argparse.Namespace, output: Path, init: Path | None,
+                  runs: list[tuple[str, str, Path, str]], device: str) -> dict[str, Path]:
+    """Step 2: one fine-tuning run per entry of ``runs``; returns its name -> checkpoint."""
     checkpoints = {}
-    for pose_source, bag, what in runs:
+    for name, pose_source, bag, what in runs:
         t = step(2, TOTAL_STEPS, f'fine-tuning Lite-HR-Depth at {args.net_width}x{args.net_height}, '
                                  f'{args.finetune_steps} steps from {init or "random weights"}, {what}')
-        checkpoints[pose_source] = finetune(finetune_config(
-            bag, output / f'finetune_{pose_source}', init, args.finetune_steps, args.net_width, args.net_height,
-            device, args.batch_size, args.lr, pose_source))
-        done(t, str(checkpoints[pose_source]))
+        checkpoints[name] = finetune(finetune_config(
+            bag, output / f'finetune_{name}', init, args.finetune_steps, args.net_width, args.net_height,
+            device, args.batch_size, args.lr, pose_source, seed=args.seed))
+        done(t, str(checkpoints[name]))
     return checkpoints
 
 
@@ -431,8 +435,8 @@ def evaluate_directly(args: argparse.Namespace, output: Path, init: Path | None,
     if init is not None:
         results['start_checkpoint'] = direct_metrics(init, frames, values)[0]
     results['finetuned_tf'], results['finetuned_tf_metric'] = direct_metrics(checkpoints['tf'], frames, values)
-    if 'net' in checkpoints:
-        results['finetuned_net'] = direct_metrics(checkpoints['net'], frames, values)[0]
+    if 'camera_only' in checkpoints:
+        results['finetuned_camera_only'] = direct_metrics(checkpoints['camera_only'], frames, values)[0]
     done(t)
     return results
 
@@ -465,7 +469,7 @@ def report_lines(results: dict[str, dict[str, float]], run: NodeRun, played: int
     if 'start_checkpoint' in results:
         start = results['start_checkpoint']['abs_rel']
         for name, how in (('finetuned_tf', 'with the odometry (TF poses, metric)'),
-                          ('finetuned_net', 'from the camera alone (pose network, anchored to the start model)')):
+                          ('finetuned_camera_only', 'from the camera alone (two-view geometry)')):
             if name in results:
                 tuned = results[name]['abs_rel']
                 lines += ['', f'Fine-tuning {how} changed abs_rel by {100 * (tuned - start) / start:+.1f} % '

@@ -36,7 +36,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import cv2
 import numpy as np
@@ -61,7 +61,7 @@ IMAGE_TYPE = 'sensor_msgs/msg/Image'
 COMPRESSED_TYPE = 'sensor_msgs/msg/CompressedImage'
 CAMERA_INFO_TYPE = 'sensor_msgs/msg/CameraInfo'
 TF_TYPE = 'tf2_msgs/msg/TFMessage'
-POSE_SOURCES = ('auto', 'tf', 'net')
+POSE_SOURCES = ('auto', 'tf', 'net', 'vo')
 AUTO = 'auto'                       # image / camera_info topic chosen from the bag (resolve_topics)
 MIN_VAL_FRAMES = 10                 # a held-out block of a short bag: at least this many frames ...
 MIN_VAL_SHARE = 1 / 3               # ... but no more than this share of the bag
@@ -302,7 +302,8 @@ def _check_topics(bag: Path, config: DataConfig) -> tuple[dict[str, str], bool]:
         raise DataError(f'pose source must be one of {", ".join(POSE_SOURCES)}, got {config.pose_source!r}')
     if config.pose_source == 'tf' and topics.get(config.tf_topic) != TF_TYPE:
         raise DataError(f'bag {bag} has no {TF_TYPE} topic {config.tf_topic} for poses from TF (pose source '
-                        f'tf); its topics are: {_describe_topics(topics)}; use pose source net without odometry')
+                        f'tf); its topics are: {_describe_topics(topics)}; use pose source vo (two-view geometry) '
+                        'without odometry')
     if info_type is None and config.intrinsics is None:
         raise DataError(f'bag {bag} has no camera_info topic {config.camera_info_topic} and no intrinsics '
                         f'(fx, fy, cx, cy) were given; its topics are: {_describe_topics(topics)}')
@@ -671,7 +672,8 @@ def _segment_poses(tree: TransformTree, config: DataConfig, bag: Path, camera_fr
                 f'gaps > {config.max_tf_gap:g} s)' if missing else '')
         return True, note, missing
     if config.pose_source == 'tf':
-        raise DataError(note + '; use pose source net (the pose network) when the bag has no odometry')
+        raise DataError(note + '; use pose source vo (two-view geometry of the images) when the bag has no '
+                        'odometry')
     return False, note, len(stamps)
 
 
@@ -710,7 +712,8 @@ class SampleReport:
     def summary(self) -> str:
         return (f'{self.frames} frames -> {self.train} training + {self.val} validation samples '
                 f'(dropped: {self.dropped_edges} at sequence ends, {self.dropped_gap} across time gaps, '
-                f'{self.dropped_no_motion} without camera motion, {self.dropped_no_pose} without a TF pose, '
+                f'{self.dropped_no_motion} without camera motion, {self.dropped_no_pose} without a '
+                f'{"two-view" if self.pose_source.startswith("two-view") else "TF"} pose, '
                 f'{self.dropped_split} straddling the train/validation split; {self.skipped_frames} '
                 f'undecodable frames skipped)'
                 + (f'; camera poses from {self.pose_source}' if self.pose_source else '')
@@ -719,10 +722,12 @@ class SampleReport:
 
 def build_samples(store: FrameStore, frame_stride: int = 1, max_gap_factor: float = 2.5,
                   min_motion: float = 0.5, report: SampleReport | None = None,
-                  require_pose: bool = False, segments: Sequence[int] | None = None) -> list[tuple[int, int, int]]:
+                  require_pose: bool = False, segments: Sequence[int] | None = None,
+                  pose_ok: Callable[[int], bool] | None = None) -> list[tuple[int, int, int]]:
     """Triplets ``(previous, centre, next)`` of frame indices; see the module docstring for the rules.
 
-    ``segments``: only these bags (default: all).
+    ``segments``: only these bags (default: all). ``pose_ok(centre)``: with ``require_pose``, whether the
+    sample has its poses (default: TF poses of all three frames).
     """
     if frame_stride < 1:
         raise ValueError(f'frame_stride must be >= 1, got {frame_stride}')
@@ -743,7 +748,7 @@ def build_samples(store: FrameStore, frame_stride: int = 1, max_gap_factor: floa
                 report.dropped_gap += 1
                 continue
             prev, centre, nxt = int(frames[p - k]), int(frames[p]), int(frames[p + k])
-            if require_pose and not store.has_poses((prev, centre, nxt)):
+            if require_pose and not (pose_ok(centre) if pose_ok else store.has_poses((prev, centre, nxt))):
                 report.dropped_no_pose += 1
                 continue
             motion = min(float(np.abs(thumbs[centre] - thumbs[prev]).mean()),
@@ -803,11 +808,13 @@ class TripletDataset(Dataset):
     flips (p = 0.5 each, as monodepth2); a flip mirrors K's principal point and the poses' x axis.
     ``color`` and ``color_aug`` are float in [0, 1], or with ``uint8`` 0-255 uint8 (jitter rounded):
     a quarter of the bytes to pin and copy to a GPU, scaled there.
+    ``transforms``: N x 2 x 4 x 4 ``T_target_to_source`` by centre frame, instead of TF (two-view geometry).
     """
 
     def __init__(self, store: FrameStore, samples: Sequence[tuple[int, int, int]], augment: bool = False,
-                 uint8: bool = False) -> None:
+                 uint8: bool = False, transforms: np.ndarray | None = None) -> None:
         self.store = store
+        self.transforms = transforms
         self.samples = list(samples)
         self.augment = augment
         self.uint8 = uint8
@@ -838,7 +845,10 @@ class TripletDataset(Dataset):
         K = self.store.K[int(self.store.segment[centre])].copy()
         has_pose = self.store.has_poses((prev, centre, nxt))
         T = np.tile(np.eye(4), (2, 1, 1))
-        if has_pose:
+        if self.transforms is not None:
+            has_pose = bool(np.isfinite(self.transforms[centre]).all())
+            T = self.transforms[centre] if has_pose else T
+        elif has_pose:
             poses = self.store.poses
             T = np.stack([relative_transform(poses[centre], poses[source]) for source in (prev, nxt)])
         gt = self.store.depth(centre)
@@ -867,11 +877,13 @@ class PreparedData:
     train: list[tuple[int, int, int]]
     val: list[tuple[int, int, int]]
     report: SampleReport
-    pose_source: str = 'net'        # what the trainer uses: 'tf' or 'net'
+    pose_source: str = 'net'        # what the trainer uses: 'tf', 'net' or 'vo'
     bag_reports: list[SampleReport] = field(default_factory=list)  # one per bag, in store.bags order
     topic_choices: list[str] = field(default_factory=list)  # topics chosen from the bag (resolve_topics)
     warnings: list[str] = field(default_factory=list)       # what the user must see (logged on their own)
     topics: dict[str, str | None] = field(default_factory=dict)  # the topics read (auto ones resolved)
+    motions: Any = None             # 'vo': the two-view geometry (visual_odometry.PairMotions)
+    transforms: np.ndarray | None = None  # 'vo': its poses in the depth network's units (the trainer's)
 
     def bag_summaries(self) -> list[str]:
         """One line per bag: frames, kept samples, dropped and why."""
@@ -880,6 +892,8 @@ class PreparedData:
     @property
     def val_has_poses(self) -> bool:
         """Every validation sample has TF poses (so validation can score depth under them)."""
+        if self.transforms is not None:
+            return bool(self.val) and all(np.isfinite(self.transforms[centre]).all() for _, centre, _ in self.val)
         return bool(self.val) and all(self.store.has_poses(sample) for sample in self.val)
 
     def close(self) -> None:
@@ -887,9 +901,10 @@ class PreparedData:
 
 
 def resolve_pose_source(requested: str, store: FrameStore) -> str:
-    """'tf' or 'net': 'auto' is 'tf' when every bag has a TF chain to its camera."""
+    """'tf', 'net' or 'vo': 'auto' is 'tf' when every bag has a TF chain to its camera, else 'vo' (two-view
+    geometry: measured better than the pose network, benchmarks/RESULTS.md)."""
     if requested == 'auto':
-        return 'tf' if store.tf_segments and all(store.tf_segments) else 'net'
+        return 'tf' if store.tf_segments and all(store.tf_segments) else 'vo'
     return requested
 
 
@@ -902,13 +917,19 @@ def prepare_data(config: DataConfig, min_train_samples: int = 1) -> PreparedData
     try:
         pose_source = resolve_pose_source(config.pose_source, store)
         report = SampleReport(skipped_frames=store.skipped, notes=list(store.notes),
-                              pose_source='TF (' + config.odom_frame + ' -> camera)' if pose_source == 'tf'
-                              else 'the pose network')
+                              pose_source={'tf': 'TF (' + config.odom_frame + ' -> camera)', 'net': 'the pose network',
+                                           'vo': 'two-view geometry of the images'}[pose_source])
         _check_consecutive(store, config.frame_stride)
+        motions = pose_ok = None
+        if pose_source == 'vo':  # frame pairs without a trustworthy motion are dropped, counted
+            from hr_depth_ros.core.visual_odometry import store_motions
+            motions = store_motions(store, config.frame_stride)
+            pose_ok = motions.has_motion
+            report.notes.append(motions.summary())
         samples = build_samples(store, config.frame_stride, config.max_gap_factor, config.min_motion, report,
-                                require_pose=pose_source == 'tf')
+                                require_pose=pose_source in ('tf', 'vo'), pose_ok=pose_ok)
         train, val = split_samples(store, samples, config.val_fraction, config.val_block_frames, report)
-        by_bag = bag_reports(store, config, require_pose=pose_source == 'tf')
+        by_bag = bag_reports(store, config, require_pose=pose_source in ('tf', 'vo'), pose_ok=pose_ok)
         if len(train) < min_train_samples:
             raise DataError(f'too few usable training samples in {", ".join(store.bags)}: found '
                             f'{len(train)}, need {min_train_samples}; {report.summary()}')
@@ -922,20 +943,22 @@ def prepare_data(config: DataConfig, min_train_samples: int = 1) -> PreparedData
                             'chosen by depth error')
         topics = {'image': config.image_topic, 'camera_info': config.camera_info_topic,
                   'gt_depth': config.gt_depth_topic}
-        return PreparedData(store, train, val, report, pose_source, by_bag, choices, warnings, topics)
+        return PreparedData(store, train, val, report, pose_source, by_bag, topic_choices=choices, warnings=warnings,
+                            topics=topics, motions=motions)
     except BaseException:
         store.close()
         raise
 
 
-def bag_reports(store: FrameStore, config: DataConfig, require_pose: bool) -> list[SampleReport]:
+def bag_reports(store: FrameStore, config: DataConfig, require_pose: bool,
+                pose_ok: Callable[[int], bool] | None = None) -> list[SampleReport]:
     """The sample report of every bag on its own (same rules as :func:`prepare_data`)."""
     reports = []
     for seg in range(len(store.bags)):
         report = SampleReport(skipped_frames=store.bag_skipped[seg] if seg < len(store.bag_skipped) else 0,
                               notes=[store.tf_notes[seg]] if seg < len(store.tf_notes) and store.tf_notes[seg] else [])
         samples = build_samples(store, config.frame_stride, config.max_gap_factor, config.min_motion, report,
-                                require_pose=require_pose, segments=[seg])
+                                require_pose=require_pose, segments=[seg], pose_ok=pose_ok)
         split_samples(store, samples, config.val_fraction, config.val_block_frames, report)
         reports.append(report)
     return reports

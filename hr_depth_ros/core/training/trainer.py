@@ -80,8 +80,9 @@ LOGGER = logging.getLogger(__name__)
 SCALES = (0, 1, 2, 3)
 SOURCE_OFFSETS = (-1, 1)
 METRICS_COLUMNS = ('step', 'epoch', 'split', 'loss', 'photometric', 'loss_tf', 'lr', 'samples_per_s', 'abs_rel',
-                   'rmse', 'a1', 'abs_rel_metric', 'scale_ratio', 'selected')
+                   'rmse', 'a1', 'abs_rel_metric', 'scale_ratio', 'selected', 'selected_by')
 MAX_BAD_STEPS = 20  # consecutive non-finite losses before giving up
+MIN_LOSS_SCALE = 1.0  # AMP: GradScaler starts at 65536; below 1 the gradients overflowed in nearly every step
 MIN_POSE_LR = 1e-4  # measured: a fresh pose network barely learns below this
 AUTO_POSE_WARMUP_STEPS = 160  # measured: translation converges in 120-160 steps at 1e-4
 AUTO_ANCHOR_WEIGHT = 1.0  # measured (benchmarks/RESULTS.md): pose-network fine-tunes stop damaging the start model
@@ -164,8 +165,10 @@ class TrainingConfig:
                                        f'{AUTO_POSE_WARMUP_STEPS} when the start checkpoint has no pose network and '
                                        'poses come from it, else 0)')
     pose_source: str = option('auto', choices=POSE_SOURCES,
-                              help="camera motion from the bags' TF (odometry; gives metric depth) or the pose "
-                                   'network; auto: tf when every bag has a TF chain from odom_frame to the camera')
+                              help="camera motion from the bags' TF (odometry; gives metric depth), the two-view "
+                                   'geometry of the images (vo: feature tracks, essential matrix, translation length '
+                                   'from the start depth network) or the pose network (net); auto: tf when every bag '
+                                   'has a TF chain from odom_frame to the camera, else vo')
     odom_frame: str = option('odom', help='fixed frame of the odometry in TF')
     camera_frame: str | None = option(None, type=str, unset='',
                                       help="camera's optical frame in TF (default: the images' header.frame_id)")
@@ -277,6 +280,16 @@ def _seed_everything(seed: int, deterministic: bool) -> None:
     if deterministic:
         os.environ.setdefault('CUBLAS_WORKSPACE_CONFIG', ':4096:8')  # cuBLAS's deterministic mode (README)
         torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def check_loss_scale(scaler: torch.amp.GradScaler | None) -> None:
+    """TrainingError when mixed precision's loss scale fell below :data:`MIN_LOSS_SCALE`. GradScaler skips
+    every step whose gradients are inf/NaN and halves the scale: the model stops learning while the loss
+    stays finite, so the non-finite-loss check never fires."""
+    if scaler is not None and scaler.is_enabled() and scaler.get_scale() < MIN_LOSS_SCALE:
+        raise TrainingError(f'mixed precision: the gradients were inf/NaN in nearly every recent step (loss scale '
+                            f'{scaler.get_scale():.3g}); those steps were skipped, the model stopped learning: run '
+                            'with --no-amp (amp: false); the last good checkpoint is kept')
 
 
 def rng_state(device: torch.device) -> dict[str, torch.Tensor]:
@@ -469,7 +482,7 @@ class Trainer:
     def _transforms(self, models: _Models, batch: dict[str, torch.Tensor], pose_source: str,
                     color_aug: torch.Tensor) -> dict[int, torch.Tensor]:
         """``T_target_to_source`` per source offset, from TF (the batch) or the pose network."""
-        if pose_source == 'tf':
+        if pose_source in ('tf', 'vo'):  # fixed poses of the batch: odometry or two-view geometry
             T = batch['T'].to(self.device)
             return {offset: T[:, j] for j, offset in enumerate(SOURCE_OFFSETS)}
         transforms = {}
@@ -830,10 +843,13 @@ class Trainer:
         if cfg.resume:
             self._resume(models, optimizer, scheduler, scaler)
         generator = torch.Generator().manual_seed(cfg.seed + self.state.step)
-        train_set = TripletDataset(data.store, data.train, augment=cfg.augment, uint8=True)
+        if data.pose_source == 'vo':
+            self._scale_two_view(models, data)
+        train_set = TripletDataset(data.store, data.train, augment=cfg.augment, uint8=True, transforms=data.transforms)
         sampler = train_sampler(self.dist, train_set, cfg.seed)
         train_loader = self._loader(train_set, True, generator, sampler)
-        val_loader = self._loader(TripletDataset(data.store, data.val, uint8=True), False) if data.val else None
+        val_loader = (self._loader(TripletDataset(data.store, data.val, uint8=True, transforms=data.transforms), False)
+                      if data.val else None)
         if not cfg.resume:  # on rank 0, the same scale for every rank
             if self.dist.is_main:
                 self._choose_metric_scale(models, data)
@@ -843,11 +859,11 @@ class Trainer:
         if pose_warmup is None:
             pose_warmup = (AUTO_POSE_WARMUP_STEPS if data.pose_source == 'net' and cfg.init and models.pose_from_scratch
                            else 0)
-        if data.pose_source == 'tf':
+        if data.pose_source in ('tf', 'vo'):
             pose_warmup = 0  # the pose network is not used
             models.pose_encoder.requires_grad_(False)
             models.pose_decoder.requires_grad_(False)
-        self._log(f'camera motion from {"TF (" + cfg.odom_frame + " -> camera)" if data.pose_source == "tf" else "the pose network"}'
+        self._log(f'camera motion from {data.report.pose_source}'
                   + (f'; depth in metres (metric scale {self.state.metric_scale:.4g})' if self.state.metric else
                      '; depth without metric scale')
                   + (f'; pose network lr {pose_lr:g}, {pose_warmup} pose-only warm-up steps'
@@ -960,6 +976,7 @@ class Trainer:
                         if tensorboard is not None:
                             tensorboard.add_scalar('train/loss', row['loss'], self.state.step)
                         running.clear()
+                        check_loss_scale(scaler)
                     if self.state.step % val_every == 0 or self.state.step == total:
                         best = validate() or best
                     if self.state.step % cfg.save_every == 0 or self.state.step == total:
@@ -1004,7 +1021,8 @@ class Trainer:
         self.state.selected_by, value = self._selection(result)
         improved = math.isfinite(value) and value < self.state.best_val
         row = {'step': self.state.step, 'epoch': self.state.epoch, 'split': 'val', 'lr': optimizer.param_groups[0]['lr'],
-               **{k: result.get(k) for k in METRICS_COLUMNS if k in result}, 'selected': int(improved)}
+               **{k: result.get(k) for k in METRICS_COLUMNS if k in result}, 'selected': int(improved),
+               'selected_by': self.state.selected_by}  # what best/ is chosen by
         writer.writerow(row)
         csv_stream.flush()
         if tensorboard is not None:
@@ -1032,6 +1050,40 @@ class Trainer:
                       f'{self.state.step})')
         self.state.metric_scale = scale
         self.state.scale_search.setdefault('updates', []).append([self.state.step, scale])
+
+    @torch.no_grad()
+    def _scale_two_view(self, models: _Models, data: PreparedData) -> None:
+        """Two-view poses in the start depth network's units (:mod:`hr_depth_ros.core.visual_odometry`): the
+        translation length of every sample from the network's depth of its centre frame, once (measured:
+        benchmarks/RESULTS.md). Samples whose length the depth cannot fix are dropped and counted."""
+        centres = sorted({centre for _, centre, _ in (*data.train, *data.val)})
+        depths: dict[int, np.ndarray] = {}
+        models.encoder.eval()
+        models.decoder.eval()
+        try:
+            for first in range(0, len(centres), 16):
+                chunk = centres[first:first + 16]
+                images = torch.from_numpy(np.stack([data.store.image(i) for i in chunk])).permute(0, 3, 1, 2)
+                disp = models.decoder(models.encoder(images.to(self.device).float().div_(255.0)))[('disp', 0)]
+                for i, depth in zip(chunk, self._depth(disp.float(), 1.0)[:, 0].cpu().numpy()):
+                    depths[i] = depth
+        finally:
+            models.encoder.train()
+            models.decoder.train()
+        data.transforms, failures = data.motions.scaled(depths.__getitem__, data.store.K, data.store.segment, centres)
+
+        def keep(samples: list[tuple[int, int, int]]) -> list[tuple[int, int, int]]:
+            return [sample for sample in samples if np.isfinite(data.transforms[sample[1]]).all()]
+
+        before = len(data.train) + len(data.val)
+        data.train, data.val = keep(data.train), keep(data.val)
+        self._log(f'two-view poses: translation lengths from the start depth network for '
+                  f'{len(centres) - (before - len(data.train) - len(data.val))} of {len(centres)} samples'
+                  + (f' ({failures["no_scale"]} pairs refused: too few tracks with depth to fix the length)'
+                     if failures else ''))
+        if not data.train:
+            raise TrainingError('two-view geometry left no training sample with a camera motion; '
+                                + data.motions.summary())
 
     def _choose_metric_scale(self, models: _Models, data: PreparedData) -> None:
         """Metric scale for TF poses: given, the start checkpoint's, or found by the scale search."""

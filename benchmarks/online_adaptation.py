@@ -1,0 +1,502 @@
+"""Online adaptation in the depth node (issue 23): published depth error over time, and the rate, adapt on vs off.
+
+    .venv/bin/python benchmarks/online_adaptation.py [--frames 600] [--passes 3] [--off-passes 1]
+        [--size 320x96] [--fps 10] [--seed 3] [--weights models/lite_hr_depth_synthetic]
+        [--plot docs/images/online_adaptation.png] [--json FILE] [--node-param NAME:=VALUE ...]
+    .venv/bin/python benchmarks/online_adaptation.py --worker-only 60 [--lr 1e-4] [--buffer 200]
+
+Writes a synthetic drive with TF (``tools/make_synthetic_bag``: camera, camera_info, ground-truth
+depth, odometry ``odom -> base_link`` at 30 Hz, the camera mount on ``/tf_static``) and plays it
+``--passes`` times in a row, in real time, into the depth node (a subprocess, local DDS) started
+from ``--weights`` with ``adapt:=true``: headers restamped to the wall clock and continuing across
+passes, the odometry continuing too (pass k's poses are the drive's, moved on by k times the
+drive's own displacement: a robot driving on through the same street). Every published depth
+image is scored against the ground truth of its frame: median-scaled abs_rel (the shape) and
+median(gt) / median(depth) (the scale: 1 when the node publishes metres). Then the same with
+``adapt:=false`` for ``--off-passes`` passes: the rate (frames answered / frames sent) and the error
+without adaptation. Prints a table per pass and per 10 s, the acceptance numbers (third pass vs first,
+scale, answered on / off), the node's last ``~/adaptation`` report; ``--plot`` draws the curve
+(OpenCV, no matplotlib needed).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from hr_depth_ros.core.bags import read_messages  # noqa: E402
+from hr_depth_ros.core.evaluation import evaluate_depth  # noqa: E402
+from hr_depth_ros.core.geometry import matrix_from_quaternion, quaternion_from_matrix  # noqa: E402
+from hr_depth_ros.core.image_decoding import image_to_array  # noqa: E402
+from hr_depth_ros.core.tf_poses import TransformTree  # noqa: E402
+from hr_depth_ros.ros.transport import local_ros_env, random_domain_id  # noqa: E402
+from hr_depth_ros.tools import make_synthetic_bag as bagtool  # noqa: E402
+
+WINDOW_S = 10.0
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    width, height = (int(v) for v in text.lower().split('x'))
+    return width, height
+
+
+def load_drive(bag: Path) -> dict[str, Any]:
+    """Frames (image, camera_info, ground truth), odometry and static TF of a synthetic bag, in time order."""
+    frames: dict[int, dict[str, Any]] = {}
+    odometry, static = [], []
+    topics = [bagtool.IMAGE_TOPIC, bagtool.CAMERA_INFO_TOPIC, bagtool.DEPTH_GT_TOPIC, bagtool.TF_TOPIC,
+              bagtool.TF_STATIC_TOPIC]
+    for topic, timestamp_ns, _, msg in read_messages(bag, topics):
+        if topic == bagtool.TF_TOPIC:
+            odometry.append((timestamp_ns, msg))
+        elif topic == bagtool.TF_STATIC_TOPIC:
+            static.append(msg)
+        else:
+            frame = frames.setdefault(timestamp_ns, {})
+            frame[{bagtool.IMAGE_TOPIC: 'image', bagtool.CAMERA_INFO_TOPIC: 'info',
+                   bagtool.DEPTH_GT_TOPIC: 'gt'}[topic]] = msg if topic != bagtool.DEPTH_GT_TOPIC else \
+                image_to_array(msg).astype(np.float32)
+    ordered = [dict(frames[stamp], stamp_ns=stamp) for stamp in sorted(frames)]
+    return {'frames': ordered, 'odometry': odometry, 'static': static}
+
+
+def drive_displacement(drive: dict[str, Any]) -> np.ndarray:
+    """``D`` with ``T_odom_base(t0 + N / fps) = D @ T_odom_base(t0)``, from the bag's own odometry.
+
+    The bag's odometry ends about a frame after the last image; the pose one frame period after
+    it is extrapolated from the last two frame intervals' motion (constant velocity), which is
+    what a robot driving on through the same street again would report.
+    """
+    tree = TransformTree(max_gap_s=1.0)
+    for _, msg in drive['odometry']:
+        tree.add_message(msg)
+    stamps = [f['stamp_ns'] for f in drive['frames']]
+    poses = tree.lookup(bagtool.ODOM_FRAME, bagtool.BASE_FRAME, [stamps[0], stamps[-2], stamps[-1]]).poses
+    step = np.linalg.inv(poses[1]) @ poses[2]          # one frame's motion at the end, in the body frame
+    end = poses[2] @ step                              # the pose one frame period after the last frame
+    return end @ np.linalg.inv(poses[0])
+
+
+class Harness:
+    """In-process rclpy node: plays the drive, records the node's depth (scored on arrival) and reports."""
+
+    def __init__(self, domain_id: int, drive: dict[str, Any]) -> None:
+        import rclpy
+        from rclpy.context import Context
+        from rclpy.executors import SingleThreadedExecutor
+        from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+        from sensor_msgs.msg import CameraInfo, Image
+        from std_msgs.msg import String
+        from tf2_msgs.msg import TFMessage
+
+        from hr_depth_ros.ros.play_bag import to_rclpy
+
+        self.context = Context()
+        rclpy.init(context=self.context, domain_id=domain_id)
+        self.node = rclpy.create_node('adaptation_benchmark', context=self.context)
+        reliable = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+        self.image_pub = self.node.create_publisher(Image, '/camera/image_raw', reliable)
+        self.info_pub = self.node.create_publisher(CameraInfo, '/camera/camera_info', reliable)
+        self.tf_pub = self.node.create_publisher(TFMessage, '/tf', QoSProfile(depth=100,
+                                                                               reliability=ReliabilityPolicy.RELIABLE))
+        self.static_pub = self.node.create_publisher(TFMessage, '/tf_static', QoSProfile(
+            depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL))
+        self.lock = threading.Lock()
+        self.expected: dict[int, tuple[int, int, float]] = {}   # stamp -> (pass, frame, play time)
+        self.scores: list[dict[str, float]] = []
+        self.reports: list[dict[str, Any]] = []
+        self.statistics: list[dict[str, Any]] = []
+        self.gt = [f['gt'] for f in drive['frames']]
+        self.subs = [
+            self.node.create_subscription(Image, '/depth', self._on_depth, reliable),
+            self.node.create_subscription(String, '/hr_depth/adaptation',
+                                          lambda m: self._append(self.reports, json.loads(m.data)), 10),
+            self.node.create_subscription(String, '/hr_depth/statistics',
+                                          lambda m: self._append(self.statistics, json.loads(m.data)), 10)]
+        self.images = [to_rclpy(f['image'], Image()) for f in drive['frames']]
+        self.infos = [to_rclpy(f['info'], CameraInfo()) for f in drive['frames']]
+        self.odometry = [(stamp, to_rclpy(msg, TFMessage())) for stamp, msg in drive['odometry']]
+        self.odometry_T = [[_matrix(tf.transform) for tf in msg.transforms] for _, msg in self.odometry]
+        self.static = [to_rclpy(msg, TFMessage()) for msg in drive['static']]
+        self.frame_stamps = [f['stamp_ns'] for f in drive['frames']]
+        self.executor = SingleThreadedExecutor(context=self.context)
+        self.executor.add_node(self.node)
+        self.thread = threading.Thread(target=self.executor.spin, daemon=True)
+        self.thread.start()
+
+    def _append(self, target: list, item: Any) -> None:
+        with self.lock:
+            target.append(item)
+
+    def _on_depth(self, msg: Any) -> None:
+        stamp = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
+        with self.lock:
+            known = self.expected.get(stamp)
+        if known is None:
+            return
+        pass_index, frame, played = known
+        depth = np.frombuffer(msg.data, np.float32).reshape(msg.height, msg.width)
+        gt = self.gt[frame]
+        if depth.shape != gt.shape:
+            depth = cv2.resize(depth, gt.shape[::-1], interpolation=cv2.INTER_LINEAR)
+        try:
+            errors = evaluate_depth(gt, np.nan_to_num(depth, nan=80.0), min_depth=1e-3, max_depth=80.0)
+        except ValueError:
+            return
+        with self.lock:
+            self.scores.append({'pass': pass_index, 'frame': frame, 't': played, 'abs_rel': errors['abs_rel'],
+                                'scale_ratio': errors['scale_ratio']})
+
+    def connected(self) -> bool:
+        return (self.image_pub.get_subscription_count() > 0 and self.info_pub.get_subscription_count() > 0
+                and self.subs[0].get_publisher_count() > 0)
+
+    def play(self, passes: int, fps: float, displacement: np.ndarray, log: Any) -> int:
+        """Publish ``passes`` passes in real time; returns the frames sent."""
+        shift = time.time_ns() - self.frame_stamps[0]
+        period_ns = int(round(len(self.frame_stamps) / fps * 1e9))
+        for msg in self.static:
+            for tf in msg.transforms:
+                _set_stamp(tf.header, tf_stamp(tf) + shift)
+            self.static_pub.publish(msg)
+        start = time.monotonic()
+        sent = 0
+        for pass_index in range(passes):
+            moved = np.linalg.matrix_power(displacement, pass_index)
+            events = [(stamp, 'tf', i) for i, (stamp, _) in enumerate(self.odometry)]
+            events += [(stamp, 'frame', i) for i, stamp in enumerate(self.frame_stamps)]
+            events.sort(key=lambda e: (e[0], e[1] == 'frame'))
+            for stamp, kind, index in events:
+                new_stamp = stamp + shift + pass_index * period_ns
+                delay = start + (new_stamp - shift - self.frame_stamps[0]) / 1e9 - time.monotonic()
+                if delay > 0:
+                    time.sleep(delay)
+                if kind == 'tf':
+                    self.tf_pub.publish(_moved_tf(self.odometry[index][1], self.odometry_T[index], moved, new_stamp))
+                    continue
+                image, info = self.images[index], self.infos[index]
+                _set_stamp(image.header, new_stamp)
+                _set_stamp(info.header, new_stamp)
+                with self.lock:
+                    self.expected[new_stamp] = (pass_index, index, time.monotonic() - start)
+                self.info_pub.publish(info)
+                self.image_pub.publish(image)
+                sent += 1
+            log(f'  pass {pass_index + 1}/{passes} played ({time.monotonic() - start:.0f} s)')
+        return sent
+
+    def close(self) -> None:
+        import rclpy
+
+        self.executor.shutdown()
+        self.node.destroy_node()
+        rclpy.shutdown(context=self.context)
+
+
+def _matrix(transform: Any) -> np.ndarray:
+    t, r = transform.translation, transform.rotation
+    T = np.eye(4)
+    T[:3, :3] = matrix_from_quaternion(np.array([[r.x, r.y, r.z, r.w]]))[0]
+    T[:3, 3] = (t.x, t.y, t.z)
+    return T
+
+
+def tf_stamp(tf: Any) -> int:
+    return tf.header.stamp.sec * 1_000_000_000 + tf.header.stamp.nanosec
+
+
+def _set_stamp(header: Any, stamp_ns: int) -> None:
+    header.stamp.sec, header.stamp.nanosec = int(stamp_ns // 1_000_000_000), int(stamp_ns % 1_000_000_000)
+
+
+def _moved_tf(msg: Any, originals: list[np.ndarray], moved: np.ndarray, stamp_ns: int) -> Any:
+    """``msg`` with its transforms set to ``moved @ original``, restamped (modified in place and returned)."""
+    for tf, original in zip(msg.transforms, originals):
+        t, r = tf.transform.translation, tf.transform.rotation
+        T = moved @ original
+        t.x, t.y, t.z = (float(v) for v in T[:3, 3])
+        r.x, r.y, r.z, r.w = (float(v) for v in quaternion_from_matrix(T))
+        _set_stamp(tf.header, stamp_ns)
+    return msg
+
+
+def run_node(args: argparse.Namespace, drive: dict[str, Any], adapt: bool, passes: int, workdir: Path,
+             displacement: np.ndarray) -> dict[str, Any]:
+    """Start the node, play ``passes`` passes, collect the scores and the node's reports."""
+    domain = args.domain if args.domain is not None else random_domain_id()
+    env = local_ros_env(domain)
+    os.environ.update({k: v for k, v in env.items() if k.startswith(('FASTDDS', 'ROS_'))})
+    log_path = workdir / f'node_adapt_{"on" if adapt else "off"}.log'
+    command = [sys.executable, '-m', 'hr_depth_ros.ros.depth_node', '--ros-args', '-p', f'weights:={args.weights}',
+               '-p', f'adapt:={"true" if adapt else "false"}', '-p', f'adapt_output:={workdir / "adapted"}',
+               '-p', 'adapt_resume:=false', '-p', 'statistics_period:=2.0',
+               '-r', 'image:=/camera/image_raw', '-r', 'camera_info:=/camera/camera_info']
+    for parameter in args.node_param:
+        command += ['-p', parameter]
+    harness = Harness(domain, drive)
+    with open(log_path, 'w') as log_file:
+        proc = subprocess.Popen(command, env=env, cwd=REPO, stdout=log_file, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 600  # a first start converts the model for OpenVINO (minutes on a busy CPU)
+        while not harness.connected():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f'the node did not come up (rc {proc.poll()}); log {log_path}:\n'
+                                   + log_path.read_text()[-3000:])
+            time.sleep(0.1)
+        time.sleep(1.0)
+        print(f'adapt {"on" if adapt else "off"}: node ready, playing {passes} pass(es) of '
+              f'{len(harness.frame_stamps)} frames', flush=True)
+        sent = harness.play(passes, args.fps, displacement, lambda text: print(text, flush=True))
+        time.sleep(3.0)
+        with harness.lock:
+            result = {'adapt': adapt, 'passes': passes, 'sent': sent, 'scores': list(harness.scores),
+                      'reports': list(harness.reports), 'statistics': list(harness.statistics), 'log': str(log_path)}
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(2)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        harness.close()
+    result['exit_code'] = proc.returncode
+    return result
+
+
+def summarize(run: dict[str, Any], frames: int) -> list[dict[str, Any]]:
+    """Per pass: answered fraction, mean median-scaled abs_rel, median scale ratio."""
+    rows = []
+    for pass_index in range(run['passes']):
+        scores = [s for s in run['scores'] if s['pass'] == pass_index]
+        rows.append({'pass': pass_index + 1, 'sent': frames, 'answered': len(scores),
+                     'answered_fraction': len(scores) / frames,
+                     'abs_rel': float(np.mean([s['abs_rel'] for s in scores])) if scores else math.nan,
+                     'scale_ratio': float(np.median([s['scale_ratio'] for s in scores])) if scores else math.nan})
+    return rows
+
+
+def windows(run: dict[str, Any]) -> list[tuple[float, float, float]]:
+    """(window start s, mean abs_rel, median scale ratio) per WINDOW_S of play time."""
+    if not run['scores']:
+        return []
+    times = np.array([s['t'] for s in run['scores']])
+    out = []
+    for start in np.arange(0.0, times.max() + 1e-9, WINDOW_S):
+        chosen = [s for s in run['scores'] if start <= s['t'] < start + WINDOW_S]
+        if chosen:
+            out.append((float(start), float(np.mean([s['abs_rel'] for s in chosen])),
+                        float(np.median([s['scale_ratio'] for s in chosen]))))
+    return out
+
+
+def plot(path: Path, on: dict[str, Any], off: dict[str, Any] | None, pass_s: float, title: str) -> None:
+    """Median-scaled abs_rel per 2 s over play time (adapt on, and off), pass boundaries dashed; OpenCV drawing."""
+    width, height, left, right, top, bottom = 900, 420, 70, 20, 40, 50
+    canvas = np.full((height, width, 3), 255, np.uint8)
+
+    def series(run: dict[str, Any]) -> list[tuple[float, float]]:
+        bins: dict[int, list[float]] = {}
+        for s in run['scores']:
+            bins.setdefault(int(s['t'] // 2.0), []).append(s['abs_rel'])
+        return [((k + 0.5) * 2.0, float(np.mean(v))) for k, v in sorted(bins.items())]
+
+    curves = [(series(on), (200, 80, 20), 'adapt on')]
+    if off is not None:  # the same drive without adaptation, drawn under every pass
+        baseline = series(off)
+        curves.append(([(t + k * pass_s, v) for k in range(on['passes']) for t, v in baseline if t < pass_s],
+                       (60, 60, 200), 'adapt off'))
+    t_max = max(pass_s * on['passes'], 1.0)
+    values = [v for curve, _, _ in curves for _, v in curve]
+    y_max = max(values) * 1.1 if values else 1.0
+    y_min = min(values) * 0.9 if values else 0.0
+
+    def xy(t: float, v: float) -> tuple[int, int]:
+        return (int(left + (width - left - right) * t / t_max),
+                int(top + (height - top - bottom) * (1 - (v - y_min) / max(y_max - y_min, 1e-9))))
+
+    cv2.rectangle(canvas, (left, top), (width - right, height - bottom), (0, 0, 0), 1)
+    for k in range(1, on['passes']):
+        x = xy(k * pass_s, y_min)[0]
+        for y in range(top, height - bottom, 8):
+            cv2.line(canvas, (x, y), (x, y + 4), (150, 150, 150), 1)
+    for k in range(6):
+        v = y_min + (y_max - y_min) * k / 5
+        cv2.putText(canvas, f'{v:.3f}', (5, xy(0, v)[1] + 4), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 1, cv2.LINE_AA)
+    for k in range(int(t_max // 30) + 1):
+        x = xy(k * 30, y_min)[0]
+        cv2.putText(canvas, f'{k * 30}', (x - 8, height - bottom + 18), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 1,
+                    cv2.LINE_AA)
+    cv2.putText(canvas, 'play time (s); dashed: start of pass 2, 3', (left, height - 10), cv2.FONT_HERSHEY_SIMPLEX,
+                0.45, (0, 0, 0), 1, cv2.LINE_AA)
+    cv2.putText(canvas, title, (left, 25), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1, cv2.LINE_AA)
+    for n, (curve, colour, label) in enumerate(curves):
+        for k in range(on['passes']):  # one polyline per pass
+            points = np.array([xy(t, v) for t, v in curve if k * pass_s <= t < (k + 1) * pass_s], np.int32)
+            if len(points) > 1:
+                cv2.polylines(canvas, [points], False, colour, 2 if n == 0 else 1, cv2.LINE_AA)
+        cv2.putText(canvas, label, (width - right - 110, top + 20 + 18 * n), cv2.FONT_HERSHEY_SIMPLEX, 0.5, colour, 1,
+                    cv2.LINE_AA)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(path), canvas)
+
+
+def worker_only(args: argparse.Namespace, width: int, height: int) -> int:
+    """The worker alone, in this process, per step (no ROS, no clock): the drive's frames with their exact
+    poses go into an Adapter (its ring keeps the last ``--buffer`` frames); it searches the metric scale,
+    trains and judges as in the node; every 10 steps the serving model is scored on every 10th frame
+    of the whole drive. Shows what the node gains per training step whatever the CPU is doing."""
+    import torch
+
+    from hr_depth_ros.core.adaptation_worker import Adapter, WorkerSettings
+    from hr_depth_ros.core.geometry import disp_to_depth
+    from hr_depth_ros.core.synthetic import SyntheticDrive
+
+    torch.set_num_threads(1)
+    drive = SyntheticDrive(width=width, height=height, fps=args.fps, seed=args.seed, num_frames=args.frames)
+    events: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix='online_adaptation_worker_') as tmp:
+        adapter = Adapter(WorkerSettings(start=args.weights, anchor=args.weights, output=tmp, lr=args.lr,
+                                         buffer_frames=args.buffer), events.append)
+        adapter.reset(drive.K)
+        scored = [drive.frame(i) for i in range(0, args.frames, 10)]
+        for index in range(args.frames):
+            frame = drive.frame(index)
+            adapter.add_frame(frame.rgb, frame.pose_world_from_camera, frame.stamp_ns)
+
+        def evaluate() -> tuple[float, float]:
+            models = adapter.serving
+            errors = []
+            with torch.no_grad():
+                for frame in scored:
+                    image = torch.from_numpy(frame.rgb).permute(2, 0, 1)[None].float() / 255
+                    disp = models.decoder(models.encoder(image))[('disp', 0)][0, 0].numpy()
+                    depth = disp_to_depth(disp, 0.1, 100.0)[1] * adapter.trainer.state.metric_scale
+                    errors.append(evaluate_depth(frame.depth, depth, min_depth=1e-3, max_depth=80.0))
+            return float(np.mean([e['abs_rel'] for e in errors])), float(np.median([e['scale_ratio'] for e in errors]))
+
+        start_abs_rel, _ = evaluate()
+        adapter.work()  # the metric scale search
+        rows = [(0, 1, *evaluate(), 0.0)]
+        began = time.perf_counter()
+        while adapter.steps < args.worker_only:
+            adapter.work()
+            if adapter.steps % 10 == 0 and adapter.steps > rows[-1][0]:
+                rows.append((adapter.steps, adapter.accepted, *evaluate(), time.perf_counter() - began))
+                print(f'  step {rows[-1][0]}: serving abs_rel {rows[-1][2]:.4f}', flush=True)
+    print(f'\nworker alone: lr {args.lr:g}, buffer {args.buffer} frames; start model abs_rel {start_abs_rel:.4f} '
+          '(median-scaled, every 10th frame of the drive)')
+    print('| steps | models accepted | serving abs_rel | vs start | scale ratio | worker s |')
+    print('|---:|---:|---:|---:|---:|---:|')
+    for steps, accepted, abs_rel, ratio, seconds in rows:
+        print(f'| {steps} | {accepted} | {abs_rel:.4f} | {100 * (abs_rel / start_abs_rel - 1):+.1f} % | {ratio:.3f} | '
+              f'{seconds:.0f} |')
+    rejected = sum(e['event'] == 'rejected' for e in events)
+    print(f'judgements: {sum(e["event"] == "accepted" for e in events) - 1} accepted, {rejected} rejected; '
+          f'load average {os.getloadavg()}')
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser.add_argument('--frames', type=int, default=600, help='frames per pass (600 = 60 s at 10 Hz)')
+    parser.add_argument('--passes', type=int, default=3)
+    parser.add_argument('--off-passes', type=int, default=1, help='passes with adapt off (0: skip that run)')
+    parser.add_argument('--size', default='320x96', help='camera size (the network size of the shipped model)')
+    parser.add_argument('--fps', type=float, default=10.0)
+    parser.add_argument('--seed', type=int, default=3, help='scene seed (the shipped model was trained on seed 11)')
+    parser.add_argument('--weights', default=str(REPO / 'models' / 'lite_hr_depth_synthetic'))
+    parser.add_argument('--bag', help='use this synthetic bag (default: written to a temporary folder)')
+    parser.add_argument('--plot', help='write the curve as a PNG here')
+    parser.add_argument('--json', help='write the numbers here')
+    parser.add_argument('--workdir', help='keep the bag, node logs and accepted models here (default: a temporary '
+                                          'folder, removed)')
+    parser.add_argument('--domain', type=int, default=int(os.environ.get('ROS_DOMAIN_ID', '0') or 0) or None,
+                        help='ROS domain (default: $ROS_DOMAIN_ID, else a random one)')
+    parser.add_argument('--worker-only', type=int, default=0, metavar='STEPS',
+                        help='instead: the worker alone in this process for STEPS steps, scored every 10 steps')
+    parser.add_argument('--lr', type=float, default=1e-4, help='--worker-only: learning rate')
+    parser.add_argument('--buffer', type=int, default=200, help='--worker-only: frames in the ring')
+    parser.add_argument('--node-param', action='append', default=[], metavar='NAME:=VALUE',
+                        help='extra node parameter for both runs (repeatable)')
+    args = parser.parse_args(argv)
+    width, height = parse_size(args.size)
+    if args.worker_only:
+        return worker_only(args, width, height)
+    with tempfile.TemporaryDirectory(prefix='online_adaptation_') as tmp:
+        workdir = Path(args.workdir or tmp)
+        workdir.mkdir(parents=True, exist_ok=True)
+        bag = Path(args.bag) if args.bag else workdir / 'drive' if (workdir / 'drive').is_dir() else \
+            bagtool.write_synthetic_bag(
+            workdir / 'drive', frames=args.frames, width=width, height=height, fps=args.fps, seed=args.seed)
+        drive = load_drive(bag)
+        frames = len(drive['frames'])
+        displacement = drive_displacement(drive)
+        print(f'drive: {frames} frames {width}x{height} at {args.fps:g} Hz, {len(drive["odometry"])} odometry '
+              f'messages; each pass moves the odometry on by {np.linalg.norm(displacement[:3, 3]):.1f} m', flush=True)
+        on = run_node(args, drive, True, args.passes, workdir, displacement)
+        off = run_node(args, drive, False, args.off_passes, workdir, displacement) if args.off_passes else None
+        on_rows = summarize(on, frames)
+        off_rows = summarize(off, frames) if off else []
+        print('\n| run | pass | answered / sent | abs_rel (median-scaled) | scale ratio median(gt)/median(depth) |')
+        print('|---|---:|---:|---:|---:|')
+        for name, rows in (('adapt on', on_rows), ('adapt off', off_rows)):
+            for row in rows:
+                print(f"| {name} | {row['pass']} | {row['answered']} / {row['sent']} | {row['abs_rel']:.4f} | "
+                      f"{row['scale_ratio']:.3f} |")
+        print(f'\nadapt on, per {WINDOW_S:g} s of play: (start s, abs_rel, scale ratio)')
+        for start, abs_rel, ratio in windows(on):
+            print(f'  {start:5.0f}  {abs_rel:.4f}  {ratio:.3f}')
+        first, last = on_rows[0], on_rows[-1]
+        gain = 1.0 - last['abs_rel'] / first['abs_rel']
+        answered_off = np.mean([r['answered_fraction'] for r in off_rows]) if off_rows else math.nan
+        answered_on = np.mean([r['answered_fraction'] for r in on_rows])
+        print(f'\nacceptance: abs_rel pass {last["pass"]} vs pass 1: {100 * gain:.1f} % better (>= 15 %); '
+              f'scale ratio over pass {last["pass"]}: {last["scale_ratio"]:.3f} (within 10 % of 1); answered on / off: '
+              f'{answered_on:.3f} / {answered_off:.3f} = {answered_on / answered_off:.2f}x (>= 0.8)')
+        report = on['reports'][-1] if on['reports'] else {}
+        print('node ~/adaptation at the end:', json.dumps({k: report.get(k) for k in (
+            'state', 'reason', 'steps', 'accepted', 'rejected', 'swaps', 'restarts', 'kept', 'still', 'no_pose',
+            'inbox_full', 'metric_scale', 'candidate', 'serving', 'depth_units')}))
+        for run in (on, off):
+            if run is not None and run['statistics']:
+                last = run['statistics'][-1]
+                inference = last.get('stage_ms', {}).get('inference', {})
+                print(f"node statistics, adapt {'on' if run['adapt'] else 'off'}: processed {last['processed']} of "
+                      f"{last['received']} received, inference mean {inference.get('mean')} ms / p95 "
+                      f"{inference.get('p95')} ms")
+        print(f'load average at the end: {os.getloadavg()}')
+        if args.plot:
+            plot(Path(args.plot), on, off, frames / args.fps,
+                 f'published depth abs_rel (median-scaled, 2 s bins); {width}x{height} drive with TF played '
+                 f'{args.passes}x')
+            print(f'plot: {args.plot}')
+        if args.json:
+            Path(args.json).write_text(json.dumps({
+                'on': on_rows, 'off': off_rows, 'windows_on': windows(on), 'windows_off': windows(off) if off else [],
+                'gain': gain, 'answered_ratio': answered_on / answered_off, 'report': report,
+                'statistics': {name: run['statistics'][-1] for name, run in (('on', on), ('off', off))
+                               if run is not None and run['statistics']},
+                'load_average': os.getloadavg()}, indent=2))
+        for run in (on, off):
+            if run is not None and run['exit_code'] not in (0, -2):
+                print(f"warning: the node exited with {run['exit_code']} (log {run['log']})")
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,460 @@
+"""The online adaptation worker: self-supervised steps on the robot's recent frames, honest swaps (ROS-free).
+
+Runs in its own process (:func:`worker_main`, started by :class:`hr_depth_ros.core.adaptation.OnlineAdaptation`)
+at low priority with one torch thread on the CPU (its own CUDA stream on a GPU), so the depth
+node's inference keeps its cores. What it does, one unit of work at a time (:meth:`Adapter.work`):
+
+1. keeps the frames it is sent (network resolution, camera pose from TF) in a bounded
+   :class:`FrameRing`; consecutive frames no further apart than ``max_gap_s`` form triplets
+   (t-1, t, t+1), as fine-tuning's; every ``HOLDOUT_PERIOD``-th block of ``HOLDOUT_BLOCK``
+   frames is held out (never trained on) to judge candidates;
+2. a start checkpoint without metric scale first gets one from the photometric scale search
+   under the TF poses (:func:`~hr_depth_ros.core.training.scale.search_scale`, as fine-tuning
+   does): from then on depth is in metres and training keeps it so (the poses are metric);
+3. trains a candidate copy of the serving model with fine-tuning's loss (the trainer's
+   ``_losses``: minimum reprojection under the TF poses, smoothness, and an optional L1 pull to
+   the start model, the anchor); encoder batch-norm statistics stay fixed;
+4. every ``steps_per_round`` steps scores candidate and serving model on the held-out triplets
+   by the criterion fine-tuning selects with under TF (the mean minimum reprojection error of
+   the metric depth under the TF poses, no noise) and accepts the candidate only when it is
+   lower by ``margin`` (relative); an accepted model is written as a checkpoint (atomic) and
+   sent to the node, which swaps it in between two frames. After ``RESET_AFTER`` rejections in
+   a row the candidate restarts from the serving model.
+
+Events go to the node as dicts (``event``: ready, log, metric, step, accepted, rejected, error).
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+import os
+import queue
+import random
+import threading
+import time
+import traceback
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import default_collate
+
+from hr_depth_ros.core.checkpoint import DepthCheckpoint, load_depth_checkpoint, save_depth_checkpoint
+from hr_depth_ros.core.geometry import normalized_intrinsics
+from hr_depth_ros.core.inference import select_device
+from hr_depth_ros.core.training.data import TripletDataset
+from hr_depth_ros.core.training.scale import search_scale
+from hr_depth_ros.core.training.trainer import Trainer, TrainingConfig, _DisparityTarget, _Models, freeze_batch_norm
+
+__all__ = ['WorkerSettings', 'FrameRing', 'Adapter', 'worker_main', 'HOLDOUT_BLOCK', 'HOLDOUT_PERIOD']
+
+HOLDOUT_BLOCK = 10        # frames per held-out / training block (by arrival number)
+HOLDOUT_PERIOD = 5        # every 5th block is held out: 20 % of the frames judge, never train
+MIN_HELD_OUT = 6          # held-out triplets needed before a candidate is judged
+MAX_HELD_OUT = 16         # the most recent held-out triplets a judgement looks at
+FIRST_ROUND_STEPS = 5     # steps before the first judgement (later: steps_per_round)
+RESET_AFTER = 4           # rejections in a row after which the candidate restarts from the serving model
+CHECKPOINT_NAME = 'latest'  # OUTPUT/latest: the last accepted model
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    """What the worker process needs (picklable; the node builds it from its parameters)."""
+
+    start: str                  # checkpoint folder the serving model starts from
+    anchor: str                 # the start model the candidate is pulled toward (the node's weights)
+    output: str                 # accepted models go to OUTPUT/latest
+    buffer_frames: int = 200
+    batch_size: int = 4
+    lr: float = 1e-4
+    steps_per_round: int = 10
+    scale_triplets: int = 6     # triplets the metric scale search looks at
+    margin: float = 0.01
+    anchor_weight: float = 0.0
+    max_gap_s: float = 0.5
+    min_depth: float = 0.1
+    max_depth: float = 100.0
+    device: str = 'cpu'
+    nice: int = 10
+    seed: int = 0
+    prepare: str = ''           # 'openvino': also convert each accepted model into the model cache
+    cache_dir: str = ''
+
+
+class FrameRing:
+    """The last ``capacity`` frames (H x W x 3 uint8 at network size) with camera poses (4 x 4, camera -> odom).
+
+    Looks like a :class:`~hr_depth_ros.core.training.data.FrameStore` to
+    :class:`~hr_depth_ros.core.training.data.TripletDataset` (``image``, ``depth``, ``has_poses``,
+    ``poses``, ``K``, ``segment``, ``width``, ``height``). Memory: ``capacity`` frames, allocated once.
+    """
+
+    def __init__(self, capacity: int, width: int, height: int, K: np.ndarray) -> None:
+        if capacity < 3:
+            raise ValueError(f'the frame buffer needs at least 3 frames, got {capacity}')
+        self.capacity, self.width, self.height = int(capacity), int(width), int(height)
+        self.images = np.zeros((self.capacity, self.height, self.width, 3), np.uint8)
+        self.poses = np.full((self.capacity, 4, 4), np.nan)
+        self.stamps_ns = np.zeros(self.capacity, np.int64)
+        self.arrival = np.full(self.capacity, -1, np.int64)
+        self.segment = np.zeros(self.capacity, np.int64)
+        self.K = [np.asarray(K, np.float64)]
+        self.added = 0      # frames ever added (arrival numbers continue across resets)
+        self.first = 0      # arrival number of the oldest frame since the last reset
+
+    def __len__(self) -> int:
+        return min(self.added - self.first, self.capacity)
+
+    @property
+    def nbytes(self) -> int:
+        return self.images.nbytes + self.poses.nbytes + self.stamps_ns.nbytes + self.arrival.nbytes
+
+    def reset(self, K: np.ndarray) -> None:
+        """Forget every frame (the camera changed); ``K``: the new camera's intrinsics at network size."""
+        self.K = [np.asarray(K, np.float64)]
+        self.first = self.added
+        self.poses[:] = np.nan
+        self.arrival[:] = -1
+
+    def add(self, rgb: np.ndarray, pose: np.ndarray, stamp_ns: int) -> None:
+        if rgb.shape != (self.height, self.width, 3):
+            raise ValueError(f'frame of shape {rgb.shape}, the buffer holds {self.height}x{self.width}x3')
+        slot = self.added % self.capacity
+        self.images[slot] = rgb
+        self.poses[slot] = pose
+        self.stamps_ns[slot] = stamp_ns
+        self.arrival[slot] = self.added
+        self.added += 1
+
+    def image(self, index: int) -> np.ndarray:
+        return self.images[index].copy()
+
+    def depth(self, index: int) -> None:
+        return None
+
+    def has_poses(self, indices: Any) -> bool:
+        return bool(np.isfinite(self.poses[list(indices)]).all())
+
+    @staticmethod
+    def held_out(arrival: int) -> bool:
+        return (arrival // HOLDOUT_BLOCK) % HOLDOUT_PERIOD == HOLDOUT_PERIOD - 1
+
+    def triplets(self, max_gap_ns: int) -> tuple[list[tuple[int, int, int]], list[tuple[int, int, int]]]:
+        """(training, held-out) triplets of slots, oldest first; a triplet straddling a block edge is in neither."""
+        slots = [n % self.capacity for n in range(self.added - len(self), self.added)]
+        train, held = [], []
+        for a, b, c in zip(slots, slots[1:], slots[2:]):
+            if (self.stamps_ns[b] - self.stamps_ns[a] > max_gap_ns or self.stamps_ns[c] - self.stamps_ns[b] > max_gap_ns
+                    or not self.has_poses((a, b, c))):
+                continue
+            flags = {self.held_out(int(self.arrival[s])) for s in (a, b, c)}
+            if flags == {True}:
+                held.append((a, b, c))
+            elif flags == {False}:
+                train.append((a, b, c))
+        return train, held
+
+
+Emit = Callable[[dict[str, Any]], None]
+
+
+class Adapter:
+    """The worker's state and one unit of work at a time (see the module docstring); usable in-process."""
+
+    def __init__(self, settings: WorkerSettings, emit: Emit) -> None:
+        self.settings = settings
+        self.emit = emit
+        self.device = select_device(settings.device)
+        start = load_depth_checkpoint(settings.start)
+        self.start = start
+        self.arch, self.width, self.height = start.arch, start.width, start.height
+        config = TrainingConfig(bags=('(online)',), output=settings.output, arch=start.arch, width=start.width,
+                                height=start.height, steps=1, batch_size=settings.batch_size, lr=settings.lr,
+                                min_depth=settings.min_depth, max_depth=settings.max_depth,
+                                init=settings.anchor, anchor_weight=settings.anchor_weight, freeze_bn=True,
+                                device=settings.device, seed=settings.seed)
+        self.trainer = Trainer(config)      # its loss and TF scoring, with this run's metric scale
+        self.trainer.device = self.device
+        self.trainer.state.pose_source = 'tf'
+        scale = start.metric_scale
+        self.trainer.state.metric = scale is not None
+        self.trainer.state.metric_scale = scale if scale is not None else 1.0
+        targets = []
+        if settings.anchor_weight > 0:
+            anchor = start if Path(settings.anchor).resolve() == Path(settings.start).resolve() else \
+                load_depth_checkpoint(settings.anchor)
+            anchor_encoder, anchor_decoder = (copy.deepcopy(m).requires_grad_(False).eval().to(self.device)
+                                              for m in (anchor.encoder, anchor.decoder))
+            targets.append(_DisparityTarget('anchor', anchor_encoder, anchor_decoder, anchor.height, anchor.width,
+                                            settings.anchor_weight))
+        self.serving = self._models(start.encoder, start.decoder, [])
+        self.candidate = self._models(copy.deepcopy(start.encoder), copy.deepcopy(start.decoder), targets)
+        self._new_optimizer()
+        self.ring: FrameRing | None = None
+        self.lock = threading.Lock()    # frames arrive on another thread (worker_main's intake)
+        self.rng = random.Random(settings.seed)
+        self.steps = self.accepted = self.rejected = self.rejections_in_a_row = 0
+        self.since_round = 0
+        self.last_scores: dict[str, float] = {}
+        self._serving_score: tuple[Any, float] | None = None
+        torch.manual_seed(settings.seed)
+
+    def _models(self, encoder: nn.Module, decoder: nn.Module, targets: list) -> _Models:
+        return _Models(encoder.to(self.device), decoder.to(self.device), nn.Identity(), nn.Identity(), targets)
+
+    def _new_optimizer(self) -> None:
+        params = [p for m in (self.candidate.encoder, self.candidate.decoder) for p in m.parameters()]
+        self.optimizer = torch.optim.Adam(params, lr=self.settings.lr)
+
+    @property
+    def metric(self) -> bool:
+        return self.trainer.state.metric
+
+    # -- frames -------------------------------------------------------------------------------
+    def reset(self, K: np.ndarray) -> None:
+        """A new camera (or new intrinsics): forget the buffered frames."""
+        with self.lock:
+            if self.ring is None:
+                self.ring = FrameRing(self.settings.buffer_frames, self.width, self.height, K)
+            else:
+                self.ring.reset(K)
+
+    def add_frame(self, rgb: np.ndarray, pose: np.ndarray, stamp_ns: int) -> None:
+        with self.lock:
+            if self.ring is None:
+                raise RuntimeError('add_frame before reset(K): the worker needs the camera intrinsics first')
+            self.ring.add(rgb, pose, stamp_ns)
+
+    # -- work ---------------------------------------------------------------------------------
+    def work(self) -> bool:
+        """One unit of work (scale search, a training step or a judgement); False when the buffer is too thin."""
+        with self.lock:
+            if self.ring is None:
+                return False
+            train, held = self.ring.triplets(int(self.settings.max_gap_s * 1e9))
+        if not self.metric:
+            if len(train) + len(held) < self.settings.scale_triplets:
+                return False
+            self._search_scale(train + held)
+            return True
+        # The first judgement comes early (FIRST_ROUND_STEPS): the robot gets the first gains soon.
+        due = min(FIRST_ROUND_STEPS, self.settings.steps_per_round) if self.accepted <= 1 else self.settings.steps_per_round
+        if self.since_round >= due and len(held) >= MIN_HELD_OUT:
+            self._judge(held[-MAX_HELD_OUT:])
+            return True
+        if len(train) < self.settings.batch_size:
+            return False
+        self._train_step(train)
+        return True
+
+    def _batches(self, samples: list[tuple[int, int, int]], augment: bool = False) -> list[dict[str, Any]]:
+        """``samples`` as collated batches of ``batch_size`` (copied out of the ring under its lock)."""
+        size = self.settings.batch_size
+        with self.lock:
+            dataset = TripletDataset(self.ring, samples, augment=augment)
+            return [default_collate([dataset[i] for i in range(start, min(start + size, len(samples)))])
+                    for start in range(0, len(samples), size)]
+
+    def _search_scale(self, samples: list[tuple[int, int, int]]) -> None:
+        count = self.settings.scale_triplets
+        chosen = samples[::max(1, len(samples) // count)][:count]
+        prepared = self.trainer._tf_scoring(self.trainer._disparities(self.serving, self._batches(chosen), len(chosen)))
+        # A coarser grid than fine-tuning's (3 points a decade, then golden-section refinement to ~1 %):
+        # the worker has one thread.
+        def loss_at(scale: float) -> float:
+            return self.trainer._photometric_under_tf(prepared, scale)
+
+        search = search_scale(loss_at, points_per_decade=3, refine_steps=10)
+        sharpness = min(loss_at(search.scale * 2), loss_at(search.scale / 2)) / max(search.loss, 1e-12) - 1.0
+        self._eval(self.serving)
+        state = self.trainer.state
+        state.metric, state.metric_scale = True, search.scale
+        state.scale_search = {'samples': len(chosen), 'loss': search.loss, 'sharpness': sharpness,
+                              'how': 'photometric search under TF poses on the recent frames (online)'}
+        self.emit({'event': 'metric', 'metric_scale': search.scale, 'loss': search.loss, 'sharpness': sharpness,
+                   'triplets': len(chosen)})
+        self._accept(score=search.loss, previous=None, reason='metric scale')
+
+    def _train_step(self, train: list[tuple[int, int, int]]) -> None:
+        chosen = self.rng.sample(range(len(train)), self.settings.batch_size)
+        batch = self._batches([train[i] for i in chosen], augment=True)[0]
+        models = self.candidate
+        for module in (models.encoder, models.decoder):
+            module.train()
+        freeze_batch_norm(models.encoder)
+        loss, _ = self.trainer._losses(models, batch, 'tf')
+        self.optimizer.zero_grad(set_to_none=True)
+        if not torch.isfinite(loss):
+            self._restart_candidate()
+            self.emit({'event': 'log', 'message': f'non-finite loss at step {self.steps + 1}: candidate restarted '
+                                                  'from the serving model'})
+            return
+        loss.backward()
+        self.optimizer.step()
+        self.steps += 1
+        self.since_round += 1
+        if self.steps % 5 == 0:
+            self.emit({'event': 'step', 'step': self.steps, 'loss': float(loss.item()), 'buffer': len(self.ring),
+                       'triplets': len(train)})
+
+    @staticmethod
+    def _eval(models: _Models) -> None:
+        for module in (models.encoder, models.decoder):
+            module.eval()
+
+    def score(self, models: _Models, held: list[tuple[int, int, int]]) -> float:
+        """Mean minimum reprojection error of ``models``' metric depth under the TF poses on ``held`` (lower is better)."""
+        scored = self.trainer._disparities(models, self._batches(held), len(held))
+        return self.trainer._photometric_under_tf(self.trainer._tf_scoring(scored), self.trainer.state.metric_scale)
+
+    def _judge(self, held: list[tuple[int, int, int]]) -> None:
+        self.since_round = 0
+        candidate = self.score(self.candidate, held)
+        key = (tuple(int(self.ring.arrival[t[1]]) for t in held), _fingerprint(self.serving))
+        if self._serving_score is None or self._serving_score[0] != key:
+            self._serving_score = (key, self.score(self.serving, held))
+            self._eval(self.serving)
+        serving = self._serving_score[1]
+        self.last_scores = {'candidate': candidate, 'serving': serving, 'held_out': len(held)}
+        if math.isfinite(candidate) and candidate < serving * (1.0 - self.settings.margin):
+            self.serving.encoder.load_state_dict(self.candidate.encoder.state_dict())
+            self.serving.decoder.load_state_dict(self.candidate.decoder.state_dict())
+            self.rejections_in_a_row = 0
+            self._accept(score=candidate, previous=serving, reason='better on the held-out frames')
+            return
+        self.rejected += 1
+        self.rejections_in_a_row += 1
+        restart = self.rejections_in_a_row >= RESET_AFTER
+        if restart:
+            self._restart_candidate()
+        self.emit({'event': 'rejected', 'step': self.steps, 'candidate': candidate, 'serving': serving,
+                   'held_out': len(held), 'restarted': restart})
+
+    def _restart_candidate(self) -> None:
+        self.candidate.encoder.load_state_dict(self.serving.encoder.state_dict())
+        self.candidate.decoder.load_state_dict(self.serving.decoder.state_dict())
+        self._new_optimizer()
+        self.rejections_in_a_row = 0
+
+    def _accept(self, score: float, previous: float | None, reason: str) -> None:
+        self.accepted += 1
+        self._eval(self.serving)
+        folder = self._save(score, previous)
+        if self.settings.prepare == 'openvino':
+            self._prepare_openvino()
+        self.emit({'event': 'accepted', 'step': self.steps, 'candidate': score, 'serving': previous,
+                   'reason': reason, 'checkpoint': str(folder), 'metric_scale': self.trainer.state.metric_scale,
+                   'encoder': {k: v.detach().cpu() for k, v in self.serving.encoder.state_dict().items()},
+                   'decoder': {k: v.detach().cpu() for k, v in self.serving.decoder.state_dict().items()}})
+
+    def _save(self, score: float, previous: float | None) -> Path:
+        with self.lock:
+            K = self.ring.K[0].copy()
+        state = self.trainer.state
+        metadata = {
+            'architecture': self.arch, 'resolution': [self.width, self.height],
+            'intrinsics': {'K': K.tolist(), 'width': self.width, 'height': self.height},
+            'K_normalized': normalized_intrinsics(K, self.width, self.height).tolist(),
+            'trained_with': 'hr_depth_ros.core.adaptation (online, in the depth node)',
+            'pose_source': 'tf', 'selected_by': 'loss_tf (held-out recent frames)',
+            'metric_scale': state.metric_scale, 'scale_search': state.scale_search, 'depth_units': 'metres',
+            'online': {'step': self.steps, 'accepted': self.accepted, 'score': score, 'serving_score': previous,
+                       'start': self.settings.start, 'anchor': self.settings.anchor,
+                       'settings': asdict(self.settings), 'time': time.time()},
+        }
+        return save_depth_checkpoint(Path(self.settings.output).expanduser() / CHECKPOINT_NAME, self.serving.encoder,
+                                     self.serving.decoder, arch=self.arch, height=self.height, width=self.width,
+                                     metadata=metadata)
+
+    def _prepare_openvino(self) -> None:
+        """Convert the accepted model into the OpenVINO model cache here, at low priority, so that the
+        node only reads and compiles it."""
+        from hr_depth_ros.core.backends import OpenVINOBackend
+        from hr_depth_ros.core.inference import _DepthNet
+
+        start = time.perf_counter()
+        net = _DepthNet(copy.deepcopy(self.serving.encoder).cpu(), copy.deepcopy(self.serving.decoder).cpu()).eval()
+        OpenVINOBackend(net, self.arch, self.width, self.height, 1, self.settings.cache_dir or None)
+        self.emit({'event': 'log', 'message': f'converted the accepted model for OpenVINO in '
+                                              f'{time.perf_counter() - start:.1f} s'})
+
+
+def _fingerprint(models: _Models) -> float:
+    """A cheap summary of the weights (the sum of every parameter): changes when they change."""
+    with torch.no_grad():
+        return float(sum(p.double().sum() for m in (models.encoder, models.decoder) for p in m.parameters()))
+
+
+def accepted_checkpoint(event: dict[str, Any], start: DepthCheckpoint) -> DepthCheckpoint:
+    """The :class:`DepthCheckpoint` of an ``accepted`` event (weights from the event, the rest from ``start``)."""
+    from hr_depth_ros.core.networks import build_depth_model
+
+    encoder, decoder = build_depth_model(start.arch)
+    encoder.load_state_dict(event['encoder'])
+    decoder.load_state_dict(event['decoder'])
+    metadata = dict(start.metadata, metric_scale=event['metric_scale'], depth_units='metres',
+                    online_step=event['step'])
+    return DepthCheckpoint(start.arch, encoder.eval(), decoder.eval(), start.height, start.width, False, metadata,
+                           Path(event['checkpoint']))
+
+
+def worker_main(settings: WorkerSettings, inbox: Any, outbox: Any, camera_busy: Any, stop: Any) -> None:
+    """The worker process: ``inbox`` gets ('reset', K) and ('frame', rgb, pose, stamp_ns); events go to ``outbox``.
+
+    Frames are taken in by a thread of their own (so none is lost during a long unit of work);
+    the work waits while ``camera_busy.value`` is set (the node is running a frame) and ends when
+    ``stop.value`` is set (exit status 0). Both are lock-free shared bytes: a lock held by a worker
+    that gets killed would block the node. An exception is reported as an ``error`` event and ends the process
+    with status 1.
+    """
+    try:
+        os.nice(settings.nice)
+    except OSError:
+        pass
+    torch.set_num_threads(1)
+    try:
+        adapter = Adapter(settings, outbox.put)
+        failed: list[BaseException] = []
+        intake = threading.Thread(target=_intake, args=(adapter, inbox, stop, failed), daemon=True)
+        intake.start()
+        outbox.put({'event': 'ready', 'metric': adapter.metric})
+        stream = torch.cuda.Stream(adapter.device) if adapter.device.type == 'cuda' else None
+        with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
+            while not stop.value:
+                if failed:
+                    raise failed[0]
+                if camera_busy.value:  # the node is running a frame: yield the CPU to it
+                    time.sleep(0.005)
+                elif not adapter.work():
+                    time.sleep(0.1)
+        intake.join(timeout=1.0)
+        status = 0
+    except BaseException as error:  # noqa: BLE001 - reported to the node, which keeps serving
+        outbox.put({'event': 'error', 'message': f'{type(error).__name__}: {error}',
+                    'traceback': traceback.format_exc(limit=8)})
+        status = 1
+    # Flush the events, then leave without the interpreter's teardown (seconds with torch loaded on a
+    # busy CPU; nothing in it matters: checkpoints are already written atomically).
+    outbox.close()
+    outbox.join_thread()
+    os._exit(status)
+
+
+def _intake(adapter: Adapter, inbox: Any, stop: Any, failed: list[BaseException]) -> None:
+    """Move frames from the node into the adapter's ring until ``stop``."""
+    try:
+        while not stop.value:
+            try:
+                item = inbox.get(timeout=0.1)
+            except queue.Empty:
+                continue
+            if item[0] == 'reset':
+                adapter.reset(item[1])
+            else:
+                adapter.add_frame(*item[1:])
+    except BaseException as error:  # noqa: BLE001 - the main loop raises it
+        failed.append(error)
