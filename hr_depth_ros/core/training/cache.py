@@ -32,7 +32,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from hr_depth_ros.core.training.data import (DataConfig, FrameStore, _check_topics, config_bags, extract_frames,
-                                             new_cache_folder, thumb_shape)
+                                             new_cache_folder, resolve_topics, thumb_shape)
 
 __all__ = ['cache_key', 'cached_bag', 'prepare_frames', 'save_store', 'load_store', 'concat_stores', 'CACHE_VERSION']
 
@@ -146,6 +146,7 @@ def prepare_frames(config: DataConfig) -> FrameStore:
     Topics of every bag are checked before anything is decoded. Without ``frame_cache`` and with
     one worker this is :func:`extract_frames` itself.
     """
+    config = resolve_topics(config)[0]  # 'auto' topics chosen from the bag (once, before the cache keys)
     bags = config_bags(config)
     workers = _workers(config.prepare_workers, len(bags))
     if config.frame_cache is None and workers == 1:
