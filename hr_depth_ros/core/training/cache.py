@@ -32,12 +32,13 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from hr_depth_ros.core.training.data import (DataConfig, FrameStore, _check_topics, config_bags, extract_frames,
-                                             new_cache_folder, thumb_shape)
+                                             new_cache_folder, resolve_topics, thumb_shape)
 
 __all__ = ['cache_key', 'cached_bag', 'prepare_frames', 'save_store', 'load_store', 'concat_stores', 'CACHE_VERSION']
 
-CACHE_VERSION = 1  # bump when the stored layout or the decoding changes
-KEY_FIELDS = ('width', 'height', 'image_topic', 'camera_info_topic', 'gt_depth_topic', 'intrinsics', 'max_pixels',
+CACHE_VERSION = 2  # bump when the stored layout or the decoding changes (2: rectified frames, depth in metres)
+KEY_FIELDS = ('width', 'height', 'image_topic', 'camera_info_topic', 'gt_depth_topic', 'gt_depth_tolerance',
+              'intrinsics', 'max_pixels',
               'min_decodable_fraction', 'pose_source', 'odom_frame', 'camera_frame', 'tf_topic', 'tf_static_topic',
               'max_tf_gap')
 INDEX_ARRAYS = ('stamps_ns', 'segment', 'has_depth', 'poses')
@@ -145,6 +146,7 @@ def prepare_frames(config: DataConfig) -> FrameStore:
     Topics of every bag are checked before anything is decoded. Without ``frame_cache`` and with
     one worker this is :func:`extract_frames` itself.
     """
+    config = resolve_topics(config)[0]  # 'auto' topics chosen from the bag (once, before the cache keys)
     bags = config_bags(config)
     workers = _workers(config.prepare_workers, len(bags))
     if config.frame_cache is None and workers == 1:

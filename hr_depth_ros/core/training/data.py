@@ -34,7 +34,7 @@ import json
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -46,9 +46,10 @@ from torchvision.transforms import ColorJitter
 from torchvision.transforms import functional as TF
 
 from hr_depth_ros.core.bags import BagError, canonical_topic, list_topics, read_messages, topic_counts
-from hr_depth_ros.core.camera_info import camera_info_K, implausible_intrinsics
+from hr_depth_ros.core.camera_info import implausible_intrinsics
 from hr_depth_ros.core.geometry import intrinsics_4x4, relative_transform, scale_intrinsics
-from hr_depth_ros.core.image_decoding import DEFAULT_MAX_PIXELS, compressed_to_rgb, image_to_array, image_to_rgb
+from hr_depth_ros.core.image_decoding import DEFAULT_MAX_PIXELS, compressed_to_rgb, depth_to_metres, image_to_rgb
+from hr_depth_ros.core.rectification import Calibration, calibration_of, rectifier_for
 from hr_depth_ros.core.tf_poses import DEFAULT_MAX_TF_GAP_S, TransformError, TransformTree, normalize_frame
 from hr_depth_ros.core.training.sources import expand_bags
 
@@ -61,6 +62,10 @@ COMPRESSED_TYPE = 'sensor_msgs/msg/CompressedImage'
 CAMERA_INFO_TYPE = 'sensor_msgs/msg/CameraInfo'
 TF_TYPE = 'tf2_msgs/msg/TFMessage'
 POSE_SOURCES = ('auto', 'tf', 'net', 'vo')
+AUTO = 'auto'                       # image / camera_info topic chosen from the bag (resolve_topics)
+MIN_VAL_FRAMES = 10                 # a held-out block of a short bag: at least this many frames ...
+MIN_VAL_SHARE = 1 / 3               # ... but no more than this share of the bag
+FEW_VAL_SAMPLES = 5                 # fewer validation samples are warned about
 FRAME_OFFSETS = (0, -1, 1)          # monodepth2 frame_ids: target first, then the sources
 THUMB_WIDTH = 64                    # motion check thumbnails: 64 px wide grey images
 MIRROR_X = np.diag([-1.0, 1.0, 1.0, 1.0])   # a horizontal image flip mirrors the camera's x axis
@@ -78,9 +83,10 @@ class DataConfig:
     bags: Sequence[str | Path]
     width: int = 640
     height: int = 192
-    image_topic: str = '/camera/image_raw'
-    camera_info_topic: str | None = '/camera/camera_info'
+    image_topic: str = AUTO                     # AUTO: the bags' only image topic (see resolve_topics)
+    camera_info_topic: str | None = AUTO        # AUTO: the camera_info beside the images; None: intrinsics
     gt_depth_topic: str | None = None
+    gt_depth_tolerance: float = 0.02            # seconds between a depth image's stamp and its frame's
     intrinsics: Sequence[float] | None = None   # fx, fy, cx, cy in pixels of the bag's images
     frame_stride: int = 1
     max_gap_factor: float = 2.5
@@ -103,7 +109,7 @@ class DataConfig:
 
     def __post_init__(self) -> None:  # bags list topics in absolute form (bags.canonical_topic)
         for name in ('image_topic', 'camera_info_topic', 'gt_depth_topic', 'tf_topic', 'tf_static_topic'):
-            if getattr(self, name):
+            if getattr(self, name) and getattr(self, name) != AUTO:
                 setattr(self, name, canonical_topic(getattr(self, name)))
 
 
@@ -208,17 +214,72 @@ class _Rows:
         return self.arrays[part][int(index) - int(self.starts[part])]
 
 
-def _camera_K(msg: Any, topic: str, bag: Path) -> tuple[np.ndarray, int, int]:
+def _calibration(msg: Any, topic: str, bag: Path) -> Calibration:
+    """The calibration of a camera_info message; DataError naming the bag and topic when unusable."""
     try:
-        K, width, height = camera_info_K(msg)
+        calibration = calibration_of(msg)
     except ValueError as error:
         raise DataError(f'bag {bag}: {topic}: {error}; give the intrinsics (fx, fy, cx, cy) as parameters '
                         'instead') from error
-    problem = implausible_intrinsics(K, (width, height))
+    problem = implausible_intrinsics(calibration.K_matrix, (calibration.width, calibration.height))
     if problem:
         raise DataError(f'bag {bag}: {topic} has implausible intrinsics: {problem}; give the intrinsics '
                         '(fx, fy, cx, cy) as parameters instead')
-    return K, width, height
+    return calibration
+
+
+def _pinhole(intrinsics: Sequence[float], size: tuple[int, int]) -> Calibration:
+    fx, fy, cx, cy = (float(v) for v in intrinsics)
+    return Calibration((fx, 0.0, cx, 0.0, fy, cy, 0.0, 0.0, 1.0), 'plumb_bob', (), tuple(np.eye(3).ravel()),
+                       (0.0,) * 9, *size)
+
+
+def _only(names: list[str], what: str, bag: Path, topics: dict[str, str], hint: str) -> str:
+    if len(names) != 1:
+        raise DataError(f'bag {bag} has {len(names)} {what} topics ({", ".join(names) or "none"}); {hint}; its '
+                        f'topics are: {_describe_topics(topics)}')
+    return names[0]
+
+
+def resolve_topics(config: DataConfig) -> tuple[DataConfig, list[str]]:
+    """``config`` with its ``auto`` topics chosen from the first bag, and one line per choice.
+
+    Image: the only Image / CompressedImage topic that is not the depth topic (``/camera/image_raw``
+    when it is one of several). camera_info: ``camera_info`` beside the image topic (``/a/image_raw``
+    and ``/a/image_raw/compressed`` -> ``/a/camera_info``), else the only CameraInfo topic, else none
+    (intrinsics must be given). DataError naming the candidates when the choice is ambiguous.
+    """
+    if AUTO not in (config.image_topic, config.camera_info_topic):
+        return config, []
+    bag = config_bags(config)[0]
+    topics = list_topics(bag, partial=True)
+    chosen: dict[str, Any] = {}
+    lines = []
+    if config.image_topic == AUTO:
+        images = sorted(t for t, kind in topics.items() if kind in (IMAGE_TYPE, COMPRESSED_TYPE)
+                        and t != config.gt_depth_topic and 'depth' not in t.split('/'))
+        default = '/camera/image_raw'
+        chosen['image_topic'] = default if default in images else _only(
+            images, 'image', bag, topics, 'give the image topic')
+        lines.append(f'image topic {chosen["image_topic"]} ({topics[chosen["image_topic"]]}): the bag\'s '
+                     + ('default' if len(images) > 1 else 'only') + ' image topic (set image_topic to choose)')
+    if config.camera_info_topic == AUTO:
+        image = chosen.get('image_topic', config.image_topic)
+        base = image[:-len('/compressed')] if image.endswith('/compressed') else image
+        beside = base.rsplit('/', 1)[0] + '/camera_info'
+        infos = sorted(t for t, kind in topics.items() if kind == CAMERA_INFO_TYPE)
+        if topics.get(beside) == CAMERA_INFO_TYPE:
+            chosen['camera_info_topic'] = beside
+        elif len(infos) == 1:
+            chosen['camera_info_topic'] = infos[0]
+        elif not infos and config.intrinsics is not None:
+            chosen['camera_info_topic'] = None
+        else:
+            chosen['camera_info_topic'] = _only(infos, 'CameraInfo', bag, topics, 'give the camera_info topic '
+                                                'or the intrinsics')
+        lines.append(f'camera_info topic {chosen["camera_info_topic"]} (set camera_info_topic to choose)'
+                     if chosen['camera_info_topic'] else 'no camera_info topic: using the given intrinsics')
+    return replace(config, **chosen), lines
 
 
 def _check_topics(bag: Path, config: DataConfig) -> tuple[dict[str, str], bool]:
@@ -289,6 +350,7 @@ def extract_frames(config: DataConfig) -> FrameStore:
     Raises BagError for unreadable bags and DataError for missing topics / intrinsics, before
     anything is written. The cache folder is removed again on any failure.
     """
+    config = resolve_topics(config)[0]
     bags = config_bags(config)
     checked = [(bag, *_check_topics(bag, config)) for bag in bags]
     capacity = 0
@@ -329,20 +391,11 @@ def extract_frames(config: DataConfig) -> FrameStore:
             wanted += list(tf_topics)
             tree = TransformTree(config.max_tf_gap)
             camera_frame = normalize_frame(config.camera_frame) if config.camera_frame else None
-            K_raw: np.ndarray | None = None
-            info_size: tuple[int, int] | None = None
-            image_size: tuple[int, int] | None = None
-            by_stamp: dict[int, int] = {}
-            pending_depth: dict[int, np.ndarray] = {}
-            first = count
-            bag_skipped: list[str] = []
-            repeated = 0  # image messages whose header stamp an earlier frame of this bag already has
+            frames = _BagFrames(config, bag, w, h, images, thumbs, depth, has_depth, notes, first=count)
             for topic, t_ns, stamp_ns, msg in read_messages(bag, wanted, on_partial=notes.append):
                 stamp = stamp_ns if stamp_ns else t_ns
                 if topic == config.camera_info_topic:
-                    if K_raw is None:
-                        K_raw, iw, ih = _camera_K(msg, topic, bag)
-                        info_size = (iw, ih)
+                    frames.on_camera_info(_calibration(msg, topic, bag), stamp)
                 elif topic in tf_topics:
                     try:
                         tree.add_message(msg, static=tf_topics[topic])
@@ -351,58 +404,37 @@ def extract_frames(config: DataConfig) -> FrameStore:
                 elif topic == config.image_topic:
                     if camera_frame is None:
                         camera_frame = normalize_frame(msg.header.frame_id)
-                    if stamp in by_stamp:
-                        repeated += 1  # duplicate stamp: keep the first, count the rest (in the summary)
+                    if stamp in frames.by_stamp:
+                        frames.repeated += 1  # duplicate stamp: keep the first, count the rest (in the summary)
                         continue
                     try:
                         rgb = (compressed_to_rgb(msg, config.max_pixels) if compressed
                                else image_to_rgb(msg, config.max_pixels))
                     except ValueError as error:  # skipped (never stored partly decoded), counted below
-                        bag_skipped.append(f'{stamp} ns: {error}')
+                        frames.skipped.append(f'{stamp} ns: {error}')
                         continue
-                    if image_size is None:
-                        image_size = (rgb.shape[1], rgb.shape[0])
-                    elif image_size != (rgb.shape[1], rgb.shape[0]):
-                        raise DataError(f'bag {bag}: {topic} changes size from {image_size[0]}x{image_size[1]} '
-                                        f'to {rgb.shape[1]}x{rgb.shape[0]}')
-                    small = _resize(rgb, w, h)
-                    images[count] = small
-                    thumbs[count] = _thumbnail(small)
-                    stamps.append(stamp)
-                    segments.append(seg)
-                    by_stamp[stamp] = count
-                    if depth is not None and stamp in pending_depth:
-                        depth[count] = pending_depth.pop(stamp)
-                        has_depth[count] = True
-                    count += 1
+                    if not has_info and frames.calibration is None:
+                        frames.on_camera_info(_pinhole(config.intrinsics, (rgb.shape[1], rgb.shape[0])), stamp)
+                    frames.on_image(rgb, stamp)
                 else:  # ground-truth depth, matched by header stamp
                     try:
-                        gt = _resize(image_to_array(msg, config.max_pixels).astype(np.float32).reshape(
-                            msg.height, msg.width), w, h, nearest=True)
+                        frames.on_depth(depth_to_metres(msg, config.max_pixels), stamp)
                     except ValueError as error:
                         notes.append(f'bag {bag}: {topic} at {stamp} ns skipped: {error}')
-                        continue
-                    if stamp in by_stamp:
-                        depth[by_stamp[stamp]] = gt
-                        has_depth[by_stamp[stamp]] = True
-                    else:
-                        pending_depth[stamp] = gt
-            if repeated:
-                notes.append(f'bag {bag}: {repeated} frames on {config.image_topic} repeat the header stamp of an '
-                             'earlier frame: dropped (the first of each stamp kept; check the camera driver\'s clock)')
-            _check_decodable(bag, config, count - first, bag_skipped, notes)
-            skipped += len(bag_skipped)
-            bag_skipped_counts.append(len(bag_skipped))
-            if K_raw is None:
-                if config.intrinsics is None:
-                    raise DataError(f'bag {bag}: no message on {config.camera_info_topic} and no intrinsics given')
-                fx, fy, cx, cy = (float(v) for v in config.intrinsics)
-                K_raw = np.array([[fx, 0, cx], [0, fy, cy], [0, 0, 1]], dtype=np.float64)
-                info_size = image_size
-            if info_size not in (image_size, (0, 0)):
-                raise DataError(f'bag {bag}: camera_info is for {info_size[0]}x{info_size[1]} images but '
-                                f'{config.image_topic} has {image_size[0]}x{image_size[1]}')
-            Ks.append(scale_intrinsics(K_raw, w / image_size[0], h / image_size[1]))
+            frames.finish()
+            if frames.repeated:
+                notes.append(f'bag {bag}: {frames.repeated} frames on {config.image_topic} repeat the header stamp of '
+                             'an earlier frame: dropped (the first of each stamp kept; check the camera driver\'s clock)')
+            stamps += frames.stamps
+            segments += [seg] * len(frames.stamps)
+            count, first = frames.next_row, frames.first
+            _check_decodable(bag, config, count - first, frames.skipped, notes)
+            skipped += len(frames.skipped)
+            bag_skipped_counts.append(len(frames.skipped))
+            if frames.target is None:
+                raise DataError(f'bag {bag}: no message on {config.camera_info_topic} and no intrinsics given')
+            image_size = frames.image_size
+            Ks.append(scale_intrinsics(frames.target.K, w / image_size[0], h / image_size[1]))
             # Time order within the segment (bags are read in receive order).
             order = np.argsort(np.asarray(stamps[first:count], dtype=np.int64), kind='stable')
             if not np.array_equal(order, np.arange(len(order))):
@@ -432,6 +464,156 @@ def extract_frames(config: DataConfig) -> FrameStore:
                 rows.stream.close()
         shutil.rmtree(folder, ignore_errors=True)
         raise
+
+
+class _BagFrames:
+    """One bag's frames on their way into the store: rectified with their own camera_info, resized,
+    written row by row, ground-truth depth matched to them by stamp (within ``gt_depth_tolerance``).
+
+    Every frame is remapped (:mod:`hr_depth_ros.core.rectification`, maps built once per calibration)
+    to one pinhole camera, ``target``: the first camera_info's rectified camera. A camera_info that
+    changes mid-bag is used for the frames it describes (and noted), never silently ignored.
+    Images that arrive before the first camera_info wait for it (up to MAX_WAITING_FRAMES).
+    """
+
+    MAX_WAITING_FRAMES = 300
+    RECENT_FRAMES = 64       # frames a late depth image may still be matched to
+    DEPTH_HORIZON_NS = 2_000_000_000  # unmatched depth images older than this behind the newest frame are dropped
+
+    def __init__(self, config: DataConfig, bag: Path, width: int, height: int, images: _RowFile, thumbs: _RowFile,
+                 depth: _RowFile | None, has_depth: np.ndarray, notes: list[str], first: int) -> None:
+        self.config, self.bag, self.width, self.height = config, bag, width, height
+        self.images, self.thumbs, self.depth, self.has_depth, self.notes = images, thumbs, depth, has_depth, notes
+        self.first = self.next_row = first
+        self.calibration: Calibration | None = None
+        self.first_calibration: Calibration | None = None
+        self.target: Any = None                  # Rectifier of the first calibration (its K is the bag's)
+        self.image_size: tuple[int, int] | None = None
+        self.stamps: list[int] = []
+        self.skipped: list[str] = []
+        self.by_stamp: dict[int, int] = {}
+        self.waiting: list[tuple[np.ndarray, int]] = []
+        self.waiting_depth: list[tuple[np.ndarray, int]] = []
+        self.pending_depth: dict[int, np.ndarray] = {}
+        self.depth_gap: dict[int, int] = {}      # row -> |depth stamp - frame stamp|
+        self.depth_messages = self.depth_dropped = 0
+        self.repeated = 0                        # image messages repeating an earlier frame's stamp
+        self.changes = 0
+        self.tolerance_ns = int(config.gt_depth_tolerance * 1e9)
+
+    def on_camera_info(self, calibration: Calibration, stamp: int) -> None:
+        if calibration != self.calibration and self.first_calibration is not None:
+            self.changes += 1
+            if self.changes == 1:
+                self.notes.append(f'bag {self.bag}: {self.config.camera_info_topic} changes at {stamp} ns (K '
+                                  f'{self.first_calibration.K_matrix[[0, 1, 0, 1], [0, 1, 2, 2]].round(2).tolist()} -> '
+                                  f'{calibration.K_matrix[[0, 1, 0, 1], [0, 1, 2, 2]].round(2).tolist()}, D '
+                                  f'{list(calibration.D)}): every frame is remapped with its own camera_info '
+                                  'to the first one\'s rectified camera')
+        self.calibration = calibration
+        if self.first_calibration is None:
+            self.first_calibration = calibration
+        self._flush()
+
+    def _flush(self) -> None:
+        """Handle the images and depth images that waited for a calibration / the image size."""
+        waiting, waiting_depth, self.waiting, self.waiting_depth = self.waiting, self.waiting_depth, [], []
+        for rgb, at in waiting:
+            self.on_image(rgb, at)
+        for gt, at in waiting_depth:
+            self.on_depth(gt, at)
+
+    def _rectifier(self, size: tuple[int, int]) -> Any:
+        calibration = self.calibration
+        declared = (calibration.width, calibration.height)
+        if declared not in (size, (0, 0)):
+            raise DataError(f'bag {self.bag}: camera_info is for {declared[0]}x{declared[1]} images but '
+                            f'{self.config.image_topic} has {size[0]}x{size[1]}')
+        if self.target is None:
+            self.target = rectifier_for(calibration, size)
+            if not self.target.identity:
+                self.notes.append(f'bag {self.bag}: {self.target.describe()}')
+        if calibration == self.first_calibration:
+            return self.target
+        return rectifier_for(calibration, size, self.target.K)
+
+    def on_image(self, rgb: np.ndarray, stamp: int) -> None:
+        if stamp in self.by_stamp:
+            return  # duplicate stamp: keep the first
+        if self.calibration is None:
+            if len(self.waiting) >= self.MAX_WAITING_FRAMES:
+                raise DataError(f'bag {self.bag}: no message on {self.config.camera_info_topic} before the first '
+                                f'{self.MAX_WAITING_FRAMES} frames of {self.config.image_topic}')
+            self.waiting.append((rgb, stamp))
+            return
+        size = (rgb.shape[1], rgb.shape[0])
+        if self.image_size is None:
+            self.image_size = size
+            self._flush()
+        elif self.image_size != size:
+            raise DataError(f'bag {self.bag}: {self.config.image_topic} changes size from {self.image_size[0]}x'
+                            f'{self.image_size[1]} to {size[0]}x{size[1]}')
+        small = _resize(self._rectifier(size).rectify(rgb), self.width, self.height)
+        row = self.next_row
+        self.images[row] = small
+        self.thumbs[row] = _thumbnail(small)
+        self.stamps.append(stamp)
+        self.by_stamp[stamp] = row
+        self.next_row += 1
+        if self.pending_depth:
+            near = [s for s in self.pending_depth if abs(s - stamp) <= self.tolerance_ns]
+            for depth_stamp in sorted(near, key=lambda s: abs(s - stamp))[:1]:
+                self._assign(row, self.pending_depth.pop(depth_stamp), abs(depth_stamp - stamp))
+            old = [s for s in self.pending_depth if s < stamp - self.DEPTH_HORIZON_NS]
+            for depth_stamp in old:
+                del self.pending_depth[depth_stamp]
+            self.depth_dropped += len(old)
+
+    def on_depth(self, metres: np.ndarray, stamp: int) -> None:
+        if self.depth is None:
+            return
+        if self.calibration is None or self.image_size is None:
+            self.waiting_depth.append((metres, stamp))  # rectified once the calibration and image size are known
+            return
+        self.depth_messages += 1
+        size = self.image_size
+        full = _resize(metres, *size, nearest=True)  # a depth image of another resolution: to the colour image's
+        small = _resize(self._rectifier(size).rectify(full, nearest=True), self.width, self.height, nearest=True)
+        recent = self.stamps[-self.RECENT_FRAMES:]
+        if recent:
+            nearest = min(recent, key=lambda s: abs(s - stamp))
+            gap = abs(nearest - stamp)
+            if gap <= self.tolerance_ns:
+                self._assign(self.by_stamp[nearest], small, gap)
+                return
+        self.pending_depth[stamp] = small
+
+    def _assign(self, row: int, small: np.ndarray, gap: int) -> None:
+        if row in self.depth_gap and self.depth_gap[row] <= gap:
+            return  # a closer depth image is already there
+        self.depth[row] = small
+        self.has_depth[row] = True
+        self.depth_gap[row] = gap
+
+    def finish(self) -> None:
+        """Frames still waiting for a camera_info are an error; depth matches are noted."""
+        if self.waiting_depth:
+            self.notes.append(f'bag {self.bag}: {len(self.waiting_depth)} depth images before any image or '
+                              'camera_info dropped')
+        if self.waiting:
+            raise DataError(f'bag {self.bag}: no message on {self.config.camera_info_topic} and no intrinsics '
+                            'given')
+        if self.depth is None:
+            return
+        matched = len(self.depth_gap)
+        unmatched = self.depth_messages - matched
+        text = (f'bag {self.bag}: {self.config.gt_depth_topic}: {matched} of {len(self.stamps)} frames have '
+                f'ground-truth depth ({self.depth_messages} depth images, matched by stamp within '
+                f'{self.config.gt_depth_tolerance * 1000:g} ms; {unmatched} unmatched)')
+        if matched == 0:
+            text = ('warning: ' + text + ': no depth image is stamped near an image; are they the same camera '
+                    'and clock?')
+        self.notes.append(text)
 
 
 class _RowFile:
@@ -595,6 +777,8 @@ def split_samples(store: FrameStore, samples: Sequence[tuple[int, int, int]], va
             frames = np.flatnonzero(store.segment == seg)
             n = len(frames)
             n_val = max(3, round(val_fraction * n))
+            if n_val < MIN_VAL_FRAMES:  # a short bag: validation with a few samples rather than one
+                n_val = max(n_val, min(MIN_VAL_FRAMES, int(MIN_VAL_SHARE * n)))
             blocks = max(1, round(n_val / max(3, val_block_frames)))
             length = max(3, n_val // blocks)
             for b in range(blocks):
@@ -695,6 +879,9 @@ class PreparedData:
     report: SampleReport
     pose_source: str = 'net'        # what the trainer uses: 'tf', 'net' or 'vo'
     bag_reports: list[SampleReport] = field(default_factory=list)  # one per bag, in store.bags order
+    topic_choices: list[str] = field(default_factory=list)  # topics chosen from the bag (resolve_topics)
+    warnings: list[str] = field(default_factory=list)       # what the user must see (logged on their own)
+    topics: dict[str, str | None] = field(default_factory=dict)  # the topics read (auto ones resolved)
     motions: Any = None             # 'vo': the two-view geometry (visual_odometry.PairMotions)
     transforms: np.ndarray | None = None  # 'vo': its poses in the depth network's units (the trainer's)
 
@@ -725,6 +912,7 @@ def prepare_data(config: DataConfig, min_train_samples: int = 1) -> PreparedData
     """Extract, build triplets and split; DataError (naming the counts) when too few samples remain."""
     from hr_depth_ros.core.training.cache import prepare_frames  # (it builds on this module)
 
+    config, choices = resolve_topics(config)
     store = prepare_frames(config)
     try:
         pose_source = resolve_pose_source(config.pose_source, store)
@@ -745,7 +933,18 @@ def prepare_data(config: DataConfig, min_train_samples: int = 1) -> PreparedData
         if len(train) < min_train_samples:
             raise DataError(f'too few usable training samples in {", ".join(store.bags)}: found '
                             f'{len(train)}, need {min_train_samples}; {report.summary()}')
-        return PreparedData(store, train, val, report, pose_source, by_bag, motions)
+        warnings = [line for line in store.notes if line.startswith('warning')]
+        if config.val_fraction > 0 and len(val) < FEW_VAL_SAMPLES:
+            warnings.append(f'warning: only {len(val)} validation samples ({len(train)} training): best/ is chosen '
+                            'on few frames; record a longer bag or raise val_fraction')
+        if config.gt_depth_topic and val and not any(store.has_depth[centre] for _, centre, _ in val):
+            warnings.append(f'warning: the ground-truth depth topic {config.gt_depth_topic} matches no validation '
+                            f'frame (stamps within {config.gt_depth_tolerance * 1000:g} ms): best/ cannot be '
+                            'chosen by depth error')
+        topics = {'image': config.image_topic, 'camera_info': config.camera_info_topic,
+                  'gt_depth': config.gt_depth_topic}
+        return PreparedData(store, train, val, report, pose_source, by_bag, topic_choices=choices, warnings=warnings,
+                            topics=topics, motions=motions)
     except BaseException:
         store.close()
         raise
