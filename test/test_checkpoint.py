@@ -176,3 +176,28 @@ def test_predict_and_trainer_init_refuse_a_nan_checkpoint_in_one_line(tmp_path, 
     config = TrainingConfig(bags=['unused'], output=str(tmp_path / 'out'), init=str(bad), steps=1, device='cpu')
     with pytest.raises(CheckpointError, match='NaN or inf'):
         Trainer(config)._build_models()
+
+
+def test_the_depth_range_a_checkpoint_records_is_what_consumers_use(lite_checkpoint, tmp_path):
+    """hr_depth_ros.json's depth_range (the disp_to_depth range the network was trained with) is used by
+    the inference engine unless a range is given; malformed ranges fall back to monodepth2's 0.1-100."""
+    import json
+    import shutil
+
+    import numpy as np
+
+    from hr_depth_ros.core.checkpoint import DEFAULT_DEPTH_RANGE, depth_range_of
+    from hr_depth_ros.core.inference import DepthEstimator
+
+    folder = tmp_path / 'ranged'
+    shutil.copytree(lite_checkpoint, folder)
+    meta_path = folder / 'hr_depth_ros.json'
+    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+    meta_path.write_text(json.dumps({**meta, 'depth_range': [0.05, 50.0]}))
+    ranged = DepthEstimator(folder, device='cpu', backend='torch')
+    assert (ranged.min_depth, ranged.max_depth) == (0.05, 50.0)
+    given = DepthEstimator(folder, device='cpu', backend='torch', min_depth=0.1, max_depth=100.0)
+    disparity = np.full((4, 4), 0.5, np.float32)
+    assert ranged.disparity_to_depth(disparity)[0, 0] < 0.6 * given.disparity_to_depth(disparity)[0, 0]
+    assert depth_range_of({'depth_range': [5, 1]}) is None and depth_range_of({'depth_range': 'x'}) is None
+    assert DepthEstimator(lite_checkpoint, device='cpu', backend='torch').min_depth == DEFAULT_DEPTH_RANGE[0]

@@ -43,7 +43,7 @@ def test_node_defaults_match_the_cli():
     params = yaml.safe_load(YAML_FILE.read_text())[NODE_NAME]['ros__parameters']
     node = options.config_from_parameters({**params, 'bags': ['b'], 'output_dir': 'o'}, TrainingConfig)
     assert node == cli
-    assert cli.steps is not None and cli.epochs is None and cli.camera_info_topic == '/camera/camera_info'
+    assert cli.steps is not None and cli.epochs is None and cli.camera_info_topic == 'auto'  # chosen from the bag
 
 
 @pytest.fixture(scope='module')

@@ -218,10 +218,13 @@ def test_each_bag_is_expanded_once_and_opened_twice(fleet, tmp_path, monkeypatch
 
 
 def _prepare_in_child(args) -> bool:
+    from dataclasses import replace
+
     from hr_depth_ros.core.training.cache import cached_bag
-    from hr_depth_ros.core.training.data_config import check_topics
+    from hr_depth_ros.core.training.data_config import check_bags
     bag, config, root = args
-    return cached_bag(check_topics(bag, config), config, root)[1]
+    config, (checked,), _ = check_bags(replace(config, bags=[bag]))  # 'auto' topics chosen, the bag checked
+    return cached_bag(checked, config, root)[1]
 
 
 def test_concurrent_preparers_decode_a_bag_once(fleet, tmp_path):

@@ -76,6 +76,26 @@ class DepthCheckpoint:
         :func:`metric_scale_of`), else None."""
         return metric_scale_of(self.metadata, (self.path or Path('.')) / METADATA_FILE)
 
+    @property
+    def depth_range(self) -> tuple[float, float]:
+        """``(min_depth, max_depth)`` of ``disp_to_depth`` the network was trained with (see
+        :func:`depth_range_of`; monodepth2's 0.1 / 100 when the folder does not say)."""
+        return depth_range_of(self.metadata) or DEFAULT_DEPTH_RANGE
+
+
+DEFAULT_DEPTH_RANGE = (0.1, 100.0)  # monodepth2's and HR-Depth's disp_to_depth range
+
+
+def depth_range_of(metadata: dict[str, Any]) -> tuple[float, float] | None:
+    """The ``depth_range`` ``[min_depth, max_depth]`` a fine-tuning run records in ``hr_depth_ros.json``
+    (the range of ``disp_to_depth``, before ``metric_scale``); None when absent or not 0 < min < max."""
+    value = metadata.get('depth_range') if isinstance(metadata, dict) else None
+    try:
+        low, high = (float(v) for v in value)
+    except (TypeError, ValueError):
+        return None
+    return (low, high) if 0 < low < high < float('inf') else None
+
 
 def check_metric_scale(value: Any, source: str) -> float:
     """``value`` as a metric scale (metres per ``disp_to_depth`` unit), or ValueError naming ``source`` (the

@@ -28,9 +28,10 @@ import numpy as np
 
 from hr_depth_ros.core.geometry import depth_to_points, pixel_intrinsics, ray_planes, scale_intrinsics
 from hr_depth_ros.core import image_decoding
-from hr_depth_ros.core.camera_info import camera_info_K, implausible_intrinsics
+from hr_depth_ros.core.camera_info import implausible_intrinsics
 from hr_depth_ros.core.depth_options import ConfigError, NodeConfig
 from hr_depth_ros.core.image_decoding import shorten
+from hr_depth_ros.core.rectification import Calibration, Rectifier, calibration_of, rectifier_for
 from hr_depth_ros.core.pointcloud import CloudPacker, PackedCloud
 from hr_depth_ros.core.visualization import colorize
 
@@ -45,11 +46,24 @@ SCALE_SMOOTHING = 0.2  # weight of a new camera-height scale estimate (EMA in lo
 
 @dataclass(frozen=True)
 class Intrinsics:
-    """K (3x3, pixels) of an image of ``size = (width, height)`` and where it came from."""
+    """K (3x3, pixels) of an image of ``size = (width, height)`` and where it came from.
+
+    ``calibration``: the camera_info's full calibration when it has lens distortion (or a
+    rectification R): frames are then rectified (:mod:`hr_depth_ros.core.rectification`) and ``K``
+    is the rectified camera's.
+    """
 
     K: np.ndarray
     size: tuple[int, int]
     source: str
+    calibration: Calibration | None = None
+
+    def rectifier(self, image_size: tuple[int, int]) -> Rectifier | None:
+        """The (cached) remap tables for images of ``image_size``, None when nothing is to be remapped."""
+        if self.calibration is None:
+            return None
+        rectifier = rectifier_for(self.calibration, tuple(image_size))
+        return None if rectifier.identity else rectifier
 
 
 def default_intrinsics(width: int, height: int) -> Intrinsics:
@@ -98,7 +112,8 @@ def select_intrinsics(
         return default_intrinsics(*image_size)
     if tuple(chosen.size) == tuple(image_size):
         return chosen
-    return Intrinsics(_resize_K(chosen.K, chosen.size, image_size), tuple(image_size), chosen.source)
+    return Intrinsics(_resize_K(chosen.K, chosen.size, image_size), tuple(image_size), chosen.source,
+                      chosen.calibration)
 
 
 def _resize_K(K: np.ndarray, from_size: tuple[int, int], to_size: tuple[int, int]) -> np.ndarray:
@@ -222,11 +237,21 @@ class DepthEngine:
         want_colored: bool = True,
         want_points: bool = True,
     ) -> FrameResult:
-        """Run one ``H x W x 3`` uint8 RGB frame; ``camera_info`` is the latest valid camera intrinsics."""
+        """Run one ``H x W x 3`` uint8 RGB frame; ``camera_info`` is the latest valid camera intrinsics.
+
+        A camera_info with lens distortion rectifies the frame first: depth, ``K`` (what
+        ``depth/camera_info`` publishes, D = 0), colours and points are the rectified pinhole camera's.
+        """
         config = self.config
         timings: dict[str, float] = {}
         image_height, image_width = rgb.shape[:2]
         intrinsics = select_intrinsics((image_width, image_height), camera_info, config, self.checkpoint_K)
+        rectifier = intrinsics.rectifier((image_width, image_height))
+        if rectifier is not None:
+            start = time.perf_counter()
+            rgb = rectifier.rectify(rgb)
+            intrinsics = Intrinsics(rectifier.K, (image_width, image_height), intrinsics.source + ' (rectified)')
+            timings['rectify'] = elapsed_ms(start)
 
         start = time.perf_counter()
         network_depth = np.asarray(self.estimator.predict_depth(rgb), dtype=np.float32)
@@ -306,17 +331,19 @@ class InputChecker:
     def on_camera_info(self, msg: Any, topic: str) -> None:
         """Store ``msg``'s intrinsics unless they are implausible (then warned, the previous ones kept)."""
         try:
-            K, width, height = camera_info_K(msg)
+            calibration = calibration_of(msg)
         except ValueError as error:
             self.warn('camera_info', f'ignoring camera_info on {topic}: {error}')
             return
+        K, width, height = calibration.K_matrix, calibration.width, calibration.height
         size = (width, height) if width > 0 and height > 0 else self.last_image_size
         problem = 'width/height not set' if size is None else implausible_intrinsics(K, size, self.last_image_size)
         if problem:
             self.warn('camera_info', f'ignoring camera_info on {topic}: {problem} '
                       f'(keeping {"the previous good one" if self.camera_info else "the fallback intrinsics"})')
             return
-        self.camera_info = Intrinsics(K, size, 'camera_info')
+        distorted = calibration.distorted or not np.allclose(calibration.R, np.eye(3).ravel())
+        self.camera_info = Intrinsics(K, size, 'camera_info', calibration if distorted else None)
 
     def decode(self, msg: Any, compressed: bool, max_pixels: int, topic: str) -> np.ndarray | None:
         """``H x W x 3`` uint8 RGB of an Image / CompressedImage message, or None (warned) when unusable."""

@@ -74,10 +74,12 @@ class NodeConfig:
     calibration_frames: int = option(DEFAULT_CALIBRATION_FRAMES, min_value=1, max_value=MAX_CALIBRATION_FRAMES,
                                      read_only=True,
                                      help='precision int8: frames used (evenly spaced over the folder or bag)')
-    min_depth: float = option(0.1, min_value=1e-3, read_only=True,
-                              help='depth of the largest disparity (m, before depth_scale)')
-    max_depth: float = option(100.0, min_value=1e-3, read_only=True,
-                              help='depth of the smallest disparity (m, before depth_scale)')
+    min_depth: float = option(0.0, min_value=0.0, read_only=True,
+                              help="depth of the largest disparity (before metric scale and depth_scale); 0 = the "
+                                   "checkpoint's depth_range (0.1 when it has none)")
+    max_depth: float = option(0.0, min_value=0.0, read_only=True,
+                              help="depth of the smallest disparity (before metric scale and depth_scale); 0 = the "
+                                   "checkpoint's depth_range (100 when it has none)")
     depth_scale: float = option(1.0, min_value=1e-6, read_only=True,
                                 help='metric scale factor (5.4 for stereo-trained checkpoints); multiplies the '
                                      "checkpoint's own metric scale when it has one")
@@ -213,7 +215,7 @@ class NodeConfig:
         if self.precision == 'int8' and self.calibration and not os.path.exists(os.path.expanduser(self.calibration)):
             raise ConfigError(f'calibration {self.calibration!r} does not exist: give a folder of images or a bag, '
                               'or leave it empty for synthetic frames')
-        if self.max_depth <= self.min_depth:
+        if self.max_depth > 0 and self.max_depth <= self.min_depth:
             raise ConfigError(f'max_depth ({self.max_depth}) must be larger than min_depth ({self.min_depth})')
         if self.colored_range == 'fixed' and self.colored_max <= self.colored_min:
             raise ConfigError(f'colored_max ({self.colored_max}) must be larger than colored_min '

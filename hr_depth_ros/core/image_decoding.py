@@ -51,6 +51,8 @@ __all__ = [
     'RGB_ENCODINGS',
     'image_to_rgb',
     'image_to_array',
+    'depth_to_metres',
+    'DEPTH_ENCODINGS',
     'compressed_to_rgb',
     'rgb_to_image_fields',
     'array_to_image_fields',
@@ -206,6 +208,30 @@ def image_to_array(msg: Any, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray
     if not view.dtype.isnative:
         view = view.astype(view.dtype.newbyteorder('='))
     return view[..., 0] if view.shape[2] == 1 else view
+
+
+DEPTH_ENCODINGS = ('16UC1', 'mono16', '32FC1')
+
+
+def depth_to_metres(msg: Any, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """A depth Image in metres, ``H x W`` float32 with NaN where invalid (REP 118).
+
+    ``16UC1`` / ``mono16``: millimetres, 0 = no data; ``32FC1``: metres, NaN, inf, 0 and negative
+    values = no data. UnsupportedEncoding for any other encoding (naming it).
+    """
+    encoding = str(msg.encoding).strip()
+    if encoding not in DEPTH_ENCODINGS:
+        raise UnsupportedEncoding(f'depth image encoding {shorten(encoding)} is not a depth encoding; use '
+                                  f'{", ".join(DEPTH_ENCODINGS)} (REP 118: 16UC1 millimetres, 32FC1 metres)')
+    raw = image_to_array(msg, max_pixels)
+    if raw.ndim != 2:
+        raise MalformedImage(f'depth image has {raw.shape[2]} channels, expected 1')
+    if raw.dtype.kind == 'u':
+        depth = raw.astype(np.float32) * np.float32(0.001)
+    else:
+        depth = raw.astype(np.float32, copy=True)
+    depth[~(np.isfinite(depth) & (depth > 0))] = np.nan
+    return depth
 
 
 def image_to_rgb(msg: Any, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:

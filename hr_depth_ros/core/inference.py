@@ -105,13 +105,16 @@ class DepthEstimator:
 
     def __init__(self, checkpoint: DepthCheckpoint | str | Path, device: str | torch.device = 'auto',
                  precision: str = 'fp32', channels_last: bool | None = None, compile: bool | str = False,
-                 min_depth: float = 0.1, max_depth: float = 100.0, depth_scale: float = 1.0,
+                 min_depth: float | None = None, max_depth: float | None = None, depth_scale: float = 1.0,
                  backend: str = 'auto', threads: int | None = None, cache_dir: str | Path | None = None,
                  calibration: CalibrationSource | CalibrationSet | str | Path | None = None) -> None:
         if not isinstance(checkpoint, DepthCheckpoint):
             checkpoint = load_depth_checkpoint(checkpoint)
         if precision not in PRECISIONS:
             raise ValueError(f'unknown precision {precision!r}; use one of {", ".join(PRECISIONS)}')
+        # The range the network was trained with (checkpoint.depth_range_of), unless given.
+        min_depth = checkpoint.depth_range[0] if min_depth is None else min_depth
+        max_depth = checkpoint.depth_range[1] if max_depth is None else max_depth
         if not 0 < min_depth < max_depth:
             raise ValueError(f'need 0 < min_depth < max_depth, got {min_depth} and {max_depth}')
         if depth_scale <= 0:
@@ -181,8 +184,8 @@ class DepthEstimator:
         the option table to the estimator (the depth node, ``predict``, the demo and the benchmarks).
         ``checkpoint``: loaded weights to use instead of ``config.weights`` (online adaptation's models)."""
         return cls(checkpoint or config.weights, device=config.device, precision=config.precision,
-                   channels_last=config.channels_last, compile=config.compile, min_depth=config.min_depth,
-                   max_depth=config.max_depth, depth_scale=config.depth_scale, backend=config.backend,
+                   channels_last=config.channels_last, compile=config.compile, min_depth=config.min_depth or None,
+                   max_depth=config.max_depth or None, depth_scale=config.depth_scale, backend=config.backend,
                    threads=config.threads or None, cache_dir=config.cache_dir or None,
                    calibration=CalibrationSource(config.calibration, config.calibration_topic,
                                                  config.calibration_frames, config.max_pixels))

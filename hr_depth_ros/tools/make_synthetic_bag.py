@@ -29,6 +29,7 @@ import shutil
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -39,6 +40,7 @@ from rosbags.typesys import Stores, get_typestore
 from hr_depth_ros.core.bags import topic_counts
 from hr_depth_ros.core.geometry import quaternion_from_matrix
 from hr_depth_ros.core.image_decoding import array_to_image_fields, encode_compressed, rgb_to_image_fields
+from hr_depth_ros.core.rectification import Calibration, apply_distortion
 from hr_depth_ros.core.synthetic import SyntheticDrive
 
 __all__ = ['IMAGE_TOPIC', 'COMPRESSED_TOPIC', 'CAMERA_INFO_TOPIC', 'DEPTH_GT_TOPIC', 'TF_TOPIC', 'TF_STATIC_TOPIC',
@@ -72,11 +74,19 @@ CAMERA_LINK_FROM_OPTICAL = np.array([[0.0, 0, 1, 0], [-1, 0, 0, 0], [0, -1, 0, 0
 _STORAGES = {'mcap': StoragePlugin.MCAP, 'sqlite3': StoragePlugin.SQLITE3}
 
 
-def frame_messages(typestore: Any, drive: SyntheticDrive, index: int, jpeg_quality: int) -> dict[str, Any]:
-    """All messages of one frame, keyed by topic."""
+def frame_messages(typestore: Any, drive: SyntheticDrive, index: int, jpeg_quality: int,
+                   distortion: Sequence[float] | None = None) -> dict[str, Any]:
+    """All messages of one frame, keyed by topic. ``distortion``: plumb_bob D applied to the image and
+    depth (:func:`~hr_depth_ros.core.rectification.apply_distortion`) and written to camera_info."""
     types = typestore.types
     Header, Time = types['std_msgs/msg/Header'], types['builtin_interfaces/msg/Time']
     frame = drive.frame(index)
+    D = np.zeros(5) if distortion is None else np.asarray(distortion, dtype=np.float64)
+    if D.any():
+        calibration = Calibration(tuple(drive.K.ravel()), 'plumb_bob', tuple(D), tuple(np.eye(3).ravel()),
+                                  tuple(drive.K.ravel()), drive.width, drive.height)
+        frame = replace(frame, rgb=apply_distortion(frame.rgb, calibration),
+                        depth=apply_distortion(frame.depth, calibration, nearest=True))
     stamp = Time(sec=frame.stamp_ns // 1_000_000_000, nanosec=frame.stamp_ns % 1_000_000_000)
     header = Header(stamp=stamp, frame_id=CAMERA_FRAME)
     Image = types['sensor_msgs/msg/Image']
@@ -84,7 +94,7 @@ def frame_messages(typestore: Any, drive: SyntheticDrive, index: int, jpeg_quali
     K = drive.K
     camera_info = types['sensor_msgs/msg/CameraInfo'](
         header=header, height=drive.height, width=drive.width, distortion_model='plumb_bob',
-        d=np.zeros(5), k=K.ravel().astype(np.float64), r=np.eye(3).ravel(),
+        d=D, k=K.ravel().astype(np.float64), r=np.eye(3).ravel(),
         p=np.hstack([K, np.zeros((3, 1))]).ravel().astype(np.float64), binning_x=0, binning_y=0,
         roi=types['sensor_msgs/msg/RegionOfInterest'](x_offset=0, y_offset=0, height=0, width=0, do_rectify=False))
     return {
@@ -136,11 +146,13 @@ def static_tf_msg(typestore: Any, stamp_ns: int) -> Any:
 def write_synthetic_bag(path: str | Path, frames: int = 60, width: int = 640, height: int = 192,
                         fps: float = 10.0, storage: str = 'mcap', seed: int = 0, speed: float = 9.0,
                         noise: float = 0.0, exposure_jitter: float = 0.0, jpeg_quality: int = 90,
-                        tf_rate: float = 30.0, tf_offset_s: float = 0.007, with_tf: bool = True) -> Path:
+                        tf_rate: float = 30.0, tf_offset_s: float = 0.007, with_tf: bool = True,
+                        distortion: Sequence[float] | None = None) -> Path:
     """Render ``frames`` frames of a :class:`SyntheticDrive` into a new rosbag2 directory at ``path``.
 
     ``tf_rate`` / ``tf_offset_s``: odometry rate and its clock offset from the camera's stamps;
-    ``with_tf=False`` writes no TF topics (a camera-only recording).
+    ``with_tf=False`` writes no TF topics (a camera-only recording). ``distortion``: plumb_bob
+    coefficients (k1, k2, p1, p2, k3) of a lens to apply to image and depth (camera_info's D).
 
     Refuses to overwrite an existing path (FileExistsError). The bag is written next to ``path``
     under a temporary name and renamed when complete, so a failure never leaves a partial bag.
@@ -180,7 +192,7 @@ def write_synthetic_bag(path: str | Path, frames: int = 60, width: int = 640, he
                 while next_tf < len(odometry) and odometry[next_tf] <= stamp_ns:
                     write(TF_TOPIC, odometry[next_tf], odometry_msg(typestore, drive, odometry[next_tf]))
                     next_tf += 1
-                for topic, msg in frame_messages(typestore, drive, index, jpeg_quality).items():
+                for topic, msg in frame_messages(typestore, drive, index, jpeg_quality, distortion).items():
                     write(topic, stamp_ns, msg)
             for stamp_ns in odometry[next_tf:]:
                 write(TF_TOPIC, stamp_ns, odometry_msg(typestore, drive, stamp_ns))

@@ -37,8 +37,9 @@ from hr_depth_ros.core.training.frame_store import FrameStore, new_cache_folder,
 
 __all__ = ['cache_key', 'cached_bag', 'prepare_frames', 'save_store', 'load_store', 'concat_stores', 'CACHE_VERSION']
 
-CACHE_VERSION = 1  # bump when the stored layout or the decoding changes
-KEY_FIELDS = ('width', 'height', 'image_topic', 'camera_info_topic', 'gt_depth_topic', 'intrinsics', 'max_pixels',
+CACHE_VERSION = 2  # bump when the stored layout or the decoding changes (2: rectified frames, depth in metres)
+KEY_FIELDS = ('width', 'height', 'image_topic', 'camera_info_topic', 'gt_depth_topic', 'gt_depth_tolerance',
+              'intrinsics', 'max_pixels',
               'min_decodable_fraction', 'pose_source', 'odom_frame', 'camera_frame', 'tf_topic', 'tf_static_topic',
               'max_tf_gap')
 INDEX_ARRAYS = ('stamps_ns', 'segment', 'has_depth', 'poses')
@@ -142,13 +143,16 @@ def _workers(requested: int, bags: int) -> int:
     return max(1, min(bags, requested if requested > 0 else min(os.cpu_count() or 1, 8)))
 
 
-def prepare_frames(config: DataConfig) -> FrameStore:
+def prepare_frames(config: DataConfig, checked: Sequence[CheckedBag] | None = None) -> FrameStore:
     """Frames of every bag of ``config``: from ``config.frame_cache`` when there, decoded (in parallel) otherwise.
 
-    The bags are expanded and their topics checked once, before anything is decoded. Without
-    ``frame_cache`` and with one worker this is :func:`extract_frames` itself.
+    ``checked``: the bags as :func:`.data_config.check_bags` returned them with ``config`` (checked here
+    when not given): the bags are expanded and their topics checked once, before anything is decoded.
+    Without ``frame_cache`` and with one worker this is :func:`extract_frames` itself.
     """
-    bags = check_bags(config)
+    if checked is None:  # 'auto' topics chosen from the first bag (once, before the cache keys)
+        config, checked, _ = check_bags(config)
+    bags = list(checked)
     workers = _workers(config.prepare_workers, len(bags))
     if config.frame_cache is None and workers == 1:
         return extract_frames(replace(config, bags=[bag.path for bag in bags]), bags)

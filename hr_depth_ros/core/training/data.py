@@ -21,8 +21,8 @@ from typing import Any
 import numpy as np
 
 from hr_depth_ros.core.training.cache import prepare_frames
-from hr_depth_ros.core.training.data_config import (POSE_SOURCES, DataConfig, DataError, InputErrors, check_bags,
-                                                    check_topics)
+from hr_depth_ros.core.training.data_config import (AUTO, POSE_SOURCES, DataConfig, DataError, InputErrors, check_bags,
+                                                    check_topics, resolve_topics)
 from hr_depth_ros.core.training.dataset import FRAME_OFFSETS, TripletDataset
 from hr_depth_ros.core.training.extraction import extract_frames
 from hr_depth_ros.core.training.frame_store import FrameStore
@@ -31,7 +31,9 @@ from hr_depth_ros.core.training.samples import (SampleReport, bag_reports, build
 
 __all__ = ['DataError', 'DataConfig', 'FrameStore', 'SampleReport', 'extract_frames', 'build_samples',
            'split_samples', 'TripletDataset', 'prepare_data', 'PreparedData', 'FRAME_OFFSETS', 'POSE_SOURCES',
-           'resolve_pose_source', 'bag_reports', 'InputErrors', 'check_bags', 'check_topics']
+           'resolve_pose_source', 'bag_reports', 'InputErrors', 'check_bags', 'check_topics', 'resolve_topics', 'AUTO']
+
+FEW_VAL_SAMPLES = 5                 # fewer validation samples are warned about
 
 
 @dataclass
@@ -44,6 +46,9 @@ class PreparedData:
     report: SampleReport
     pose_source: str = 'net'        # what the trainer uses: 'tf', 'net' or 'vo'
     bag_reports: list[SampleReport] = field(default_factory=list)  # one per bag, in store.bags order
+    topic_choices: list[str] = field(default_factory=list)  # topics chosen from the bag (resolve_topics)
+    warnings: list[str] = field(default_factory=list)       # what the user must see (logged on their own)
+    topics: dict[str, str | None] = field(default_factory=dict)  # the topics read (auto ones resolved)
     motions: Any = None             # 'vo': the two-view geometry (visual_odometry.PairMotions)
     transforms: np.ndarray | None = None  # 'vo': its poses in the depth network's units (the trainer's)
 
@@ -64,7 +69,8 @@ class PreparedData:
 
 def prepare_data(config: DataConfig, min_train_samples: int = 1) -> PreparedData:
     """Extract, build triplets and split; DataError (naming the counts) when too few samples remain."""
-    store = prepare_frames(config)
+    config, checked, choices = check_bags(config)
+    store = prepare_frames(config, checked)
     try:
         pose_source = resolve_pose_source(config.pose_source, store)
         report = SampleReport(skipped_frames=store.skipped, notes=list(store.notes),
@@ -84,7 +90,18 @@ def prepare_data(config: DataConfig, min_train_samples: int = 1) -> PreparedData
         if len(train) < min_train_samples:
             raise DataError(f'too few usable training samples in {", ".join(store.bags)}: found '
                             f'{len(train)}, need {min_train_samples}; {report.summary()}')
-        return PreparedData(store, train, val, report, pose_source, by_bag, motions)
+        warnings = [line for line in store.notes if line.startswith('warning')]
+        if config.val_fraction > 0 and len(val) < FEW_VAL_SAMPLES:
+            warnings.append(f'warning: only {len(val)} validation samples ({len(train)} training): best/ is chosen '
+                            'on few frames; record a longer bag or raise val_fraction')
+        if config.gt_depth_topic and val and not any(store.has_depth[centre] for _, centre, _ in val):
+            warnings.append(f'warning: the ground-truth depth topic {config.gt_depth_topic} matches no validation '
+                            f'frame (stamps within {config.gt_depth_tolerance * 1000:g} ms): best/ cannot be '
+                            'chosen by depth error')
+        topics = {'image': config.image_topic, 'camera_info': config.camera_info_topic,
+                  'gt_depth': config.gt_depth_topic}
+        return PreparedData(store, train, val, report, pose_source, by_bag, topic_choices=choices, warnings=warnings,
+                            topics=topics, motions=motions)
     except BaseException:
         store.close()
         raise

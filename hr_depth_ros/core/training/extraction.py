@@ -23,9 +23,10 @@ import cv2
 import numpy as np
 
 from hr_depth_ros.core.bags import read_messages
-from hr_depth_ros.core.camera_info import camera_info_K, implausible_intrinsics
+from hr_depth_ros.core.camera_info import implausible_intrinsics
 from hr_depth_ros.core.geometry import scale_intrinsics
-from hr_depth_ros.core.image_decoding import compressed_to_rgb, image_to_array, image_to_rgb
+from hr_depth_ros.core.image_decoding import compressed_to_rgb, depth_to_metres, image_to_rgb
+from hr_depth_ros.core.rectification import Calibration, calibration_of, rectifier_for
 from hr_depth_ros.core.tf_poses import TransformError, TransformTree, normalize_frame
 from hr_depth_ros.core.training.data_config import (COMPRESSED_TYPE, TF_TYPE, CheckedBag, DataConfig, DataError,
                                                     check_bags)
@@ -34,17 +35,24 @@ from hr_depth_ros.core.training.frame_store import FrameStore, RowFile, new_cach
 __all__ = ['extract_frames']
 
 
-def _camera_K(msg: Any, topic: str, bag: Path) -> tuple[np.ndarray, int, int]:
+def _calibration(msg: Any, topic: str, bag: Path) -> Calibration:
+    """The calibration of a camera_info message; DataError naming the bag and topic when unusable."""
     try:
-        K, width, height = camera_info_K(msg)
+        calibration = calibration_of(msg)
     except ValueError as error:
         raise DataError(f'bag {bag}: {topic}: {error}; give the intrinsics (fx, fy, cx, cy) as parameters '
                         'instead') from error
-    problem = implausible_intrinsics(K, (width, height))
+    problem = implausible_intrinsics(calibration.K_matrix, (calibration.width, calibration.height))
     if problem:
         raise DataError(f'bag {bag}: {topic} has implausible intrinsics: {problem}; give the intrinsics '
                         '(fx, fy, cx, cy) as parameters instead')
-    return K, width, height
+    return calibration
+
+
+def _pinhole(intrinsics: Sequence[float], size: tuple[int, int]) -> Calibration:
+    fx, fy, cx, cy = (float(v) for v in intrinsics)
+    return Calibration((fx, 0.0, cx, 0.0, fy, cy, 0.0, 0.0, 1.0), 'plumb_bob', (), tuple(np.eye(3).ravel()),
+                       (0.0,) * 9, *size)
 
 
 def _resize(image: np.ndarray, width: int, height: int, nearest: bool = False) -> np.ndarray:
@@ -64,7 +72,9 @@ def extract_frames(config: DataConfig, checked: Sequence[CheckedBag] | None = No
     here when not given). Raises BagError for unreadable bags and DataError for missing topics /
     intrinsics, before anything is written. The cache folder is removed again on any failure.
     """
-    checked = check_bags(config) if checked is None else list(checked)
+    if checked is None:
+        config, checked, _ = check_bags(config)
+    checked = list(checked)
     capacity = sum(bag.frames for bag in checked)
     if capacity == 0:
         raise DataError(f'no messages on {config.image_topic} in {", ".join(str(bag.path) for bag in checked)}')
@@ -156,12 +166,24 @@ class _StoreWriter:
 
 
 class _BagFrames:
-    """One bag's frames on their way into the store: decoded, resized and written row by row, ground-truth
-    depth matched to them by header stamp, camera_info and TF collected; :meth:`finish` checks the bag and
-    gives its K at training size (``K``) and TF poses (``tf_ok``, ``tf_note``, ``without_tf``)."""
+    """One bag's frames on their way into the store: rectified with their own camera_info, resized, written
+    row by row, ground-truth depth matched to them by stamp (within ``gt_depth_tolerance``), TF collected;
+    :meth:`finish` checks the bag and gives its K at training size (``K``) and TF poses (``tf_ok``,
+    ``tf_note``, ``without_tf``).
+
+    Every frame is remapped (:mod:`hr_depth_ros.core.rectification`, maps built once per calibration)
+    to one pinhole camera, ``target``: the first camera_info's rectified camera. A camera_info that
+    changes mid-bag is used for the frames it describes (and noted), never silently ignored.
+    Images that arrive before the first camera_info wait for it (up to MAX_WAITING_FRAMES).
+    """
+
+    MAX_WAITING_FRAMES = 300
+    RECENT_FRAMES = 64       # frames a late depth image may still be matched to
+    DEPTH_HORIZON_NS = 2_000_000_000  # unmatched depth images older than this behind the newest frame are dropped
 
     def __init__(self, config: DataConfig, bag: CheckedBag, writer: _StoreWriter, segment: int) -> None:
         self.config, self.bag, self.path, self.writer, self.segment = config, bag, bag.path, writer, segment
+        self.notes = writer.notes
         self.compressed = bag.topics[config.image_topic] == COMPRESSED_TYPE
         # TF is read whenever the bag has it: with pose source net it still gives validation
         # an honest loss under the recorded motion.
@@ -169,14 +191,22 @@ class _BagFrames:
                           if bag.topics.get(t) == TF_TYPE}
         self.tree = TransformTree(config.max_tf_gap)
         self.camera_frame = normalize_frame(config.camera_frame) if config.camera_frame else None
-        self.K_raw: np.ndarray | None = None
-        self.info_size: tuple[int, int] | None = None
-        self.image_size: tuple[int, int] | None = None
-        self.by_stamp: dict[int, int] = {}
-        self.pending_depth: dict[int, np.ndarray] = {}
         self.first = writer.count
+        self.calibration: Calibration | None = None
+        self.first_calibration: Calibration | None = None
+        self.target: Any = None                  # Rectifier of the first calibration (its K is the bag's)
+        self.image_size: tuple[int, int] | None = None
+        self.stamps: list[int] = []
         self.skipped: list[str] = []
         self.repeated = 0  # image messages whose header stamp an earlier frame of this bag already has
+        self.by_stamp: dict[int, int] = {}
+        self.waiting: list[tuple[np.ndarray, int]] = []
+        self.waiting_depth: list[tuple[np.ndarray, int]] = []
+        self.pending_depth: dict[int, np.ndarray] = {}
+        self.depth_gap: dict[int, int] = {}      # row -> |depth stamp - frame stamp|
+        self.depth_messages = self.depth_dropped = 0
+        self.changes = 0
+        self.tolerance_ns = int(config.gt_depth_tolerance * 1e9)
         self.K = np.eye(3)
         self.tf_ok, self.tf_note, self.without_tf = False, '', 0
 
@@ -189,23 +219,25 @@ class _BagFrames:
         if config.gt_depth_topic:
             wanted.append(config.gt_depth_topic)
         wanted += list(self.tf_topics)
-        for topic, t_ns, stamp_ns, msg in read_messages(self.path, wanted, on_partial=self.writer.notes.append):
+        for topic, t_ns, stamp_ns, msg in read_messages(self.path, wanted, on_partial=self.notes.append):
             stamp = stamp_ns if stamp_ns else t_ns
             if topic == config.camera_info_topic:
-                if self.K_raw is None:
-                    self.K_raw, iw, ih = _camera_K(msg, topic, self.path)
-                    self.info_size = (iw, ih)
+                self.on_camera_info(_calibration(msg, topic, self.path), stamp)
             elif topic in self.tf_topics:
                 try:
                     self.tree.add_message(msg, static=self.tf_topics[topic])
                 except TransformError as error:
                     raise DataError(f'bag {self.path}: {topic}: {error}') from error
             elif topic == config.image_topic:
-                self.on_image(msg, stamp)
+                self.on_image_message(msg, stamp)
             else:  # ground-truth depth, matched by header stamp
-                self.on_depth(msg, topic, stamp)
+                try:
+                    self.on_depth(depth_to_metres(msg, config.max_pixels), stamp)
+                except ValueError as error:
+                    self.notes.append(f'bag {self.path}: {topic} at {stamp} ns skipped: {error}')
 
-    def on_image(self, msg: Any, stamp: int) -> None:
+    def on_image_message(self, msg: Any, stamp: int) -> None:
+        """An image message: decoded (skipped and counted when it does not decode) and handed on."""
         config = self.config
         if self.camera_frame is None:
             self.camera_frame = normalize_frame(msg.header.frame_id)
@@ -218,46 +250,134 @@ class _BagFrames:
         except ValueError as error:  # skipped (never stored partly decoded), counted below
             self.skipped.append(f'{stamp} ns: {error}')
             return
-        if self.image_size is None:
-            self.image_size = (rgb.shape[1], rgb.shape[0])
-        elif self.image_size != (rgb.shape[1], rgb.shape[0]):
-            raise DataError(f'bag {self.path}: {config.image_topic} changes size from {self.image_size[0]}x'
-                            f'{self.image_size[1]} to {rgb.shape[1]}x{rgb.shape[0]}')
-        row = self.writer.add(_resize(rgb, self.writer.width, self.writer.height), stamp, self.segment)
-        self.by_stamp[stamp] = row
-        if self.writer.depth is not None and stamp in self.pending_depth:
-            self.writer.set_depth(row, self.pending_depth.pop(stamp))
+        if not self.bag.has_info and self.calibration is None:
+            self.on_camera_info(_pinhole(config.intrinsics, (rgb.shape[1], rgb.shape[0])), stamp)
+        self.on_image(rgb, stamp)
 
-    def on_depth(self, msg: Any, topic: str, stamp: int) -> None:
-        try:
-            gt = _resize(image_to_array(msg, self.config.max_pixels).astype(np.float32).reshape(
-                msg.height, msg.width), self.writer.width, self.writer.height, nearest=True)
-        except ValueError as error:
-            self.writer.notes.append(f'bag {self.path}: {topic} at {stamp} ns skipped: {error}')
-            return
+    def on_camera_info(self, calibration: Calibration, stamp: int) -> None:
+        if calibration != self.calibration and self.first_calibration is not None:
+            self.changes += 1
+            if self.changes == 1:
+                self.notes.append(f'bag {self.path}: {self.config.camera_info_topic} changes at {stamp} ns (K '
+                                  f'{self.first_calibration.K_matrix[[0, 1, 0, 1], [0, 1, 2, 2]].round(2).tolist()} -> '
+                                  f'{calibration.K_matrix[[0, 1, 0, 1], [0, 1, 2, 2]].round(2).tolist()}, D '
+                                  f'{list(calibration.D)}): every frame is remapped with its own camera_info '
+                                  'to the first one\'s rectified camera')
+        self.calibration = calibration
+        if self.first_calibration is None:
+            self.first_calibration = calibration
+        self._flush()
+
+    def _flush(self) -> None:
+        """Handle the images and depth images that waited for a calibration / the image size."""
+        waiting, waiting_depth, self.waiting, self.waiting_depth = self.waiting, self.waiting_depth, [], []
+        for rgb, at in waiting:
+            self.on_image(rgb, at)
+        for gt, at in waiting_depth:
+            self.on_depth(gt, at)
+
+    def _rectifier(self, size: tuple[int, int]) -> Any:
+        calibration = self.calibration
+        declared = (calibration.width, calibration.height)
+        if declared not in (size, (0, 0)):
+            raise DataError(f'bag {self.path}: camera_info is for {declared[0]}x{declared[1]} images but '
+                            f'{self.config.image_topic} has {size[0]}x{size[1]}')
+        if self.target is None:
+            self.target = rectifier_for(calibration, size)
+            if not self.target.identity:
+                self.notes.append(f'bag {self.path}: {self.target.describe()}')
+        if calibration == self.first_calibration:
+            return self.target
+        return rectifier_for(calibration, size, self.target.K)
+
+    def on_image(self, rgb: np.ndarray, stamp: int) -> None:
         if stamp in self.by_stamp:
-            self.writer.set_depth(self.by_stamp[stamp], gt)
-        else:
-            self.pending_depth[stamp] = gt
+            return  # duplicate stamp: keep the first
+        if self.calibration is None:
+            if len(self.waiting) >= self.MAX_WAITING_FRAMES:
+                raise DataError(f'bag {self.path}: no message on {self.config.camera_info_topic} before the first '
+                                f'{self.MAX_WAITING_FRAMES} frames of {self.config.image_topic}')
+            self.waiting.append((rgb, stamp))
+            return
+        size = (rgb.shape[1], rgb.shape[0])
+        if self.image_size is None:
+            self.image_size = size
+            self._flush()
+        elif self.image_size != size:
+            raise DataError(f'bag {self.path}: {self.config.image_topic} changes size from {self.image_size[0]}x'
+                            f'{self.image_size[1]} to {size[0]}x{size[1]}')
+        small = _resize(self._rectifier(size).rectify(rgb), self.writer.width, self.writer.height)
+        row = self.writer.add(small, stamp, self.segment)
+        self.stamps.append(stamp)
+        self.by_stamp[stamp] = row
+        if self.pending_depth:
+            near = [s for s in self.pending_depth if abs(s - stamp) <= self.tolerance_ns]
+            for depth_stamp in sorted(near, key=lambda s: abs(s - stamp))[:1]:
+                self._assign(row, self.pending_depth.pop(depth_stamp), abs(depth_stamp - stamp))
+            old = [s for s in self.pending_depth if s < stamp - self.DEPTH_HORIZON_NS]
+            for depth_stamp in old:
+                del self.pending_depth[depth_stamp]
+            self.depth_dropped += len(old)
+
+    def on_depth(self, metres: np.ndarray, stamp: int) -> None:
+        if self.writer.depth is None:
+            return
+        if self.calibration is None or self.image_size is None:
+            self.waiting_depth.append((metres, stamp))  # rectified once the calibration and image size are known
+            return
+        self.depth_messages += 1
+        size = self.image_size
+        full = _resize(metres, *size, nearest=True)  # a depth image of another resolution: to the colour image's
+        small = _resize(self._rectifier(size).rectify(full, nearest=True), self.writer.width, self.writer.height,
+                        nearest=True)
+        recent = self.stamps[-self.RECENT_FRAMES:]
+        if recent:
+            nearest = min(recent, key=lambda s: abs(s - stamp))
+            gap = abs(nearest - stamp)
+            if gap <= self.tolerance_ns:
+                self._assign(self.by_stamp[nearest], small, gap)
+                return
+        self.pending_depth[stamp] = small
+
+    def _assign(self, row: int, small: np.ndarray, gap: int) -> None:
+        if row in self.depth_gap and self.depth_gap[row] <= gap:
+            return  # a closer depth image is already there
+        self.writer.set_depth(row, small)
+        self.depth_gap[row] = gap
+
+    def _note_depth(self) -> None:
+        """Frames still waiting for a camera_info are an error; depth matches are noted."""
+        if self.waiting_depth:
+            self.notes.append(f'bag {self.path}: {len(self.waiting_depth)} depth images before any image or '
+                              'camera_info dropped')
+        if self.waiting:
+            raise DataError(f'bag {self.path}: no message on {self.config.camera_info_topic} and no intrinsics '
+                            'given')
+        if self.writer.depth is None:
+            return
+        matched = len(self.depth_gap)
+        unmatched = self.depth_messages - matched
+        text = (f'bag {self.path}: {self.config.gt_depth_topic}: {matched} of {len(self.stamps)} frames have '
+                f'ground-truth depth ({self.depth_messages} depth images, matched by stamp within '
+                f'{self.config.gt_depth_tolerance * 1000:g} ms; {unmatched} unmatched)')
+        if matched == 0:
+            text = ('warning: ' + text + ': no depth image is stamped near an image; are they the same camera '
+                    'and clock?')
+        self.notes.append(text)
 
     def finish(self) -> None:
-        """Check what the bag gave (decodable frames, intrinsics), put its frames in time order, find their poses."""
+        """Check what the bag gave (decodable frames, a camera), put its frames in time order, find their poses."""
         config, path, writer = self.config, self.path, self.writer
+        self._note_depth()
         if self.repeated:
-            writer.notes.append(f'bag {path}: {self.repeated} frames on {config.image_topic} repeat the header stamp '
-                                'of an earlier frame: dropped (the first of each stamp kept; check the camera '
-                                'driver\'s clock)')
-        _check_decodable(path, config, writer.count - self.first, self.skipped, writer.notes)
-        if self.K_raw is None:
-            if config.intrinsics is None:
-                raise DataError(f'bag {path}: no message on {config.camera_info_topic} and no intrinsics given')
-            fx, fy, cx, cy = (float(v) for v in config.intrinsics)
-            self.K_raw = np.array([[fx, 0, cx], [0, fy, cy], [0, 0, 1]], dtype=np.float64)
-            self.info_size = self.image_size
-        if self.info_size not in (self.image_size, (0, 0)):
-            raise DataError(f'bag {path}: camera_info is for {self.info_size[0]}x{self.info_size[1]} images but '
-                            f'{config.image_topic} has {self.image_size[0]}x{self.image_size[1]}')
-        self.K = scale_intrinsics(self.K_raw, writer.width / self.image_size[0], writer.height / self.image_size[1])
+            self.notes.append(f'bag {path}: {self.repeated} frames on {config.image_topic} repeat the header stamp '
+                              'of an earlier frame: dropped (the first of each stamp kept; check the camera '
+                              'driver\'s clock)')
+        _check_decodable(path, config, writer.count - self.first, self.skipped, self.notes)
+        if self.target is None:
+            raise DataError(f'bag {path}: no message on {config.camera_info_topic} and no intrinsics given')
+        width, height = self.image_size
+        self.K = scale_intrinsics(self.target.K, writer.width / width, writer.height / height)
         writer.sort_rows(self.first)  # bags are read in receive order
         self.tf_ok, self.tf_note, self.without_tf = _segment_poses(self.tree, config, path, self.camera_frame,
                                                                    writer.stamps[self.first:],

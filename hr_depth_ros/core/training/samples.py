@@ -21,6 +21,9 @@ from hr_depth_ros.core.training.frame_store import FrameStore
 
 __all__ = ['SampleReport', 'build_samples', 'split_samples', 'bag_reports', 'check_consecutive', 'resolve_pose_source']
 
+MIN_VAL_FRAMES = 10                 # a held-out block of a short bag: at least this many frames ...
+MIN_VAL_SHARE = 1 / 3               # ... but no more than this share of the bag
+
 
 @dataclass
 class SampleReport:
@@ -107,6 +110,8 @@ def split_samples(store: FrameStore, samples: Sequence[tuple[int, int, int]], va
             frames = np.flatnonzero(store.segment == seg)
             n = len(frames)
             n_val = max(3, round(val_fraction * n))
+            if n_val < MIN_VAL_FRAMES:  # a short bag: validation with a few samples rather than one
+                n_val = max(n_val, min(MIN_VAL_FRAMES, int(MIN_VAL_SHARE * n)))
             blocks = max(1, round(n_val / max(3, val_block_frames)))
             length = max(3, n_val // blocks)
             for b in range(blocks):

@@ -12,7 +12,9 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-__all__ = ['ScaleSearch', 'search_scale']
+import numpy as np
+
+__all__ = ['ScaleSearch', 'search_scale', 'median_pixel_scale']
 
 GOLDEN = (math.sqrt(5.0) - 1.0) / 2.0
 
@@ -24,6 +26,7 @@ class ScaleSearch:
     scale: float
     loss: float
     curve: list[tuple[float, float]] = field(default_factory=list)
+    pixels: int = 0     # pixels the per-pixel search (median_pixel_scale) rests on; 0 for search_scale
 
     def sharpness(self) -> float:
         """How much worse the loss is a factor 2 away from the best scale (the median of the tried
@@ -72,3 +75,44 @@ def search_scale(loss_at: Callable[[float], float], low: float = 1e-3, high: flo
             fd = evaluate(d)
     scale, loss = min(curve, key=lambda item: item[1])
     return ScaleSearch(scale=scale, loss=loss, curve=sorted(curve))
+
+
+def median_pixel_scale(errors_at: Callable[[float], np.ndarray], identity: np.ndarray, centre: float,
+                       spread: float = 1.0, points: int = 41) -> ScaleSearch:
+    """The scale whose inverse is the median over pixels of each pixel's best inverse scale.
+
+    ``errors_at(scale)``: every scored pixel's reprojection error (1-D, the same pixels each call);
+    ``identity``: their errors without warping. The pixels' inverse scales (proportional to the
+    optical flow they make) are searched on an even grid over ``(1 +- spread) / centre``. A depth
+    whose shape is wrong (a start checkpoint from another kind of scene) moves the minimum of the
+    summed loss toward the regions whose shape is worst; the median of per-pixel best scales
+    follows most of the image instead, as the median scaling of depth evaluation does. The grid is
+    even in flow, so a pixel whose best match is chance (no texture) lands anywhere on it with equal
+    odds on both sides of ``centre``: chance pulls toward ``centre``, never away from it (a grid even
+    in log scale would favour small scales, whose steps sweep more pixels). Pixels count where
+    warping beats not moving and whose best lies inside the grid (refined by a parabola through its
+    neighbours). ``curve``: mean error at each scale tried; ``pixels``: the pixels the median rests on.
+    """
+    if centre <= 0 or not math.isfinite(centre) or not 0 < spread <= 1:
+        raise ValueError(f'need centre > 0 and 0 < spread <= 1, got {centre}, {spread}')
+    low = (1.0 - spread) / centre if spread < 1 else 1.0 / (centre * (points - 1))
+    inverse = np.linspace(low, (1.0 + spread) / centre, points)
+    errors = np.stack([np.asarray(errors_at(1.0 / x), dtype=np.float64) for x in inverse])  # scales x pixels
+    errors[~np.isfinite(errors)] = np.inf
+    best = errors.argmin(0)
+    lowest = errors.min(0)
+    usable = (best > 0) & (best < points - 1) & (lowest < np.asarray(identity, dtype=np.float64))
+    curve = [(float(1.0 / x), float(np.mean(e[np.isfinite(e)])) if np.isfinite(e).any() else math.inf)
+             for x, e in zip(inverse, errors)]
+    if usable.sum() < 100:  # too little texture or motion: the minimum of the mean error
+        scale, loss = min(curve, key=lambda item: item[1])
+        return ScaleSearch(scale=scale, loss=loss, curve=sorted(curve), pixels=int(usable.sum()))
+    index = np.flatnonzero(usable)
+    b = best[index]
+    left, mid, right = errors[b - 1, index], errors[b, index], errors[b + 1, index]
+    denominator = left - 2 * mid + right
+    offset = np.where(denominator > 0, 0.5 * (left - right) / np.maximum(denominator, 1e-12), 0.0)
+    pixel_inverse = inverse[b] + np.clip(offset, -0.5, 0.5) * (inverse[1] - inverse[0])
+    scale = float(1.0 / np.median(pixel_inverse))
+    loss = float(np.interp(1.0 / scale, inverse, [c[1] for c in curve]))
+    return ScaleSearch(scale=scale, loss=loss, curve=sorted(curve), pixels=int(usable.sum()))

@@ -71,7 +71,7 @@ from hr_depth_ros.core.training.losses import (IDENTITY_NOISE_STD, SMOOTHNESS_WE
                                                photometric_error, smoothness_loss, upsample_to)
 from hr_depth_ros.core.training.options import check_limits, option
 from hr_depth_ros.core.training.run_log import RunLog
-from hr_depth_ros.core.training.scale import ScaleSearch, search_scale
+from hr_depth_ros.core.training.scale import ScaleSearch, median_pixel_scale, search_scale
 from hr_depth_ros.core.training.output import (BEST, FRAME_CACHE_PREFIX, LATEST, output_lock, prepare_output,
                                                remove_previous_run, removed_if_left_empty)
 
@@ -88,6 +88,7 @@ MIN_POSE_LR = 1e-4  # measured: a fresh pose network barely learns below this
 AUTO_POSE_WARMUP_STEPS = 160  # measured: translation converges in 120-160 steps at 1e-4
 AUTO_ANCHOR_WEIGHT = 1.0  # measured (benchmarks/RESULTS.md): pose-network fine-tunes stop damaging the start model
 SCALE_SEARCH_SAMPLES = 24  # training samples the metric scale search looks at
+SCALE_REFINE_SPREAD = 0.5  # the re-estimation while training: inverse scales within +-50 % of the current one
 DEFAULT_STEPS = 1000  # run length when neither steps nor epochs is given (command line, node)
 
 
@@ -118,11 +119,15 @@ class TrainingConfig:
     arch: str = option('lite_hr_depth', help='network architecture', choices=ARCHITECTURES)
     width: int = option(640, min_value=64, help='training width (multiple of 32)')
     height: int = option(192, min_value=32, help='training height (multiple of 32)')
-    image_topic: str = option('/camera/image_raw', help='sensor_msgs/Image or CompressedImage topic in the bags')
-    camera_info_topic: str | None = option('/camera/camera_info', unset='',
-                                           help='sensor_msgs/CameraInfo topic (empty: use intrinsics)')
+    image_topic: str = option('auto', help="sensor_msgs/Image or CompressedImage topic in the bags (auto: the bag's "
+                                           'only image topic besides the depth topic, logged)')
+    camera_info_topic: str | None = option('auto', unset='',
+                                           help='sensor_msgs/CameraInfo topic (auto: the one beside the image topic, '
+                                                'else the only one; empty: use intrinsics); distorted images are '
+                                                'rectified')
     gt_depth_topic: str | None = option(None, type=str, unset='',
-                                        help='ground-truth depth (32FC1/16UC1) topic for validation metrics')
+                                        help='ground-truth depth topic (REP 118: 16UC1 mm or 32FC1 m, 0/NaN invalid; '
+                                             'matched by stamp) for validation metrics and choosing best/')
     intrinsics: Sequence[float] | None = option(None, type=float, nargs=4, metavar=('FX', 'FY', 'CX', 'CY'),
                                                 help='pixel intrinsics fx, fy, cx, cy of the bag images when the '
                                                      'bags have no camera_info')
@@ -382,6 +387,7 @@ class Trainer:
         self.device = torch.device('cpu')
         self.state = _State()
         self.dist: Distributed = SINGLE     # this process's rank in a torchrun job
+        self._scale_loader: DataLoader | None = None  # samples of the metric scale search (searched scale only)
 
     # -- reporting ------------------------------------------------------------------------------
     def _emit(self, event: str, **fields: Any) -> None:
@@ -408,6 +414,9 @@ class Trainer:
             encoder.load_state_dict(init.encoder.state_dict())
             decoder.load_state_dict(init.decoder.state_dict())
             init_metric_scale = init.metric_scale
+            if init.depth_range != (cfg.min_depth, cfg.max_depth):
+                self._log(f'warning: the start checkpoint {cfg.init} was trained with depth range {init.depth_range}, '
+                          f'this run uses {cfg.min_depth}-{cfg.max_depth} (--min-depth, --max-depth)')
             folder = Path(cfg.init).expanduser()
             if all((folder / name).is_file() for name in POSE_FILES):
                 pose_encoder.load_state_dict(load_extra_state(folder, POSE_ENCODER_FILE))
@@ -560,6 +569,24 @@ class Trainer:
         (see :mod:`.scale`)."""
         return search_scale(lambda scale: self._photometric_under_tf(prepared, scale))
 
+    def _pixel_scale(self, prepared: list[tuple[Any, ...]], centre: float, spread: float = 1.0,
+                     points: int = 41) -> ScaleSearch:
+        """The median of per-pixel best depth scales under the TF poses (``prepared`` by :meth:`_tf_scoring`),
+        inverse scales within ``(1 +- spread) / centre`` (:func:`.scale.median_pixel_scale`)."""
+        def move(tensor: torch.Tensor) -> torch.Tensor:
+            return tensor.to(self.device, non_blocking=True)
+
+        identity = np.concatenate([torch.cat(ident, 1).min(1).values.flatten().cpu().numpy()
+                                   for _, ident, _, _, _ in prepared])
+
+        def errors_at(scale: float) -> np.ndarray:
+            return np.concatenate([
+                reprojection_loss(move(color).float().div_(255.0), move(depth) * scale, move(K),
+                                  {offset: move(T) for offset, T in transforms.items()}, None)[0].flatten().cpu().numpy()
+                for color, _, K, transforms, depth in prepared])
+
+        return median_pixel_scale(errors_at, identity, centre, spread, points)
+
     @torch.no_grad()
     def _disparities(self, models: _Models, loader: DataLoader, limit: int) -> list[tuple[dict, torch.Tensor]]:
         """``(batch, scale-0 disparity)`` pairs of up to ``limit`` samples, networks in eval mode."""
@@ -653,7 +680,8 @@ class Trainer:
             'intrinsics': {'K': K.tolist(), 'width': cfg.width, 'height': cfg.height},
             'K_normalized': normalized_intrinsics(K, cfg.width, cfg.height).tolist(),
             'bags': [str(b) for b in data.store.bags],  # --bag folders and patterns expanded
-            'topics': {'image': cfg.image_topic, 'camera_info': cfg.camera_info_topic, 'gt_depth': cfg.gt_depth_topic},
+            'topics': data.topics or {'image': cfg.image_topic, 'camera_info': cfg.camera_info_topic,
+                                      'gt_depth': cfg.gt_depth_topic},
             'config': asdict(cfg), 'step': self.state.step, 'epoch': self.state.epoch,
             'metrics': self.state.last_val, 'best_val_loss': None if math.isinf(self.state.best_val) else self.state.best_val,
             'samples': {'train': len(data.train), 'val': len(data.val)}, 'trained_with': 'hr_depth_ros.core.training',
@@ -663,6 +691,7 @@ class Trainer:
             'anchor_weight': self.anchor_weight(),  # resolved: the start model's pull (0: none)
             'depth_units': 'metres' if self.state.metric else 'relative (monocular: no metric scale)',
         }
+        metadata['depth_range'] = [cfg.min_depth, cfg.max_depth]  # every consumer reads it (checkpoint.depth_range_of)
         if self.state.metric:
             # depth_node / predict / DepthEstimator publish metres with it (checkpoint.metric_scale_of).
             metadata['metric_scale'] = self.state.metric_scale
@@ -837,8 +866,12 @@ class Trainer:
 
     # -- the steps of the run -------------------------------------------------------------------
     def _report_data(self, data: PreparedData) -> None:
-        """What the bags gave: the sample summary, one line per bag, TF notes."""
+        """What the bags gave: the topics chosen, the sample summary, warnings, one line per bag, TF notes."""
+        for line in data.topic_choices:
+            self._log(line)
         self._log(data.report.summary())
+        for line in data.warnings:
+            self._log(line)
         if len(data.store.bags) > 1:
             for line in data.bag_summaries():
                 self._log(line)
@@ -973,6 +1006,8 @@ class Trainer:
         """Validate, record, and save best/ when the selection measure improved."""
         # Rank 0 validates on all the validation samples (the numbers of a single process) and
         # broadcasts the result, so every rank keeps the same best / selection state.
+        if self._scale_loader is not None and self.state.step > 0:
+            self._refine_metric_scale(models)
         result = self.dist.broadcast(self._validate(models, val_loader, data.val_has_poses)
                                      if self.dist.is_main else None)
         if not result:
@@ -992,6 +1027,20 @@ class Trainer:
             self.state.best_val = value
             return self._save(models, optimizer, scheduler, scaler, data, BEST)
         return None
+
+    def _refine_metric_scale(self, models: _Models) -> None:
+        """Re-estimate the metric scale of the network as trained so far (on rank 0, broadcast): the
+        depth network's shape changes while it trains, and so does the scale that fits it best."""
+        scale = None
+        if self.dist.is_main:
+            scored = self._disparities(models, self._scale_loader, SCALE_SEARCH_SAMPLES)
+            scale = self._pixel_scale(self._tf_scoring(scored), self.state.metric_scale, SCALE_REFINE_SPREAD, 21).scale
+        scale = self.dist.broadcast(scale)
+        if abs(math.log(scale / self.state.metric_scale)) > 1e-3:
+            self._log(f'metric scale {self.state.metric_scale:.4g} -> {scale:.4g} (re-estimated at step '
+                      f'{self.state.step})')
+        self.state.metric_scale = scale
+        self.state.scale_search.setdefault('updates', []).append([self.state.step, scale])
 
     @torch.no_grad()
     def _scale_two_view(self, models: _Models, data: PreparedData) -> None:
@@ -1043,12 +1092,17 @@ class Trainer:
             stride = max(1, len(data.train) // SCALE_SEARCH_SAMPLES)
             samples = data.train[::stride][:SCALE_SEARCH_SAMPLES]
             loader = self._loader(TripletDataset(data.store, samples, uint8=True), False)
-            search = self._search_scale(self._tf_scoring(self._disparities(models, loader, SCALE_SEARCH_SAMPLES)))
+            prepared = self._tf_scoring(self._disparities(models, loader, SCALE_SEARCH_SAMPLES))
+            whole = self._search_scale(prepared)
+            search = self._pixel_scale(prepared, whole.scale)
+            self._scale_loader = loader  # re-estimated on the same samples at every validation
             self.state.metric_scale = search.scale
             self.state.scale_search = {'samples': len(samples), 'loss': search.loss, 'sharpness': search.sharpness(),
-                                       'evaluations': len(search.curve)}
-            how = (f'photometric search under TF poses on {len(samples)} training samples: loss {search.loss:.4f}, '
-                   f'{100 * search.sharpness():.0f} % higher at x2 / x0.5')
+                                       'evaluations': len(search.curve) + len(whole.curve), 'pixels': search.pixels,
+                                       'whole_image_minimum': whole.scale, 'updates': []}
+            how = (f'photometric search under TF poses on {len(samples)} training samples: median of the per-pixel '
+                   f'best scales of {search.pixels} pixels (the whole-image loss is lowest at {whole.scale:.4g}), '
+                   f'loss {search.loss:.4f}, {100 * search.sharpness():.0f} % higher at x2 / x0.5')
             if search.sharpness() < 0.01:
                 self._log('warning: the photometric loss barely changes with the depth scale (little camera '
                           'motion or texture?); the metric scale is uncertain')

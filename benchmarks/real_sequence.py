@@ -1,0 +1,204 @@
+"""Fine-tuning on a real camera: TUM RGB-D fr1/xyz (shared/realdata), scored against the Kinect depth.
+
+    nice -n 10 .venv/bin/python benchmarks/real_sequence.py [--bag ../shared/realdata/tum_fr1_xyz_37f]
+        [--train-frames 24] [--steps 60] [--batch-size 4] [--width 320 --height 96] [--seed 0]
+        [--rows start tf tf_gt camera] [--output /tmp/real_sequence] [--threads 1] [--image docs/images/...]
+
+The bag (read its README): 37 colour frames of a hand-held Kinect over a desk, JPEG, plumb_bob
+distortion, 16UC1 Kinect depth for 32 of them, motion-capture poses on /tf. The first
+``--train-frames`` colour frames (and their depth and camera_info; TF whole) are copied into a
+training bag; every later colour frame with a Kinect depth image is held out and scored. Each
+row is one ``finetune`` process from ``models/lite_hr_depth_synthetic`` (Lite-HR-Depth, street
+scenes) started by the demo's helper:
+
+- ``tf``: camera motion from TF (metric), no depth sensor: ``best/`` chosen by the photometric loss
+  under TF (and ``latest/``);
+- ``tf_gt``: the same with ``--gt-depth-topic /camera/depth/image_raw``: ``best/`` chosen by the
+  metric depth error on the validation frames (within the training frames);
+- ``camera``: camera only, the pose network (``--pose-source net``; anchored);
+- ``camera_vo``: camera only, two-view geometry (``--pose-source vo``, issue 19).
+
+Scoring as the depth node sees a frame: the colour image rectified with its camera_info (the
+Kinect depth, registered to the colour image, rectified with the same maps, nearest-neighbour),
+the network's depth resized to 640x480, against the Kinect depth (m, 0 = no data). Columns:
+median-scaled abs_rel (shape), abs_rel of the depth as published (metres for a metric
+checkpoint) and scale ratio median(Kinect) / median(published). TUM's fr1 depth has a known ~3.5 %
+scale bias (not corrected). Prints a Markdown table; ``--image`` writes RGB | Kinect | start |
+fine-tuned (one colour scale, metres) for the middle held-out frame.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from hr_depth_ros.core.backends import BackendOptions  # noqa: E402
+from hr_depth_ros.core.bags import read_messages  # noqa: E402
+from hr_depth_ros.core.image_decoding import compressed_to_rgb, depth_to_metres  # noqa: E402
+from hr_depth_ros.core.rectification import calibration_of, rectifier_for  # noqa: E402
+from hr_depth_ros.core.visualization import colorize  # noqa: E402
+from hr_depth_ros.tools.demo import EvalFrame, bundled_checkpoint, finetune, score_depths  # noqa: E402
+
+DEFAULT_BAG = REPO.parent / 'shared' / 'realdata' / 'tum_fr1_xyz_37f'
+IMAGE = '/camera/image_raw/compressed'
+INFO = '/camera/camera_info'
+DEPTH = '/camera/depth/image_raw'
+ROWS = {  # name -> (label, pose source, more finetune arguments)
+    'tf': ('TF (no depth sensor)', 'tf', []),
+    'tf_gt': ('TF + `--gt-depth-topic`', 'tf', ['--gt-depth-topic', DEPTH]),
+    'camera': ('camera only (pose network)', 'net', []),
+    'camera_vo': ('camera only (two-view geometry)', 'vo', []),
+}
+
+
+def split_bag(source: Path, dest: Path, train_frames: int) -> tuple[Path, list[int]]:
+    """Copy the first ``train_frames`` colour frames of ``source`` (with their camera_info and depth,
+    and all TF) into a new bag ``dest``; returns it and the stamps of all colour frames in order."""
+    from rosbags.highlevel import AnyReader
+    from rosbags.rosbag2 import StoragePlugin, Writer
+    from rosbags.typesys import Stores, get_typestore
+
+    stamps = sorted(stamp for _, _, stamp, _ in read_messages(source, [IMAGE]))
+    cut = stamps[train_frames - 1]
+    if dest.exists():
+        shutil.rmtree(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    typestore = get_typestore(Stores.LATEST)
+    with AnyReader([source]) as reader, Writer(dest, version=8, storage_plugin=StoragePlugin.MCAP) as writer:
+        out = {c.topic: writer.add_connection(c.topic, c.msgtype, typestore=typestore) for c in reader.connections}
+        for connection, t_ns, raw in reader.messages():
+            if connection.topic in (IMAGE, INFO, DEPTH):
+                header = reader.deserialize(raw, connection.msgtype).header
+                if header.stamp.sec * 1_000_000_000 + header.stamp.nanosec > cut:
+                    continue
+            writer.write(out[connection.topic], t_ns, raw)
+    return dest, stamps
+
+
+def heldout_frames(bag: Path, stamps: list[int], train_frames: int) -> list[EvalFrame]:
+    """Colour frames after the training ones that have Kinect depth, rectified (image and depth)."""
+    wanted = set(stamps[train_frames:])
+    rgb, depth, info = {}, {}, None
+    for topic, _, stamp, msg in read_messages(bag, [IMAGE, INFO, DEPTH]):
+        if topic == INFO and info is None:
+            info = calibration_of(msg)
+        elif stamp in wanted and topic == IMAGE:
+            rgb[stamp] = compressed_to_rgb(msg)
+        elif stamp in wanted and topic == DEPTH:
+            depth[stamp] = depth_to_metres(msg)
+    frames = []
+    for stamp in sorted(set(rgb) & set(depth)):
+        rectifier = rectifier_for(info, (rgb[stamp].shape[1], rgb[stamp].shape[0]))
+        frames.append(EvalFrame(stamp, rectifier.rectify(rgb[stamp]), rectifier.rectify(depth[stamp], nearest=True),
+                                rectifier.K))
+    return frames
+
+
+def predictions(weights: Path, frames: list[EvalFrame], threads: int) -> list[np.ndarray]:
+    from hr_depth_ros.core.inference import DepthEstimator
+
+    estimator = DepthEstimator(weights, device='cpu', **BackendOptions('torch', threads, None).estimator_kwargs())
+    return [cv2.resize(estimator.predict_depth(f.rgb), (f.rgb.shape[1], f.rgb.shape[0]),
+                       interpolation=cv2.INTER_LINEAR) for f in frames]
+
+
+def checkpoint_info(folder: Path) -> dict:
+    try:
+        return json.loads((folder / 'hr_depth_ros.json').read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def write_picture(path: Path, frame: EvalFrame, start: np.ndarray, tuned: np.ndarray) -> None:
+    """RGB | Kinect | start (median-scaled: it has no metres) | fine-tuned (as published), one colour scale."""
+    gt = frame.depth_gt
+    valid = np.isfinite(gt)
+    scaled_start = start * float(np.median(gt[valid]) / np.median(start[valid]))
+    lo, hi = 0.5, float(np.nanpercentile(gt, 98))
+    panels = [frame.rgb] + [colorize(1.0 / d, 'magma', 1.0 / hi, 1.0 / lo) for d in (gt, scaled_start, tuned)]
+    labels = ['RGB (rectified)', 'Kinect depth', 'start x median', 'fine-tuned, TF (metres)']
+    small = []
+    for panel, label in zip(panels, labels):
+        panel = cv2.resize(panel, (320, 240), interpolation=cv2.INTER_AREA)
+        cv2.putText(panel, label, (6, 18), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 1, cv2.LINE_AA)
+        small.append(panel)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(path), cv2.cvtColor(np.hstack(small), cv2.COLOR_RGB2BGR))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser.add_argument('--bag', type=Path, default=DEFAULT_BAG)
+    parser.add_argument('--train-frames', type=int, default=24)
+    parser.add_argument('--steps', type=int, default=60)
+    parser.add_argument('--batch-size', type=int, default=4)
+    parser.add_argument('--width', type=int, default=320)
+    parser.add_argument('--height', type=int, default=96)
+    parser.add_argument('--seed', type=int, default=0)
+    parser.add_argument('--rows', nargs='+', default=list(ROWS), choices=list(ROWS))
+    parser.add_argument('--output', type=Path, default=Path('/tmp/real_sequence'))
+    parser.add_argument('--threads', type=int, default=1)
+    parser.add_argument('--image', type=Path, default=None, help='write the picture here (PNG)')
+    args = parser.parse_args()
+    if not (args.bag / 'metadata.yaml').is_file():
+        print(f'no bag at {args.bag} (see shared/realdata/README.md)', file=sys.stderr)
+        return 1
+    start = bundled_checkpoint()
+    if start is None:
+        print('the shipped checkpoint models/lite_hr_depth_synthetic is missing', file=sys.stderr)
+        return 1
+    train_bag, stamps = split_bag(args.bag, args.output / 'bags' / f'first_{args.train_frames}', args.train_frames)
+    frames = heldout_frames(args.bag, stamps, args.train_frames)
+    start_depth = predictions(start, frames, args.threads)
+    results = [('start checkpoint', '', *score_depths([(f.depth_gt, d) for f, d in zip(frames, start_depth)]), '')]
+    os.environ['OMP_NUM_THREADS'] = str(args.threads)  # for the finetune processes
+    tuned_depth = None
+    for name in args.rows:
+        label, pose_source, extra = ROWS[name]
+        run = args.output / name
+        shutil.rmtree(run, ignore_errors=True)
+        began = time.monotonic()
+        finetune(train_bag, run, start, args.steps, args.width, args.height, 'cpu', args.batch_size, 1e-4,
+                 pose_source, ['--seed', str(args.seed), '--val-every', '10', *extra])
+        seconds = time.monotonic() - began
+        for kind in ('best', 'latest'):
+            folder = run / kind
+            depth = predictions(folder, frames, args.threads)
+            info = checkpoint_info(folder)
+            note = (f'step {info.get("step")}' + (f', chosen by {info.get("selected_by")}' if kind == 'best' else '')
+                    + (f', metric scale {info["metric_scale"]:.3g}' if 'metric_scale' in info else ''))
+            results.append((f'{label}, `{kind}/`', note,
+                            *score_depths([(f.depth_gt, d) for f, d in zip(frames, depth)]), f'{seconds:.0f}'))
+            if name == 'tf' and kind == 'best':
+                tuned_depth = depth
+    print(f'\n{args.bag.name}: trained on the first {args.train_frames} colour frames, scored on the '
+          f'{len(frames)} later frames with Kinect depth; {args.steps} steps, batch {args.batch_size}, '
+          f'{args.width}x{args.height}, seed {args.seed}, {args.threads} thread(s); load average '
+          f'{os.getloadavg()[0]:.1f}\n')
+    print('| model | checkpoint | median-scaled abs_rel | metric abs_rel | scale ratio (truth / published) | wall s |')
+    print('|---|---|---:|---:|---:|---:|')
+    base = results[0][2]['abs_rel']
+    for label, note, scaled, published, seconds in results:
+        gain = '' if label.startswith('start') else f' ({100 * (scaled["abs_rel"] / base - 1):+.0f} %)'
+        metric = f'{published["abs_rel"]:.3f}' if 'metric scale' in note else '-'
+        ratio = f'{published["scale_ratio"]:.2f}' if 'metric scale' in note else '-'
+        print(f'| {label} | {note} | {scaled["abs_rel"]:.3f}{gain} | {metric} | {ratio} | {seconds} |')
+    if args.image is not None and tuned_depth is not None:
+        middle = len(frames) // 2
+        write_picture(args.image, frames[middle], start_depth[middle], tuned_depth[middle])
+        print(f'\npicture: {args.image} (held-out frame {middle + 1} of {len(frames)})')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
