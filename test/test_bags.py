@@ -206,3 +206,32 @@ def test_topics_without_leading_slash_are_absolute(bag_dir):
     assert bags.topic_counts(path) == {'/chatter': 1}
     for name in ('chatter', '/chatter'):
         assert [(t, m.data) for t, _, _, m in bags.read_messages(path, [name])] == [('/chatter', 'hi')]
+
+
+@pytest.mark.parametrize('storage', ['mcap', 'sqlite3'])
+def test_a_rosbag2_folder_without_metadata_is_a_bag_everywhere(tmp_path, storage):
+    """One rule (bags.is_bag): a folder of .db3/.mcap files whose recorder never wrote metadata.yaml."""
+    from hr_depth_ros.core.quantization import CalibrationError, CalibrationSource, load_calibration
+    from hr_depth_ros.core.training.sources import expand_bags
+
+    complete = write_rosbag2(tmp_path / 'complete', storage)
+    cut = write_rosbag2(tmp_path / 'robots' / 'cut', storage)
+    (cut / 'metadata.yaml').unlink()
+    (tmp_path / 'notes').mkdir()
+    (tmp_path / 'notes' / 'a.txt').write_text('x')
+    assert bags.is_bag(complete) and bags.is_bag(complete, complete=True)
+    assert bags.is_bag(cut) and not bags.is_bag(cut, complete=True)
+    assert not bags.is_bag(tmp_path / 'notes') and not bags.is_bag(tmp_path / 'notes' / 'a.txt')
+    assert not bags.is_bag(tmp_path / 'missing')
+    assert expand_bags([tmp_path / 'robots']) == [cut]  # found by --bag folders
+    with pytest.raises(BagError) as info:  # a complete read is refused, naming the bag and the missing file
+        bags.list_topics(cut)
+    assert str(cut) in str(info.value) and 'metadata.yaml' in str(info.value)
+    assert bags.list_topics(cut, partial=True) == bags.list_topics(complete)  # read as a partial bag
+    assert bags.topic_counts(cut, partial=True)['/camera/image_raw'] == FRAMES
+    notes: list[str] = []
+    items = list(bags.read_messages(cut, ['/camera/image_raw'], on_partial=notes.append))
+    assert len(items) == FRAMES and len(notes) == 1 and str(cut) in notes[0]
+    with pytest.raises(CalibrationError) as info:  # a bag to calibrate from, not a folder of images
+        load_calibration(CalibrationSource(path=str(cut)), 64, 32)
+    assert str(cut) in str(info.value) and 'metadata.yaml' in str(info.value)

@@ -189,10 +189,42 @@ def test_frame_cache_is_reused_and_keyed_by_bag_and_settings(fleet, tmp_path, mo
     assert cache.cache_key(bags[0], config) != key  # the bag changed
 
 
+def test_each_bag_is_expanded_once_and_opened_twice(fleet, tmp_path, monkeypatch):
+    """Checked once (topics and counts in one open) and read once, with or without the frame cache."""
+    from contextlib import contextmanager
+
+    from hr_depth_ros.core import bags as bags_module
+    from hr_depth_ros.core.training import data_config
+
+    opened: list[Path] = []
+    expanded: list[list] = []
+    original_open, original_expand = bags_module._open_or_salvage, data_config.expand_bags
+
+    @contextmanager
+    def counting_open(path, partial):
+        opened.append(Path(path))
+        with original_open(path, partial) as reader:
+            yield reader
+
+    monkeypatch.setattr(bags_module, '_open_or_salvage', counting_open)
+    monkeypatch.setattr(data_config, 'expand_bags', lambda specs: expanded.append(list(specs)) or original_expand(specs))
+    for cache in (None, tmp_path / 'cache'):
+        opened.clear()
+        expanded.clear()
+        data = prepare_data(DataConfig(bags=[fleet], width=W, height=H, frame_cache=cache, prepare_workers=1))
+        data.close()
+        assert expanded == [[fleet]]
+        assert sorted(map(str, opened)) == sorted(2 * [str(bag) for bag in expand_bags([fleet])])
+
+
 def _prepare_in_child(args) -> bool:
+    from dataclasses import replace
+
     from hr_depth_ros.core.training.cache import cached_bag
+    from hr_depth_ros.core.training.data_config import check_bags
     bag, config, root = args
-    return cached_bag(bag, config, root)[1]
+    config, (checked,), _ = check_bags(replace(config, bags=[bag]))  # 'auto' topics chosen, the bag checked
+    return cached_bag(checked, config, root)[1]
 
 
 def test_concurrent_preparers_decode_a_bag_once(fleet, tmp_path):

@@ -45,7 +45,7 @@ from hr_depth_ros.core.image_decoding import resize_rgb
 from hr_depth_ros.core.log_limit import LogLimiter
 from hr_depth_ros.core.model_cache import default_cache_dir, remove_entry
 from hr_depth_ros.core.tf_poses import DEFAULT_MAX_TF_GAP_S, TransformError, TransformTree, normalize_frame
-from hr_depth_ros.core.training.data import _thumbnail
+from hr_depth_ros.core.training.frame_store import thumbnail
 
 __all__ = ['ADAPTATION_PARAMETER_NAMES', 'AdaptationConfig', 'PoseSource', 'TFPoseSource',
            'POSE_SOURCES', 'PoseAnswer', 'OnlineAdaptation', 'rebuild_estimator', 'serving_config']
@@ -347,7 +347,7 @@ class OnlineAdaptation:
                 self._send(('reset', K_net), count=False)
             small = np.ascontiguousarray(resize_rgb(rgb, self.width, self.height))
             self.pose_source.on_frame(small, K_net, stamp_ns)
-            thumb = _thumbnail(small)
+            thumb = thumbnail(small)
             if self.last_thumb is not None and float(np.abs(thumb - self.last_thumb).mean()) < self.config.min_motion:
                 self.counts['still'] += 1
                 return

@@ -46,7 +46,7 @@ from torch.utils.data import default_collate
 from hr_depth_ros.core.checkpoint import DepthCheckpoint, load_depth_checkpoint, save_depth_checkpoint
 from hr_depth_ros.core.geometry import normalized_intrinsics
 from hr_depth_ros.core.inference import select_device
-from hr_depth_ros.core.training.data import TripletDataset
+from hr_depth_ros.core.training.dataset import TripletDataset
 from hr_depth_ros.core.training.scale import search_scale
 from hr_depth_ros.core.training.trainer import Trainer, TrainingConfig, _DisparityTarget, _Models, freeze_batch_norm
 

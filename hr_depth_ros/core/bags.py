@@ -24,6 +24,7 @@ import shutil
 import sqlite3
 import struct
 import tempfile
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
@@ -38,8 +39,8 @@ from rosbags.rosbag2.storage_mcap import decompress as mcap_decompress
 from rosbags.typesys import Stores, get_types_from_msg, get_typestore
 from rosbags.typesys.msg import normalize_msgtype
 
-__all__ = ['BagError', 'BagPaths', 'open_reader', 'list_topics', 'topic_counts', 'read_messages', 'header_stamp_ns',
-           'canonical_topic']
+__all__ = ['BagError', 'BagPaths', 'is_bag', 'open_reader', 'list_topics', 'topic_counts', 'inspect_bag', 'read_messages',
+           'header_stamp_ns', 'canonical_topic']
 
 BagPaths = Union[str, Path, Sequence[Union[str, Path]]]
 
@@ -51,27 +52,53 @@ class BagError(RuntimeError):
     """A bag cannot be read: missing, unsupported, corrupt or truncated, or lacks a topic."""
 
 
-def _resolve(path: str | Path) -> Path:
-    """The path AnyReader wants: a rosbag2 directory (metadata.yaml) or a ROS 1 ``.bag`` file."""
+ROSBAG2_FILES = ('.db3', '.mcap')  # rosbag2 storage files (sqlite3, MCAP)
+
+
+def is_bag(path: str | Path, complete: bool = False) -> bool:
+    """Whether ``path`` is a bag: a ROS 1 ``.bag`` file or a rosbag2 folder.
+
+    A rosbag2 folder has ``metadata.yaml``, or (a recording cut short before the recorder wrote it) holds
+    ``.db3`` / ``.mcap`` files; ``complete`` asks for the ``metadata.yaml`` (what a finished recording has).
+    The one rule every caller uses (``--bag`` folders, calibration sources, the readers here).
+    """
+    path = Path(path).expanduser()
+    if path.is_file():
+        return path.suffix == '.bag'
+    if not path.is_dir():
+        return False
+    if (path / 'metadata.yaml').is_file():
+        return True
+    return not complete and any(child.suffix in ROSBAG2_FILES and child.is_file() for child in path.iterdir())
+
+
+def _resolve(path: str | Path, partial: bool = False) -> Path:
+    """The path AnyReader wants: a rosbag2 directory or a ROS 1 ``.bag`` file.
+
+    A rosbag2 folder without metadata.yaml (:func:`is_bag`) is read only with ``partial`` (its
+    storage files scanned, :class:`_Salvage`).
+    """
     path = Path(path).expanduser()
     if not path.exists():
         raise BagError(f'bag {path} does not exist')
     if path.is_dir():
-        if not (path / 'metadata.yaml').exists():
-            raise BagError(f'bag {path}: directory has no metadata.yaml, so it is not a rosbag2 '
-                           '(run `ros2 bag reindex` on it if it holds .db3/.mcap files)')
-        return path
+        if is_bag(path, complete=not partial):
+            return path
+        if is_bag(path):
+            raise BagError(f'bag {path}: directory has no metadata.yaml (a recording cut short?): run '
+                           '`ros2 bag reindex` on it, or read it as a partial bag')
+        raise BagError(f'bag {path}: directory has no metadata.yaml and no .db3/.mcap file, so it is not a rosbag2')
     if path.suffix == '.bag':
         return path
-    if path.suffix in ('.mcap', '.db3') and (path.parent / 'metadata.yaml').exists():
+    if path.suffix in ROSBAG2_FILES and (path.parent / 'metadata.yaml').exists():
         return path.parent
     raise BagError(f'bag {path}: not a rosbag2 directory (with metadata.yaml) or a ROS 1 .bag file')
 
 
-def _as_path_list(paths: BagPaths) -> list[Path]:
+def _as_path_list(paths: BagPaths, partial: bool = False) -> list[Path]:
     if isinstance(paths, (str, Path)):
-        return [_resolve(paths)]
-    resolved = [_resolve(p) for p in paths]
+        return [_resolve(paths, partial)]
+    resolved = [_resolve(p, partial) for p in paths]
     if not resolved:
         raise BagError('no bag paths given')
     return resolved
@@ -90,7 +117,7 @@ def open_reader(path: str | Path) -> Iterator[AnyReader]:
 @contextmanager
 def _open_or_salvage(path: str | Path, partial: bool) -> Iterator[AnyReader | _Salvage]:
     """An open AnyReader; with ``partial``, a :class:`_Salvage` of a rosbag2 that rosbags cannot open."""
-    bag = _resolve(path)
+    bag = _resolve(path, partial)
     try:
         reader = AnyReader([bag], default_typestore=get_typestore(_FALLBACK_STORE))
         reader.open()
@@ -122,25 +149,26 @@ def canonical_topic(name: str) -> str:
 
 def list_topics(path: str | Path, partial: bool = False) -> dict[str, str]:
     """Topic -> message type (e.g. ``sensor_msgs/msg/Image``) of one bag (``partial``: see module doc)."""
-    with _open_or_salvage(path, partial) as reader:
-        if isinstance(reader, _Salvage):
-            return dict(reader.topics)
-        return {canonical_topic(conn.topic): conn.msgtype for conn in reader.connections}
+    return inspect_bag(path, partial)[0]
 
 
 def topic_counts(path: str | Path, partial: bool = False) -> dict[str, int]:
     """Topic -> number of messages of one bag (from its index; of a partial bag: what is readable)."""
+    return inspect_bag(path, partial)[1]
+
+
+def inspect_bag(path: str | Path, partial: bool = False) -> tuple[dict[str, str], dict[str, int]]:
+    """(topic -> message type, topic -> number of messages) of one bag, opening it once."""
     with _open_or_salvage(path, partial) as reader:
-        counts: dict[str, int] = {}
         if isinstance(reader, _Salvage):
-            counts = {topic: 0 for topic in reader.topics}
-            for topic, _, _ in reader.raw():
-                counts[topic] += 1
-            return counts
+            return dict(reader.topics), {topic: reader.counts.get(topic, 0) for topic in reader.topics}
+        topics: dict[str, str] = {}
+        counts: dict[str, int] = {}
         for conn in reader.connections:
             topic = canonical_topic(conn.topic)
+            topics[topic] = conn.msgtype
             counts[topic] = counts.get(topic, 0) + int(conn.msgcount)
-        return counts
+        return topics, counts
 
 
 def header_stamp_ns(msg: Any) -> int | None:
@@ -255,7 +283,7 @@ def read_messages(paths: BagPaths, topics: Sequence[str] | None = None,
     names the bag and the topic and lists what the bag has. With ``on_partial``, bags cut short
     are read to their last readable message and ``on_partial`` is told (see the module doc).
     """
-    bags = _as_path_list(paths)
+    bags = _as_path_list(paths, on_partial is not None)
     if isinstance(topics, str):
         topics = [topics]
     with ExitStack() as stack:
@@ -290,12 +318,14 @@ class _Salvage:
         self.bad_chunk: str | None = None
         self._copies: list[Path] = []
         self.ros1 = bag.suffix == '.bag'
-        self.files = [bag] if self.ros1 else sorted(p for p in bag.iterdir() if p.suffix in ('.mcap', '.db3'))
+        self.files = [bag] if self.ros1 else sorted(p for p in bag.iterdir() if p.suffix in ROSBAG2_FILES)
         if not self.files:
             raise BagError(f'bag {bag}: {reason}, and it holds no .mcap / .db3 file to read')
         self.topics: dict[str, str] = {}
         self._schemas: dict[str, str] = {}
-        readable = sum(1 for _ in self.raw())  # one pass collects the topics (cheap: nothing is deserialised)
+        # One pass collects the topics and their readable messages (cheap: nothing is deserialised).
+        self.counts = Counter(topic for topic, _, _ in self.raw())
+        readable = sum(self.counts.values())
         if not self.topics or (not readable and self.stopped):  # e.g. a corrupt page of sqlite's messages table
             self.close()
             raise BagError(f'bag {bag}: {reason}; nothing readable in {", ".join(p.name for p in self.files)}'

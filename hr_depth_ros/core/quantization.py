@@ -207,10 +207,11 @@ def load_calibration(source: CalibrationSource, width: int, height: int) -> Cali
     path = Path(source.path).expanduser()
     if not path.exists():
         raise CalibrationError(f'calibration source {path} does not exist (a folder of images or a bag)')
-    if path.is_dir() and not (path / 'metadata.yaml').exists():
+    from hr_depth_ros.core.bags import BagError, is_bag
+
+    if path.is_dir() and not is_bag(path):
         images = folder_images(path, source.frames)
         return calibration_set(images, width, height, f'{len(images)} images of {path}')
-    from hr_depth_ros.core.bags import BagError
 
     try:
         images, topic = bag_images(path, source.topic, source.frames, source.max_pixels)

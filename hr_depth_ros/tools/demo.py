@@ -86,9 +86,10 @@ def bundled_checkpoint() -> Path | None:
 def ensure_bag(path: Path, frames: int, width: int, height: int, seed: int, with_tf: bool = True) -> Path:
     """Write a synthetic drive (with odometry in TF unless ``with_tf`` is False) unless a complete one is
     already there."""
+    from hr_depth_ros.core.bags import is_bag
     from hr_depth_ros.tools.make_synthetic_bag import write_synthetic_bag
 
-    if (path / 'metadata.yaml').is_file():
+    if is_bag(path, complete=True):
         return path
     if path.exists():
         shutil.rmtree(path)

@@ -74,7 +74,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING if args.quiet or rank else logging.INFO, format='[finetune] %(message)s')
     from hr_depth_ros.core.bags import BagError
     from hr_depth_ros.core.checkpoint import CheckpointError
-    from hr_depth_ros.core.training.data import DataError
+    from hr_depth_ros.core.training.data_config import DataError
     from hr_depth_ros.core.training.output import describe_os_error
     from hr_depth_ros.core.training.trainer import TrainingError, train
 

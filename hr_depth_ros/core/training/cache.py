@@ -1,6 +1,6 @@
 """Frame preparation for many bags: one bag per worker process, into a persistent on-disk cache (ROS-free).
 
-Each bag becomes its own :class:`~hr_depth_ros.core.training.data.FrameStore` folder (frames decoded and
+Each bag becomes its own :class:`~hr_depth_ros.core.training.frame_store.FrameStore` folder (frames decoded and
 resized once, at training resolution) named by :func:`cache_key`: the bag's path, the size and
 modification time of every file in it, the topics, the resolution and every decoding / TF
 setting. A later run, or another rank on the same machine, with the same key maps the folder
@@ -14,7 +14,7 @@ closing the store removes (several bags still decode in parallel).
 
 Memory while preparing: each worker holds one decoded frame, its resized copy, the reader's
 buffers and the per-frame index (stamp, pose, flags: about 200 bytes a frame) plus the bag's TF
-messages; frames go to disk row by row (:func:`~hr_depth_ros.core.training.data.extract_frames`).
+messages; frames go to disk row by row (:func:`~hr_depth_ros.core.training.extraction.extract_frames`).
 """
 from __future__ import annotations
 
@@ -31,8 +31,9 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from hr_depth_ros.core.training.data import (DataConfig, FrameStore, _check_topics, config_bags, extract_frames,
-                                             new_cache_folder, resolve_topics, thumb_shape)
+from hr_depth_ros.core.training.data_config import CheckedBag, DataConfig, check_bags
+from hr_depth_ros.core.training.extraction import extract_frames
+from hr_depth_ros.core.training.frame_store import FrameStore, new_cache_folder, thumb_shape
 
 __all__ = ['cache_key', 'cached_bag', 'prepare_frames', 'save_store', 'load_store', 'concat_stores', 'CACHE_VERSION']
 
@@ -98,16 +99,18 @@ def _locked(path: Path) -> Iterator[None]:
         yield
 
 
-def cached_bag(bag: Path, config: DataConfig, root: Path) -> tuple[Path, bool]:
-    """The cache entry of ``bag`` under ``root``, decoding it unless present; (folder, whether decoded)."""
-    key = cache_key(bag, config)
+def cached_bag(bag: CheckedBag, config: DataConfig, root: Path) -> tuple[Path, bool]:
+    """The cache entry of ``bag`` (checked: :func:`.data_config.check_bags`) under ``root``, decoding it unless
+    present; (folder, whether decoded)."""
+    key = cache_key(bag.path, config)
     entry = root / key
     with _locked(root / f'.{key}.lock'):
         if _complete(entry):
             return entry, False
         for stale in root.glob(f'.partial-{key}-*'):  # left by a preparer killed while holding this lock
             shutil.rmtree(stale, ignore_errors=True)
-        store = extract_frames(replace(config, bags=[bag], cache_dir=root, cache_prefix=f'.partial-{key}-'))
+        store = extract_frames(replace(config, bags=[bag.path], cache_dir=root, cache_prefix=f'.partial-{key}-'),
+                               [bag])
         try:
             save_store(store, store.folder)
             if entry.exists():  # damaged (files cut short, index missing): decoded again
@@ -132,7 +135,7 @@ def _complete(entry: Path) -> bool:
         return False
 
 
-def _cached_bag_job(job: tuple[Path, DataConfig, Path]) -> tuple[Path, bool]:
+def _cached_bag_job(job: tuple[CheckedBag, DataConfig, Path]) -> tuple[Path, bool]:
     return cached_bag(*job)
 
 
@@ -140,19 +143,19 @@ def _workers(requested: int, bags: int) -> int:
     return max(1, min(bags, requested if requested > 0 else min(os.cpu_count() or 1, 8)))
 
 
-def prepare_frames(config: DataConfig) -> FrameStore:
+def prepare_frames(config: DataConfig, checked: Sequence[CheckedBag] | None = None) -> FrameStore:
     """Frames of every bag of ``config``: from ``config.frame_cache`` when there, decoded (in parallel) otherwise.
 
-    Topics of every bag are checked before anything is decoded. Without ``frame_cache`` and with
-    one worker this is :func:`extract_frames` itself.
+    ``checked``: the bags as :func:`.data_config.check_bags` returned them with ``config`` (checked here
+    when not given): the bags are expanded and their topics checked once, before anything is decoded.
+    Without ``frame_cache`` and with one worker this is :func:`extract_frames` itself.
     """
-    config = resolve_topics(config)[0]  # 'auto' topics chosen from the bag (once, before the cache keys)
-    bags = config_bags(config)
+    if checked is None:  # 'auto' topics chosen from the first bag (once, before the cache keys)
+        config, checked, _ = check_bags(config)
+    bags = list(checked)
     workers = _workers(config.prepare_workers, len(bags))
     if config.frame_cache is None and workers == 1:
-        return extract_frames(replace(config, bags=bags))
-    for bag in bags:
-        _check_topics(bag, config)
+        return extract_frames(replace(config, bags=[bag.path for bag in bags]), bags)
     if config.frame_cache is not None:
         root, owned = Path(config.frame_cache).expanduser(), False
         root.mkdir(parents=True, exist_ok=True)

@@ -1,10 +1,10 @@
 """``--bag`` arguments -> the bags they name: bags, folders holding bags, glob patterns (ROS-free).
 
-A rosbag2 bag is a folder with ``metadata.yaml`` (or, cut short, a folder of ``.db3`` / ``.mcap``
-files without it); a ROS 1 bag is a ``.bag`` file. A folder that is not itself a bag is searched
-recursively (hidden folders skipped, so frame caches are never taken for bags); a pattern matches
-bags and folders of bags. Bags named twice are read once; the order is the order of the arguments,
-then sorted paths.
+What a bag is: :func:`hr_depth_ros.core.bags.is_bag` (a rosbag2 folder, with ``metadata.yaml`` or,
+cut short, of ``.db3`` / ``.mcap`` files without it; a ROS 1 ``.bag`` file). A folder that is not
+itself a bag is searched recursively (hidden folders skipped, so frame caches are never taken for
+bags); a pattern matches bags and folders of bags. Bags named twice are read once; the order is the
+order of the arguments, then sorted paths.
 """
 from __future__ import annotations
 
@@ -13,20 +13,9 @@ import os
 from pathlib import Path
 from typing import Sequence
 
-__all__ = ['is_bag', 'bags_in', 'expand_bags']
+from hr_depth_ros.core.bags import is_bag
 
-ROSBAG2_FILES = ('.db3', '.mcap')
-
-
-def is_bag(path: Path) -> bool:
-    """Whether ``path`` is a rosbag2 folder or a ROS 1 ``.bag`` file."""
-    if path.is_file():
-        return path.suffix == '.bag'
-    if not path.is_dir():
-        return False
-    if (path / 'metadata.yaml').is_file():
-        return True
-    return any(child.suffix in ROSBAG2_FILES and child.is_file() for child in path.iterdir())
+__all__ = ['bags_in', 'expand_bags']
 
 
 def bags_in(folder: Path) -> list[Path]:
@@ -60,8 +49,8 @@ def expand_bags(specs: Sequence[str | Path]) -> list[Path]:
         elif Path(text).is_dir():
             found = bags_in(Path(text))
             if not found:
-                raise ValueError(f'--bag {spec}: the folder holds no bag (no rosbag2 folder with metadata.yaml, '
-                                 'no ROS 1 .bag file)')
+                raise ValueError(f'--bag {spec}: the folder holds no bag (no rosbag2 folder with metadata.yaml or '
+                                 '.db3/.mcap files, no ROS 1 .bag file)')
         else:
             found = [Path(text)]
         bags += [bag for bag in found if bag not in bags]

@@ -37,7 +37,6 @@ metadata (arch, resolution, intrinsics, bags, topics, config, step, epoch, metri
 from __future__ import annotations
 
 import contextlib
-import csv
 import functools
 import logging
 import math
@@ -45,7 +44,6 @@ import os
 import random
 import shutil
 import sys
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -56,9 +54,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
-from hr_depth_ros.core.checkpoint import (OPTIMIZER_FILE, POSE_DECODER_FILE, POSE_ENCODER_FILE, POSE_FILES,
-                                          CheckpointError, check_metric_scale, load_depth_checkpoint, load_extra_state,
-                                          metric_scale_of, read_metadata, save_depth_checkpoint)
+from hr_depth_ros.core.checkpoint import (METADATA_FILE, OPTIMIZER_FILE, POSE_DECODER_FILE, POSE_ENCODER_FILE,
+                                          POSE_FILES, CheckpointError, check_metric_scale, load_depth_checkpoint,
+                                          load_extra_state, metric_scale_of, read_metadata, save_depth_checkpoint)
 from hr_depth_ros.core.evaluation import evaluate_depth, mean_errors
 from hr_depth_ros.core.geometry import disp_to_depth, normalized_intrinsics, transformation_from_parameters, warp_image
 from hr_depth_ros.core.image_decoding import DEFAULT_MAX_PIXELS
@@ -66,13 +64,16 @@ from hr_depth_ros.core.inference import select_device
 from hr_depth_ros.core.networks import ARCHITECTURES, build_depth_model, build_pose_model
 from hr_depth_ros.core.tf_poses import DEFAULT_MAX_TF_GAP_S
 from hr_depth_ros.core.training.distributed import SINGLE, Distributed, data_parallel, from_environment, train_sampler
-from hr_depth_ros.core.training.data import POSE_SOURCES, DataConfig, PreparedData, TripletDataset, prepare_data
+from hr_depth_ros.core.training.data import PreparedData, prepare_data
+from hr_depth_ros.core.training.data_config import POSE_SOURCES, DataConfig
+from hr_depth_ros.core.training.dataset import TripletDataset
 from hr_depth_ros.core.training.losses import (IDENTITY_NOISE_STD, SMOOTHNESS_WEIGHT, distillation_loss, min_reprojection,
                                                photometric_error, smoothness_loss, upsample_to)
 from hr_depth_ros.core.training.options import check_limits, option
+from hr_depth_ros.core.training.run_log import RunLog
 from hr_depth_ros.core.training.scale import ScaleSearch, median_pixel_scale, search_scale
-from hr_depth_ros.core.training.output import (FRAME_CACHE_PREFIX, output_lock, prepare_output, remove_previous_run,
-                                               removed_if_left_empty)
+from hr_depth_ros.core.training.output import (BEST, FRAME_CACHE_PREFIX, LATEST, output_lock, prepare_output,
+                                               remove_previous_run, removed_if_left_empty)
 
 __all__ = ['TrainingConfig', 'TrainingError', 'Trainer', 'train', 'METRICS_COLUMNS']
 
@@ -248,8 +249,8 @@ class TrainingConfig:
         output = Path(self.output).expanduser()
         if output.exists() and not output.is_dir():
             raise TrainingError(f'output {output} exists and is not a directory')
-        if self.resume and not (output / 'latest').is_dir():
-            raise TrainingError(f'cannot resume: {output / "latest"} does not exist')
+        if self.resume and not (output / LATEST).is_dir():
+            raise TrainingError(f'cannot resume: {output / LATEST} does not exist')
         for name in ('init', 'teacher'):
             value = getattr(self, name)
             if value and not Path(value).expanduser().is_dir():
@@ -364,31 +365,13 @@ class _State:
     best_val: float = math.inf
     last_val: dict[str, float] = field(default_factory=dict)
     skipped_steps: int = 0
+    bad_in_a_row: int = 0                   # consecutive non-finite losses (MAX_BAD_STEPS)
     pose_source: str = 'net'                # resolved: 'tf' or 'net'
     metric_scale: float = 1.0               # depth = metric_scale x disp_to_depth(disp)
     metric: bool = False                    # whether that depth is in metres
     selected_by: str = 'loss'               # what best/ is chosen by
     scale_search: dict[str, Any] = field(default_factory=dict)
     samples_seen: int = 0                   # training samples consumed, all ranks together
-
-
-def _drop_rows_after(path: Path, step: int) -> None:
-    """Rewrite the metrics CSV ``path`` (atomically) without its rows after ``step``."""
-    with open(path, newline='') as stream:
-        rows = list(csv.reader(stream))
-    if not rows:
-        return
-    header, body = rows[0], rows[1:]
-    column = header.index('step') if 'step' in header else 0
-    kept = [row for row in body if not (row and row[column].isdigit() and int(row[column]) > step)]
-    if len(kept) == len(body):
-        return
-    staging = path.with_name(f'.{path.name}.tmp-{os.getpid()}')
-    with open(staging, 'w', newline='') as stream:
-        csv.writer(stream).writerows([header, *kept])
-        stream.flush()
-        os.fsync(stream.fileno())
-    os.replace(staging, path)
 
 
 class Trainer:
@@ -727,7 +710,7 @@ class Trainer:
 
     def _resume(self, models: _Models, optimizer: torch.optim.Optimizer, scheduler: Any, scaler: Any) -> None:
         cfg = self.config
-        latest = Path(cfg.output).expanduser() / 'latest'
+        latest = Path(cfg.output).expanduser() / LATEST
         ckpt = load_depth_checkpoint(latest)
         if ckpt.arch != cfg.arch or (ckpt.width, ckpt.height) != (cfg.width, cfg.height):
             raise TrainingError(f'cannot resume {latest}: it is {ckpt.arch} {ckpt.width}x{ckpt.height}, '
@@ -757,7 +740,7 @@ class Trainer:
 
     def _best_saved(self, latest_metadata: dict[str, Any]) -> float:
         """The score recorded in OUTPUT/best when it was chosen by what latest/ records (else inf)."""
-        best = Path(self.config.output).expanduser() / 'best' / 'hr_depth_ros.json'
+        best = Path(self.config.output).expanduser() / BEST / METADATA_FILE
         try:
             metadata = read_metadata(best)
         except (OSError, CheckpointError):
@@ -818,7 +801,72 @@ class Trainer:
         return result
 
     def _run(self, data: PreparedData) -> dict[str, Any]:
+        """The recipe: set up, then train (step, log, validate, save) until the last step."""
         cfg = self.config
+        self._report_data(data)
+        self.state.pose_source = data.pose_source
+        models = self._build_models()
+        optimizer, scheduler, scaler = self._optimizer(models)
+        if cfg.resume:
+            self._resume(models, optimizer, scheduler, scaler)
+        if data.pose_source == 'vo':
+            self._scale_two_view(models, data)  # the two-view poses in the start depth network's units
+        train_loader, sampler, val_loader = self._data_loaders(data)
+        if not cfg.resume:
+            self._share_metric_scale(models, data)
+        pose_warmup = self._pose_warmup(models, data)
+        steps_per_epoch = max(1, len(train_loader))
+        total = cfg.steps if cfg.steps is not None else cfg.epochs * steps_per_epoch
+        output = Path(cfg.output).expanduser()
+        output.mkdir(parents=True, exist_ok=True)
+        world = self.dist.world_size
+        with RunLog(output, METRICS_COLUMNS, self.dist.is_main, cfg.resume, self.state.step, total,
+                    cfg.batch_size * world, cfg.log_every, self._emit, cfg.progress_bar) as log:
+            self._log(f'training {cfg.arch} at {cfg.width}x{cfg.height} on {self.device} for {total} steps '
+                      f'({steps_per_epoch} per epoch, batch {cfg.batch_size}, lr {cfg.lr}), output {output}'
+                      + (f'; {world} processes (DistributedDataParallel), effective batch {cfg.batch_size * world}'
+                         if self.dist.active else ''))
+            val_every = cfg.val_every if cfg.val_every > 0 else steps_per_epoch
+            validate = functools.partial(self._validation_step, models, val_loader, optimizer, scheduler, scaler,
+                                         data, log)
+            if not cfg.resume and cfg.init:
+                validate()  # the start model: best/ is never worse
+            # One DistributedDataParallel over the whole step in a torchrun job (gradients averaged over
+            # the ranks); validation, the scale search and checkpoints use the plain networks.
+            train_step = data_parallel(self.dist, models.trainable(), functools.partial(self._losses, models),
+                                       self.device)
+            latest = None
+            log.start_clock()
+            for module in models.trainable():
+                module.train()
+            while self.state.step < total:
+                frozen = self.state.epoch < cfg.freeze_encoder_epochs
+                if sampler is not None:
+                    sampler.set_epoch(self.state.epoch)
+                for batch in train_loader:
+                    self._set_trainable(models, frozen, warming_up=self.state.step < pose_warmup)
+                    loss, info = self._optimise(train_step, batch, optimizer, scaler)
+                    if loss is None:  # not finite: skipped
+                        continue
+                    if log.train_step(self.state.step, self.state.epoch, loss, info, optimizer.param_groups[0]['lr'],
+                                      None if math.isinf(self.state.best_val) else self.state.best_val):
+                        check_loss_scale(scaler)  # at every logged step: AMP's loss scale
+                    if self.state.step % val_every == 0 or self.state.step == total:
+                        validate()
+                    if self.state.step % cfg.save_every == 0 or self.state.step == total:
+                        latest = self._save(models, optimizer, scheduler, scaler, data, LATEST) or latest
+                    if self.state.step >= total:
+                        break
+                else:  # the loader is exhausted: the epoch ends
+                    self._end_epoch(scheduler)
+                    continue
+                if self.state.step >= total and len(train_loader) and self.state.step % steps_per_epoch == 0:
+                    self._end_epoch(scheduler)
+        return self._finish(data, output, latest, log.samples_per_s)
+
+    # -- the steps of the run -------------------------------------------------------------------
+    def _report_data(self, data: PreparedData) -> None:
+        """What the bags gave: the topics chosen, the sample summary, warnings, one line per bag, TF notes."""
         for line in data.topic_choices:
             self._log(line)
         self._log(data.report.summary())
@@ -830,31 +878,46 @@ class Trainer:
         for note in data.store.tf_notes:
             if note:
                 self._log(note)
-        self.state.pose_source = data.pose_source
-        models = self._build_models()
-        pose_lr = cfg.pose_lr if cfg.pose_lr is not None else max(cfg.lr, MIN_POSE_LR)
+
+    def _pose_lr(self) -> float:
+        cfg = self.config
+        return cfg.pose_lr if cfg.pose_lr is not None else max(cfg.lr, MIN_POSE_LR)
+
+    def _optimizer(self, models: _Models) -> tuple[torch.optim.Optimizer, Any, Any]:
+        """(Adam with the depth and pose parameter groups, its StepLR, the AMP scaler or None)."""
+        cfg = self.config
         optimizer = torch.optim.Adam([
             {'params': [p for m in (models.encoder, models.decoder) for p in m.parameters()], 'lr': cfg.lr},
-            {'params': [p for m in (models.pose_encoder, models.pose_decoder) for p in m.parameters()], 'lr': pose_lr},
+            {'params': [p for m in (models.pose_encoder, models.pose_decoder) for p in m.parameters()],
+             'lr': self._pose_lr()},
         ])
         scheduler = torch.optim.lr_scheduler.StepLR(optimizer, cfg.scheduler_step_epochs, cfg.scheduler_gamma)
         use_amp = cfg.amp and self.device.type == 'cuda'
         scaler = torch.amp.GradScaler('cuda') if use_amp else None
-        if cfg.resume:
-            self._resume(models, optimizer, scheduler, scaler)
+        return optimizer, scheduler, scaler
+
+    def _data_loaders(self, data: PreparedData) -> tuple[DataLoader, Any, DataLoader | None]:
+        """(training loader, its distributed sampler or None, validation loader or None)."""
+        cfg = self.config
         generator = torch.Generator().manual_seed(cfg.seed + self.state.step)
-        if data.pose_source == 'vo':
-            self._scale_two_view(models, data)
         train_set = TripletDataset(data.store, data.train, augment=cfg.augment, uint8=True, transforms=data.transforms)
         sampler = train_sampler(self.dist, train_set, cfg.seed)
         train_loader = self._loader(train_set, True, generator, sampler)
         val_loader = (self._loader(TripletDataset(data.store, data.val, uint8=True, transforms=data.transforms), False)
                       if data.val else None)
-        if not cfg.resume:  # on rank 0, the same scale for every rank
-            if self.dist.is_main:
-                self._choose_metric_scale(models, data)
-            state = self.dist.broadcast((self.state.metric, self.state.metric_scale, self.state.scale_search))
-            self.state.metric, self.state.metric_scale, self.state.scale_search = state
+        return train_loader, sampler, val_loader
+
+    def _share_metric_scale(self, models: _Models, data: PreparedData) -> None:
+        """The metric scale chosen on rank 0 (:meth:`_choose_metric_scale`), the same for every rank."""
+        if self.dist.is_main:
+            self._choose_metric_scale(models, data)
+        state = self.dist.broadcast((self.state.metric, self.state.metric_scale, self.state.scale_search))
+        self.state.metric, self.state.metric_scale, self.state.scale_search = state
+
+    def _pose_warmup(self, models: _Models, data: PreparedData) -> int:
+        """Pose-only warm-up steps (the pose network frozen instead when poses are fixed: TF, two-view geometry);
+        logs the set-up."""
+        cfg = self.config
         pose_warmup = cfg.pose_warmup_steps
         if pose_warmup is None:
             pose_warmup = (AUTO_POSE_WARMUP_STEPS if data.pose_source == 'net' and cfg.init and models.pose_from_scratch
@@ -866,7 +929,7 @@ class Trainer:
         self._log(f'camera motion from {data.report.pose_source}'
                   + (f'; depth in metres (metric scale {self.state.metric_scale:.4g})' if self.state.metric else
                      '; depth without metric scale')
-                  + (f'; pose network lr {pose_lr:g}, {pose_warmup} pose-only warm-up steps'
+                  + (f'; pose network lr {self._pose_lr():g}, {pose_warmup} pose-only warm-up steps'
                      if data.pose_source == 'net' else ''))
         if data.pose_source == 'net' and not data.val_has_poses and not cfg.gt_depth_topic:
             guard = (f'the anchor to the start model (weight {self.anchor_weight():g}) keeps the depth network near it'
@@ -875,140 +938,72 @@ class Trainer:
             self._log("warning: no odometry (TF) and no ground-truth depth to validate with: best/ is chosen by the "
                       f"pose network's own loss; {guard} (benchmarks/RESULTS.md); record /tf with the camera, or give "
                       '--gt-depth-topic, to select by depth quality')
-        steps_per_epoch = max(1, len(train_loader))
-        total = cfg.steps if cfg.steps is not None else cfg.epochs * steps_per_epoch
-        output = Path(cfg.output).expanduser()
-        output.mkdir(parents=True, exist_ok=True)
-        metrics_path = output / 'metrics.csv' if self.dist.is_main else Path(os.devnull)  # rank 0 alone writes
-        new_csv = not (cfg.resume and metrics_path.is_file())
-        if not new_csv:  # rows the interrupted run wrote after latest/ are written again: drop them
-            _drop_rows_after(metrics_path, self.state.step)
-        csv_stream = open(metrics_path, 'w' if new_csv else 'a', newline='')
-        writer = csv.DictWriter(csv_stream, fieldnames=METRICS_COLUMNS)
-        if new_csv:
-            writer.writeheader()
-        tensorboard = None
-        try:
-            from torch.utils.tensorboard import SummaryWriter  # optional
-            tensorboard = SummaryWriter(str(output / 'tensorboard')) if self.dist.is_main else None
-        except Exception:  # tensorboard not installed
-            tensorboard = None
-        show_bar = (sys.stderr.isatty() if cfg.progress_bar is None else cfg.progress_bar) and self.dist.is_main
-        bar = None
-        if show_bar:
-            from tqdm import tqdm
-            bar = tqdm(total=total, initial=self.state.step, desc='fine-tuning', unit='step')
-        world = self.dist.world_size
-        self._log(f'training {cfg.arch} at {cfg.width}x{cfg.height} on {self.device} for {total} steps '
-                  f'({steps_per_epoch} per epoch, batch {cfg.batch_size}, lr {cfg.lr}), output {output}'
-                  + (f'; {world} processes (DistributedDataParallel), effective batch {cfg.batch_size * world}'
-                     if self.dist.active else ''))
-        val_every = cfg.val_every if cfg.val_every > 0 else steps_per_epoch
-        validate = functools.partial(self._validation_step, models, val_loader, optimizer, scheduler, scaler, data,
-                                     writer, csv_stream, tensorboard)
-        best = validate() if not cfg.resume and cfg.init else None  # the start model: best/ is never worse
-        # One DistributedDataParallel over the whole step in a torchrun job (gradients averaged over
-        # the ranks); validation, the scale search and checkpoints use the plain networks.
-        train_step = data_parallel(self.dist, models.trainable(), functools.partial(self._losses, models),
-                                   self.device)
-        start_step, start_time = self.state.step, time.perf_counter()
-        samples_per_s = 0.0
-        running: list[float] = []
-        bad_in_a_row = 0
-        latest = None
-        try:
-            for module in models.trainable():
-                module.train()
-            while self.state.step < total:
-                frozen = self.state.epoch < cfg.freeze_encoder_epochs
-                if sampler is not None:
-                    sampler.set_epoch(self.state.epoch)
-                for batch in train_loader:
-                    warming_up = self.state.step < pose_warmup
-                    models.encoder.requires_grad_(not (frozen or warming_up))
-                    models.decoder.requires_grad_(not warming_up)
-                    models.encoder.train(not warming_up)
-                    models.decoder.train(not warming_up)
-                    if cfg.freeze_bn:
-                        freeze_batch_norm(models.encoder)
-                    with torch.autocast(self.device.type, dtype=torch.float16, enabled=use_amp):
-                        loss, info = train_step(batch)
-                    optimizer.zero_grad(set_to_none=True)
-                    loss_value = loss.item()  # the step's one host sync
-                    if not self.dist.all_true(math.isfinite(loss_value), self.device):  # every rank skips
-                        if self.dist.active:
-                            loss.backward()  # completes DDP's gradient exchange; the gradients are dropped
-                            optimizer.zero_grad(set_to_none=True)
-                        bad_in_a_row += 1
-                        self.state.skipped_steps += 1
-                        self._log(f'step {self.state.step + 1}: non-finite loss {loss_value}, step skipped')
-                        if bad_in_a_row >= MAX_BAD_STEPS:
-                            raise TrainingError(f'{bad_in_a_row} non-finite losses in a row: training diverged '
-                                                f'(lower the learning rate); the last good checkpoint is kept')
-                        continue
-                    bad_in_a_row = 0
-                    if scaler is not None:
-                        scaler.scale(loss).backward()
-                        scaler.step(optimizer)
-                        scaler.update()
-                    else:
-                        loss.backward()
-                        optimizer.step()
-                    self.state.step += 1
-                    self.state.samples_seen += len(batch['index']) * world  # every rank's batch has this size
-                    running.append(loss_value)
-                    elapsed = time.perf_counter() - start_time
-                    done = self.state.step - start_step
-                    samples_per_s = done * cfg.batch_size * world / max(elapsed, 1e-9)  # all ranks together
-                    eta = (total - self.state.step) * elapsed / max(done, 1)
-                    if bar is not None:
-                        bar.update(1)
-                        bar.set_postfix(loss=f'{loss_value:.4f}')
-                    best_val = None if math.isinf(self.state.best_val) else self.state.best_val
-                    self._emit('progress', step=self.state.step, total=total, epoch=self.state.epoch,
-                               loss=loss_value, eta_s=eta, samples_per_s=samples_per_s, best_val=best_val)
-                    if self.state.step % cfg.log_every == 0 or self.state.step == total:
-                        row = {'step': self.state.step, 'epoch': self.state.epoch, 'split': 'train',
-                               'loss': float(np.mean(running)), 'photometric': float(info['photometric']),
-                               'lr': optimizer.param_groups[0]['lr'], 'samples_per_s': samples_per_s}
-                        writer.writerow(row)
-                        csv_stream.flush()
-                        if tensorboard is not None:
-                            tensorboard.add_scalar('train/loss', row['loss'], self.state.step)
-                        running.clear()
-                        check_loss_scale(scaler)
-                    if self.state.step % val_every == 0 or self.state.step == total:
-                        best = validate() or best
-                    if self.state.step % cfg.save_every == 0 or self.state.step == total:
-                        latest = self._save(models, optimizer, scheduler, scaler, data, 'latest') or latest
-                    if self.state.step >= total:
-                        break
-                else:
-                    self.state.epoch += 1
-                    scheduler.step()
-                    continue
-                if self.state.step >= total and len(train_loader) and self.state.step % steps_per_epoch == 0:
-                    self.state.epoch += 1
-                    scheduler.step()
-        finally:
-            if bar is not None:
-                bar.close()
-            csv_stream.close()
-            if tensorboard is not None:
-                tensorboard.close()
-        if latest is None and (output / 'latest').is_dir():
-            latest = output / 'latest'
+        return pose_warmup
+
+    def _set_trainable(self, models: _Models, frozen: bool, warming_up: bool) -> None:
+        """Which networks learn this step: the encoder not while ``frozen`` (freeze_encoder_epochs), the depth
+        network not while the pose network warms up; batch norm statistics kept with ``freeze_bn``."""
+        models.encoder.requires_grad_(not (frozen or warming_up))
+        models.decoder.requires_grad_(not warming_up)
+        models.encoder.train(not warming_up)
+        models.decoder.train(not warming_up)
+        if self.config.freeze_bn:
+            freeze_batch_norm(models.encoder)
+
+    def _optimise(self, train_step: Callable[[dict], tuple[torch.Tensor, dict]], batch: dict[str, torch.Tensor],
+                  optimizer: torch.optim.Optimizer, scaler: Any) -> tuple[float | None, dict[str, Any]]:
+        """One optimiser step on ``batch``: (loss, loss terms); loss None when it is not finite on some rank
+        (the step is skipped on every rank, :meth:`_skip_step`)."""
+        with torch.autocast(self.device.type, dtype=torch.float16, enabled=scaler is not None):
+            loss, info = train_step(batch)
+        optimizer.zero_grad(set_to_none=True)
+        loss_value = loss.item()  # the step's one host sync
+        if not self.dist.all_true(math.isfinite(loss_value), self.device):  # every rank skips
+            self._skip_step(loss, loss_value, optimizer)
+            return None, info
+        self.state.bad_in_a_row = 0
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
+        self.state.step += 1
+        self.state.samples_seen += len(batch['index']) * self.dist.world_size  # every rank's batch has this size
+        return loss_value, info
+
+    def _skip_step(self, loss: torch.Tensor, loss_value: float, optimizer: torch.optim.Optimizer) -> None:
+        """A non-finite loss: no update (TrainingError after MAX_BAD_STEPS of them in a row)."""
+        if self.dist.active:
+            loss.backward()  # completes DDP's gradient exchange; the gradients are dropped
+            optimizer.zero_grad(set_to_none=True)
+        self.state.bad_in_a_row += 1
+        self.state.skipped_steps += 1
+        self._log(f'step {self.state.step + 1}: non-finite loss {loss_value}, step skipped')
+        if self.state.bad_in_a_row >= MAX_BAD_STEPS:
+            raise TrainingError(f'{self.state.bad_in_a_row} non-finite losses in a row: training diverged '
+                                f'(lower the learning rate); the last good checkpoint is kept')
+
+    def _end_epoch(self, scheduler: Any) -> None:
+        self.state.epoch += 1
+        scheduler.step()
+
+    def _finish(self, data: PreparedData, output: Path, latest: Path | None, samples_per_s: float) -> dict[str, Any]:
+        """The run's summary (see :meth:`run`)."""
+        if latest is None and (output / LATEST).is_dir():
+            latest = output / LATEST
         self._log(f'finished at step {self.state.step}: {samples_per_s:.2f} samples/s, latest {latest}, '
                   f'best validation {self.state.selected_by} {self.state.best_val:.4f}')
-        return {'step': self.state.step, 'epoch': self.state.epoch, 'latest': latest, 'world_size': world,
-                'samples_seen': self.state.samples_seen,
-                'best': output / 'best' if (output / 'best').is_dir() else None, 'val': self.state.last_val,
+        return {'step': self.state.step, 'epoch': self.state.epoch, 'latest': latest,
+                'world_size': self.dist.world_size, 'samples_seen': self.state.samples_seen,
+                'best': output / BEST if (output / BEST).is_dir() else None, 'val': self.state.last_val,
                 'samples_per_s': samples_per_s, 'skipped_steps': self.state.skipped_steps,
                 'data': data.report.summary()}
 
     def _validation_step(self, models: _Models, val_loader: DataLoader | None, optimizer: Any, scheduler: Any,
-                         scaler: Any, data: PreparedData, writer: csv.DictWriter, csv_stream: Any,
-                         tensorboard: Any) -> Path | None:
+                         scaler: Any, data: PreparedData, log: RunLog) -> Path | None:
+        """Validate, record, and save best/ when the selection measure improved."""
         # Rank 0 validates on all the validation samples (the numbers of a single process) and
         # broadcasts the result, so every rank keeps the same best / selection state.
         if self._scale_loader is not None and self.state.step > 0:
@@ -1023,18 +1018,14 @@ class Trainer:
         row = {'step': self.state.step, 'epoch': self.state.epoch, 'split': 'val', 'lr': optimizer.param_groups[0]['lr'],
                **{k: result.get(k) for k in METRICS_COLUMNS if k in result}, 'selected': int(improved),
                'selected_by': self.state.selected_by}  # what best/ is chosen by
-        writer.writerow(row)
-        csv_stream.flush()
-        if tensorboard is not None:
-            for key, value in result.items():
-                tensorboard.add_scalar(f'val/{key}', value, self.state.step)
+        log.validation(row, result)
         text = ', '.join(f'{k} {v:.4f}' for k, v in result.items())
         self._log(f'validation at step {self.state.step}: {text}'
                   + (f' (new best by {self.state.selected_by})' if improved else ''))
         self._emit('validation', step=self.state.step, selected_by=self.state.selected_by, **result)
         if improved:
             self.state.best_val = value
-            return self._save(models, optimizer, scheduler, scaler, data, 'best')
+            return self._save(models, optimizer, scheduler, scaler, data, BEST)
         return None
 
     def _refine_metric_scale(self, models: _Models) -> None:
