@@ -536,6 +536,9 @@ def test_autostart_false_then_the_readme_lifecycle_commands(ros2_env, camera_fra
         # As a user would: the node is listed (the ros2 daemon has discovered it) before lifecycle commands.
         listed = lambda: f'/{NODE_NAME}' in ros2(ros2_env, ['ros2', 'node', 'list']).stdout.split()  # noqa: E731
         wait_until(listed, START_TIMEOUT, f'/{NODE_NAME} in ros2 node list', launched)
+        # The probe's own participant discovers the node on its own schedule (seen: listed by ros2, not yet by it).
+        known = lambda: NODE_NAME in probe.node.get_node_names()  # noqa: E731
+        wait_until(known, START_TIMEOUT, f'/{NODE_NAME} discovered by the test probe', launched)
         _, subscribed = probe.graph()
         assert '/camera/image_raw/compressed' not in subscribed  # unconfigured: not subscribed
         assert probe.parameters(['autostart', 'image_transport']) == {'autostart': False,
