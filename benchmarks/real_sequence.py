@@ -42,22 +42,22 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from hr_depth_ros.core.backends import BackendOptions  # noqa: E402
 from hr_depth_ros.core.bags import read_messages  # noqa: E402
+from hr_depth_ros.core.depth_options import NodeConfig  # noqa: E402
 from hr_depth_ros.core.image_decoding import compressed_to_rgb, depth_to_metres  # noqa: E402
 from hr_depth_ros.core.rectification import calibration_of, rectifier_for  # noqa: E402
 from hr_depth_ros.core.visualization import colorize  # noqa: E402
-from hr_depth_ros.tools.demo import EvalFrame, bundled_checkpoint, finetune, score_depths  # noqa: E402
+from hr_depth_ros.tools.demo import EvalFrame, bundled_checkpoint, finetune, finetune_config, score_depths  # noqa: E402
 
 DEFAULT_BAG = REPO.parent / 'shared' / 'realdata' / 'tum_fr1_xyz_37f'
 IMAGE = '/camera/image_raw/compressed'
 INFO = '/camera/camera_info'
 DEPTH = '/camera/depth/image_raw'
-ROWS = {  # name -> (label, pose source, more finetune arguments)
-    'tf': ('TF (no depth sensor)', 'tf', []),
-    'tf_gt': ('TF + `--gt-depth-topic`', 'tf', ['--gt-depth-topic', DEPTH]),
-    'camera': ('camera only (pose network)', 'net', []),
-    'camera_vo': ('camera only (two-view geometry)', 'vo', []),
+ROWS = {  # name -> (label, pose source, more TrainingConfig fields)
+    'tf': ('TF (no depth sensor)', 'tf', {}),
+    'tf_gt': ('TF + `--gt-depth-topic`', 'tf', {'gt_depth_topic': DEPTH}),
+    'camera': ('camera only (pose network)', 'net', {}),
+    'camera_vo': ('camera only (two-view geometry)', 'vo', {}),
 }
 
 
@@ -107,7 +107,8 @@ def heldout_frames(bag: Path, stamps: list[int], train_frames: int) -> list[Eval
 def predictions(weights: Path, frames: list[EvalFrame], threads: int) -> list[np.ndarray]:
     from hr_depth_ros.core.inference import DepthEstimator
 
-    estimator = DepthEstimator(weights, device='cpu', **BackendOptions('torch', threads, None).estimator_kwargs())
+    estimator = DepthEstimator.from_config(NodeConfig.from_values(
+        {'weights': str(weights), 'device': 'cpu', 'backend': 'torch', 'threads': threads}))
     return [cv2.resize(estimator.predict_depth(f.rgb), (f.rgb.shape[1], f.rgb.shape[0]),
                        interpolation=cv2.INTER_LINEAR) for f in frames]
 
@@ -168,8 +169,8 @@ def main() -> int:
         run = args.output / name
         shutil.rmtree(run, ignore_errors=True)
         began = time.monotonic()
-        finetune(train_bag, run, start, args.steps, args.width, args.height, 'cpu', args.batch_size, 1e-4,
-                 pose_source, ['--seed', str(args.seed), '--val-every', '10', *extra])
+        finetune(finetune_config(train_bag, run, start, args.steps, args.width, args.height, 'cpu', args.batch_size,
+                                 1e-4, pose_source, seed=args.seed, val_every=10, **extra))
         seconds = time.monotonic() - began
         for kind in ('best', 'latest'):
             folder = run / kind

@@ -148,13 +148,14 @@ def make_random_checkpoint(folder: Path, width: int, height: int) -> Path:
 
 def finetune_config(bag: Path, output: Path, init: Path | None, steps: int, width: int, height: int, device: str,
                     batch_size: int, lr: float, pose_source: str, **more: Any) -> Any:
-    """The demo's fine-tuning run as a TrainingConfig (``more``: further fields, e.g.
-    benchmarks/finetune_pose_sources.py's variants)."""
+    """The demo's fine-tuning run as a TrainingConfig (``more``: further fields or other values of
+    ``val_every`` / ``save_every``, e.g. benchmarks/finetune_pose_sources.py's variants)."""
     from hr_depth_ros.core.training.trainer import TrainingConfig
 
+    fields = {'val_every': max(1, steps // 3), 'save_every': steps, **more}
     return TrainingConfig(bags=[str(bag)], output=str(output), arch='lite_hr_depth', steps=steps, width=width,
                           height=height, batch_size=batch_size, device=device, lr=lr, pose_source=pose_source,
-                          val_every=max(1, steps // 3), save_every=steps, init=str(init) if init else None, **more)
+                          init=str(init) if init else None, **fields)
 
 
 def finetune(config: Any) -> Path:
