@@ -1,6 +1,7 @@
 """Online adaptation in the depth node (issue 23): frame ring, poses and pauses, honest swaps, worker, lifecycle."""
 from __future__ import annotations
 
+import dataclasses
 import os
 import queue
 import signal
@@ -262,6 +263,69 @@ def test_metric_scale_from_tf_and_only_better_models_are_swapped_in(tmp_path, dr
     assert all(torch.equal(v, accepted['decoder'][k]) for k, v in before.items())
     saved = load_depth_checkpoint(accepted['checkpoint'])
     assert saved.metric_scale == metric['metric_scale'] and saved.metadata['online']['score'] == accepted['candidate']
+
+
+def test_without_tf_the_worker_places_frames_by_two_view_geometry_and_trains(tmp_path, drive, frames):
+    """adapt_pose_source vo: frames come without a pose; the worker chains two-view motions (directions as
+    the drive's, lengths in the start model's units), keeps depth relative, trains and judges on them."""
+    clock = Clock()
+    manager, _ = node_side(tmp_path, clock, adapt_pose_source='vo')
+    for frame in frames[:4]:  # no TF at all: every frame is sent, nothing pauses
+        clock.now += 0.1
+        manager.on_frame(frame.rgb, frame.stamp_ns, CAMERA, drive.K)
+    items = sent(manager)
+    assert [item[0] for item in items] == ['reset'] + ['frame'] * 4 and all(item[2] is None for item in items[1:])
+    assert manager.status()['state'] == 'adapting' and manager.status()['pose_source'] == 'vo'
+
+    events: list[dict] = []
+    adapter = Adapter(WorkerSettings(start=str(SHIPPED), anchor=str(SHIPPED), output=str(tmp_path / 'out'),
+                                     pose_source='vo', steps_per_round=1000, batch_size=2), events.append)
+    adapter.reset(drive.K)
+    for frame in frames:
+        adapter.add_frame(frame.rgb, None, frame.stamp_ns)
+    while adapter.ring.next_unplaced() is not None:
+        assert adapter.work()
+    assert adapter.placed >= 0.8 * (len(frames) - 1) and not adapter.metric
+    ring = adapter.ring
+    ratios = []
+    for i in range(1, len(frames)):
+        if ring.chain[i] != ring.chain[i - 1]:
+            continue
+        estimated = np.linalg.inv(ring.poses[i - 1]) @ ring.poses[i]
+        true = np.linalg.inv(frames[i - 1].pose_world_from_camera) @ frames[i].pose_world_from_camera
+        cosine = estimated[:3, 3] @ true[:3, 3] / (np.linalg.norm(estimated[:3, 3]) * np.linalg.norm(true[:3, 3]))
+        assert cosine > np.cos(np.radians(10)), i  # the direction of the motion
+        ratios.append(np.linalg.norm(estimated[:3, 3]) / np.linalg.norm(true[:3, 3]))
+    ratios = np.array(ratios)  # lengths in the start model's units: one factor for the whole drive
+    assert len(ratios) >= 30 and np.std(np.log(ratios)) < 0.25, ratios
+
+    train, held = ring.triplets(int(1e9))
+    assert train and held and all(ring.chain[a] == ring.chain[b] == ring.chain[c] for a, b, c in train + held)
+    assert adapter.work() and adapter.steps == 1  # a training step on the two-view poses
+    adapter.settings = dataclasses.replace(adapter.settings, margin=-1.0)  # accept whatever it scores
+    adapter._judge(held[:2])
+    accepted = events[-1]
+    assert accepted['event'] == 'accepted' and accepted['metric'] is False
+    saved = load_depth_checkpoint(accepted['checkpoint'])
+    assert saved.metric_scale is None and saved.metadata['pose_source'] == 'vo'
+    assert not any(e['event'] == 'metric' for e in events)  # no scale search without metric poses
+
+
+def test_a_refused_pair_starts_a_new_chain_and_no_triplet_spans_two():
+    K = np.array([[10.0, 0, 4], [0, 10.0, 2], [0, 0, 1]])
+    ring = FrameRing(20, 8, 4, K)
+    for n in range(9):
+        ring.add(np.zeros((4, 8, 3), np.uint8), None, n * 100_000_000)
+    step = np.eye(4)
+    step[0, 3] = 1.0
+    for n in range(9):
+        slot, before = ring.next_unplaced()
+        assert slot == n and before == (None if n == 0 else n - 1)
+        refused = n in (0, 4)  # the first frame and a pair the geometry refused start chains
+        ring.place(slot, None if refused else ring.poses[before] @ step, before)
+    assert ring.next_unplaced() is None and list(ring.chain[:9]) == [1, 1, 1, 1, 2, 2, 2, 2, 2]
+    train, held = ring.triplets(int(1e9))
+    assert {tuple(t) for t in train + held} == {(0, 1, 2), (1, 2, 3), (4, 5, 6), (5, 6, 7), (6, 7, 8)}
 
 
 # --- the worker process -----------------------------------------------------------------------------

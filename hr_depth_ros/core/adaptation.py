@@ -7,7 +7,9 @@ every ``/tf`` / ``/tf_static`` message to :class:`OnlineAdaptation`, which
   :class:`~hr_depth_ros.core.tf_poses.TransformTree`: interpolated, never extrapolated; a frame
   waits up to ``adapt_max_tf_wait`` s for the odometry to pass its stamp). When TF stops
   arriving (or never links ``adapt_odom_frame`` to the camera) adaptation pauses and says
-  why: no pose is ever guessed. Camera-only robots plug a pose source into :data:`POSE_SOURCES`;
+  why: no pose is ever guessed. A camera-only robot sets ``adapt_pose_source`` ``vo``
+  (:class:`TwoViewPoseSource`): the worker places the frames itself by two-view geometry and the
+  depth stays in the model's units;
 - drops frames that barely differ from the last one kept (``adapt_min_motion``, fine-tuning's
   thumbnail test), so a robot standing still adds nothing;
 - restarts the buffer when the camera's intrinsics or size change;
@@ -47,7 +49,7 @@ from hr_depth_ros.core.model_cache import default_cache_dir, remove_entry
 from hr_depth_ros.core.tf_poses import DEFAULT_MAX_TF_GAP_S, TransformError, TransformTree, normalize_frame
 from hr_depth_ros.core.training.frame_store import thumbnail
 
-__all__ = ['ADAPTATION_PARAMETER_NAMES', 'AdaptationConfig', 'PoseSource', 'TFPoseSource',
+__all__ = ['ADAPTATION_PARAMETER_NAMES', 'AdaptationConfig', 'PoseSource', 'TFPoseSource', 'TwoViewPoseSource',
            'POSE_SOURCES', 'PoseAnswer', 'OnlineAdaptation', 'rebuild_estimator', 'serving_config']
 
 INBOX_FRAMES = 16           # frames in flight to the worker; more are dropped (counted)
@@ -205,7 +207,30 @@ class TFPoseSource:
         return PoseAnswer(None, 'never', 'no odometry around the frame (a gap in TF)')
 
 
-POSE_SOURCES: dict[str, Callable[[AdaptationConfig], PoseSource]] = {'tf': TFPoseSource}
+class TwoViewPoseSource:
+    """No TF (a camera-only robot): every frame goes to the worker without a pose, and the worker places it after
+    the previous one by two-view geometry (:mod:`hr_depth_ros.core.adaptation_worker`). Never silent, never metric
+    by itself (the depth stays in the start model's units)."""
+
+    name = 'vo'
+
+    def __init__(self, config: AdaptationConfig) -> None:
+        self.config = config
+
+    def on_tf(self, msg: Any, static: bool, now: float) -> None:
+        return None
+
+    def on_frame(self, rgb: np.ndarray, K: np.ndarray, stamp_ns: int) -> None:
+        return None
+
+    def silent_for(self, now: float) -> float:
+        return 0.0
+
+    def pose(self, frame_id: str, stamp_ns: int) -> PoseAnswer:
+        return PoseAnswer(None, 'ok', 'placed by two-view geometry in the worker')
+
+
+POSE_SOURCES: dict[str, Callable[[AdaptationConfig], PoseSource]] = {'tf': TFPoseSource, 'vo': TwoViewPoseSource}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -236,7 +261,7 @@ class OnlineAdaptation:
         self.width, self.height = start_checkpoint.width, start_checkpoint.height
         self.output = config.output_folder(anchor)
         self.settings = WorkerSettings(
-            start=str(start_checkpoint.path), anchor=anchor, output=str(self.output),
+            start=str(start_checkpoint.path), anchor=anchor, output=str(self.output), pose_source=config.pose_source,
             buffer_frames=config.buffer_frames, batch_size=config.batch_size, lr=config.lr,
             steps_per_round=config.steps_per_round, margin=config.margin, anchor_weight=config.anchor_weight,
             max_gap_s=config.max_gap, min_depth=min_depth, max_depth=max_depth,
@@ -490,7 +515,7 @@ class OnlineAdaptation:
             self.adapted_entry = entry
         with self.lock:
             self.ready_estimator = estimator
-            self.metric_scale = event['metric_scale']
+            self.metric_scale = event['metric_scale'] if event.get('metric', True) else None
             self.counts['accepted'] += 1
             self.last.update(accepted_at_step=event['step'], checkpoint=event['checkpoint'])
             if event['serving'] is not None:
@@ -504,7 +529,7 @@ class OnlineAdaptation:
                              f"serving {event['serving']:.5f} on held-out frames "
                              f"({100 * (1 - event['candidate'] / event['serving']):.1f} % better); "
                              f"written to {event['checkpoint']}"
-                             + ('; publishing metres' if first_metric else ''))
+                             + ('; publishing metres' if first_metric and self.metric_scale is not None else ''))
 
     def _crashed(self, reason: str) -> None:
         with self.lock:

@@ -7,16 +7,22 @@ node's inference keeps its cores. What it does, one unit of work at a time (:met
 1. keeps the frames it is sent (network resolution, camera pose from TF) in a bounded
    :class:`FrameRing`; consecutive frames no further apart than ``max_gap_s`` form triplets
    (t-1, t, t+1), as fine-tuning's; every ``HOLDOUT_PERIOD``-th block of ``HOLDOUT_BLOCK``
-   frames is held out (never trained on) to judge candidates;
-2. a start checkpoint without metric scale first gets one from the photometric scale search
+   frames is held out (never trained on) to judge candidates. Without TF (``pose_source``
+   ``vo``, a camera-only robot) the frames come without a pose and the worker places each one
+   after the previous by two-view geometry (:mod:`hr_depth_ros.core.visual_odometry`: rotation and
+   translation direction from tracked corners, the translation's length from the serving model's
+   depth), chaining the poses; a pair the geometry refuses (standing still, too little texture)
+   starts a new chain, and no triplet spans two chains. Depth then stays in the serving model's
+   units (metres only if the start checkpoint has a metric scale);
+2. with TF, a start checkpoint without metric scale first gets one from the photometric scale search
    under the TF poses (:func:`~hr_depth_ros.core.training.scale.search_scale`, as fine-tuning
    does): from then on depth is in metres and training keeps it so (the poses are metric);
 3. trains a candidate copy of the serving model with fine-tuning's loss (the trainer's
    ``_losses``: minimum reprojection under the TF poses, smoothness, and an optional L1 pull to
    the start model, the anchor); encoder batch-norm statistics stay fixed;
 4. every ``steps_per_round`` steps scores candidate and serving model on the held-out triplets
-   by the criterion fine-tuning selects with under TF (the mean minimum reprojection error of
-   the metric depth under the TF poses, no noise) and accepts the candidate only when it is
+   by the criterion fine-tuning selects with under fixed poses (the mean minimum reprojection error
+   of the depth under the TF or two-view poses, no noise) and accepts the candidate only when it is
    lower by ``margin`` (relative); an accepted model is written as a checkpoint (atomic) and
    sent to the node, which swaps it in between two frames. After ``RESET_AFTER`` rejections in
    a row the candidate restarts from the serving model.
@@ -49,6 +55,7 @@ from hr_depth_ros.core.inference import select_device
 from hr_depth_ros.core.training.dataset import TripletDataset
 from hr_depth_ros.core.training.scale import search_scale
 from hr_depth_ros.core.training.trainer import Trainer, TrainingConfig, _DisparityTarget, _Models, freeze_batch_norm
+from hr_depth_ros.core.visual_odometry import inverse_motion, translation_scale, two_view_motion
 
 __all__ = ['WorkerSettings', 'FrameRing', 'Adapter', 'worker_main', 'HOLDOUT_BLOCK', 'HOLDOUT_PERIOD']
 
@@ -58,6 +65,8 @@ MIN_HELD_OUT = 6          # held-out triplets needed before a candidate is judge
 MAX_HELD_OUT = 16         # the most recent held-out triplets a judgement looks at
 FIRST_ROUND_STEPS = 5     # steps before the first judgement (later: steps_per_round)
 RESET_AFTER = 4           # rejections in a row after which the candidate restarts from the serving model
+PLACE_PER_UNIT = 8        # frames placed by two-view geometry per unit of work (pose_source vo)
+POSE_SOURCES = ('tf', 'vo')
 CHECKPOINT_NAME = 'latest'  # OUTPUT/latest: the last accepted model
 
 
@@ -68,6 +77,7 @@ class WorkerSettings:
     start: str                  # checkpoint folder the serving model starts from
     anchor: str                 # the start model the candidate is pulled toward (the node's weights)
     output: str                 # accepted models go to OUTPUT/latest
+    pose_source: str = 'tf'     # 'tf': frames come with TF poses; 'vo': placed here by two-view geometry
     buffer_frames: int = 200
     batch_size: int = 4
     lr: float = 1e-4
@@ -88,6 +98,9 @@ class WorkerSettings:
 class FrameRing:
     """The last ``capacity`` frames (H x W x 3 uint8 at network size) with camera poses (4 x 4, camera -> odom).
 
+    A frame added without a pose (pose source ``vo``) waits in ``unplaced`` until :meth:`place` gives it
+    one; ``chain``: which run of chained two-view poses a frame belongs to (TF poses: all chain 0).
+
     Looks like a :class:`~hr_depth_ros.core.training.data.FrameStore` to
     :class:`~hr_depth_ros.core.training.data.TripletDataset` (``image``, ``depth``, ``has_poses``,
     ``poses``, ``K``, ``segment``, ``width``, ``height``). Memory: ``capacity`` frames, allocated once.
@@ -102,6 +115,9 @@ class FrameRing:
         self.stamps_ns = np.zeros(self.capacity, np.int64)
         self.arrival = np.full(self.capacity, -1, np.int64)
         self.segment = np.zeros(self.capacity, np.int64)
+        self.chain = np.full(self.capacity, -1, np.int64)
+        self.unplaced = np.zeros(self.capacity, bool)
+        self.chains = 0     # chains started so far
         self.K = [np.asarray(K, np.float64)]
         self.added = 0      # frames ever added (arrival numbers continue across resets)
         self.first = 0      # arrival number of the oldest frame since the last reset
@@ -119,16 +135,42 @@ class FrameRing:
         self.first = self.added
         self.poses[:] = np.nan
         self.arrival[:] = -1
+        self.chain[:] = -1
+        self.unplaced[:] = False
 
-    def add(self, rgb: np.ndarray, pose: np.ndarray, stamp_ns: int) -> None:
+    def add(self, rgb: np.ndarray, pose: np.ndarray | None, stamp_ns: int) -> None:
+        """Keep a frame (overwriting the oldest); ``pose`` None: to be placed by :meth:`place`."""
         if rgb.shape != (self.height, self.width, 3):
             raise ValueError(f'frame of shape {rgb.shape}, the buffer holds {self.height}x{self.width}x3')
         slot = self.added % self.capacity
         self.images[slot] = rgb
-        self.poses[slot] = pose
+        self.poses[slot] = np.nan if pose is None else pose
+        self.chain[slot] = -1 if pose is None else 0
+        self.unplaced[slot] = pose is None
         self.stamps_ns[slot] = stamp_ns
         self.arrival[slot] = self.added
         self.added += 1
+
+    def next_unplaced(self) -> tuple[int, int | None] | None:
+        """(slot, slot of the frame before it or None) of the oldest frame waiting for a pose, or None."""
+        for number in range(self.added - len(self), self.added):
+            slot = number % self.capacity
+            if self.unplaced[slot]:
+                before = (number - 1) % self.capacity
+                has_before = number - 1 >= self.added - len(self) and not self.unplaced[before]
+                return slot, before if has_before else None
+        return None
+
+    def place(self, slot: int, pose: np.ndarray | None, after: int | None) -> None:
+        """Give an unplaced frame its pose: chained to the frame in slot ``after``, or (``pose`` None) the
+        start of a new chain."""
+        if pose is None:
+            self.poses[slot] = np.eye(4)
+            self.chain[slot] = self.chains = self.chains + 1
+        else:
+            self.poses[slot] = pose
+            self.chain[slot] = self.chain[after]
+        self.unplaced[slot] = False
 
     def image(self, index: int) -> np.ndarray:
         return self.images[index].copy()
@@ -149,7 +191,7 @@ class FrameRing:
         train, held = [], []
         for a, b, c in zip(slots, slots[1:], slots[2:]):
             if (self.stamps_ns[b] - self.stamps_ns[a] > max_gap_ns or self.stamps_ns[c] - self.stamps_ns[b] > max_gap_ns
-                    or not self.has_poses((a, b, c))):
+                    or not self.has_poses((a, b, c)) or not self.chain[a] == self.chain[b] == self.chain[c]):
                 continue
             flags = {self.held_out(int(self.arrival[s])) for s in (a, b, c)}
             if flags == {True}:
@@ -179,7 +221,11 @@ class Adapter:
                                 device=settings.device, seed=settings.seed)
         self.trainer = Trainer(config)      # its loss and TF scoring, with this run's metric scale
         self.trainer.device = self.device
-        self.trainer.state.pose_source = 'tf'
+        if settings.pose_source not in POSE_SOURCES:
+            raise ValueError(f'pose_source {settings.pose_source!r}: one of {POSE_SOURCES}')
+        self.two_view = settings.pose_source == 'vo'
+        self.trainer.state.pose_source = 'tf'   # the loss takes the ring's poses as given, from TF or two-view geometry
+        self.placed = self.refused = 0          # two-view placements: chained, refused (a new chain)
         scale = start.metric_scale
         self.trainer.state.metric = scale is not None
         self.trainer.state.metric_scale = scale if scale is not None else 1.0
@@ -236,7 +282,9 @@ class Adapter:
             if self.ring is None:
                 return False
             train, held = self.ring.triplets(int(self.settings.max_gap_s * 1e9))
-        if not self.metric:
+        if self.two_view and self._place_frames():
+            return True
+        if not self.metric and not self.two_view:
             if len(train) + len(held) < self.settings.scale_triplets:
                 return False
             self._search_scale(train + held)
@@ -250,6 +298,49 @@ class Adapter:
             return False
         self._train_step(train)
         return True
+
+    def _place_frames(self) -> bool:
+        """Place up to PLACE_PER_UNIT frames waiting for a pose by two-view geometry; False when none waits."""
+        placed_any = False
+        for _ in range(PLACE_PER_UNIT):
+            with self.lock:
+                found = self.ring.next_unplaced()
+                if found is None:
+                    return placed_any
+                slot, before = found
+                arrival = int(self.ring.arrival[slot])
+                image = self.ring.image(slot)
+                previous = None if before is None else (self.ring.image(before), self.ring.poses[before].copy(),
+                                                        int(self.ring.stamps_ns[slot] - self.ring.stamps_ns[before]))
+                K = self.ring.K[0]
+            pose = None
+            if previous is not None and previous[2] <= self.settings.max_gap_s * 1e9:
+                pose = self._chained_pose(previous[0], image, K, previous[1])
+            with self.lock:
+                if int(self.ring.arrival[slot]) == arrival and self.ring.unplaced[slot]:  # still the same frame
+                    self.ring.place(slot, pose, before)
+            self.placed += pose is not None
+            self.refused += pose is None and previous is not None
+            placed_any = True
+        return placed_any
+
+    @torch.no_grad()
+    def _chained_pose(self, before: np.ndarray, image: np.ndarray, K: np.ndarray,
+                      pose_before: np.ndarray) -> np.ndarray | None:
+        """The camera pose of ``image`` from the frame ``before`` it (pose ``pose_before``) by two-view geometry,
+        the translation's length from the serving model's depth of ``before``; None when the geometry refuses."""
+        motion = two_view_motion(before, image, K)
+        if not motion.ok:
+            return None
+        self._eval(self.serving)
+        tensor = torch.from_numpy(before).permute(2, 0, 1)[None].to(self.device).float().div_(255.0)
+        depth = self.trainer._depth(self.serving.decoder(self.serving.encoder(tensor))[('disp', 0)].float())
+        T = motion.T.copy()  # points in the frame before -> points in this frame
+        length = translation_scale(T, K, motion.target_px, motion.source_px, depth[0, 0].cpu().numpy())
+        if not math.isfinite(length):
+            return None
+        T[:3, 3] *= length
+        return pose_before @ inverse_motion(T)
 
     def _batches(self, samples: list[tuple[int, int, int]], augment: bool = False) -> list[dict[str, Any]]:
         """``samples`` as collated batches of ``batch_size`` (copied out of the ring under its lock)."""
@@ -348,6 +439,7 @@ class Adapter:
             self._prepare_openvino()
         self.emit({'event': 'accepted', 'step': self.steps, 'candidate': score, 'serving': previous,
                    'reason': reason, 'checkpoint': str(folder), 'metric_scale': self.trainer.state.metric_scale,
+                   'metric': self.metric,
                    'encoder': {k: v.detach().cpu() for k, v in self.serving.encoder.state_dict().items()},
                    'decoder': {k: v.detach().cpu() for k, v in self.serving.decoder.state_dict().items()}})
 
@@ -355,13 +447,15 @@ class Adapter:
         with self.lock:
             K = self.ring.K[0].copy()
         state = self.trainer.state
+        metric = {'metric_scale': state.metric_scale, 'scale_search': state.scale_search, 'depth_units': 'metres'} \
+            if self.metric else {}
         metadata = {
             'architecture': self.arch, 'resolution': [self.width, self.height],
             'intrinsics': {'K': K.tolist(), 'width': self.width, 'height': self.height},
             'K_normalized': normalized_intrinsics(K, self.width, self.height).tolist(),
             'trained_with': 'hr_depth_ros.core.adaptation (online, in the depth node)',
-            'pose_source': 'tf', 'selected_by': 'loss_tf (held-out recent frames)',
-            'metric_scale': state.metric_scale, 'scale_search': state.scale_search, 'depth_units': 'metres',
+            'pose_source': self.settings.pose_source,
+            'selected_by': ('loss_vo' if self.two_view else 'loss_tf') + ' (held-out recent frames)', **metric,
             'online': {'step': self.steps, 'accepted': self.accepted, 'score': score, 'serving_score': previous,
                        'start': self.settings.start, 'anchor': self.settings.anchor,
                        'settings': asdict(self.settings), 'time': time.time()},
@@ -396,8 +490,9 @@ def accepted_checkpoint(event: dict[str, Any], start: DepthCheckpoint) -> DepthC
     encoder, decoder = build_depth_model(start.arch)
     encoder.load_state_dict(event['encoder'])
     decoder.load_state_dict(event['decoder'])
-    metadata = dict(start.metadata, metric_scale=event['metric_scale'], depth_units='metres',
-                    online_step=event['step'])
+    metadata = dict(start.metadata, online_step=event['step'])
+    if event.get('metric', True):
+        metadata.update(metric_scale=event['metric_scale'], depth_units='metres')
     return DepthCheckpoint(start.arch, encoder.eval(), decoder.eval(), start.height, start.width, False, metadata,
                            Path(event['checkpoint']))
 

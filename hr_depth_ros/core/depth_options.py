@@ -136,8 +136,9 @@ class NodeConfig:
     adapt_resume: bool = option(True, read_only=True, cli=None,
                                 help='start from adapt_output/latest when it exists (false: from weights); weights '
                                      'stays the anchor')
-    adapt_pose_source: str = option('tf', choices=('tf',), read_only=True, cli=None,
-                                    help='where the camera motion comes from')
+    adapt_pose_source: str = option('tf', choices=('tf', 'vo'), read_only=True, cli=None,
+                                    help='where the camera motion comes from: tf (odometry; depth becomes metric) or '
+                                         'vo (camera only: two-view geometry, depth stays in the model\'s units)')
     adapt_odom_frame: str = option('odom', read_only=True, cli=None, help='fixed frame of the odometry in TF')
     adapt_camera_frame: str = option('', read_only=True, cli=None,
                                      help="camera's optical frame in TF; empty = the images' header.frame_id")

@@ -1,7 +1,7 @@
 """The depth node's online adaptation (parameter ``adapt``): rclpy glue over :mod:`hr_depth_ros.core.adaptation`.
 
-With ``adapt`` true the node also subscribes to ``/tf`` and ``/tf_static`` (``tf2_msgs``),
-hands them and every served frame to :class:`~hr_depth_ros.core.adaptation.OnlineAdaptation`,
+With ``adapt`` true (and ``adapt_pose_source`` tf) the node also subscribes to ``/tf`` and
+``/tf_static`` (``tf2_msgs``), hands them and every served frame to :class:`~hr_depth_ros.core.adaptation.OnlineAdaptation`,
 swaps accepted models in between frames and publishes ``~/adaptation`` (std_msgs/String
 holding JSON: state and reason, frames kept / still / without pose, steps, candidate vs serving
 score, swaps, rejections, metric scale) with ``~/statistics``. With ``adapt`` false every method
@@ -47,11 +47,13 @@ class NodeAdaptation:
         self.config = AdaptationConfig.from_node_config(config)
         if not self.config.enabled:
             return config
-        try:
-            import tf2_msgs.msg  # noqa: F401 - needed for /tf
-        except ImportError as error:
-            raise ConfigError('adapt needs tf2_msgs to subscribe to /tf, and it is not importable: build it as the '
-                              "README's setup says (scripts/setup_venv.sh), or set adapt:=false") from error
+        if self.config.pose_source == 'tf':
+            try:
+                import tf2_msgs.msg  # noqa: F401 - needed for /tf
+            except ImportError as error:
+                raise ConfigError('adapt needs tf2_msgs to subscribe to /tf, and it is not importable: build it as '
+                                  "the README's setup says (scripts/setup_venv.sh), set adapt_pose_source:=vo "
+                                  '(camera only) or adapt:=false') from error
         self.anchor = config.weights
         serving, notes = serving_config(config, self.config)
         self.serving_config = serving
@@ -72,15 +74,17 @@ class NodeAdaptation:
         self.publisher = self.node.create_lifecycle_publisher(String, '~/adaptation', 10)
 
     def activate(self) -> None:
-        """Subscribe to /tf and /tf_static and start the worker."""
+        """Subscribe to /tf and /tf_static (pose source tf) and start the worker."""
         if self.manager is None:
             return
-        from tf2_msgs.msg import TFMessage
-
         manager = self.manager
-        self.subscriptions = [
-            self.node.create_subscription(TFMessage, '/tf', lambda m: manager.on_tf(m, False), TF_QOS),
-            self.node.create_subscription(TFMessage, '/tf_static', lambda m: manager.on_tf(m, True), TF_STATIC_QOS)]
+        if self.config.pose_source == 'tf':
+            from tf2_msgs.msg import TFMessage
+
+            self.subscriptions = [
+                self.node.create_subscription(TFMessage, '/tf', lambda m: manager.on_tf(m, False), TF_QOS),
+                self.node.create_subscription(TFMessage, '/tf_static', lambda m: manager.on_tf(m, True),
+                                              TF_STATIC_QOS)]
         manager.start()
 
     def deactivate(self) -> None:
