@@ -230,6 +230,7 @@ def test_tf_fine_tuning_records_metric_scale_and_pose_lr(tf_bag, lite_checkpoint
     assert meta['pose_source'] == 'tf' and meta['depth_units'] == 'metres'
     assert latest.metric_scale == meta['metric_scale'] > 0
     assert 'photometric search' in meta['scale_search']['how'] and meta['scale_search']['evaluations'] > 40
+    assert 0 < meta['scale_search']['near_m'] <= meta['scale_search']['far_m']  # where the scene sits, in metres
     groups = load_extra_state(output / 'latest', 'adam.pth')['optimizer']['param_groups']
     assert [g['lr'] for g in groups] == [2e-5, 1e-4]  # the pose network's own, at least 1e-4
     assert (output / 'latest' / 'pose.pth').is_file()   # every checkpoint carries its pose network

@@ -56,3 +56,19 @@ def test_median_pixel_scale_finds_a_known_factor_on_a_drive(tmp_path):
 
     result = median_pixel_scale(errors_at, identity[valid].numpy(), centre=12.0, spread=0.9)
     assert result.scale == pytest.approx(7.0, rel=0.05)
+
+
+def test_depth_headroom_warns_when_the_scene_reaches_an_end_of_the_representable_range():
+    """A street checkpoint (0.1-100 units) scaled x5 for a desk at 0.55-4 m: the near end (0.5 m) is within
+    the headroom and named with the fix; a scene well inside the range gets no warning."""
+    from hr_depth_ros.core.training.scale import HEADROOM, depth_headroom
+
+    desk = np.linspace(0.55, 4.0, 1000) / 5.0  # network depths at scale 1
+    near = depth_headroom(desk, 5.0, 0.1, 100.0)
+    assert near['representable_m'] == [0.5, 500.0]
+    assert near['near_m'] == pytest.approx(0.585, rel=0.02) and near['far_m'] == pytest.approx(3.97, rel=0.02)
+    assert near['near_m'] < HEADROOM * 0.5 and '--min-depth' in near['warning'] and '0.5 m' in near['warning']
+    assert depth_headroom(desk, 5.0, 0.01, 100.0)['warning'] is None
+    far = depth_headroom(np.array([50.0, 80.0, 90.0, np.nan, -1.0]), 1.0, 0.1, 100.0)
+    assert '--max-depth' in far['warning'] and far['near_m'] == pytest.approx(50.6, rel=0.01)
+    assert depth_headroom(np.array([np.nan]), 1.0, 0.1, 100.0)['warning'] is None

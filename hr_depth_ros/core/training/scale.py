@@ -11,12 +11,14 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
-__all__ = ['ScaleSearch', 'search_scale', 'median_pixel_scale']
+__all__ = ['ScaleSearch', 'search_scale', 'median_pixel_scale', 'depth_headroom', 'HEADROOM']
 
 GOLDEN = (math.sqrt(5.0) - 1.0) / 2.0
+HEADROOM = 1.5  # the scene's nearest / farthest 1 % should stay this far inside the representable range
 
 
 @dataclass
@@ -116,3 +118,30 @@ def median_pixel_scale(errors_at: Callable[[float], np.ndarray], identity: np.nd
     scale = float(1.0 / np.median(pixel_inverse))
     loss = float(np.interp(1.0 / scale, inverse, [c[1] for c in curve]))
     return ScaleSearch(scale=scale, loss=loss, curve=sorted(curve), pixels=int(usable.sum()))
+
+
+def depth_headroom(depths: np.ndarray, scale: float, min_depth: float, max_depth: float) -> dict[str, Any]:
+    """How the scene sits in the depth range the network can output once scaled.
+
+    ``depths``: the network's depths of some frames at scale 1 (``disp_to_depth`` of its sigmoid);
+    the network outputs ``scale x [min_depth, max_depth]`` at most (the sigmoid's ends, where its
+    gradient vanishes). Returns the scene's 1st / 99th percentiles in metres (``near_m``, ``far_m``),
+    the ``representable_m`` range and a ``warning`` (None when both ends keep :data:`HEADROOM`).
+    """
+    values = np.asarray(depths, dtype=np.float64).ravel()
+    values = values[np.isfinite(values) & (values > 0)]
+    low, high = scale * min_depth, scale * max_depth
+    result: dict[str, Any] = {'representable_m': [low, high], 'near_m': None, 'far_m': None, 'warning': None}
+    if not len(values):
+        return result
+    near, far = (float(v) * scale for v in np.quantile(values, [0.01, 0.99]))
+    result.update(near_m=near, far_m=far)
+    if near < HEADROOM * low:
+        result['warning'] = (f'the nearest 1 % of the scene is at {near:.3g} m, close to the nearest depth the network '
+                             f'can output ({low:.3g} m = metric scale {scale:.4g} x --min-depth {min_depth:g}): nearer '
+                             f'surfaces are clamped there; fine-tune with a smaller --min-depth')
+    elif far > high / HEADROOM:
+        result['warning'] = (f'the farthest 1 % of the scene is at {far:.3g} m, close to the farthest depth the network '
+                             f'can output ({high:.4g} m = metric scale {scale:.4g} x --max-depth {max_depth:g}); '
+                             'fine-tune with a larger --max-depth')
+    return result

@@ -71,7 +71,7 @@ from hr_depth_ros.core.training.losses import (IDENTITY_NOISE_STD, SMOOTHNESS_WE
                                                photometric_error, smoothness_loss, upsample_to)
 from hr_depth_ros.core.training.options import check_limits, option
 from hr_depth_ros.core.training.run_log import RunLog
-from hr_depth_ros.core.training.scale import ScaleSearch, median_pixel_scale, search_scale
+from hr_depth_ros.core.training.scale import ScaleSearch, depth_headroom, median_pixel_scale, search_scale
 from hr_depth_ros.core.training.output import (BEST, FRAME_CACHE_PREFIX, LATEST, output_lock, prepare_output,
                                                remove_previous_run, removed_if_left_empty)
 
@@ -1106,9 +1106,16 @@ class Trainer:
             if search.sharpness() < 0.01:
                 self._log('warning: the photometric loss barely changes with the depth scale (little camera '
                           'motion or texture?); the metric scale is uncertain')
+            headroom = depth_headroom(torch.cat([depth.flatten() for *_, depth in prepared]).numpy(), search.scale,
+                                      cfg.min_depth, cfg.max_depth)
+            self.state.scale_search.update(near_m=headroom['near_m'], far_m=headroom['far_m'])
+            if headroom['warning']:
+                self._log(f"warning: {headroom['warning']}")
         self.state.scale_search.setdefault('how', how)
+        near, far = self.state.scale_search.get('near_m'), self.state.scale_search.get('far_m')
         self._log(f'metric scale {self.state.metric_scale:.4g} ({how}); representable depth '
-                  f'{self.state.metric_scale * cfg.min_depth:.3g}-{self.state.metric_scale * cfg.max_depth:.4g} m')
+                  f'{self.state.metric_scale * cfg.min_depth:.3g}-{self.state.metric_scale * cfg.max_depth:.4g} m'
+                  + (f', the scene (1-99 %) at {near:.3g}-{far:.3g} m' if near is not None else ''))
 
 
 def train(config: TrainingConfig, callback: Callback | None = None) -> dict[str, Any]:
