@@ -1,13 +1,16 @@
 """Fine-tuning on a real camera: TUM RGB-D fr1/xyz (shared/realdata), scored against the Kinect depth.
 
     nice -n 10 .venv/bin/python benchmarks/real_sequence.py [--bag ../shared/realdata/tum_fr1_xyz_37f]
-        [--train-frames 24] [--steps 60] [--batch-size 4] [--width 320 --height 96] [--seed 0]
+        [--train-frames 24] [--split first|last] [--steps 60] [--batch-size 4] [--width 320 --height 96] [--seed 0]
         [--rows start tf tf_gt camera] [--output /tmp/real_sequence] [--threads 1] [--image docs/images/...]
 
 The bag (read its README): 37 colour frames of a hand-held Kinect over a desk, JPEG, plumb_bob
 distortion, 16UC1 Kinect depth for 32 of them, motion-capture poses on /tf. The first
 ``--train-frames`` colour frames (and their depth and camera_info; TF whole) are copied into a
-training bag; every later colour frame with a Kinect depth image is held out and scored. Each
+training bag; every later colour frame with a Kinect depth image is held out and scored
+(``--split last``: the last ``--train-frames`` train, the earlier frames are scored; the camera
+moves toward the desk, so the first split scores frames nearer than any it trained on, the
+other farther). Each
 row is one ``finetune`` process from ``models/lite_hr_depth_synthetic`` (Lite-HR-Depth, street
 scenes) started by the demo's helper:
 
@@ -61,15 +64,15 @@ ROWS = {  # name -> (label, pose source, more TrainingConfig fields)
 }
 
 
-def split_bag(source: Path, dest: Path, train_frames: int) -> tuple[Path, list[int]]:
-    """Copy the first ``train_frames`` colour frames of ``source`` (with their camera_info and depth,
-    and all TF) into a new bag ``dest``; returns it and the stamps of all colour frames in order."""
+def split_bag(source: Path, dest: Path, train_frames: int, last: bool = False) -> tuple[Path, list[int]]:
+    """Copy the first (``last``: the last) ``train_frames`` colour frames of ``source`` (with their camera_info
+    and depth, and all TF) into a new bag ``dest``; returns it and the stamps of all colour frames in order."""
     from rosbags.highlevel import AnyReader
     from rosbags.rosbag2 import StoragePlugin, Writer
     from rosbags.typesys import Stores, get_typestore
 
     stamps = sorted(stamp for _, _, stamp, _ in read_messages(source, [IMAGE]))
-    cut = stamps[train_frames - 1]
+    kept = stamps[-train_frames:] if last else stamps[:train_frames]
     if dest.exists():
         shutil.rmtree(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -79,15 +82,15 @@ def split_bag(source: Path, dest: Path, train_frames: int) -> tuple[Path, list[i
         for connection, t_ns, raw in reader.messages():
             if connection.topic in (IMAGE, INFO, DEPTH):
                 header = reader.deserialize(raw, connection.msgtype).header
-                if header.stamp.sec * 1_000_000_000 + header.stamp.nanosec > cut:
+                if not kept[0] <= header.stamp.sec * 1_000_000_000 + header.stamp.nanosec <= kept[-1]:
                     continue
             writer.write(out[connection.topic], t_ns, raw)
     return dest, stamps
 
 
-def heldout_frames(bag: Path, stamps: list[int], train_frames: int) -> list[EvalFrame]:
-    """Colour frames after the training ones that have Kinect depth, rectified (image and depth)."""
-    wanted = set(stamps[train_frames:])
+def heldout_frames(bag: Path, stamps: list[int], train_frames: int, last: bool = False) -> list[EvalFrame]:
+    """Colour frames after (``last``: before) the training ones that have Kinect depth, rectified (image and depth)."""
+    wanted = set(stamps[:len(stamps) - train_frames] if last else stamps[train_frames:])
     rgb, depth, info = {}, {}, None
     for topic, _, stamp, msg in read_messages(bag, [IMAGE, INFO, DEPTH]):
         if topic == INFO and info is None:
@@ -141,6 +144,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--bag', type=Path, default=DEFAULT_BAG)
     parser.add_argument('--train-frames', type=int, default=24)
+    parser.add_argument('--split', choices=('first', 'last'), default='first',
+                        help='train on the first (or last) --train-frames frames, score the others')
     parser.add_argument('--steps', type=int, default=60)
     parser.add_argument('--batch-size', type=int, default=4)
     parser.add_argument('--width', type=int, default=320)
@@ -158,8 +163,10 @@ def main() -> int:
     if start is None:
         print('the shipped checkpoint models/lite_hr_depth_synthetic is missing', file=sys.stderr)
         return 1
-    train_bag, stamps = split_bag(args.bag, args.output / 'bags' / f'first_{args.train_frames}', args.train_frames)
-    frames = heldout_frames(args.bag, stamps, args.train_frames)
+    last = args.split == 'last'
+    train_bag, stamps = split_bag(args.bag, args.output / 'bags' / f'{args.split}_{args.train_frames}',
+                                  args.train_frames, last)
+    frames = heldout_frames(args.bag, stamps, args.train_frames, last)
     start_depth = predictions(start, frames, args.threads)
     results = [('start checkpoint', '', *score_depths([(f.depth_gt, d) for f, d in zip(frames, start_depth)]), '')]
     os.environ['OMP_NUM_THREADS'] = str(args.threads)  # for the finetune processes
@@ -182,8 +189,8 @@ def main() -> int:
                             *score_depths([(f.depth_gt, d) for f, d in zip(frames, depth)]), f'{seconds:.0f}'))
             if name == 'tf' and kind == 'best':
                 tuned_depth = depth
-    print(f'\n{args.bag.name}: trained on the first {args.train_frames} colour frames, scored on the '
-          f'{len(frames)} later frames with Kinect depth; {args.steps} steps, batch {args.batch_size}, '
+    print(f'\n{args.bag.name}: trained on the {args.split} {args.train_frames} colour frames, scored on the '
+          f'{len(frames)} {"earlier" if last else "later"} frames with Kinect depth; {args.steps} steps, batch {args.batch_size}, '
           f'{args.width}x{args.height}, seed {args.seed}, {args.threads} thread(s); load average '
           f'{os.getloadavg()[0]:.1f}\n')
     print('| model | checkpoint | median-scaled abs_rel | metric abs_rel | scale ratio (truth / published) | wall s |')

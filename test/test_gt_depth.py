@@ -119,3 +119,26 @@ def test_a_real_kinect_bag_with_defaults():
         assert len(data.val) >= 5 and data.pose_source == 'tf'
     finally:
         data.close()
+
+
+@pytest.mark.skipif(not (REAL / 'metadata.yaml').is_file(),
+                    reason='real data ../shared/realdata/tum_fr1_xyz_37f is absent (see its README)')
+@pytest.mark.parametrize('last', [False, True])
+def test_real_sequence_benchmark_splits_by_time(tmp_path, last):
+    """benchmarks/real_sequence.py: the training bag holds exactly the first (last) 24 colour frames with their
+    depth and camera_info, and the scored frames are the others with Kinect depth, rectified like the node's."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / 'benchmarks'))
+    import real_sequence
+    from hr_depth_ros.core.bags import read_messages
+
+    bag, stamps = real_sequence.split_bag(REAL, tmp_path / 'train', 24, last)
+    kept = stamps[-24:] if last else stamps[:24]
+    images = sorted(stamp for topic, _, stamp, _ in read_messages(bag, [real_sequence.IMAGE]))
+    depth = [stamp for topic, _, stamp, _ in read_messages(bag, [real_sequence.DEPTH])]
+    assert images == kept and set(depth) <= set(kept) and len(stamps) == 37
+    frames = real_sequence.heldout_frames(REAL, stamps, 24, last)
+    assert frames and not {f.stamp_ns for f in frames} & set(kept) and len(frames) <= 13
+    assert all(f.rgb.shape == (480, 640, 3) and f.depth_gt.shape == (480, 640) for f in frames)
+    assert all(0.3 < np.nanmedian(f.depth_gt) < 2.0 for f in frames) and frames[0].K[0, 0] > 0
