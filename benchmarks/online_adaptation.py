@@ -371,7 +371,7 @@ def worker_only(args: argparse.Namespace, width: int, height: int) -> int:
     events: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix='online_adaptation_worker_') as tmp:
         adapter = Adapter(WorkerSettings(start=args.weights, anchor=args.weights, output=tmp, lr=args.lr,
-                                         buffer_frames=args.buffer), events.append)
+                                         buffer_frames=args.buffer, margin=args.margin), events.append)
         adapter.reset(drive.K)
         scored = [drive.frame(i) for i in range(0, args.frames, 10)]
         for index in range(args.frames):
@@ -398,7 +398,7 @@ def worker_only(args: argparse.Namespace, width: int, height: int) -> int:
             if adapter.steps % 10 == 0 and adapter.steps > rows[-1][0]:
                 rows.append((adapter.steps, adapter.accepted, *evaluate(), time.perf_counter() - began))
                 print(f'  step {rows[-1][0]}: serving abs_rel {rows[-1][2]:.4f}', flush=True)
-    print(f'\nworker alone: lr {args.lr:g}, buffer {args.buffer} frames; start model abs_rel {start_abs_rel:.4f} '
+    print(f'\nworker alone: lr {args.lr:g}, buffer {args.buffer} frames, margin {args.margin:g}; start model abs_rel {start_abs_rel:.4f} '
           '(median-scaled, every 10th frame of the drive)')
     print('| steps | models accepted | serving abs_rel | vs start | scale ratio | worker s |')
     print('|---:|---:|---:|---:|---:|---:|')
@@ -431,6 +431,8 @@ def main(argv: list[str] | None = None) -> int:
                         help='instead: the worker alone in this process for STEPS steps, scored every 10 steps')
     parser.add_argument('--lr', type=float, default=1e-4, help='--worker-only: learning rate')
     parser.add_argument('--buffer', type=int, default=200, help='--worker-only: frames in the ring')
+    parser.add_argument('--margin', type=float, default=0.01,
+                        help='--worker-only: relative held-out improvement a candidate needs (the adapt_margin default)')
     parser.add_argument('--node-param', action='append', default=[], metavar='NAME:=VALUE',
                         help='extra node parameter for both runs (repeatable)')
     args = parser.parse_args(argv)
