@@ -4,6 +4,7 @@
         [--size 320x96] [--fps 10] [--seed 3] [--weights models/lite_hr_depth_synthetic]
         [--plot docs/images/online_adaptation.png] [--json FILE] [--node-param NAME:=VALUE ...]
     .venv/bin/python benchmarks/online_adaptation.py --worker-only 60 [--lr 1e-4] [--buffer 200]
+    .venv/bin/python benchmarks/online_adaptation.py --worker-only 80 --tum [--passes 4]
 
 Writes a synthetic drive with TF (``tools/make_synthetic_bag``: camera, camera_info, ground-truth
 depth, odometry ``odom -> base_link`` at 30 Hz, the camera mount on ``/tf_static``) and plays it
@@ -17,6 +18,12 @@ median(gt) / median(depth) (the scale: 1 when the node publishes metres). Then t
 without adaptation. Prints a table per pass and per 10 s, the acceptance numbers (third pass vs first,
 scale, answered on / off), the node's last ``~/adaptation`` report; ``--plot`` draws the curve
 (OpenCV, no matplotlib needed).
+
+``--worker-only N --tum``: the worker alone on the real camera of ``shared/realdata/tum_fr1_xyz_37f``
+(hand-held Kinect, 37 frames at 30 Hz, rectified, motion-capture poses from its TF) streamed
+``--passes`` times (a time gap between passes: no triplet spans two), N / passes training steps
+after each; the serving model is scored against the Kinect depth of every frame that has it, as
+published (metres once the scale is found) and median-scaled.
 """
 from __future__ import annotations
 
@@ -411,6 +418,96 @@ def worker_only(args: argparse.Namespace, width: int, height: int) -> int:
     return 0
 
 
+def tum_stream(bag: Path, width: int, height: int) -> tuple[list[dict[str, Any]], np.ndarray]:
+    """The TUM bag's colour frames in time order as the node would hand them to the worker (rectified, at
+    network size, camera pose from TF; ``gt``: rectified Kinect depth in metres at camera size or None, ``rgb``
+    the rectified camera image) and the intrinsics at network size."""
+    from hr_depth_ros.core.geometry import scale_intrinsics
+    from hr_depth_ros.core.image_decoding import compressed_to_rgb, depth_to_metres, resize_rgb
+    from hr_depth_ros.core.rectification import calibration_of, rectifier_for
+
+    images, depths, info, tree = {}, {}, None, TransformTree(max_gap_s=1.0)
+    for topic, _, stamp, msg in read_messages(bag, ['/camera/image_raw/compressed', '/camera/camera_info',
+                                                    '/camera/depth/image_raw', '/tf', '/tf_static']):
+        if topic in ('/tf', '/tf_static'):
+            tree.add_message(msg, static=topic == '/tf_static')
+        elif topic == '/camera/camera_info':
+            info = info or calibration_of(msg)
+        elif topic == '/camera/depth/image_raw':
+            depths[stamp] = depth_to_metres(msg)
+        else:
+            images[stamp] = compressed_to_rgb(msg)
+    stamps = sorted(images)
+    size = images[stamps[0]].shape[1], images[stamps[0]].shape[0]
+    rectifier = rectifier_for(info, size)
+    poses = tree.lookup('odom', 'camera_optical_frame', stamps).poses
+    frames = []
+    for stamp, pose in zip(stamps, poses):
+        rgb = rectifier.rectify(images[stamp])
+        frames.append({'stamp_ns': stamp, 'pose': pose, 'rgb': rgb, 'small': resize_rgb(rgb, width, height),
+                       'gt': rectifier.rectify(depths[stamp], nearest=True) if stamp in depths else None})
+    return frames, scale_intrinsics(rectifier.K, width / size[0], height / size[1])
+
+
+def tum_worker(args: argparse.Namespace, width: int, height: int) -> int:
+    """``--worker-only N --tum``: see the module docstring."""
+    import torch
+
+    from hr_depth_ros.core.adaptation_worker import Adapter, WorkerSettings
+    from hr_depth_ros.core.geometry import disp_to_depth
+    from hr_depth_ros.tools.demo import score_depths
+
+    bag = REPO.parent / 'shared' / 'realdata' / 'tum_fr1_xyz_37f'
+    if not (bag / 'metadata.yaml').is_file():
+        print(f'no bag at {bag} (see shared/realdata/README.md)', file=sys.stderr)
+        return 1
+    torch.set_num_threads(1)
+    frames, K = tum_stream(bag, width, height)
+    scored = [f for f in frames if f['gt'] is not None]
+    span_ns = frames[-1]['stamp_ns'] - frames[0]['stamp_ns'] + 2_000_000_000  # + 2 s: passes never form a triplet
+    events: list[dict[str, Any]] = []
+    rows = []
+    with tempfile.TemporaryDirectory(prefix='online_adaptation_tum_') as tmp:
+        adapter = Adapter(WorkerSettings(start=args.weights, anchor=args.weights, output=tmp, lr=args.lr,
+                                         buffer_frames=args.buffer, margin=args.margin), events.append)
+        adapter.reset(K)
+
+        def evaluate() -> tuple[dict[str, float], dict[str, float]]:
+            models, scale = adapter.serving, adapter.trainer.state.metric_scale
+            pairs = []
+            with torch.no_grad():
+                for frame in scored:
+                    image = torch.from_numpy(frame['small']).permute(2, 0, 1)[None].float() / 255
+                    disp = models.decoder(models.encoder(image))[('disp', 0)][0, 0].numpy()
+                    depth = disp_to_depth(disp, 0.1, 100.0)[1] * scale
+                    pairs.append((frame['gt'], cv2.resize(depth, frame['gt'].shape[::-1], interpolation=cv2.INTER_LINEAR)))
+            return score_depths(pairs)
+
+        rows.append((0, 0, 0, *evaluate(), False))
+        per_pass = max(1, args.worker_only // max(1, args.passes))
+        for pass_index in range(args.passes):
+            for frame in frames:
+                adapter.add_frame(frame['small'], frame['pose'], frame['stamp_ns'] + pass_index * span_ns)
+            target = adapter.steps + per_pass
+            while adapter.steps < target:
+                adapter.work()
+            rows.append((pass_index + 1, adapter.steps, adapter.accepted, *evaluate(), adapter.metric))
+            print(f'  pass {pass_index + 1}: {adapter.steps} steps, median-scaled abs_rel {rows[-1][3]["abs_rel"]:.4f}',
+                  flush=True)
+    print(f'\nworker alone on {bag.name}: {len(frames)} frames a pass ({len(scored)} scored against the Kinect), '
+          f'{args.passes} passes, {per_pass} steps after each; lr {args.lr:g}, buffer {args.buffer}, margin '
+          f'{args.margin:g}, {width}x{height}, one thread')
+    print('| after pass | steps | models accepted | median-scaled abs_rel | abs_rel as published | scale ratio |')
+    print('|---:|---:|---:|---:|---:|---:|')
+    for pass_index, steps, accepted, scaled, published, metric in rows:
+        metres = f'{published["abs_rel"]:.3f} | {published["scale_ratio"]:.3f}' if metric else '- | -'
+        print(f'| {pass_index} | {steps} | {accepted} | {scaled["abs_rel"]:.3f} | {metres} |')
+    rejected = sum(e['event'] == 'rejected' for e in events)
+    print(f'judgements: {sum(e["event"] == "accepted" for e in events) - 1} accepted, {rejected} rejected; '
+          f'load average {os.getloadavg()}')
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--frames', type=int, default=600, help='frames per pass (600 = 60 s at 10 Hz)')
@@ -433,12 +530,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--buffer', type=int, default=200, help='--worker-only: frames in the ring')
     parser.add_argument('--margin', type=float, default=0.01,
                         help='--worker-only: relative held-out improvement a candidate needs (the adapt_margin default)')
+    parser.add_argument('--tum', action='store_true',
+                        help='--worker-only on the real TUM RGB-D sequence of shared/realdata (see above)')
     parser.add_argument('--node-param', action='append', default=[], metavar='NAME:=VALUE',
                         help='extra node parameter for both runs (repeatable)')
     args = parser.parse_args(argv)
     width, height = parse_size(args.size)
     if args.worker_only:
-        return worker_only(args, width, height)
+        return tum_worker(args, width, height) if args.tum else worker_only(args, width, height)
     with tempfile.TemporaryDirectory(prefix='online_adaptation_') as tmp:
         workdir = Path(args.workdir or tmp)
         workdir.mkdir(parents=True, exist_ok=True)

@@ -142,3 +142,22 @@ def test_real_sequence_benchmark_splits_by_time(tmp_path, last):
     assert frames and not {f.stamp_ns for f in frames} & set(kept) and len(frames) <= 13
     assert all(f.rgb.shape == (480, 640, 3) and f.depth_gt.shape == (480, 640) for f in frames)
     assert all(0.3 < np.nanmedian(f.depth_gt) < 2.0 for f in frames) and frames[0].K[0, 0] > 0
+
+
+@pytest.mark.skipif(not (REAL / 'metadata.yaml').is_file(),
+                    reason='real data ../shared/realdata/tum_fr1_xyz_37f is absent (see its README)')
+def test_online_adaptation_benchmark_streams_the_real_camera():
+    """benchmarks/online_adaptation.py --tum: every colour frame in time order, rectified, at network size, with
+    its motion-capture pose, and the Kinect depth where there is one; intrinsics scaled to the network size."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / 'benchmarks'))
+    import online_adaptation
+
+    frames, K = online_adaptation.tum_stream(REAL, 320, 96)
+    stamps = [f['stamp_ns'] for f in frames]
+    assert len(frames) == 37 and stamps == sorted(stamps) and sum(f['gt'] is not None for f in frames) == 32
+    assert all(f['small'].shape == (96, 320, 3) and np.isfinite(f['pose']).all() for f in frames)
+    path = np.linalg.norm(np.diff([f['pose'][:3, 3] for f in frames], axis=0), axis=1).sum()
+    assert 0.3 < path < 0.5  # the README's 0.39 m
+    assert K[0, 0] == pytest.approx(517.3 * 0.5, rel=0.02) and K[1, 1] == pytest.approx(516.5 * 0.2, rel=0.02)
