@@ -102,3 +102,22 @@ def test_distillation_loss_zero_for_matching_teacher_and_resizes():
     teacher = torch.full((2, 1, 8, 8), 0.4)
     assert distillation_loss(torch.full((2, 1, 16, 16), 0.4), teacher).item() == pytest.approx(0.0, abs=1e-7)
     assert distillation_loss(torch.full((2, 1, 4, 4), 0.1), teacher).item() == pytest.approx(0.3, abs=1e-6)
+
+
+def test_box_mean_is_the_reflection_padded_average_pool_with_its_gradient():
+    """SSIM's 3x3 window means (slice sums, for speed) equal avg_pool2d over the reflection-padded image,
+    values and gradients, at the edges too."""
+    import torch.nn.functional as F
+
+    from hr_depth_ros.core.training.losses import box_mean_3x3
+
+    generator = torch.Generator().manual_seed(0)
+    image = torch.rand(2, 3, 7, 11, generator=generator, dtype=torch.float64, requires_grad=True)
+    weights = torch.rand(2, 3, 7, 11, generator=generator, dtype=torch.float64)
+    ours = box_mean_3x3(image)
+    reference = F.avg_pool2d(F.pad(image, (1, 1, 1, 1), mode='reflect'), 3, 1)
+    assert ours.shape == image.shape
+    torch.testing.assert_close(ours, reference, rtol=1e-12, atol=1e-12)
+    (grad_ours,) = torch.autograd.grad((ours * weights).sum(), image)
+    (grad_reference,) = torch.autograd.grad((reference * weights).sum(), image)
+    torch.testing.assert_close(grad_ours, grad_reference, rtol=1e-12, atol=1e-12)
