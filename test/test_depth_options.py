@@ -66,7 +66,7 @@ def test_tool_flags_are_the_readme_commands_flags():
 
 
 def test_out_of_range_tool_values_name_the_option():
-    for name, value in (('threads', -1), ('calibration_frames', 0), ('depth_scale', 0.0), ('device', 'tpu')):
+    for name, value in (('threads', -1), ('calibration_frames', 0), ('depth_scale', 0.0), ('depth_scale', 1e39), ('device', 'tpu')):
         with pytest.raises(ConfigError, match=name):
             NodeConfig.from_values({'weights': '/w', name: value})
 

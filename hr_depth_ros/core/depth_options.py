@@ -80,7 +80,7 @@ class NodeConfig:
     max_depth: float = option(0.0, min_value=0.0, read_only=True,
                               help="depth of the smallest disparity (before metric scale and depth_scale); 0 = the "
                                    "checkpoint's depth_range (100 when it has none)")
-    depth_scale: float = option(1.0, min_value=1e-6, read_only=True,
+    depth_scale: float = option(1.0, min_value=1e-6, max_value=1e6, read_only=True,
                                 help='metric scale factor (5.4 for stereo-trained checkpoints); multiplies the '
                                      "checkpoint's own metric scale when it has one")
     # -- the node's outputs
