@@ -269,13 +269,15 @@ def test_without_tf_the_worker_places_frames_by_two_view_geometry_and_trains(tmp
     """adapt_pose_source vo: frames come without a pose; the worker chains two-view motions (directions as
     the drive's, lengths in the start model's units), keeps depth relative, trains and judges on them."""
     clock = Clock()
-    manager, _ = node_side(tmp_path, clock, adapt_pose_source='vo')
+    manager, logs = node_side(tmp_path, clock, adapt_pose_source='vo')
     for frame in frames[:4]:  # no TF at all: every frame is sent, nothing pauses
         clock.now += 0.1
         manager.on_frame(frame.rgb, frame.stamp_ns, CAMERA, drive.K)
     items = sent(manager)
     assert [item[0] for item in items] == ['reset'] + ['frame'] * 4 and all(item[2] is None for item in items[1:])
     assert manager.status()['state'] == 'adapting' and manager.status()['pose_source'] == 'vo'
+    manager._handle({'event': 'ready', 'metric': False, 'pose_source': 'vo'})
+    assert 'not metres' in logs[-1][1] and manager.status()['depth_units'] == 'relative'
 
     events: list[dict] = []
     adapter = Adapter(WorkerSettings(start=str(SHIPPED), anchor=str(SHIPPED), output=str(tmp_path / 'out'),

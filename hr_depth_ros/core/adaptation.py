@@ -475,8 +475,14 @@ class OnlineAdaptation:
         if kind == 'ready':
             with self.lock:
                 self.worker_ready = True
-            self.log('info', 'adapt: worker ready' + ('' if event['metric'] else '; the metric scale comes from the '
-                                                       'first frames with camera poses'))
+            if event['metric']:
+                detail = ''
+            elif event.get('pose_source') == 'vo':
+                detail = ('; camera-only poses (two-view geometry): the depth stays in the start model\'s units, '
+                          'not metres')
+            else:
+                detail = '; the metric scale comes from the first frames with camera poses'
+            self.log('info', 'adapt: worker ready' + detail)
         elif kind == 'step':
             with self.lock:
                 self.counts['steps'] = event['step']

@@ -516,7 +516,7 @@ def worker_main(settings: WorkerSettings, inbox: Any, outbox: Any, camera_busy: 
         failed: list[BaseException] = []
         intake = threading.Thread(target=_intake, args=(adapter, inbox, stop, failed), daemon=True)
         intake.start()
-        outbox.put({'event': 'ready', 'metric': adapter.metric})
+        outbox.put({'event': 'ready', 'metric': adapter.metric, 'pose_source': settings.pose_source})
         stream = torch.cuda.Stream(adapter.device) if adapter.device.type == 'cuda' else None
         with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
             while not stop.value:
