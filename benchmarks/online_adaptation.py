@@ -370,7 +370,6 @@ def worker_only(args: argparse.Namespace, width: int, height: int) -> int:
     import torch
 
     from hr_depth_ros.core.adaptation_worker import Adapter, WorkerSettings
-    from hr_depth_ros.core.geometry import disp_to_depth
     from hr_depth_ros.core.synthetic import SyntheticDrive
 
     torch.set_num_threads(1)
@@ -386,14 +385,8 @@ def worker_only(args: argparse.Namespace, width: int, height: int) -> int:
             adapter.add_frame(frame.rgb, frame.pose_world_from_camera, frame.stamp_ns)
 
         def evaluate() -> tuple[float, float]:
-            models = adapter.serving
-            errors = []
-            with torch.no_grad():
-                for frame in scored:
-                    image = torch.from_numpy(frame.rgb).permute(2, 0, 1)[None].float() / 255
-                    disp = models.decoder(models.encoder(image))[('disp', 0)][0, 0].numpy()
-                    depth = disp_to_depth(disp, 0.1, 100.0)[1] * adapter.trainer.state.metric_scale
-                    errors.append(evaluate_depth(frame.depth, depth, min_depth=1e-3, max_depth=80.0))
+            errors = [evaluate_depth(frame.depth, adapter.serving_depth(frame.rgb), min_depth=1e-3, max_depth=80.0)
+                      for frame in scored]
             return float(np.mean([e['abs_rel'] for e in errors])), float(np.median([e['scale_ratio'] for e in errors]))
 
         start_abs_rel, _ = evaluate()
@@ -454,7 +447,6 @@ def tum_worker(args: argparse.Namespace, width: int, height: int) -> int:
     import torch
 
     from hr_depth_ros.core.adaptation_worker import Adapter, WorkerSettings
-    from hr_depth_ros.core.geometry import disp_to_depth
     from hr_depth_ros.tools.demo import score_depths
 
     bag = REPO.parent / 'shared' / 'realdata' / 'tum_fr1_xyz_37f'
@@ -473,15 +465,8 @@ def tum_worker(args: argparse.Namespace, width: int, height: int) -> int:
         adapter.reset(K)
 
         def evaluate() -> tuple[dict[str, float], dict[str, float]]:
-            models, scale = adapter.serving, adapter.trainer.state.metric_scale
-            pairs = []
-            with torch.no_grad():
-                for frame in scored:
-                    image = torch.from_numpy(frame['small']).permute(2, 0, 1)[None].float() / 255
-                    disp = models.decoder(models.encoder(image))[('disp', 0)][0, 0].numpy()
-                    depth = disp_to_depth(disp, 0.1, 100.0)[1] * scale
-                    pairs.append((frame['gt'], cv2.resize(depth, frame['gt'].shape[::-1], interpolation=cv2.INTER_LINEAR)))
-            return score_depths(pairs)
+            return score_depths([(frame['gt'], cv2.resize(adapter.serving_depth(frame['small']), frame['gt'].shape[::-1],
+                                                          interpolation=cv2.INTER_LINEAR)) for frame in scored])
 
         rows.append((0, 0, 0, *evaluate(), False))
         per_pass = max(1, args.worker_only // max(1, args.passes))

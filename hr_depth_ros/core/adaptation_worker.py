@@ -325,6 +325,15 @@ class Adapter:
         return placed_any
 
     @torch.no_grad()
+    def serving_depth(self, rgb: np.ndarray) -> np.ndarray:
+        """The serving model's depth (H x W, metres once the metric scale is known, else its own units) of a
+        frame at network size (H x W x 3 uint8), as the node publishes it."""
+        self._eval(self.serving)
+        tensor = torch.from_numpy(rgb).permute(2, 0, 1)[None].to(self.device).float().div_(255.0)
+        disp = self.serving.decoder(self.serving.encoder(tensor))[('disp', 0)].float()
+        return self.trainer._depth(disp)[0, 0].cpu().numpy()
+
+    @torch.no_grad()
     def _chained_pose(self, before: np.ndarray, image: np.ndarray, K: np.ndarray,
                       pose_before: np.ndarray) -> np.ndarray | None:
         """The camera pose of ``image`` from the frame ``before`` it (pose ``pose_before``) by two-view geometry,
@@ -332,11 +341,8 @@ class Adapter:
         motion = two_view_motion(before, image, K)
         if not motion.ok:
             return None
-        self._eval(self.serving)
-        tensor = torch.from_numpy(before).permute(2, 0, 1)[None].to(self.device).float().div_(255.0)
-        depth = self.trainer._depth(self.serving.decoder(self.serving.encoder(tensor))[('disp', 0)].float())
         T = motion.T.copy()  # points in the frame before -> points in this frame
-        length = translation_scale(T, K, motion.target_px, motion.source_px, depth[0, 0].cpu().numpy())
+        length = translation_scale(T, K, motion.target_px, motion.source_px, self.serving_depth(before))
         if not math.isfinite(length):
             return None
         T[:3, 3] *= length
