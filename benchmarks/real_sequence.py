@@ -3,6 +3,7 @@
     nice -n 10 .venv/bin/python benchmarks/real_sequence.py [--bag ../shared/realdata/tum_fr1_xyz_37f]
         [--train-frames 24] [--split first|last] [--steps 60] [--batch-size 4] [--width 320 --height 96] [--seed 0]
         [--rows start tf tf_gt camera] [--output /tmp/real_sequence] [--threads 1] [--image docs/images/...]
+        [--image-topic T] [--info-topic T] [--depth-topic T] [--odom-frame odom]
 
 The bag (read its README): 37 colour frames of a hand-held Kinect over a desk, JPEG, plumb_bob
 distortion, 16UC1 Kinect depth for 32 of them, motion-capture poses on /tf. The first
@@ -28,6 +29,11 @@ median-scaled abs_rel (shape), abs_rel of the depth as published (metres for a m
 checkpoint) and scale ratio median(Kinect) / median(published). TUM's fr1 depth has a known ~3.5 %
 scale bias (not corrected). Prints a Markdown table; ``--image`` writes RGB | Kinect | start |
 fine-tuned (one colour scale, metres) for the middle held-out frame.
+
+Another RGB-D recording works the same way (``--bag``): the colour topic (Image or CompressedImage)
+and its camera_info are found as fine-tuning finds them, the depth topic is the only Image topic
+with ``depth`` in its name (16UC1 mm or 32FC1 m, stamped like the colour frames); ``--*-topic``
+choose, ``--odom-frame`` names the odometry's fixed frame in TF.
 """
 from __future__ import annotations
 
@@ -38,6 +44,7 @@ import shutil
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -45,59 +52,89 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from hr_depth_ros.core.bags import read_messages  # noqa: E402
+from hr_depth_ros.core.bags import is_bag, list_topics, open_reader, read_messages  # noqa: E402
 from hr_depth_ros.core.depth_options import NodeConfig  # noqa: E402
-from hr_depth_ros.core.image_decoding import compressed_to_rgb, depth_to_metres  # noqa: E402
+from hr_depth_ros.core.image_decoding import depth_to_metres, message_to_rgb  # noqa: E402
 from hr_depth_ros.core.rectification import calibration_of, rectifier_for  # noqa: E402
+from hr_depth_ros.core.training.data_config import DataConfig, DataError, is_depth_topic, resolve_topics  # noqa: E402
 from hr_depth_ros.core.visualization import colorize  # noqa: E402
 from hr_depth_ros.tools.demo import EvalFrame, bundled_checkpoint, finetune, finetune_config, score_depths  # noqa: E402
 
 DEFAULT_BAG = REPO.parent / 'shared' / 'realdata' / 'tum_fr1_xyz_37f'
-IMAGE = '/camera/image_raw/compressed'
+IMAGE = '/camera/image_raw/compressed'   # the shared TUM bag's topics
 INFO = '/camera/camera_info'
 DEPTH = '/camera/depth/image_raw'
-ROWS = {  # name -> (label, pose source, more TrainingConfig fields)
+TUM_TOPICS = {'image': IMAGE, 'info': INFO, 'depth': DEPTH}
+ROWS = {  # name -> (label, pose source, more TrainingConfig fields; 'gt': the depth topic as --gt-depth-topic)
     'tf': ('TF (no depth sensor)', 'tf', {}),
-    'tf_gt': ('TF + `--gt-depth-topic`', 'tf', {'gt_depth_topic': DEPTH}),
+    'tf_gt': ('TF + `--gt-depth-topic`', 'tf', {'gt': True}),
     'camera': ('camera only (pose network)', 'net', {}),
     'camera_vo': ('camera only (two-view geometry)', 'vo', {}),
 }
 
 
-def split_bag(source: Path, dest: Path, train_frames: int, last: bool = False) -> tuple[Path, list[int]]:
+def sequence_topics(bag: Path, image: str | None = None, info: str | None = None,
+                    depth: str | None = None) -> dict[str, str]:
+    """The colour, camera_info and depth topics (keys image, info, depth) of an RGB-D bag: the given ones, else
+    colour and camera_info as fine-tuning chooses them (``resolve_topics``) and the only Image topic named for
+    depth; DataError naming the candidates when that is ambiguous."""
+    topics = list_topics(bag)
+    if depth is None:
+        depths = sorted(t for t, kind in topics.items() if kind == 'sensor_msgs/msg/Image' and is_depth_topic(t))
+        if len(depths) != 1:
+            raise DataError(f'bag {bag}: {len(depths)} depth image topics ({", ".join(depths) or "none"}); give '
+                            '--depth-topic')
+        depth = depths[0]
+    config, _ = resolve_topics(DataConfig(bags=[bag], image_topic=image or 'auto', camera_info_topic=info or 'auto',
+                                          gt_depth_topic=depth), bag, topics)
+    if not config.camera_info_topic:
+        raise DataError(f'bag {bag} has no camera_info topic: scoring needs the calibration')
+    return {'image': config.image_topic, 'info': config.camera_info_topic, 'depth': config.gt_depth_topic}
+
+
+def split_bag(source: Path, dest: Path, train_frames: int, last: bool = False,
+              topics: dict[str, str] = TUM_TOPICS) -> tuple[Path, list[int]]:
     """Copy the first (``last``: the last) ``train_frames`` colour frames of ``source`` (with their camera_info
-    and depth, and all TF) into a new bag ``dest``; returns it and the stamps of all colour frames in order."""
-    from rosbags.highlevel import AnyReader
+    and depth, and all TF) into a new rosbag2 ``dest`` (from a rosbag2 or a ROS 1 bag, whose messages are
+    converted); returns it and the stamps of all colour frames in order."""
     from rosbags.rosbag2 import StoragePlugin, Writer
     from rosbags.typesys import Stores, get_typestore
 
-    stamps = sorted(stamp for _, _, stamp, _ in read_messages(source, [IMAGE]))
+    stamps = sorted(stamp for _, _, stamp, _ in read_messages(source, [topics['image']]))
     kept = stamps[-train_frames:] if last else stamps[:train_frames]
     if dest.exists():
         shutil.rmtree(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    typestore = get_typestore(Stores.LATEST)
-    with AnyReader([source]) as reader, Writer(dest, version=8, storage_plugin=StoragePlugin.MCAP) as writer:
-        out = {c.topic: writer.add_connection(c.topic, c.msgtype, typestore=typestore) for c in reader.connections}
-        for connection, t_ns, raw in reader.messages():
-            if connection.topic in (IMAGE, INFO, DEPTH):
+    latest = get_typestore(Stores.LATEST)
+    with open_reader(source) as reader, Writer(dest, version=8, storage_plugin=StoragePlugin.MCAP) as writer:
+        # rosbag2: the bytes as they are, with the bag's own definitions; ROS 1: converted to CDR by the ROS 2
+        # definitions (std_msgs/Header loses its seq), topics of types ROS 2 does not know left out.
+        def store(msgtype: str) -> Any:
+            return reader.typestore if reader.is2 and msgtype in reader.typestore.fielddefs else latest
+
+        connections = [c for c in reader.connections if reader.is2 or c.msgtype in latest.fielddefs]
+        out = {c.topic: writer.add_connection(c.topic, c.msgtype, typestore=store(c.msgtype)) for c in connections}
+        for connection, t_ns, raw in reader.messages(connections=connections):
+            if connection.topic in topics.values():
                 header = reader.deserialize(raw, connection.msgtype).header
                 if not kept[0] <= header.stamp.sec * 1_000_000_000 + header.stamp.nanosec <= kept[-1]:
                     continue
-            writer.write(out[connection.topic], t_ns, raw)
+            writer.write(out[connection.topic], t_ns, raw if reader.is2 else latest.ros1_to_cdr(raw, connection.msgtype))
     return dest, stamps
 
 
-def heldout_frames(bag: Path, stamps: list[int], train_frames: int, last: bool = False) -> list[EvalFrame]:
-    """Colour frames after (``last``: before) the training ones that have Kinect depth, rectified (image and depth)."""
+def heldout_frames(bag: Path, stamps: list[int], train_frames: int, last: bool = False,
+                   topics: dict[str, str] = TUM_TOPICS) -> list[EvalFrame]:
+    """Colour frames after (``last``: before) the training ones that have a depth image with their stamp,
+    rectified (image and depth)."""
     wanted = set(stamps[:len(stamps) - train_frames] if last else stamps[train_frames:])
     rgb, depth, info = {}, {}, None
-    for topic, _, stamp, msg in read_messages(bag, [IMAGE, INFO, DEPTH]):
-        if topic == INFO and info is None:
+    for topic, _, stamp, msg in read_messages(bag, [topics['image'], topics['info'], topics['depth']]):
+        if topic == topics['info'] and info is None:
             info = calibration_of(msg)
-        elif stamp in wanted and topic == IMAGE:
-            rgb[stamp] = compressed_to_rgb(msg)
-        elif stamp in wanted and topic == DEPTH:
+        elif stamp in wanted and topic == topics['image']:
+            rgb[stamp] = message_to_rgb(msg)
+        elif stamp in wanted and topic == topics['depth']:
             depth[stamp] = depth_to_metres(msg)
     frames = []
     for stamp in sorted(set(rgb) & set(depth)):
@@ -155,29 +192,45 @@ def main() -> int:
     parser.add_argument('--output', type=Path, default=Path('/tmp/real_sequence'))
     parser.add_argument('--threads', type=int, default=1)
     parser.add_argument('--image', type=Path, default=None, help='write the picture here (PNG)')
+    parser.add_argument('--image-topic', help='colour Image or CompressedImage topic (default: found in the bag)')
+    parser.add_argument('--info-topic', help='its CameraInfo topic (default: found in the bag)')
+    parser.add_argument('--depth-topic', help='depth Image topic, 16UC1 mm or 32FC1 m, stamped like the colour '
+                                              'frames (default: the only Image topic named for depth)')
+    parser.add_argument('--odom-frame', default='odom', help='fixed frame of the odometry in TF')
     args = parser.parse_args()
-    if not (args.bag / 'metadata.yaml').is_file():
+    if not is_bag(args.bag):
         print(f'no bag at {args.bag} (see shared/realdata/README.md)', file=sys.stderr)
         return 1
+    try:
+        topics = sequence_topics(args.bag, args.image_topic, args.info_topic, args.depth_topic)
+    except DataError as error:
+        print(error, file=sys.stderr)
+        return 1
+    print(f'topics: colour {topics["image"]}, camera_info {topics["info"]}, depth {topics["depth"]}')
     start = bundled_checkpoint()
     if start is None:
         print('the shipped checkpoint models/lite_hr_depth_synthetic is missing', file=sys.stderr)
         return 1
     last = args.split == 'last'
     train_bag, stamps = split_bag(args.bag, args.output / 'bags' / f'{args.split}_{args.train_frames}',
-                                  args.train_frames, last)
-    frames = heldout_frames(args.bag, stamps, args.train_frames, last)
+                                  args.train_frames, last, topics)
+    frames = heldout_frames(args.bag, stamps, args.train_frames, last, topics)
+    if not frames:
+        print(f'no scored frame of {args.bag} has a depth image with its stamp on {topics["depth"]}', file=sys.stderr)
+        return 1
     start_depth = predictions(start, frames, args.threads)
     results = [('start checkpoint', '', *score_depths([(f.depth_gt, d) for f, d in zip(frames, start_depth)]), '')]
     os.environ['OMP_NUM_THREADS'] = str(args.threads)  # for the finetune processes
     tuned_depth = None
     for name in args.rows:
         label, pose_source, extra = ROWS[name]
+        extra = {'gt_depth_topic': topics['depth']} if extra.get('gt') else extra
         run = args.output / name
         shutil.rmtree(run, ignore_errors=True)
         began = time.monotonic()
         finetune(finetune_config(train_bag, run, start, args.steps, args.width, args.height, 'cpu', args.batch_size,
-                                 1e-4, pose_source, seed=args.seed, val_every=10, **extra))
+                                 1e-4, pose_source, seed=args.seed, val_every=10, image_topic=topics['image'],
+                                 camera_info_topic=topics['info'], odom_frame=args.odom_frame, **extra))
         seconds = time.monotonic() - began
         for kind in ('best', 'latest'):
             folder = run / kind
@@ -190,7 +243,7 @@ def main() -> int:
             if name == 'tf' and kind == 'best':
                 tuned_depth = depth
     print(f'\n{args.bag.name}: trained on the {args.split} {args.train_frames} colour frames, scored on the '
-          f'{len(frames)} {"earlier" if last else "later"} frames with Kinect depth; {args.steps} steps, batch {args.batch_size}, '
+          f'{len(frames)} {"earlier" if last else "later"} frames with sensor depth; {args.steps} steps, batch {args.batch_size}, '
           f'{args.width}x{args.height}, seed {args.seed}, {args.threads} thread(s); load average '
           f'{os.getloadavg()[0]:.1f}\n')
     print('| model | checkpoint | median-scaled abs_rel | metric abs_rel | scale ratio (truth / published) | wall s |')

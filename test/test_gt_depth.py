@@ -161,3 +161,49 @@ def test_online_adaptation_benchmark_streams_the_real_camera():
     path = np.linalg.norm(np.diff([f['pose'][:3, 3] for f in frames], axis=0), axis=1).sum()
     assert 0.3 < path < 0.5  # the README's 0.39 m
     assert K[0, 0] == pytest.approx(517.3 * 0.5, rel=0.02) and K[1, 1] == pytest.approx(516.5 * 0.2, rel=0.02)
+
+
+def _as_ros1(bag: Path, dest: Path) -> Path:
+    """The rosbag2 ``bag`` converted to a ROS 1 bag (Noetic definitions: headers with seq), as ``rosbags-convert``
+    writes it: what a robot recorded with ROS 1 hands over."""
+    from rosbags.convert import convert
+
+    convert([bag], dest, 'sqlite3', 8, None, 'file', None, get_typestore(Stores.ROS1_NOETIC), [], [], [], [])
+    return dest
+
+
+@pytest.mark.parametrize('ros1', [False, True])
+def test_real_sequence_benchmark_takes_another_rgbd_recording(tmp_path, monkeypatch, ros1):
+    """benchmarks/real_sequence.py on a recording shaped unlike the TUM bag (raw rgb8 colour, 32FC1 depth on
+    another topic, rosbag2 or ROS 1): topics found, the split bag is a rosbag2 fine-tuning reads, scored frames
+    carry the sensor's metres."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / 'benchmarks'))
+    import real_sequence
+
+    bag = write_depth_sensor_bag(tmp_path / 'bag', '32FC1', offset_ms=0.0, frames=12)
+    if ros1:
+        bag = _as_ros1(bag, tmp_path / 'robot.bag')
+    topics = real_sequence.sequence_topics(bag)
+    assert topics == {'image': '/camera/image_raw', 'info': '/camera/camera_info', 'depth': SENSOR}
+    train, stamps = real_sequence.split_bag(bag, tmp_path / 'train', 8, topics=topics)
+    assert len(stamps) == 12
+    data = prepare_data(DataConfig(bags=[train], width=W, height=H, gt_depth_topic=SENSOR, min_motion=0.0))
+    try:
+        assert sorted(data.store.stamps_ns) == stamps[:8] and data.store.has_depth.all()
+        assert data.pose_source == 'tf'  # TF came along whole
+    finally:
+        data.close()
+    frames = real_sequence.heldout_frames(bag, stamps, 8, topics=topics)
+    drive = SyntheticDrive(W, H, fps=10.0, seed=7)
+    assert [f.stamp_ns for f in frames] == stamps[8:] and all(f.rgb.shape == (H, W, 3) for f in frames)
+    truth = drive.frame(8).depth
+    both = np.isfinite(truth) & (truth < 60) & np.isfinite(frames[0].depth_gt)
+    assert both.mean() > 0.5 and np.allclose(frames[0].depth_gt[both], truth[both], rtol=1e-5, atol=1e-4)
+    # Two depth images (or none): the user is asked to choose, with the candidates named.
+    two = {**real_sequence.list_topics(bag), '/camera/aligned_depth_to_color/image_raw': 'sensor_msgs/msg/Image'}
+    monkeypatch.setattr(real_sequence, 'list_topics', lambda _: two)
+    with pytest.raises(real_sequence.DataError, match='2 depth image topics.*aligned_depth_to_color.*--depth-topic'):
+        real_sequence.sequence_topics(bag)
+    assert real_sequence.sequence_topics(bag, depth=SENSOR)['depth'] == SENSOR

@@ -50,6 +50,7 @@ __all__ = [
     'ImageTooLarge',
     'RGB_ENCODINGS',
     'image_to_rgb',
+    'message_to_rgb',
     'image_to_array',
     'depth_to_metres',
     'DEPTH_ENCODINGS',
@@ -361,6 +362,13 @@ def compressed_to_rgb(msg: Any, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndar
         reason = f': {shorten("; ".join(fatal), 200)}' if fatal else ''
         raise MalformedImage(f'{kind} image ({width}x{height}, {data.size} bytes) could not be decoded{reason}')
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+def message_to_rgb(msg: Any, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """A sensor_msgs Image (:func:`image_to_rgb`) or CompressedImage (:func:`compressed_to_rgb`) as H x W x 3 RGB."""
+    if hasattr(msg, 'format') and not hasattr(msg, 'encoding'):
+        return compressed_to_rgb(msg, max_pixels)
+    return image_to_rgb(msg, max_pixels)
 
 
 def _check_rgb(rgb: Any) -> np.ndarray:

@@ -18,7 +18,7 @@ from hr_depth_ros.core.tf_poses import DEFAULT_MAX_TF_GAP_S
 from hr_depth_ros.core.training.sources import expand_bags
 
 __all__ = ['DataError', 'DataConfig', 'CheckedBag', 'check_bags', 'check_topics', 'config_bags', 'resolve_topics',
-           'POSE_SOURCES', 'AUTO', 'InputErrors']
+           'is_depth_topic', 'POSE_SOURCES', 'AUTO', 'InputErrors']
 
 IMAGE_TYPE = 'sensor_msgs/msg/Image'
 COMPRESSED_TYPE = 'sensor_msgs/msg/CompressedImage'
@@ -83,6 +83,12 @@ class CheckedBag:
     frames: int                 # messages on the image topic (of a partial bag: the readable ones)
 
 
+def is_depth_topic(topic: str) -> bool:
+    """Whether a topic's name says it carries depth images (a name part containing ``depth``:
+    ``/camera/depth/image_raw``, ``/camera/depth_registered/image``, ``/aligned_depth_to_color/image_raw``)."""
+    return any('depth' in part for part in topic.split('/'))
+
+
 def _only(names: list[str], what: str, bag: Path, topics: dict[str, str], hint: str) -> str:
     if len(names) != 1:
         raise DataError(f'bag {bag} has {len(names)} {what} topics ({", ".join(names) or "none"}); {hint}; its '
@@ -110,7 +116,7 @@ def resolve_topics(config: DataConfig, bag: Path | None = None,
     lines = []
     if config.image_topic == AUTO:
         images = sorted(t for t, kind in topics.items() if kind in (IMAGE_TYPE, COMPRESSED_TYPE)
-                        and t != config.gt_depth_topic and 'depth' not in t.split('/'))
+                        and t != config.gt_depth_topic and not is_depth_topic(t))
         default = '/camera/image_raw'
         chosen['image_topic'] = default if default in images else _only(
             images, 'image', bag, topics, 'give the image topic')
