@@ -239,14 +239,20 @@ def test_metric_scale_from_tf_and_only_better_models_are_swapped_in(tmp_path, dr
     assert first['serving'] is None and load_depth_checkpoint(first['checkpoint']).metric_scale == metric['metric_scale']
 
     before = {k: v.clone() for k, v in adapter.serving.decoder.state_dict().items()}
-    assert adapter.work() and adapter.steps == 1  # a training step moves the candidate only
+    assert adapter.work() and adapter.steps == 1  # a training step moves the candidate (and its average) only
     assert all(torch.equal(v, adapter.serving.decoder.state_dict()[k]) for k, v in before.items())
-    assert not all(torch.equal(v, adapter.candidate.decoder.state_dict()[k]) for k, v in before.items())
+    trained, judged = ({k: v.detach() for k, v in m.decoder.named_parameters()}
+                       for m in (adapter.candidate, adapter.averaged))
+    moved = [k for k, v in trained.items() if not torch.equal(v, before[k])]
+    assert moved
+    for name in moved:  # the judged weights: between the old and the trained ones (a short memory after a start)
+        step, pulled = trained[name] - before[name], judged[name] - before[name]
+        assert torch.allclose(pulled, step * 0.9, atol=1e-6 + 1e-5 * float(step.abs().max()))
 
     _, held = adapter.ring.triplets(int(1e9))
     held = held[:2]
     with torch.no_grad():  # a candidate made worse is rejected; the serving model does not change
-        for p in adapter.candidate.decoder.parameters():
+        for p in adapter.averaged.decoder.parameters():
             p.add_(torch.randn_like(p) * 0.05)
     adapter._judge(held)
     rejected = events[-1]
@@ -254,6 +260,7 @@ def test_metric_scale_from_tf_and_only_better_models_are_swapped_in(tmp_path, dr
     assert all(torch.equal(v, adapter.serving.decoder.state_dict()[k]) for k, v in before.items())
 
     adapter._restart_candidate()  # candidate = the start model; the serving one made worse: swapped
+    assert all(torch.equal(v, adapter.averaged.decoder.state_dict()[k]) for k, v in before.items())
     with torch.no_grad():
         for p in adapter.serving.decoder.parameters():
             p.add_(torch.randn_like(p) * 0.05)

@@ -19,7 +19,11 @@ node's inference keeps its cores. What it does, one unit of work at a time (:met
    does): from then on depth is in metres and training keeps it so (the poses are metric);
 3. trains a candidate copy of the serving model with fine-tuning's loss (the trainer's
    ``_losses``: minimum reprojection under the TF poses, smoothness, and an optional L1 pull to
-   the start model, the anchor); encoder batch-norm statistics stay fixed;
+   the start model, the anchor); encoder batch-norm statistics stay fixed. The candidate that is
+   judged is an exponential average of the trained weights (``average``, with a short memory
+   right after a start): one batch of 4 a step makes the trained weights wander (on the synthetic
+   drive their depth error moved +-3 % between judgements, the average's +-1 %), and a judge on a
+   few held-out frames must not be handed a lucky or unlucky moment of that walk;
 4. every ``steps_per_round`` steps scores candidate and serving model on the held-out triplets
    by the criterion fine-tuning selects with under fixed poses (the mean minimum reprojection error
    of the depth under the TF or two-view poses, no noise) and accepts the candidate only when it is
@@ -84,6 +88,8 @@ class WorkerSettings:
     steps_per_round: int = 10
     scale_triplets: int = 6     # triplets the metric scale search looks at
     margin: float = 0.01
+    average: float = 0.9        # the judged candidate is this exponential average of the trained weights (0: the
+                                # trained weights themselves); one small batch a step makes them noisy
     anchor_weight: float = 0.0
     max_gap_s: float = 0.5
     min_depth: float = 0.1
@@ -239,6 +245,9 @@ class Adapter:
                                             settings.anchor_weight))
         self.serving = self._models(start.encoder, start.decoder, [])
         self.candidate = self._models(copy.deepcopy(start.encoder), copy.deepcopy(start.decoder), targets)
+        self.averaged = self._models(copy.deepcopy(start.encoder), copy.deepcopy(start.decoder), []) \
+            if settings.average > 0 else self.candidate
+        self.averaged_steps = 0     # training steps in the average since it last restarted
         self._new_optimizer()
         self.ring: FrameRing | None = None
         self.lock = threading.Lock()    # frames arrive on another thread (worker_main's intake)
@@ -392,11 +401,28 @@ class Adapter:
             return
         loss.backward()
         self.optimizer.step()
+        self._update_average()
         self.steps += 1
         self.since_round += 1
         if self.steps % 5 == 0:
             self.emit({'event': 'step', 'step': self.steps, 'loss': float(loss.item()), 'buffer': len(self.ring),
                        'triplets': len(train)})
+
+    @torch.no_grad()
+    def _update_average(self) -> None:
+        """Move the judged weights (``averaged``) toward the trained ones by ``1 - average``."""
+        if self.averaged is self.candidate:
+            return
+        # As TensorFlow's ExponentialMovingAverage with num_updates: a short memory right after a restart, so
+        # the first judgement does not wait for the average to catch up.
+        decay = min(self.settings.average, (1.0 + self.averaged_steps) / (10.0 + self.averaged_steps))
+        self.averaged_steps += 1
+        for averaged, trained in ((self.averaged.encoder, self.candidate.encoder),
+                                  (self.averaged.decoder, self.candidate.decoder)):
+            for mean, value in zip(averaged.parameters(), trained.parameters()):
+                mean.lerp_(value, 1.0 - decay)
+            for mean, value in zip(averaged.buffers(), trained.buffers()):
+                mean.copy_(value)
 
     @staticmethod
     def _eval(models: _Models) -> None:
@@ -410,7 +436,7 @@ class Adapter:
 
     def _judge(self, held: list[tuple[int, int, int]]) -> None:
         self.since_round = 0
-        candidate = self.score(self.candidate, held)
+        candidate = self.score(self.averaged, held)
         key = (tuple(int(self.ring.arrival[t[1]]) for t in held), _fingerprint(self.serving))
         if self._serving_score is None or self._serving_score[0] != key:
             self._serving_score = (key, self.score(self.serving, held))
@@ -418,8 +444,8 @@ class Adapter:
         serving = self._serving_score[1]
         self.last_scores = {'candidate': candidate, 'serving': serving, 'held_out': len(held)}
         if math.isfinite(candidate) and candidate < serving * (1.0 - self.settings.margin):
-            self.serving.encoder.load_state_dict(self.candidate.encoder.state_dict())
-            self.serving.decoder.load_state_dict(self.candidate.decoder.state_dict())
+            self.serving.encoder.load_state_dict(self.averaged.encoder.state_dict())
+            self.serving.decoder.load_state_dict(self.averaged.decoder.state_dict())
             self.rejections_in_a_row = 0
             self._accept(score=candidate, previous=serving, reason='better on the held-out frames')
             return
@@ -432,8 +458,10 @@ class Adapter:
                    'held_out': len(held), 'restarted': restart})
 
     def _restart_candidate(self) -> None:
-        self.candidate.encoder.load_state_dict(self.serving.encoder.state_dict())
-        self.candidate.decoder.load_state_dict(self.serving.decoder.state_dict())
+        for models in {id(m): m for m in (self.candidate, self.averaged)}.values():
+            models.encoder.load_state_dict(self.serving.encoder.state_dict())
+            models.decoder.load_state_dict(self.serving.decoder.state_dict())
+        self.averaged_steps = 0
         self._new_optimizer()
         self.rejections_in_a_row = 0
 
