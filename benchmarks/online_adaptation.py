@@ -5,6 +5,7 @@
         [--plot docs/images/online_adaptation.png] [--json FILE] [--node-param NAME:=VALUE ...]
     .venv/bin/python benchmarks/online_adaptation.py --worker-only 60 [--lr 1e-4] [--buffer 200]
     .venv/bin/python benchmarks/online_adaptation.py --worker-only 80 --tum [--passes 4]
+    .venv/bin/python benchmarks/online_adaptation.py --tum [--passes 40] [--off-passes 5]
 
 Writes a synthetic drive with TF (``tools/make_synthetic_bag``: camera, camera_info, ground-truth
 depth, odometry ``odom -> base_link`` at 30 Hz, the camera mount on ``/tf_static``) and plays it
@@ -24,6 +25,12 @@ scale, answered on / off), the node's last ``~/adaptation`` report; ``--plot`` d
 ``--passes`` times (a time gap between passes: no triplet spans two), N / passes training steps
 after each; the serving model is scored against the Kinect depth of every frame that has it, as
 published (metres once the scale is found) and median-scaled.
+
+``--tum`` (without ``--worker-only``): the same sequence played into the depth node with ``adapt`` on
+(``--passes``, default 40, each its 37 JPEG frames at their own 30 Hz stamps with the motion-capture TF,
+a 1.5 s pause between passes so that no triplet spans the jump back to the start; camera_info with
+the lens distortion, so the node rectifies), scored against the rectified Kinect depth as published
+(metres once the node found the scale) and median-scaled; then ``--off-passes`` with ``adapt`` off.
 """
 from __future__ import annotations
 
@@ -48,12 +55,14 @@ sys.path.insert(0, str(REPO))
 from hr_depth_ros.core.bags import read_messages  # noqa: E402
 from hr_depth_ros.core.evaluation import evaluate_depth  # noqa: E402
 from hr_depth_ros.core.geometry import matrix_from_quaternion, quaternion_from_matrix  # noqa: E402
-from hr_depth_ros.core.image_decoding import image_to_array  # noqa: E402
+from hr_depth_ros.core.image_decoding import depth_to_metres, image_to_array  # noqa: E402
 from hr_depth_ros.core.tf_poses import TransformTree  # noqa: E402
 from hr_depth_ros.ros.transport import local_ros_env, random_domain_id  # noqa: E402
 from hr_depth_ros.tools import make_synthetic_bag as bagtool  # noqa: E402
 
 WINDOW_S = 10.0
+TUM_BAG = REPO.parent / 'shared' / 'realdata' / 'tum_fr1_xyz_37f'
+TUM_PAUSE_S = 1.5       # between TUM passes: longer than adapt_max_gap (1 s), so no triplet spans two passes
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -81,6 +90,33 @@ def load_drive(bag: Path) -> dict[str, Any]:
     return {'frames': ordered, 'odometry': odometry, 'static': static}
 
 
+def load_tum(bag: Path) -> dict[str, Any]:
+    """The TUM bag as :func:`load_drive` gives a synthetic one: colour frames (``image``: the CompressedImage,
+    ``info``, ``gt``: the Kinect depth in metres rectified like the node rectifies the colour image, at camera
+    size, or None), the odometry, the static TF, and ``rectifier`` (the camera_info's)."""
+    from hr_depth_ros.core.rectification import calibration_of, rectifier_for
+
+    frames: dict[int, dict[str, Any]] = {}
+    depths, odometry, static = {}, [], []
+    for topic, timestamp_ns, stamp, msg in read_messages(bag, ['/camera/image_raw/compressed', '/camera/camera_info',
+                                                              '/camera/depth/image_raw', '/tf', '/tf_static']):
+        if topic == '/tf':
+            odometry.append((timestamp_ns, msg))
+        elif topic == '/tf_static':
+            static.append(msg)
+        elif topic == '/camera/depth/image_raw':
+            depths[stamp] = depth_to_metres(msg)
+        else:
+            frames.setdefault(stamp, {})['image' if topic.endswith('compressed') else 'info'] = msg
+    ordered = [dict(frames[stamp], stamp_ns=stamp) for stamp in sorted(frames)]
+    rectifier = rectifier_for(calibration_of(ordered[0]['info']), (ordered[0]['info'].width,
+                                                                    ordered[0]['info'].height))
+    for frame in ordered:
+        depth = depths.get(frame['stamp_ns'])
+        frame['gt'] = None if depth is None else rectifier.rectify(depth, nearest=True)
+    return {'frames': ordered, 'odometry': odometry, 'static': static, 'rectifier': rectifier}
+
+
 def drive_displacement(drive: dict[str, Any]) -> np.ndarray:
     """``D`` with ``T_odom_base(t0 + N / fps) = D @ T_odom_base(t0)``, from the bag's own odometry.
 
@@ -106,7 +142,7 @@ class Harness:
         from rclpy.context import Context
         from rclpy.executors import SingleThreadedExecutor
         from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
-        from sensor_msgs.msg import CameraInfo, Image
+        from sensor_msgs.msg import CameraInfo, CompressedImage, Image
         from std_msgs.msg import String
         from tf2_msgs.msg import TFMessage
 
@@ -116,7 +152,10 @@ class Harness:
         rclpy.init(context=self.context, domain_id=domain_id)
         self.node = rclpy.create_node('adaptation_benchmark', context=self.context)
         reliable = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
-        self.image_pub = self.node.create_publisher(Image, '/camera/image_raw', reliable)
+        compressed = hasattr(drive['frames'][0]['image'], 'format')
+        image_type = CompressedImage if compressed else Image
+        self.image_pub = self.node.create_publisher(
+            image_type, '/camera/image_raw/compressed' if compressed else '/camera/image_raw', reliable)
         self.info_pub = self.node.create_publisher(CameraInfo, '/camera/camera_info', reliable)
         self.tf_pub = self.node.create_publisher(TFMessage, '/tf', QoSProfile(depth=100,
                                                                                reliability=ReliabilityPolicy.RELIABLE))
@@ -134,7 +173,7 @@ class Harness:
                                           lambda m: self._append(self.reports, json.loads(m.data)), 10),
             self.node.create_subscription(String, '/hr_depth/statistics',
                                           lambda m: self._append(self.statistics, json.loads(m.data)), 10)]
-        self.images = [to_rclpy(f['image'], Image()) for f in drive['frames']]
+        self.images = [to_rclpy(f['image'], image_type()) for f in drive['frames']]
         self.infos = [to_rclpy(f['info'], CameraInfo()) for f in drive['frames']]
         self.odometry = [(stamp, to_rclpy(msg, TFMessage())) for stamp, msg in drive['odometry']]
         self.odometry_T = [[_matrix(tf.transform) for tf in msg.transforms] for _, msg in self.odometry]
@@ -156,26 +195,30 @@ class Harness:
         if known is None:
             return
         pass_index, frame, played = known
-        depth = np.frombuffer(msg.data, np.float32).reshape(msg.height, msg.width)
         gt = self.gt[frame]
+        if gt is None:  # a frame without ground truth (a TUM frame without a Kinect image)
+            return
+        depth = np.frombuffer(msg.data, np.float32).reshape(msg.height, msg.width)
         if depth.shape != gt.shape:
             depth = cv2.resize(depth, gt.shape[::-1], interpolation=cv2.INTER_LINEAR)
         try:
-            errors = evaluate_depth(gt, np.nan_to_num(depth, nan=80.0), min_depth=1e-3, max_depth=80.0)
+            depth = np.nan_to_num(depth, nan=80.0)
+            errors = evaluate_depth(gt, depth, min_depth=1e-3, max_depth=80.0)
+            published = evaluate_depth(gt, depth, min_depth=1e-3, max_depth=80.0, median_scaling=False)
         except ValueError:
             return
         with self.lock:
             self.scores.append({'pass': pass_index, 'frame': frame, 't': played, 'abs_rel': errors['abs_rel'],
-                                'scale_ratio': errors['scale_ratio']})
+                                'scale_ratio': errors['scale_ratio'], 'abs_rel_published': published['abs_rel']})
 
     def connected(self) -> bool:
         return (self.image_pub.get_subscription_count() > 0 and self.info_pub.get_subscription_count() > 0
                 and self.subs[0].get_publisher_count() > 0)
 
-    def play(self, passes: int, fps: float, displacement: np.ndarray, log: Any) -> int:
-        """Publish ``passes`` passes in real time; returns the frames sent."""
+    def play(self, passes: int, fps: float, displacement: np.ndarray, log: Any, pause_s: float = 0.0) -> int:
+        """Publish ``passes`` passes in real time, ``pause_s`` between two; returns the frames sent."""
         shift = time.time_ns() - self.frame_stamps[0]
-        period_ns = int(round(len(self.frame_stamps) / fps * 1e9))
+        period_ns = self.frame_stamps[-1] - self.frame_stamps[0] + int(round(1e9 / fps)) + int(pause_s * 1e9)
         for msg in self.static:
             for tf in msg.transforms:
                 _set_stamp(tf.header, tf_stamp(tf) + shift)
@@ -203,7 +246,8 @@ class Harness:
                 self.info_pub.publish(info)
                 self.image_pub.publish(image)
                 sent += 1
-            log(f'  pass {pass_index + 1}/{passes} played ({time.monotonic() - start:.0f} s)')
+            if passes <= 10 or (pass_index + 1) % 10 == 0 or pass_index + 1 == passes:
+                log(f'  pass {pass_index + 1}/{passes} played ({time.monotonic() - start:.0f} s)')
         return sent
 
     def close(self) -> None:
@@ -242,8 +286,8 @@ def _moved_tf(msg: Any, originals: list[np.ndarray], moved: np.ndarray, stamp_ns
 
 
 def run_node(args: argparse.Namespace, drive: dict[str, Any], adapt: bool, passes: int, workdir: Path,
-             displacement: np.ndarray) -> dict[str, Any]:
-    """Start the node, play ``passes`` passes, collect the scores and the node's reports."""
+             displacement: np.ndarray, pause_s: float = 0.0) -> dict[str, Any]:
+    """Start the node, play ``passes`` passes (``pause_s`` between two), collect the scores and the node's reports."""
     domain = args.domain if args.domain is not None else random_domain_id()
     env = local_ros_env(domain)
     os.environ.update({k: v for k, v in env.items() if k.startswith(('FASTDDS', 'ROS_'))})
@@ -252,6 +296,8 @@ def run_node(args: argparse.Namespace, drive: dict[str, Any], adapt: bool, passe
                '-p', f'adapt:={"true" if adapt else "false"}', '-p', f'adapt_output:={workdir / "adapted"}',
                '-p', 'adapt_resume:=false', '-p', 'statistics_period:=2.0',
                '-r', 'image:=/camera/image_raw', '-r', 'camera_info:=/camera/camera_info']
+    if hasattr(drive['frames'][0]['image'], 'format'):
+        command += ['-p', 'image_transport:=compressed', '-r', 'image/compressed:=/camera/image_raw/compressed']
     for parameter in args.node_param:
         command += ['-p', parameter]
     harness = Harness(domain, drive)
@@ -267,7 +313,7 @@ def run_node(args: argparse.Namespace, drive: dict[str, Any], adapt: bool, passe
         time.sleep(1.0)
         print(f'adapt {"on" if adapt else "off"}: node ready, playing {passes} pass(es) of '
               f'{len(harness.frame_stamps)} frames', flush=True)
-        sent = harness.play(passes, args.fps, displacement, lambda text: print(text, flush=True))
+        sent = harness.play(passes, args.fps, displacement, lambda text: print(text, flush=True), pause_s)
         time.sleep(3.0)
         with harness.lock:
             result = {'adapt': adapt, 'passes': passes, 'sent': sent, 'scores': list(harness.scores),
@@ -286,15 +332,35 @@ def run_node(args: argparse.Namespace, drive: dict[str, Any], adapt: bool, passe
 
 
 def summarize(run: dict[str, Any], frames: int) -> list[dict[str, Any]]:
-    """Per pass: answered fraction, mean median-scaled abs_rel, median scale ratio."""
+    """Per pass: answered fraction (of the ``frames`` frames with ground truth), mean median-scaled abs_rel,
+    mean abs_rel as published, median scale ratio."""
     rows = []
     for pass_index in range(run['passes']):
         scores = [s for s in run['scores'] if s['pass'] == pass_index]
+
+        def mean(key: str, scores: list = scores) -> float:
+            return float(np.mean([s[key] for s in scores])) if scores else math.nan
         rows.append({'pass': pass_index + 1, 'sent': frames, 'answered': len(scores),
-                     'answered_fraction': len(scores) / frames,
-                     'abs_rel': float(np.mean([s['abs_rel'] for s in scores])) if scores else math.nan,
+                     'answered_fraction': len(scores) / frames, 'abs_rel': mean('abs_rel'),
+                     'abs_rel_published': mean('abs_rel_published'),
                      'scale_ratio': float(np.median([s['scale_ratio'] for s in scores])) if scores else math.nan})
     return rows
+
+
+def grouped(rows: list[dict[str, Any]], groups: int = 8) -> list[dict[str, Any]]:
+    """Per-pass rows merged into about ``groups`` rows of consecutive passes (``pass``: '1-5'); as they are when few."""
+    if len(rows) <= 10:
+        return [dict(row, pass_=str(row['pass'])) for row in rows]
+    size = math.ceil(len(rows) / groups)
+    merged = []
+    for start in range(0, len(rows), size):
+        part = [r for r in rows[start:start + size] if r['answered']]
+        merged.append({'pass_': f"{rows[start]['pass']}-{rows[min(start + size, len(rows)) - 1]['pass']}",
+                       'answered': sum(r['answered'] for r in rows[start:start + size]),
+                       'sent': sum(r['sent'] for r in rows[start:start + size]),
+                       **{key: float(np.mean([r[key] for r in part])) if part else math.nan
+                          for key in ('abs_rel', 'abs_rel_published', 'scale_ratio')}})
+    return merged
 
 
 def windows(run: dict[str, Any]) -> list[tuple[float, float, float]]:
@@ -337,7 +403,8 @@ def plot(path: Path, on: dict[str, Any], off: dict[str, Any] | None, pass_s: flo
                 int(top + (height - top - bottom) * (1 - (v - y_min) / max(y_max - y_min, 1e-9))))
 
     cv2.rectangle(canvas, (left, top), (width - right, height - bottom), (0, 0, 0), 1)
-    for k in range(1, on['passes']):
+    few = on['passes'] <= 10  # pass boundaries and one line per pass; many short passes: one line
+    for k in range(1, on['passes'] if few else 0):
         x = xy(k * pass_s, y_min)[0]
         for y in range(top, height - bottom, 8):
             cv2.line(canvas, (x, y), (x, y + 4), (150, 150, 150), 1)
@@ -348,12 +415,12 @@ def plot(path: Path, on: dict[str, Any], off: dict[str, Any] | None, pass_s: flo
         x = xy(k * 30, y_min)[0]
         cv2.putText(canvas, f'{k * 30}', (x - 8, height - bottom + 18), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 1,
                     cv2.LINE_AA)
-    cv2.putText(canvas, 'play time (s); dashed: start of pass 2, 3', (left, height - 10), cv2.FONT_HERSHEY_SIMPLEX,
+    cv2.putText(canvas, 'play time (s)' + ('; dashed: start of pass 2, 3' if few else ''), (left, height - 10), cv2.FONT_HERSHEY_SIMPLEX,
                 0.45, (0, 0, 0), 1, cv2.LINE_AA)
     cv2.putText(canvas, title, (left, 25), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1, cv2.LINE_AA)
     for n, (curve, colour, label) in enumerate(curves):
-        for k in range(on['passes']):  # one polyline per pass
-            points = np.array([xy(t, v) for t, v in curve if k * pass_s <= t < (k + 1) * pass_s], np.int32)
+        for k in range(on['passes'] if few else 1):  # one polyline per pass
+            points = np.array([xy(t, v) for t, v in curve if not few or k * pass_s <= t < (k + 1) * pass_s], np.int32)
             if len(points) > 1:
                 cv2.polylines(canvas, [points], False, colour, 2 if n == 0 else 1, cv2.LINE_AA)
         cv2.putText(canvas, label, (width - right - 110, top + 20 + 18 * n), cv2.FONT_HERSHEY_SIMPLEX, 0.5, colour, 1,
@@ -416,29 +483,23 @@ def tum_stream(bag: Path, width: int, height: int) -> tuple[list[dict[str, Any]]
     network size, camera pose from TF; ``gt``: rectified Kinect depth in metres at camera size or None, ``rgb``
     the rectified camera image) and the intrinsics at network size."""
     from hr_depth_ros.core.geometry import scale_intrinsics
-    from hr_depth_ros.core.image_decoding import compressed_to_rgb, depth_to_metres, resize_rgb
-    from hr_depth_ros.core.rectification import calibration_of, rectifier_for
+    from hr_depth_ros.core.image_decoding import compressed_to_rgb, resize_rgb
 
-    images, depths, info, tree = {}, {}, None, TransformTree(max_gap_s=1.0)
-    for topic, _, stamp, msg in read_messages(bag, ['/camera/image_raw/compressed', '/camera/camera_info',
-                                                    '/camera/depth/image_raw', '/tf', '/tf_static']):
-        if topic in ('/tf', '/tf_static'):
-            tree.add_message(msg, static=topic == '/tf_static')
-        elif topic == '/camera/camera_info':
-            info = info or calibration_of(msg)
-        elif topic == '/camera/depth/image_raw':
-            depths[stamp] = depth_to_metres(msg)
-        else:
-            images[stamp] = compressed_to_rgb(msg)
-    stamps = sorted(images)
-    size = images[stamps[0]].shape[1], images[stamps[0]].shape[0]
-    rectifier = rectifier_for(info, size)
+    drive = load_tum(bag)
+    tree = TransformTree(max_gap_s=1.0)
+    for _, msg in drive['odometry']:
+        tree.add_message(msg)
+    for msg in drive['static']:
+        tree.add_message(msg, static=True)
+    stamps = [frame['stamp_ns'] for frame in drive['frames']]
     poses = tree.lookup('odom', 'camera_optical_frame', stamps).poses
+    rectifier = drive['rectifier']
     frames = []
-    for stamp, pose in zip(stamps, poses):
-        rgb = rectifier.rectify(images[stamp])
-        frames.append({'stamp_ns': stamp, 'pose': pose, 'rgb': rgb, 'small': resize_rgb(rgb, width, height),
-                       'gt': rectifier.rectify(depths[stamp], nearest=True) if stamp in depths else None})
+    for frame, pose in zip(drive['frames'], poses):
+        rgb = rectifier.rectify(compressed_to_rgb(frame['image']))
+        frames.append({'stamp_ns': frame['stamp_ns'], 'pose': pose, 'rgb': rgb, 'small': resize_rgb(rgb, width, height),
+                       'gt': frame['gt']})
+    size = frames[0]['rgb'].shape[1], frames[0]['rgb'].shape[0]
     return frames, scale_intrinsics(rectifier.K, width / size[0], height / size[1])
 
 
@@ -449,7 +510,7 @@ def tum_worker(args: argparse.Namespace, width: int, height: int) -> int:
     from hr_depth_ros.core.adaptation_worker import Adapter, WorkerSettings
     from hr_depth_ros.tools.demo import score_depths
 
-    bag = REPO.parent / 'shared' / 'realdata' / 'tum_fr1_xyz_37f'
+    bag = TUM_BAG
     if not (bag / 'metadata.yaml').is_file():
         print(f'no bag at {bag} (see shared/realdata/README.md)', file=sys.stderr)
         return 1
@@ -496,8 +557,9 @@ def tum_worker(args: argparse.Namespace, width: int, height: int) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--frames', type=int, default=600, help='frames per pass (600 = 60 s at 10 Hz)')
-    parser.add_argument('--passes', type=int, default=3)
-    parser.add_argument('--off-passes', type=int, default=1, help='passes with adapt off (0: skip that run)')
+    parser.add_argument('--passes', type=int, default=None, help='passes with adapt on (default 3; --tum: 40)')
+    parser.add_argument('--off-passes', type=int, default=None,
+                        help='passes with adapt off (0: skip that run; default 1; --tum: 5)')
     parser.add_argument('--size', default='320x96', help='camera size (the network size of the shipped model)')
     parser.add_argument('--fps', type=float, default=10.0)
     parser.add_argument('--seed', type=int, default=3, help='scene seed (the shipped model was trained on seed 11)')
@@ -516,34 +578,53 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--margin', type=float, default=0.01,
                         help='--worker-only: relative held-out improvement a candidate needs (the adapt_margin default)')
     parser.add_argument('--tum', action='store_true',
-                        help='--worker-only on the real TUM RGB-D sequence of shared/realdata (see above)')
+                        help='the real TUM RGB-D sequence of shared/realdata instead of a synthetic drive (see above)')
     parser.add_argument('--node-param', action='append', default=[], metavar='NAME:=VALUE',
                         help='extra node parameter for both runs (repeatable)')
     args = parser.parse_args(argv)
     width, height = parse_size(args.size)
+    node_tum = args.tum and not args.worker_only
+    args.passes = args.passes or (40 if node_tum else 3)
+    args.off_passes = args.off_passes if args.off_passes is not None else 5 if node_tum else 1
     if args.worker_only:
         return tum_worker(args, width, height) if args.tum else worker_only(args, width, height)
+    if node_tum and not (TUM_BAG / 'metadata.yaml').is_file():
+        print(f'no bag at {TUM_BAG} (see shared/realdata/README.md)', file=sys.stderr)
+        return 1
+    if node_tum:
+        args.fps = 30.0  # the frame interval that follows each pass (the frames keep their own stamps)
     with tempfile.TemporaryDirectory(prefix='online_adaptation_') as tmp:
         workdir = Path(args.workdir or tmp)
         workdir.mkdir(parents=True, exist_ok=True)
-        bag = Path(args.bag) if args.bag else workdir / 'drive' if (workdir / 'drive').is_dir() else \
-            bagtool.write_synthetic_bag(
-            workdir / 'drive', frames=args.frames, width=width, height=height, fps=args.fps, seed=args.seed)
-        drive = load_drive(bag)
-        frames = len(drive['frames'])
-        displacement = drive_displacement(drive)
-        print(f'drive: {frames} frames {width}x{height} at {args.fps:g} Hz, {len(drive["odometry"])} odometry '
-              f'messages; each pass moves the odometry on by {np.linalg.norm(displacement[:3, 3]):.1f} m', flush=True)
-        on = run_node(args, drive, True, args.passes, workdir, displacement)
-        off = run_node(args, drive, False, args.off_passes, workdir, displacement) if args.off_passes else None
+        if node_tum:
+            drive, pause = load_tum(TUM_BAG), TUM_PAUSE_S
+            displacement = np.eye(4)  # every pass the same poses: a hand-held camera going over the desk again
+            print(f'{TUM_BAG.name}: {len(drive["frames"])} JPEG frames 640x480 with lens distortion, '
+                  f'{sum(f["gt"] is not None for f in drive["frames"])} with Kinect depth, {len(drive["odometry"])} '
+                  f'motion-capture TF messages; {pause:g} s between passes', flush=True)
+        else:
+            bag = Path(args.bag) if args.bag else workdir / 'drive' if (workdir / 'drive').is_dir() else \
+                bagtool.write_synthetic_bag(
+                workdir / 'drive', frames=args.frames, width=width, height=height, fps=args.fps, seed=args.seed)
+            drive, pause = load_drive(bag), 0.0
+            displacement = drive_displacement(drive)
+            print(f'drive: {len(drive["frames"])} frames {width}x{height} at {args.fps:g} Hz, '
+                  f'{len(drive["odometry"])} odometry messages; each pass moves the odometry on by '
+                  f'{np.linalg.norm(displacement[:3, 3]):.1f} m', flush=True)
+        frames = sum(f['gt'] is not None for f in drive['frames'])
+        stamps = [f['stamp_ns'] for f in drive['frames']]
+        pass_s = (stamps[-1] - stamps[0]) / 1e9 + 1.0 / args.fps + pause
+        on = run_node(args, drive, True, args.passes, workdir, displacement, pause)
+        off = run_node(args, drive, False, args.off_passes, workdir, displacement, pause) if args.off_passes else None
         on_rows = summarize(on, frames)
         off_rows = summarize(off, frames) if off else []
-        print('\n| run | pass | answered / sent | abs_rel (median-scaled) | scale ratio median(gt)/median(depth) |')
-        print('|---|---:|---:|---:|---:|')
+        print('\n| run | pass | answered / sent | abs_rel (median-scaled) | abs_rel as published | '
+              'scale ratio median(gt)/median(depth) |')
+        print('|---|---:|---:|---:|---:|---:|')
         for name, rows in (('adapt on', on_rows), ('adapt off', off_rows)):
-            for row in rows:
-                print(f"| {name} | {row['pass']} | {row['answered']} / {row['sent']} | {row['abs_rel']:.4f} | "
-                      f"{row['scale_ratio']:.3f} |")
+            for row in grouped(rows):
+                print(f"| {name} | {row['pass_']} | {row['answered']} / {row['sent']} | {row['abs_rel']:.4f} | "
+                      f"{row['abs_rel_published']:.4f} | {row['scale_ratio']:.3f} |")
         print(f'\nadapt on, per {WINDOW_S:g} s of play: (start s, abs_rel, scale ratio)')
         for start, abs_rel, ratio in windows(on):
             print(f'  {start:5.0f}  {abs_rel:.4f}  {ratio:.3f}')
@@ -567,9 +648,9 @@ def main(argv: list[str] | None = None) -> int:
                       f"{inference.get('p95')} ms")
         print(f'load average at the end: {os.getloadavg()}')
         if args.plot:
-            plot(Path(args.plot), on, off, frames / args.fps,
-                 f'published depth abs_rel (median-scaled, 2 s bins); {width}x{height} drive with TF played '
-                 f'{args.passes}x')
+            plot(Path(args.plot), on, off, pass_s,
+                 'published depth abs_rel (median-scaled, 2 s bins); '
+                 + (TUM_BAG.name if node_tum else f'{width}x{height} drive') + f' with TF played {args.passes}x')
             print(f'plot: {args.plot}')
         if args.json:
             Path(args.json).write_text(json.dumps({

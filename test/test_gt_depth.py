@@ -207,3 +207,27 @@ def test_real_sequence_benchmark_takes_another_rgbd_recording(tmp_path, monkeypa
     with pytest.raises(real_sequence.DataError, match='2 depth image topics.*aligned_depth_to_color.*--depth-topic'):
         real_sequence.sequence_topics(bag)
     assert real_sequence.sequence_topics(bag, depth=SENSOR)['depth'] == SENSOR
+
+
+@pytest.mark.skipif(not (REAL / 'metadata.yaml').is_file(),
+                    reason='real data ../shared/realdata/tum_fr1_xyz_37f is absent (see its README)')
+def test_online_adaptation_benchmark_plays_the_real_camera_to_the_node_as_recorded():
+    """benchmarks/online_adaptation.py --tum (node mode): the frames go out as the bag has them (JPEG, distorted,
+    camera_info with D), with the motion-capture TF; the Kinect depth is rectified like the node's colour image;
+    40 passes are reported in about 8 rows."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / 'benchmarks'))
+    import online_adaptation
+
+    drive = online_adaptation.load_tum(REAL)
+    frames = drive['frames']
+    assert len(frames) == 37 and all(hasattr(f['image'], 'format') and f['info'].d[0] > 0.2 for f in frames)
+    assert len(drive['odometry']) == 220 and len(drive['static']) == 1
+    assert sum(f['gt'] is not None for f in frames) == 32
+    assert all(f['gt'].shape == (480, 640) for f in frames if f['gt'] is not None)
+    rows = [{'pass': k + 1, 'answered': 30, 'sent': 32, 'abs_rel': 0.3 - 0.005 * k, 'abs_rel_published': 0.5,
+             'scale_ratio': 1.0} for k in range(40)]
+    merged = online_adaptation.grouped(rows)
+    assert [r['pass_'] for r in merged][:2] == ['1-5', '6-10'] and len(merged) == 8
+    assert merged[0]['answered'] == 150 and merged[0]['abs_rel'] == pytest.approx(0.29)
