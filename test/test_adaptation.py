@@ -272,6 +272,30 @@ def test_metric_scale_from_tf_and_only_better_models_are_swapped_in(tmp_path, dr
     assert saved.metric_scale == metric['metric_scale'] and saved.metadata['online']['score'] == accepted['candidate']
 
 
+def test_a_near_miss_keeps_training_and_a_candidate_no_better_restarts(tmp_path, drive, frames, monkeypatch):
+    """Rejected by less than the margin: the candidate keeps its progress; no better at all four times in a row:
+    it restarts from the serving model."""
+    adapter = Adapter(WorkerSettings(start=str(SHIPPED), anchor=str(SHIPPED), output=str(tmp_path / 'out'),
+                                     margin=0.01, scale_triplets=2, batch_size=2), lambda event: None)
+    adapter.reset(drive.K)
+    for frame in frames[:24]:
+        adapter.add_frame(frame.rgb, frame.pose_world_from_camera, frame.stamp_ns)
+    _, held = adapter.ring.triplets(int(1e9))
+    scores = {'candidate': 0.995}
+    monkeypatch.setattr(adapter, 'score', lambda models, _: 1.0 if models is adapter.serving else scores['candidate'])
+    restarts = []
+    monkeypatch.setattr(adapter, '_restart_candidate', lambda: restarts.append(adapter.steps))
+    for _ in range(6):  # 0.5 % better: rejected (margin 1 %), never restarted
+        adapter._judge(held[:2])
+    assert adapter.rejected == 6 and not restarts and adapter.accepted == 0
+    scores['candidate'] = 1.002
+    for _ in range(3):
+        adapter._judge(held[:2])
+    assert not restarts
+    adapter._judge(held[:2])  # the fourth in a row no better at all
+    assert len(restarts) == 1
+
+
 def test_without_tf_the_worker_places_frames_by_two_view_geometry_and_trains(tmp_path, drive, frames):
     """adapt_pose_source vo: frames come without a pose; the worker chains two-view motions (directions as
     the drive's, lengths in the start model's units), keeps depth relative, trains and judges on them."""
