@@ -168,7 +168,9 @@ def _as_ros1(bag: Path, dest: Path) -> Path:
     writes it: what a robot recorded with ROS 1 hands over."""
     from rosbags.convert import convert
 
-    convert([bag], dest, 'sqlite3', 8, None, 'file', None, get_typestore(Stores.ROS1_NOETIC), [], [], [], [])
+    convert(srcs=[bag], dst=dest, dst_storage='sqlite3', dst_version=8, compress=None, compress_mode='file',
+            default_typestore=None, typestore=get_typestore(Stores.ROS1_NOETIC), exclude_topics=[], include_topics=[],
+            exclude_msgtypes=[], include_msgtypes=[])
     return dest
 
 
