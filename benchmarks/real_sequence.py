@@ -160,14 +160,15 @@ def checkpoint_info(folder: Path) -> dict:
         return {}
 
 
-def write_picture(path: Path, frame: EvalFrame, start: np.ndarray, tuned: np.ndarray) -> None:
+def write_picture(path: Path, frame: EvalFrame, start: np.ndarray, tuned: np.ndarray,
+                  sensor: str = 'Kinect') -> None:
     """RGB | Kinect | start (median-scaled: it has no metres) | fine-tuned (as published), one colour scale."""
     gt = frame.depth_gt
     valid = np.isfinite(gt)
     scaled_start = start * float(np.median(gt[valid]) / np.median(start[valid]))
     lo, hi = 0.5, float(np.nanpercentile(gt, 98))
     panels = [frame.rgb] + [colorize(1.0 / d, 'magma', 1.0 / hi, 1.0 / lo) for d in (gt, scaled_start, tuned)]
-    labels = ['RGB (rectified)', 'Kinect depth', 'start x median', 'fine-tuned, TF (metres)']
+    labels = ['RGB (rectified)', f'{sensor} depth', 'start x median', 'fine-tuned, TF (metres)']
     small = []
     for panel, label in zip(panels, labels):
         panel = cv2.resize(panel, (320, 240), interpolation=cv2.INTER_AREA)
@@ -256,7 +257,8 @@ def main() -> int:
         print(f'| {label} | {note} | {scaled["abs_rel"]:.3f}{gain} | {metric} | {ratio} | {seconds} |')
     if args.image is not None and tuned_depth is not None:
         middle = len(frames) // 2
-        write_picture(args.image, frames[middle], start_depth[middle], tuned_depth[middle])
+        write_picture(args.image, frames[middle], start_depth[middle], tuned_depth[middle],
+                      'Kinect' if args.bag.resolve() == DEFAULT_BAG.resolve() else 'sensor')
         print(f'\npicture: {args.image} (held-out frame {middle + 1} of {len(frames)})')
     return 0
 

@@ -233,3 +233,23 @@ def test_online_adaptation_benchmark_plays_the_real_camera_to_the_node_as_record
     merged = online_adaptation.grouped(rows)
     assert [r['pass_'] for r in merged][:2] == ['1-5', '6-10'] and len(merged) == 8
     assert merged[0]['answered'] == 150 and merged[0]['abs_rel'] == pytest.approx(0.29)
+
+
+def test_real_sequence_benchmark_runs_end_to_end_on_another_recording(tmp_path):
+    """The benchmark's command on a small 32FC1 RGB-D recording: topics found, one TF fine-tuning run, a table
+    with the start and the fine-tuned rows in metres, the picture written."""
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[1]
+    bag = write_depth_sensor_bag(tmp_path / 'bag', '32FC1', offset_ms=0.0, frames=20)
+    picture = tmp_path / 'picture.png'
+    run = subprocess.run([sys.executable, str(repo / 'benchmarks' / 'real_sequence.py'), '--bag', str(bag),
+                          '--train-frames', '14', '--steps', '2', '--batch-size', '2', '--width', str(W), '--height',
+                          str(H), '--rows', 'tf', '--output', str(tmp_path / 'out'), '--image', str(picture)],
+                         cwd=repo, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert f'depth {SENSOR}' in run.stdout and 'colour /camera/image_raw' in run.stdout
+    rows = [line for line in run.stdout.splitlines() if line.startswith('| TF (no depth sensor)')]
+    assert len(rows) == 2 and all('metric scale' in row for row in rows)
+    assert picture.is_file() and picture.stat().st_size > 1000
