@@ -177,6 +177,9 @@ def test_the_depth_engine_rectifies_distorted_camera_info(frame):
     seen = result.depth - 1.0
     assert np.abs(seen[inner] - shot.rgb.mean(2)[inner]).mean() < 0.4 * np.abs(
         distorted.mean(2)[inner] - shot.rgb.mean(2)[inner]).mean()
+    # What online adaptation learns from: the rectified frame, whose camera is result.K (not the lens's frame).
+    assert result.image.shape == distorted.shape and np.array_equal(result.image, Rectifier(
+        calibration_of(info)).rectify(distorted))
     # A pinhole camera_info is used as it is (no maps, no copy).
     checker.on_camera_info(camera_info(drive.K, 'plumb_bob', (0.0,) * 5), '/camera/camera_info')
     plain = engine.process(shot.rgb, checker.camera_info_for((W, H), '/camera/camera_info'), False, False)

@@ -205,6 +205,7 @@ class FrameResult:
     cloud: PackedCloud | None = None  # PointCloud2 bytes; a view valid until the engine's next frame
     scale: float = 1.0
     timings_ms: dict[str, float] = field(default_factory=dict)
+    image: np.ndarray | None = None  # the frame the network saw (rectified when camera_info has a lens), input size
 
     @property
     def points(self) -> np.ndarray | None:
@@ -280,7 +281,7 @@ class DepthEngine:
         depth = np.where(np.isfinite(depth) & (depth > 0), depth, np.float32(np.nan)).astype(np.float32, copy=False)
         timings['resize'] = elapsed_ms(start)
         result = FrameResult(depth=depth, K=np.asarray(K_out, dtype=np.float64),
-                             intrinsics_source=intrinsics.source, scale=scale, timings_ms=timings)
+                             intrinsics_source=intrinsics.source, scale=scale, timings_ms=timings, image=rgb)
 
         if want_colored:
             start = time.perf_counter()

@@ -355,7 +355,8 @@ class DepthNode(LifecycleNode):
         self.stats.on_processed((self.get_clock().now().nanoseconds - stamp_ns) / 1e6, timings)
         self.last_result_info = {'scale': round(result.scale, 6), 'intrinsics_source': result.intrinsics_source,
                                  'output_size': [width, height]}
-        self.adaptation.on_frame(rgb, stamp_ns, header.frame_id, result.K, (width, height))
+        # The frame as the network saw it: rectified when the camera has a lens (its K is result.K's camera).
+        self.adaptation.on_frame(result.image, stamp_ns, header.frame_id, result.K, (width, height))
 
     def _publish_statistics(self) -> None:
         extra = dict(self.last_result_info, idle_no_subscribers=not self._listening())
