@@ -580,9 +580,24 @@ def lifecycle_call(harness: CameraHarness, node: NodeProcess, service: str, requ
     clients = harness.__dict__.setdefault('lifecycle_clients', {})
     if service not in clients:
         clients[service] = harness.node.create_client(types[service], f'/lifecycle/hr_depth/{service}')
+        client = clients[service]
+        wait_until(lambda: client.service_is_ready(), timeout, f'the {service} service', node.proc, node.log)
+        # Ready means the request path is matched; the response path may still be discovering, and Fast DDS
+        # then drops the response ("failed to send response (timeout)", seen once in a full suite run).
+        time.sleep(0.5)
     client = clients[service]
     wait_until(lambda: client.service_is_ready(), timeout, f'the {service} service', node.proc, node.log)
     future = client.call_async(request)
+    if service == 'get_state':  # idempotent: asked again if the answer was lost
+        deadline = time.monotonic() + timeout
+        while not future.done() and time.monotonic() < deadline:
+            try:
+                wait_until(future.done, 5.0, f'the {service} response', node.proc, node.log)
+            except pytest.fail.Exception:
+                if node.proc.poll() is not None:
+                    raise
+                client.remove_pending_request(future)
+                future = client.call_async(request)
     wait_until(future.done, timeout, f'the {service} response', node.proc, node.log)
     return future.result()
 
