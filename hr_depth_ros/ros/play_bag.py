@@ -24,6 +24,7 @@ SUPPORTED_TYPES = ('sensor_msgs/msg/Image', 'sensor_msgs/msg/CompressedImage', '
                    'tf2_msgs/msg/TFMessage')  # TFMessage only where tf2_msgs is installed
 INT_TYPES = {'int8', 'uint8', 'int16', 'uint16', 'int32', 'uint32', 'int64', 'uint64', 'byte', 'char', 'octet'}
 FLOAT_TYPES = {'float', 'double', 'float32', 'float64'}
+ACK_TIMEOUT_S = 5.0   # at the end of a reliable play: how long reliable subscribers get to acknowledge the tail
 
 
 def message_class(msgtype: str) -> type:
@@ -150,6 +151,7 @@ def _messages(bag: Path, topics: dict[str, str], start_after: float, limit: int)
 def play(args: argparse.Namespace) -> int:
     """Publish the bag as ``args`` say; returns the number of messages published."""
     import rclpy
+    from rclpy.duration import Duration
     from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 
     bag = Path(args.bag).expanduser()
@@ -191,6 +193,11 @@ def play(args: argparse.Namespace) -> int:
                     break
             if not args.loop:
                 break
+        if reliability == ReliabilityPolicy.RELIABLE and rclpy.ok():
+            # Reliable subscribers get the tail of the bag too: a writer destroyed right after its last
+            # publish can take undelivered samples with it (seen: the last frame of 120 missing).
+            for publisher in publishers.values():
+                publisher.wait_for_all_acked(Duration(seconds=ACK_TIMEOUT_S))
     finally:
         node.destroy_node()
     return published
