@@ -59,6 +59,7 @@ from hr_depth_ros.core.image_decoding import depth_to_metres, image_to_array  # 
 from hr_depth_ros.core.tf_poses import TransformTree  # noqa: E402
 from hr_depth_ros.ros.transport import local_ros_env, random_domain_id  # noqa: E402
 from hr_depth_ros.tools import make_synthetic_bag as bagtool  # noqa: E402
+from hr_depth_ros.tools.demo import score_depths  # noqa: E402
 
 WINDOW_S = 10.0
 TUM_BAG = REPO.parent / 'shared' / 'realdata' / 'tum_fr1_xyz_37f'
@@ -117,6 +118,21 @@ def load_tum(bag: Path) -> dict[str, Any]:
     return {'frames': ordered, 'odometry': odometry, 'static': static, 'rectifier': rectifier}
 
 
+def drive_tree(drive: dict[str, Any]) -> TransformTree:
+    """The drive's TF (odometry and static transforms) as a :class:`TransformTree`."""
+    tree = TransformTree(max_gap_s=1.0)
+    for _, msg in drive['odometry']:
+        tree.add_message(msg)
+    for msg in drive['static']:
+        tree.add_message(msg, static=True)
+    return tree
+
+
+def compressed(drive: dict[str, Any]) -> bool:
+    """Whether the drive's frames are CompressedImage messages (else Image)."""
+    return hasattr(drive['frames'][0]['image'], 'format')
+
+
 def drive_displacement(drive: dict[str, Any]) -> np.ndarray:
     """``D`` with ``T_odom_base(t0 + N / fps) = D @ T_odom_base(t0)``, from the bag's own odometry.
 
@@ -124,11 +140,8 @@ def drive_displacement(drive: dict[str, Any]) -> np.ndarray:
     it is extrapolated from the last two frame intervals' motion (constant velocity), which is
     what a robot driving on through the same street again would report.
     """
-    tree = TransformTree(max_gap_s=1.0)
-    for _, msg in drive['odometry']:
-        tree.add_message(msg)
     stamps = [f['stamp_ns'] for f in drive['frames']]
-    poses = tree.lookup(bagtool.ODOM_FRAME, bagtool.BASE_FRAME, [stamps[0], stamps[-2], stamps[-1]]).poses
+    poses = drive_tree(drive).lookup(bagtool.ODOM_FRAME, bagtool.BASE_FRAME, [stamps[0], stamps[-2], stamps[-1]]).poses
     step = np.linalg.inv(poses[1]) @ poses[2]          # one frame's motion at the end, in the body frame
     end = poses[2] @ step                              # the pose one frame period after the last frame
     return end @ np.linalg.inv(poses[0])
@@ -152,10 +165,9 @@ class Harness:
         rclpy.init(context=self.context, domain_id=domain_id)
         self.node = rclpy.create_node('adaptation_benchmark', context=self.context)
         reliable = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
-        compressed = hasattr(drive['frames'][0]['image'], 'format')
-        image_type = CompressedImage if compressed else Image
+        image_type = CompressedImage if compressed(drive) else Image
         self.image_pub = self.node.create_publisher(
-            image_type, '/camera/image_raw/compressed' if compressed else '/camera/image_raw', reliable)
+            image_type, '/camera/image_raw/compressed' if compressed(drive) else '/camera/image_raw', reliable)
         self.info_pub = self.node.create_publisher(CameraInfo, '/camera/camera_info', reliable)
         self.tf_pub = self.node.create_publisher(TFMessage, '/tf', QoSProfile(depth=100,
                                                                                reliability=ReliabilityPolicy.RELIABLE))
@@ -202,9 +214,7 @@ class Harness:
         if depth.shape != gt.shape:
             depth = cv2.resize(depth, gt.shape[::-1], interpolation=cv2.INTER_LINEAR)
         try:
-            depth = np.nan_to_num(depth, nan=80.0)
-            errors = evaluate_depth(gt, depth, min_depth=1e-3, max_depth=80.0)
-            published = evaluate_depth(gt, depth, min_depth=1e-3, max_depth=80.0, median_scaling=False)
+            errors, published = score_depths([(gt, np.nan_to_num(depth, nan=80.0))])
         except ValueError:
             return
         with self.lock:
@@ -296,7 +306,7 @@ def run_node(args: argparse.Namespace, drive: dict[str, Any], adapt: bool, passe
                '-p', f'adapt:={"true" if adapt else "false"}', '-p', f'adapt_output:={workdir / "adapted"}',
                '-p', 'adapt_resume:=false', '-p', 'statistics_period:=2.0',
                '-r', 'image:=/camera/image_raw', '-r', 'camera_info:=/camera/camera_info']
-    if hasattr(drive['frames'][0]['image'], 'format'):
+    if compressed(drive):
         command += ['-p', 'image_transport:=compressed', '-r', 'image/compressed:=/camera/image_raw/compressed']
     for parameter in args.node_param:
         command += ['-p', parameter]
@@ -486,13 +496,8 @@ def tum_stream(bag: Path, width: int, height: int) -> tuple[list[dict[str, Any]]
     from hr_depth_ros.core.image_decoding import compressed_to_rgb, resize_rgb
 
     drive = load_tum(bag)
-    tree = TransformTree(max_gap_s=1.0)
-    for _, msg in drive['odometry']:
-        tree.add_message(msg)
-    for msg in drive['static']:
-        tree.add_message(msg, static=True)
     stamps = [frame['stamp_ns'] for frame in drive['frames']]
-    poses = tree.lookup('odom', 'camera_optical_frame', stamps).poses
+    poses = drive_tree(drive).lookup('odom', 'camera_optical_frame', stamps).poses
     rectifier = drive['rectifier']
     frames = []
     for frame, pose in zip(drive['frames'], poses):
@@ -508,7 +513,6 @@ def tum_worker(args: argparse.Namespace, width: int, height: int) -> int:
     import torch
 
     from hr_depth_ros.core.adaptation_worker import Adapter, WorkerSettings
-    from hr_depth_ros.tools.demo import score_depths
 
     bag = TUM_BAG
     if not (bag / 'metadata.yaml').is_file():

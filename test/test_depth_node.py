@@ -578,15 +578,13 @@ def lifecycle_call(harness: CameraHarness, node: NodeProcess, service: str, requ
 
     types = {'change_state': ChangeState, 'get_state': GetState}
     clients = harness.__dict__.setdefault('lifecycle_clients', {})
-    if service not in clients:
+    new = service not in clients
+    if new:
         clients[service] = harness.node.create_client(types[service], f'/lifecycle/hr_depth/{service}')
-        client = clients[service]
-        wait_until(lambda: client.service_is_ready(), timeout, f'the {service} service', node.proc, node.log)
-        # Ready means the request path is matched; the response path may still be discovering, and Fast DDS
-        # then drops the response ("failed to send response (timeout)", seen once in a full suite run).
-        time.sleep(0.5)
     client = clients[service]
     wait_until(lambda: client.service_is_ready(), timeout, f'the {service} service', node.proc, node.log)
+    if new:  # ready means the request path is matched; the response path may still be discovering, and Fast DDS
+        time.sleep(0.5)  # then drops the response ("failed to send response (timeout)", seen once in a full run)
     future = client.call_async(request)
     if service == 'get_state':  # idempotent: asked again if the answer was lost
         deadline = time.monotonic() + timeout
