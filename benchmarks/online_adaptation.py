@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/online_adaptation.py [--frames 600] [--passes 3] [--off-passes 1]
         [--size 320x96] [--fps 10] [--seed 3] [--weights models/lite_hr_depth_synthetic]
         [--plot docs/images/online_adaptation.png] [--json FILE] [--node-param NAME:=VALUE ...]
-    .venv/bin/python benchmarks/online_adaptation.py --worker-only 60 [--lr 1e-4] [--buffer 200]
+    .venv/bin/python benchmarks/online_adaptation.py --worker-only 60 [--lr 3e-4] [--loss-scales 1] [--buffer 200]
     .venv/bin/python benchmarks/online_adaptation.py --worker-only 80 --tum [--passes 4]
     .venv/bin/python benchmarks/online_adaptation.py --tum [--passes 40] [--off-passes 5]
 
@@ -53,6 +53,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from hr_depth_ros.core.bags import read_messages  # noqa: E402
+from hr_depth_ros.core.depth_options import NodeConfig  # noqa: E402
 from hr_depth_ros.core.evaluation import evaluate_depth  # noqa: E402
 from hr_depth_ros.core.geometry import matrix_from_quaternion, quaternion_from_matrix  # noqa: E402
 from hr_depth_ros.core.image_decoding import depth_to_metres, image_to_array  # noqa: E402
@@ -439,6 +440,14 @@ def plot(path: Path, on: dict[str, Any], off: dict[str, Any] | None, pass_s: flo
     cv2.imwrite(str(path), canvas)
 
 
+def worker_settings(args: argparse.Namespace, output: str) -> Any:
+    """The worker's settings for ``--worker-only`` (the node's adapt_* defaults unless given)."""
+    from hr_depth_ros.core.adaptation_worker import WorkerSettings
+
+    return WorkerSettings(start=args.weights, anchor=args.weights, output=output, lr=args.lr,
+                          loss_scales=args.loss_scales, buffer_frames=args.buffer, margin=args.margin)
+
+
 def worker_only(args: argparse.Namespace, width: int, height: int) -> int:
     """The worker alone, in this process, per step (no ROS, no clock): the drive's frames with their exact
     poses go into an Adapter (its ring keeps the last ``--buffer`` frames); it searches the metric scale,
@@ -446,15 +455,14 @@ def worker_only(args: argparse.Namespace, width: int, height: int) -> int:
     of the whole drive. Shows what the node gains per training step whatever the CPU is doing."""
     import torch
 
-    from hr_depth_ros.core.adaptation_worker import Adapter, WorkerSettings
+    from hr_depth_ros.core.adaptation_worker import Adapter
     from hr_depth_ros.core.synthetic import SyntheticDrive
 
     torch.set_num_threads(1)
     drive = SyntheticDrive(width=width, height=height, fps=args.fps, seed=args.seed, num_frames=args.frames)
     events: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix='online_adaptation_worker_') as tmp:
-        adapter = Adapter(WorkerSettings(start=args.weights, anchor=args.weights, output=tmp, lr=args.lr,
-                                         buffer_frames=args.buffer, margin=args.margin), events.append)
+        adapter = Adapter(worker_settings(args, tmp), events.append)
         adapter.reset(drive.K)
         scored = [drive.frame(i) for i in range(0, args.frames, 10)]
         for index in range(args.frames):
@@ -512,7 +520,7 @@ def tum_worker(args: argparse.Namespace, width: int, height: int) -> int:
     """``--worker-only N --tum``: see the module docstring."""
     import torch
 
-    from hr_depth_ros.core.adaptation_worker import Adapter, WorkerSettings
+    from hr_depth_ros.core.adaptation_worker import Adapter
 
     bag = TUM_BAG
     if not (bag / 'metadata.yaml').is_file():
@@ -525,8 +533,7 @@ def tum_worker(args: argparse.Namespace, width: int, height: int) -> int:
     events: list[dict[str, Any]] = []
     rows = []
     with tempfile.TemporaryDirectory(prefix='online_adaptation_tum_') as tmp:
-        adapter = Adapter(WorkerSettings(start=args.weights, anchor=args.weights, output=tmp, lr=args.lr,
-                                         buffer_frames=args.buffer, margin=args.margin), events.append)
+        adapter = Adapter(worker_settings(args, tmp), events.append)
         adapter.reset(K)
 
         def evaluate() -> tuple[dict[str, float], dict[str, float]]:
@@ -577,10 +584,14 @@ def main(argv: list[str] | None = None) -> int:
                         help='ROS domain (default: $ROS_DOMAIN_ID, else a random one)')
     parser.add_argument('--worker-only', type=int, default=0, metavar='STEPS',
                         help='instead: the worker alone in this process for STEPS steps, scored every 10 steps')
-    parser.add_argument('--lr', type=float, default=1e-4, help='--worker-only: learning rate')
-    parser.add_argument('--buffer', type=int, default=200, help='--worker-only: frames in the ring')
-    parser.add_argument('--margin', type=float, default=0.01,
-                        help='--worker-only: relative held-out improvement a candidate needs (the adapt_margin default)')
+    node = NodeConfig()  # the worker-only defaults are the node's adapt_* defaults
+    parser.add_argument('--lr', type=float, default=node.adapt_lr, help='--worker-only: learning rate (adapt_lr)')
+    parser.add_argument('--loss-scales', type=int, default=node.adapt_loss_scales,
+                        help='--worker-only: decoder scales of the loss (adapt_loss_scales)')
+    parser.add_argument('--buffer', type=int, default=node.adapt_buffer_frames,
+                        help='--worker-only: frames in the ring (adapt_buffer_frames)')
+    parser.add_argument('--margin', type=float, default=node.adapt_margin,
+                        help='--worker-only: relative held-out improvement a candidate needs (adapt_margin)')
     parser.add_argument('--tum', action='store_true',
                         help='the real TUM RGB-D sequence of shared/realdata instead of a synthetic drive (see above)')
     parser.add_argument('--node-param', action='append', default=[], metavar='NAME:=VALUE',

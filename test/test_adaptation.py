@@ -219,6 +219,18 @@ def test_standing_still_adds_nothing_and_a_new_camera_restarts_the_buffer(tmp_pa
 
 # --- the worker's judgement -------------------------------------------------------------------------
 
+def test_training_parameters_reach_the_worker(tmp_path):
+    manager, _ = node_side(tmp_path, Clock(), adapt_lr=2e-4, adapt_loss_scales=2, adapt_batch_size=3)
+    settings = manager.settings
+    assert (settings.lr, settings.loss_scales, settings.batch_size) == (2e-4, 2, 3)
+    adapter = Adapter(settings, lambda event: None)
+    config = adapter.trainer.config
+    assert (config.lr, config.loss_scales, config.batch_size) == (2e-4, 2, 3)
+    assert adapter.optimizer.param_groups[0]['lr'] == 2e-4
+    assert Adapter(WorkerSettings(start=str(SHIPPED), anchor=str(SHIPPED), output=str(tmp_path / 'out')),
+                   lambda event: None).trainer.config.loss_scales == NodeConfig().adapt_loss_scales == 1
+
+
 def test_metric_scale_from_tf_and_only_better_models_are_swapped_in(tmp_path, drive, frames):
     torch.manual_seed(0)
     events = []

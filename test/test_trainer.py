@@ -14,7 +14,7 @@ from hr_depth_ros.core.checkpoint import load_depth_checkpoint, load_extra_state
 from hr_depth_ros.core.inference import DepthEstimator
 from hr_depth_ros.tools.make_synthetic_bag import write_synthetic_bag
 from hr_depth_ros.core.training.data import TripletDataset
-from hr_depth_ros.core.training.trainer import Trainer, TrainingConfig
+from hr_depth_ros.core.training.trainer import Trainer, TrainingConfig, TrainingError
 
 W, H = 128, 64
 COMMON = ['--width', str(W), '--height', str(H), '--batch-size', '2', '--device', 'cpu', '--quiet']
@@ -61,6 +61,30 @@ def test_overfits_a_fixed_batch(bag, tmp_path):
         data.close()
     assert np.isfinite(losses).all()
     assert np.mean(losses[-3:]) < 0.8 * np.mean(losses[:3]), losses
+
+
+@pytest.mark.parametrize('loss_scales', [1, 4])
+def test_loss_scales_chooses_the_decoder_outputs_that_learn(bag, tmp_path, loss_scales):
+    """``loss_scales`` N: the loss sees the N finest disparity outputs and no others (the online worker uses 1)."""
+    config = TrainingConfig(bags=[str(bag)], output=str(tmp_path / 'out'), width=W, height=H, steps=1, batch_size=2,
+                            device='cpu', val_fraction=0.0, loss_scales=loss_scales)
+    trainer = Trainer(config)
+    from hr_depth_ros.core.training.data import prepare_data
+    data = prepare_data(config.data_config())
+    try:
+        models = trainer._build_models()
+        batch = torch.utils.data.default_collate([TripletDataset(data.store, data.train)[i] for i in (0, 5)])
+        torch.manual_seed(0)
+        outputs = {('disp', s): torch.rand(2, 1, H >> s, W >> s).mul_(0.5).add_(0.1).requires_grad_()
+                   for s in range(4)}
+        loss, _ = trainer._losses(models, batch, outputs=outputs)
+        loss.backward()
+    finally:
+        data.close()
+    used = [s for s in range(4) if outputs[('disp', s)].grad is not None and outputs[('disp', s)].grad.abs().sum() > 0]
+    assert used == list(range(loss_scales))
+    with pytest.raises(TrainingError, match='loss_scales'):
+        TrainingConfig(bags=[str(bag)], output=str(tmp_path / 'x'), steps=1, loss_scales=5).validate()
 
 
 def test_checkpoint_has_metadata_and_loads(trained):

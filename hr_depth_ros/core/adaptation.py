@@ -76,6 +76,7 @@ class AdaptationConfig:
     max_gap: float
     batch_size: int
     lr: float
+    loss_scales: int
     steps_per_round: int
     margin: float
     anchor_weight: float
@@ -263,7 +264,8 @@ class OnlineAdaptation:
         self.settings = WorkerSettings(
             start=str(start_checkpoint.path), anchor=anchor, output=str(self.output), pose_source=config.pose_source,
             buffer_frames=config.buffer_frames, batch_size=config.batch_size, lr=config.lr,
-            steps_per_round=config.steps_per_round, margin=config.margin, anchor_weight=config.anchor_weight,
+            loss_scales=config.loss_scales, steps_per_round=config.steps_per_round, margin=config.margin,
+            anchor_weight=config.anchor_weight,
             max_gap_s=config.max_gap, min_depth=min_depth, max_depth=max_depth,
             device=device if config.device == 'auto' else config.device, nice=config.nice, prepare=prepare,
             cache_dir=cache_dir)

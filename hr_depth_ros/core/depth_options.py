@@ -155,8 +155,11 @@ class NodeConfig:
                                   help='seconds; kept frames further apart do not form a training triplet')
     adapt_batch_size: int = option(4, min_value=1, max_value=256, read_only=True, cli=None,
                                    help='triplets per training step')
-    adapt_lr: float = option(1e-4, min_value=1e-8, max_value=1.0, read_only=True, cli=None,
+    adapt_lr: float = option(3e-4, min_value=1e-8, max_value=1.0, read_only=True, cli=None,
                              help='Adam learning rate of the adaptation')
+    adapt_loss_scales: int = option(1, min_value=1, max_value=4, read_only=True, cli=None,
+                                    help="decoder scales the adaptation's loss is computed at (1: the full-resolution "
+                                         "output only, ~1.7x the steps of fine-tuning's 4 on a CPU)")
     adapt_steps_per_round: int = option(10, min_value=1, max_value=100000, read_only=True, cli=None,
                                         help='training steps between two judgements of the candidate (the first '
                                              'after 5)')
