@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import queue
 import signal
@@ -14,7 +15,8 @@ import pytest
 import torch
 
 from hr_depth_ros.core.adaptation import AdaptationConfig, OnlineAdaptation, serving_config
-from hr_depth_ros.core.adaptation_worker import HOLDOUT_BLOCK, HOLDOUT_PERIOD, Adapter, FrameRing, WorkerSettings
+from hr_depth_ros.core.adaptation_worker import (HOLDOUT_BLOCK, HOLDOUT_PERIOD, HOLDOUT_PHASE, Adapter, FrameRing,
+                                                 WorkerSettings)
 from hr_depth_ros.core.checkpoint import load_depth_checkpoint
 from hr_depth_ros.core.depth_options import ConfigError, NodeConfig
 from hr_depth_ros.core.evaluation import evaluate_depth
@@ -112,12 +114,49 @@ def test_frame_ring_is_bounded_holds_out_blocks_and_splits_at_gaps():
         assert all(FrameRing.held_out(int(ring.arrival[s])) for s in t)
     train_frames = {s for t in train for s in t}
     assert train and held and not train_frames & {s for t in held for s in t}  # judged frames are never trained on
-    assert all((int(ring.arrival[s]) // HOLDOUT_BLOCK) % HOLDOUT_PERIOD != HOLDOUT_PERIOD - 1 for s in train_frames)
+    assert all((int(ring.arrival[s]) // HOLDOUT_BLOCK) % HOLDOUT_PERIOD != HOLDOUT_PHASE for s in train_frames)
     ring.reset(K * 2)
     assert len(ring) == 0 and ring.triplets(2 * period) == ([], [])
     for n in range(3):
         ring.add(np.zeros((4, 8, 3), np.uint8), np.eye(4), (200 + n) * period)
     assert len(ring) == 3 and np.allclose(ring.K[0], K * 2)
+
+
+def test_a_revisited_place_keeps_its_split_so_the_judge_never_sees_trained_pixels_again():
+    """A loop driven (or a recording replayed) again: each frame takes the split of the older frame at its
+    place and view; a new path, or the same place seen in another direction, splits by arrival."""
+    K = np.array([[10.0, 0, 4], [0, 10.0, 2], [0, 0, 1]])
+    ring = FrameRing(200, 8, 4, K)
+    period, loop = 100_000_000, 37  # 37 frames a pass: shifts against the 50-arrival hold-out cycle
+
+    def pose(i: int, yaw_degrees: float = 0.0) -> np.ndarray:
+        T = np.eye(4)
+        T[:3, 3] = (0.01 * i, 0.0, 0.002 * i)
+        c, s = math.cos(math.radians(yaw_degrees)), math.sin(math.radians(yaw_degrees))
+        T[:3, :3] = [[c, 0, s], [0, 1, 0], [-s, 0, c]]
+        return T
+
+    stamp = 0
+    for number in range(4 * loop):
+        stamp += period + (2 * 10 ** 9 if number % loop == 0 else 0)  # a pause between passes
+        ring.add(np.full((4, 8, 3), number % 256, np.uint8), pose(number % loop), stamp)
+    first = {i: bool(ring.held[i]) for i in range(loop)}   # slots 0..36: pass 1, split by arrival
+    assert [first[i] for i in range(loop)] == [FrameRing.held_out(i) for i in range(loop)]
+    for number in range(loop, 4 * loop):  # passes 2-4
+        assert bool(ring.held[number]) == first[number % loop], number
+    assert ring.revisits == 3 * loop
+    train, held = ring.triplets(max_gap_ns=2 * period)
+    assert train and held
+    trained_places = {tuple(ring.poses[s][:3, 3].round(6)) for t in train for s in t}
+    judged_places = {tuple(ring.poses[s][:3, 3].round(6)) for t in held for s in t}
+    assert not trained_places & judged_places  # no held-out frame shows a place trained on
+
+    revisits = ring.revisits  # the same places seen turned by 30 degrees: new views, split by arrival
+    for number in range(4 * loop, 5 * loop):
+        stamp += period
+        ring.add(np.zeros((4, 8, 3), np.uint8), pose(number % loop, 30.0), stamp)
+        assert bool(ring.held[number % 200]) == FrameRing.held_out(number)
+    assert ring.revisits == revisits
 
 
 def test_tf_history_is_bounded_without_losing_the_stamps_still_needed():

@@ -6,8 +6,10 @@ node's inference keeps its cores. What it does, one unit of work at a time (:met
 
 1. keeps the frames it is sent (network resolution, camera pose from TF) in a bounded
    :class:`FrameRing`; consecutive frames no further apart than ``max_gap_s`` form triplets
-   (t-1, t, t+1), as fine-tuning's; every ``HOLDOUT_PERIOD``-th block of ``HOLDOUT_BLOCK``
-   frames is held out (never trained on) to judge candidates. Without TF (``pose_source``
+   (t-1, t, t+1), as fine-tuning's; one block of ``HOLDOUT_BLOCK`` frames in ``HOLDOUT_PERIOD``
+   is held out (never trained on) to judge candidates, and a frame that revisits the place and
+   view of an older frame in the ring (TF poses) takes that frame's split, so that a loop driven
+   again, or a recording replayed, never shows the judge pixels it trained on. Without TF (``pose_source``
    ``vo``, a camera-only robot) the frames come without a pose and the worker places each one
    after the previous by two-view geometry (:mod:`hr_depth_ros.core.visual_odometry`: rotation and
    translation direction from tracked corners, the translation's length from the serving model's
@@ -63,10 +65,14 @@ from hr_depth_ros.core.training.scale import search_scale
 from hr_depth_ros.core.training.trainer import Trainer, TrainingConfig, _DisparityTarget, _Models, freeze_batch_norm
 from hr_depth_ros.core.visual_odometry import inverse_motion, translation_scale, two_view_motion
 
-__all__ = ['WorkerSettings', 'FrameRing', 'Adapter', 'worker_main', 'HOLDOUT_BLOCK', 'HOLDOUT_PERIOD']
+__all__ = ['WorkerSettings', 'FrameRing', 'Adapter', 'worker_main', 'HOLDOUT_BLOCK', 'HOLDOUT_PERIOD', 'HOLDOUT_PHASE']
 
 HOLDOUT_BLOCK = 10        # frames per held-out / training block (by arrival number)
-HOLDOUT_PERIOD = 5        # every 5th block is held out: 20 % of the frames judge, never train
+HOLDOUT_PERIOD = 5        # one block in 5 is held out: 20 % of the frames judge, never train
+HOLDOUT_PHASE = 1         # the held-out block of each period: the second (arrivals 10-19, 60-69, ...), so that
+                          # a short loop (a room patrolled, a recording replayed) has held-out places on its first pass
+REVISIT_STEPS = 0.5       # a frame within this many median frame spacings of an older one (and REVISIT_DEGREES)
+REVISIT_DEGREES = 5.0     # revisits that frame's place: it takes that frame's split (held out or trained on)
 MIN_HELD_OUT = 6          # held-out triplets needed before a candidate is judged
 MAX_HELD_OUT = 32         # the most recent held-out triplets a judgement looks at
 FIRST_ROUND_STEPS = 5     # steps before the first judgement (later: steps_per_round)
@@ -127,6 +133,8 @@ class FrameRing:
         self.segment = np.zeros(self.capacity, np.int64)
         self.chain = np.full(self.capacity, -1, np.int64)
         self.unplaced = np.zeros(self.capacity, bool)
+        self.held = np.zeros(self.capacity, bool)   # held out: judges candidates, never trained on
+        self.revisits = 0   # frames that took the split of an older frame at their place
         self.chains = 0     # chains started so far
         self.K = [np.asarray(K, np.float64)]
         self.added = 0      # frames ever added (arrival numbers continue across resets)
@@ -137,7 +145,7 @@ class FrameRing:
 
     @property
     def nbytes(self) -> int:
-        return self.images.nbytes + self.poses.nbytes + self.stamps_ns.nbytes + self.arrival.nbytes
+        return self.images.nbytes + self.poses.nbytes + self.stamps_ns.nbytes + self.arrival.nbytes + self.held.nbytes
 
     def reset(self, K: np.ndarray) -> None:
         """Forget every frame (the camera changed); ``K``: the new camera's intrinsics at network size."""
@@ -153,6 +161,7 @@ class FrameRing:
         if rgb.shape != (self.height, self.width, 3):
             raise ValueError(f'frame of shape {rgb.shape}, the buffer holds {self.height}x{self.width}x3')
         slot = self.added % self.capacity
+        self.held[slot] = self._held_out(pose)
         self.images[slot] = rgb
         self.poses[slot] = np.nan if pose is None else pose
         self.chain[slot] = -1 if pose is None else 0
@@ -193,7 +202,35 @@ class FrameRing:
 
     @staticmethod
     def held_out(arrival: int) -> bool:
-        return (arrival // HOLDOUT_BLOCK) % HOLDOUT_PERIOD == HOLDOUT_PERIOD - 1
+        """The split by arrival number: one block of ``HOLDOUT_BLOCK`` frames in ``HOLDOUT_PERIOD`` is held out."""
+        return (arrival // HOLDOUT_BLOCK) % HOLDOUT_PERIOD == HOLDOUT_PHASE
+
+    def _held_out(self, pose: np.ndarray | None) -> bool:
+        """The split of the next frame: by arrival, unless (TF pose) it revisits the place and view of a frame in
+        the ring at least a block older, whose split it takes. A robot passing again (or a replayed
+        recording) must not be judged on what it trained on at that place, nor train on what judges it."""
+        by_arrival = self.held_out(self.added)
+        if pose is None:  # two-view poses: chained per run, not comparable across runs
+            return by_arrival
+        numbers = np.arange(self.added - len(self), self.added)
+        slots = numbers % self.capacity
+        placed = (self.chain[slots] == 0) & np.isfinite(self.poses[slots, 0, 0])
+        steps = np.linalg.norm(np.diff(self.poses[slots, :3, 3], axis=0), axis=1)[placed[1:] & placed[:-1]]
+        spacing = float(np.median(steps)) if len(steps) else 0.0
+        if not spacing > 0.0:  # no camera motion yet to measure places by
+            return by_arrival
+        older = placed & (numbers <= self.added - HOLDOUT_BLOCK)
+        if not older.any():
+            return by_arrival
+        candidates = slots[older]
+        distance = np.linalg.norm(self.poses[candidates, :3, 3] - pose[:3, 3], axis=1)
+        cos_angle = (np.einsum('nij,ij->n', self.poses[candidates, :3, :3], pose[:3, :3]) - 1.0) / 2.0
+        near = (distance <= REVISIT_STEPS * spacing) & \
+            (cos_angle >= math.cos(math.radians(REVISIT_DEGREES)))
+        if not near.any():
+            return by_arrival
+        self.revisits += 1
+        return bool(self.held[candidates[near][np.argmin(distance[near])]])
 
     def triplets(self, max_gap_ns: int) -> tuple[list[tuple[int, int, int]], list[tuple[int, int, int]]]:
         """(training, held-out) triplets of slots, oldest first; a triplet straddling a block edge is in neither."""
@@ -203,7 +240,7 @@ class FrameRing:
             if (self.stamps_ns[b] - self.stamps_ns[a] > max_gap_ns or self.stamps_ns[c] - self.stamps_ns[b] > max_gap_ns
                     or not self.has_poses((a, b, c)) or not self.chain[a] == self.chain[b] == self.chain[c]):
                 continue
-            flags = {self.held_out(int(self.arrival[s])) for s in (a, b, c)}
+            flags = {bool(self.held[s]) for s in (a, b, c)}
             if flags == {True}:
                 held.append((a, b, c))
             elif flags == {False}:
