@@ -8,6 +8,7 @@ scenario allows is made on it (each start costs 7-11 s on 2 cores).
 """
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import itertools
 import json
@@ -202,6 +203,11 @@ class Launched:
         except subprocess.TimeoutExpired:
             returncode = None
         _, alive = psutil.wait_procs(children, timeout=5)
+        if returncode is None or alive:  # the test fails; leave no node behind for the next ones (same names)
+            self.kill()
+            for process in alive:
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    process.kill()
         return returncode, alive
 
     def kill(self) -> None:
