@@ -483,7 +483,8 @@ def worker_only(args: argparse.Namespace, width: int, height: int) -> int:
             if adapter.steps % 10 == 0 and adapter.steps > rows[-1][0]:
                 rows.append((adapter.steps, adapter.accepted, *evaluate(), time.perf_counter() - began))
                 print(f'  step {rows[-1][0]}: serving abs_rel {rows[-1][2]:.4f}', flush=True)
-    print(f'\nworker alone: lr {args.lr:g}, buffer {args.buffer} frames, margin {args.margin:g}; start model abs_rel {start_abs_rel:.4f} '
+    print(f'\nworker alone: lr {adapter.lr:g}, buffer {args.buffer} frames, margin {args.margin:g}; '
+          f'start model abs_rel {start_abs_rel:.4f} '
           '(median-scaled, every 10th frame of the drive)')
     print('| steps | models accepted | serving abs_rel | vs start | scale ratio | worker s |')
     print('|---:|---:|---:|---:|---:|---:|')
@@ -552,7 +553,7 @@ def tum_worker(args: argparse.Namespace, width: int, height: int) -> int:
             print(f'  pass {pass_index + 1}: {adapter.steps} steps, median-scaled abs_rel {rows[-1][3]["abs_rel"]:.4f}',
                   flush=True)
     print(f'\nworker alone on {bag.name}: {len(frames)} frames a pass ({len(scored)} scored against the Kinect), '
-          f'{args.passes} passes, {per_pass} steps after each; lr {args.lr:g}, buffer {args.buffer}, margin '
+          f'{args.passes} passes, {per_pass} steps after each; lr {adapter.lr:g}, buffer {args.buffer}, margin '
           f'{args.margin:g}, {width}x{height}, one thread')
     print('| after pass | steps | models accepted | median-scaled abs_rel | abs_rel as published | scale ratio |')
     print('|---:|---:|---:|---:|---:|---:|')
@@ -585,7 +586,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--worker-only', type=int, default=0, metavar='STEPS',
                         help='instead: the worker alone in this process for STEPS steps, scored every 10 steps')
     node = NodeConfig()  # the worker-only defaults are the node's adapt_* defaults
-    parser.add_argument('--lr', type=float, default=node.adapt_lr, help='--worker-only: learning rate (adapt_lr)')
+    parser.add_argument('--lr', type=float, default=node.adapt_lr,
+                        help='--worker-only: learning rate (adapt_lr; 0: by pose source)')
     parser.add_argument('--loss-scales', type=int, default=node.adapt_loss_scales,
                         help='--worker-only: decoder scales of the loss (adapt_loss_scales)')
     parser.add_argument('--buffer', type=int, default=node.adapt_buffer_frames,

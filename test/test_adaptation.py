@@ -266,8 +266,12 @@ def test_training_parameters_reach_the_worker(tmp_path):
     config = adapter.trainer.config
     assert (config.lr, config.loss_scales, config.batch_size) == (2e-4, 2, 3)
     assert adapter.optimizer.param_groups[0]['lr'] == 2e-4
-    assert Adapter(WorkerSettings(start=str(SHIPPED), anchor=str(SHIPPED), output=str(tmp_path / 'out')),
-                   lambda event: None).trainer.config.loss_scales == NodeConfig().adapt_loss_scales == 1
+    assert NodeConfig().adapt_lr == 0.0  # by pose source
+    for pose_source, lr in (('tf', 3e-4), ('vo', 1e-4)):
+        adapter = Adapter(WorkerSettings(start=str(SHIPPED), anchor=str(SHIPPED), output=str(tmp_path / 'out'),
+                                         pose_source=pose_source), lambda event: None)
+        assert adapter.trainer.config.loss_scales == NodeConfig().adapt_loss_scales == 1
+        assert adapter.trainer.config.lr == adapter.optimizer.param_groups[0]['lr'] == lr
 
 
 def test_metric_scale_from_tf_and_only_better_models_are_swapped_in(tmp_path, drive, frames):

@@ -80,6 +80,9 @@ RESET_AFTER = 4           # judgements in a row in which the candidate was no be
                           # serving model (one better by less than the margin keeps training)
 PLACE_PER_UNIT = 8        # frames placed by two-view geometry per unit of work (pose_source vo)
 POSE_SOURCES = ('tf', 'vo')
+# Measured on the synthetic drive (benchmarks/RESULTS.md): with TF poses and the averaged judge 3e-4 gains about a
+# third more per step than 1e-4; under two-view poses (noisier, chained) 3e-4 did worse in the node than 1e-4.
+LEARNING_RATES = {'tf': 3e-4, 'vo': 1e-4}
 CHECKPOINT_NAME = 'latest'  # OUTPUT/latest: the last accepted model
 
 
@@ -93,8 +96,8 @@ class WorkerSettings:
     pose_source: str = 'tf'     # 'tf': frames come with TF poses; 'vo': placed here by two-view geometry
     buffer_frames: int = 200
     batch_size: int = 4
-    lr: float = 3e-4            # measured (benchmarks/RESULTS.md): with the averaged judge 3e-4 gains more per step
-    loss_scales: int = 1        # the loss at the full-resolution output only: as much per step as 4 scales, ~0.6x the time
+    lr: float = 0.0             # Adam's learning rate; 0: LEARNING_RATES[pose_source]
+    loss_scales: int = 1        # loss at the full-resolution output only (as much per step as 4 scales, 0.6x the time)
     steps_per_round: int = 10
     scale_triplets: int = 6     # triplets the metric scale search looks at
     margin: float = 0.01
@@ -258,19 +261,20 @@ class Adapter:
         self.settings = settings
         self.emit = emit
         self.device = select_device(settings.device)
+        if settings.pose_source not in POSE_SOURCES:
+            raise ValueError(f'pose_source {settings.pose_source!r}: one of {POSE_SOURCES}')
+        self.lr = settings.lr or LEARNING_RATES[settings.pose_source]
         start = load_depth_checkpoint(settings.start)
         self.start = start
         self.arch, self.width, self.height = start.arch, start.width, start.height
         config = TrainingConfig(bags=('(online)',), output=settings.output, arch=start.arch, width=start.width,
-                                height=start.height, steps=1, batch_size=settings.batch_size, lr=settings.lr,
+                                height=start.height, steps=1, batch_size=settings.batch_size, lr=self.lr,
                                 loss_scales=settings.loss_scales,
                                 min_depth=settings.min_depth, max_depth=settings.max_depth,
                                 init=settings.anchor, anchor_weight=settings.anchor_weight, freeze_bn=True,
                                 device=settings.device, seed=settings.seed)
         self.trainer = Trainer(config)      # its loss and TF scoring, with this run's metric scale
         self.trainer.device = self.device
-        if settings.pose_source not in POSE_SOURCES:
-            raise ValueError(f'pose_source {settings.pose_source!r}: one of {POSE_SOURCES}')
         self.two_view = settings.pose_source == 'vo'
         self.trainer.state.pose_source = 'tf'   # the loss takes the ring's poses as given, from TF or two-view geometry
         self.placed = self.refused = 0          # two-view placements: chained, refused (a new chain)
@@ -305,7 +309,7 @@ class Adapter:
 
     def _new_optimizer(self) -> None:
         params = [p for m in (self.candidate.encoder, self.candidate.decoder) for p in m.parameters()]
-        self.optimizer = torch.optim.Adam(params, lr=self.settings.lr)
+        self.optimizer = torch.optim.Adam(params, lr=self.lr)
 
     @property
     def metric(self) -> bool:
@@ -533,7 +537,7 @@ class Adapter:
             'pose_source': self.settings.pose_source,
             'selected_by': ('loss_vo' if self.two_view else 'loss_tf') + ' (held-out recent frames)', **metric,
             'online': {'step': self.steps, 'accepted': self.accepted, 'score': score, 'serving_score': previous,
-                       'start': self.settings.start, 'anchor': self.settings.anchor,
+                       'lr': self.lr, 'start': self.settings.start, 'anchor': self.settings.anchor,
                        'settings': asdict(self.settings), 'time': time.time()},
         }
         return save_depth_checkpoint(Path(self.settings.output).expanduser() / CHECKPOINT_NAME, self.serving.encoder,

@@ -155,8 +155,9 @@ class NodeConfig:
                                   help='seconds; kept frames further apart do not form a training triplet')
     adapt_batch_size: int = option(4, min_value=1, max_value=256, read_only=True, cli=None,
                                    help='triplets per training step')
-    adapt_lr: float = option(3e-4, min_value=1e-8, max_value=1.0, read_only=True, cli=None,
-                             help='Adam learning rate of the adaptation')
+    adapt_lr: float = option(0.0, min_value=0.0, max_value=1.0, read_only=True, cli=None,
+                             help='Adam learning rate of the adaptation; 0 = by pose source: 3e-4 with TF poses, 1e-4 '
+                                  'with two-view poses')
     adapt_loss_scales: int = option(1, min_value=1, max_value=4, read_only=True, cli=None,
                                     help="decoder scales the adaptation's loss is computed at (1: the full-resolution "
                                          "output only, ~1.7x the steps of fine-tuning's 4 on a CPU)")
