@@ -204,11 +204,25 @@ class Launched:
             returncode = None
         _, alive = psutil.wait_procs(children, timeout=5)
         if returncode is None or alive:  # the test fails; leave no node behind for the next ones (same names)
+            self.stuck = self.where_stuck()
             self.kill()
             for process in alive:
                 with contextlib.suppress(psutil.NoSuchProcess):
                     process.kill()
         return returncode, alive
+
+    def stop_failure(self, returncode: int | None, left: list) -> str:
+        """The message of a failed :meth:`interrupt`: exit status, processes left, where the command waited."""
+        return f'rc {returncode}, left {left}, threads {getattr(self, "stuck", "?")}\n{self.tail()}'
+
+    def where_stuck(self) -> str:
+        """What each thread of the command waits in (kernel wchan, Linux), for the failure message."""
+        tasks = Path(f'/proc/{self.proc.pid}/task')
+        try:
+            return ', '.join(f'{t.name}:{(t / "comm").read_text().strip()}@{(t / "wchan").read_text().strip()}'
+                             for t in sorted(tasks.iterdir()))
+        except OSError as error:
+            return f'(no /proc view: {error})'
 
     def kill(self) -> None:
         """Whatever is left of its process group (after a failed test)."""
@@ -498,7 +512,7 @@ def test_depth_launch_exits_cleanly_on_sigint(depth_launch):
     assert launched.descendants(), 'the launch has no node process'
     for process in (launched, camera):
         returncode, left = process.interrupt()
-        assert returncode == 0 and not left, (returncode, left, process.tail())
+        assert returncode == 0 and not left, process.stop_failure(returncode, left)
         assert 'Traceback' not in process.text()
 
 
@@ -569,7 +583,7 @@ def test_autostart_false_then_the_readme_lifecycle_commands(ros2_env, camera_fra
         assert stride != PARAMETERS_BY_NAME['points_stride'].default
         assert 0.5 * depth[::stride, ::stride].size < len(cloud_points(out['/points'])) <= depth[::stride, ::stride].size
         returncode, left = launched.interrupt()
-        assert returncode == 0 and not left, (returncode, left, launched.tail())
+        assert returncode == 0 and not left, launched.stop_failure(returncode, left)
     finally:
         probe.close()
         launched.kill()
@@ -594,7 +608,7 @@ def test_readme_ros2_run_depth_node(ros2_env, camera_frames, tmp_path):
         assert np.isfinite(depth_array(out['/depth'])).mean() > 0.9
         assert {k: str(v) for k, v in probe.parameters(sorted(options['-p'])).items()} == options['-p']
         returncode, left = launched.interrupt()
-        assert returncode == 0 and not left, (returncode, left, launched.tail())
+        assert returncode == 0 and not left, launched.stop_failure(returncode, left)
     finally:
         probe.close()
         launched.kill()
