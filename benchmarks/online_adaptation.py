@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/online_adaptation.py [--frames 600] [--passes 3] [--off-passes 1]
         [--size 320x96] [--fps 10] [--seed 3] [--weights models/lite_hr_depth_synthetic]
         [--plot docs/images/online_adaptation.png] [--json FILE] [--node-param NAME:=VALUE ...]
-    .venv/bin/python benchmarks/online_adaptation.py --worker-only 60 [--lr 3e-4] [--loss-scales 1] [--buffer 200]
+    .venv/bin/python benchmarks/online_adaptation.py --worker-only 60 [--lr 0 (by pose source)] [--loss-scales 1] [--buffer 200]
     .venv/bin/python benchmarks/online_adaptation.py --worker-only 80 --tum [--passes 4]
     .venv/bin/python benchmarks/online_adaptation.py --tum [--passes 40] [--off-passes 5]
 

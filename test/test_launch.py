@@ -169,6 +169,7 @@ class Launched:
 
     def __init__(self, argv: list[str], env: dict[str, str], log: Path) -> None:
         self.argv, self.log = argv, log
+        self.stuck = ''  # where its threads waited when it did not stop on SIGINT (interrupt)
         with open(log, 'wb') as handle:
             # stdin not a terminal: ros2 launch runs non-interactive and forwards a SIGINT sent to it alone.
             self.proc = subprocess.Popen(argv, env=env, cwd=REPO, stdin=subprocess.DEVNULL, stdout=handle,
@@ -213,7 +214,7 @@ class Launched:
 
     def stop_failure(self, returncode: int | None, left: list) -> str:
         """The message of a failed :meth:`interrupt`: exit status, processes left, where the command waited."""
-        return f'rc {returncode}, left {left}, threads {getattr(self, "stuck", "?")}\n{self.tail()}'
+        return f'rc {returncode}, left {left}, threads {self.stuck}\n{self.tail()}'
 
     def where_stuck(self) -> str:
         """What each thread of the command waits in (kernel wchan, Linux), for the failure message."""

@@ -236,7 +236,7 @@ class FrameRing:
         return bool(self.held[candidates[near][np.argmin(distance[near])]])
 
     def triplets(self, max_gap_ns: int) -> tuple[list[tuple[int, int, int]], list[tuple[int, int, int]]]:
-        """(training, held-out) triplets of slots, oldest first; a triplet straddling a block edge is in neither."""
+        """(training, held-out) triplets of slots, oldest first; a triplet with frames on both sides is in neither."""
         slots = [n % self.capacity for n in range(self.added - len(self), self.added)]
         train, held = [], []
         for a, b, c in zip(slots, slots[1:], slots[2:]):
