@@ -32,8 +32,8 @@ fine-tuned (one colour scale, metres) for the middle held-out frame.
 
 Another RGB-D recording works the same way (``--bag``): the colour topic (Image or CompressedImage)
 and its camera_info are found as fine-tuning finds them, the depth topic is the only Image topic
-with ``depth`` in its name (16UC1 mm or 32FC1 m, stamped like the colour frames); ``--*-topic``
-choose, ``--odom-frame`` names the odometry's fixed frame in TF.
+with ``depth`` in its name (16UC1 mm or 32FC1 m; each colour frame gets the depth image stamped nearest
+to it within 20 ms, one-to-one, as fine-tuning matches ground truth); ``--*-topic`` choose, ``--odom-frame`` names the odometry's fixed frame in TF.
 """
 from __future__ import annotations
 
@@ -92,16 +92,41 @@ def sequence_topics(bag: Path, image: str | None = None, info: str | None = None
     return {'image': config.image_topic, 'info': config.camera_info_topic, 'depth': config.gt_depth_topic}
 
 
+def depth_stamps(bag: Path, topics: dict[str, str] = TUM_TOPICS,
+                 tolerance_s: float = DataConfig.gt_depth_tolerance) -> tuple[list[int], dict[int, int]]:
+    """The colour frames' stamps in order, and colour stamp -> stamp of its depth image: the nearest within
+    ``tolerance_s`` (fine-tuning's ``gt_depth_tolerance``), one-to-one, closest pairs first (TUM's associate.py).
+    A depth camera stamps on its own clock tick; the shared TUM bag's depth carries the colour stamps."""
+    colour, depth = [], []
+    for topic, _, stamp, _ in read_messages(bag, [topics['image'], topics['depth']]):
+        (colour if topic == topics['image'] else depth).append(stamp)
+    colour, depth = sorted(colour), np.array(sorted(depth), dtype=np.int64)
+    tolerance = int(tolerance_s * 1e9)
+    candidates = []
+    for c in colour:  # the depth stamps on either side of each colour stamp
+        k = int(np.searchsorted(depth, c))
+        candidates += [(abs(int(depth[j]) - c), c, int(depth[j])) for j in (k - 1, k)
+                       if 0 <= j < len(depth) and abs(int(depth[j]) - c) <= tolerance]
+    matched: dict[int, int] = {}
+    used: set[int] = set()
+    for _, c, d in sorted(candidates):
+        if c not in matched and d not in used:
+            matched[c] = d
+            used.add(d)
+    return colour, matched
+
+
 def split_bag(source: Path, dest: Path, train_frames: int, last: bool = False,
               topics: dict[str, str] = TUM_TOPICS) -> tuple[Path, list[int]]:
     """Copy the first (``last``: the last) ``train_frames`` colour frames of ``source`` (with their camera_info
-    and depth, and all TF) into a new rosbag2 ``dest`` (from a rosbag2 or a ROS 1 bag, whose messages are
-    converted); returns it and the stamps of all colour frames in order."""
+    and the depth images matched to them, and all TF) into a new rosbag2 ``dest`` (from a rosbag2 or a ROS 1 bag,
+    whose messages are converted); returns it and the stamps of all colour frames in order."""
     from rosbags.rosbag2 import StoragePlugin, Writer
     from rosbags.typesys import Stores, get_typestore
 
-    stamps = sorted(stamp for _, _, stamp, _ in read_messages(source, [topics['image']]))
+    stamps, matched = depth_stamps(source, topics)
     kept = stamps[-train_frames:] if last else stamps[:train_frames]
+    kept_depth = {matched[c] for c in kept if c in matched}
     if dest.exists():
         shutil.rmtree(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -117,7 +142,10 @@ def split_bag(source: Path, dest: Path, train_frames: int, last: bool = False,
         for connection, t_ns, raw in reader.messages(connections=connections):
             if connection.topic in topics.values():
                 header = reader.deserialize(raw, connection.msgtype).header
-                if not kept[0] <= header.stamp.sec * 1_000_000_000 + header.stamp.nanosec <= kept[-1]:
+                stamp = header.stamp.sec * 1_000_000_000 + header.stamp.nanosec
+                if connection.topic == topics['depth'] and stamp not in kept_depth:
+                    continue
+                if connection.topic != topics['depth'] and not kept[0] <= stamp <= kept[-1]:
                     continue
             writer.write(out[connection.topic], t_ns, raw if reader.is2 else latest.ros1_to_cdr(raw, connection.msgtype))
     return dest, stamps
@@ -125,17 +153,19 @@ def split_bag(source: Path, dest: Path, train_frames: int, last: bool = False,
 
 def heldout_frames(bag: Path, stamps: list[int], train_frames: int, last: bool = False,
                    topics: dict[str, str] = TUM_TOPICS) -> list[EvalFrame]:
-    """Colour frames after (``last``: before) the training ones that have a depth image with their stamp,
-    rectified (image and depth)."""
+    """Colour frames after (``last``: before) the training ones that have a depth image matched to them
+    (:func:`depth_stamps`), rectified (image and depth)."""
     wanted = set(stamps[:len(stamps) - train_frames] if last else stamps[train_frames:])
+    _, matched = depth_stamps(bag, topics)
+    colour_of = {d: c for c, d in matched.items() if c in wanted}
     rgb, depth, info = {}, {}, None
     for topic, _, stamp, msg in read_messages(bag, [topics['image'], topics['info'], topics['depth']]):
         if topic == topics['info'] and info is None:
             info = calibration_of(msg)
         elif stamp in wanted and topic == topics['image']:
             rgb[stamp] = message_to_rgb(msg)
-        elif stamp in wanted and topic == topics['depth']:
-            depth[stamp] = depth_to_metres(msg)
+        elif stamp in colour_of and topic == topics['depth']:
+            depth[colour_of[stamp]] = depth_to_metres(msg)
     frames = []
     for stamp in sorted(set(rgb) & set(depth)):
         rectifier = rectifier_for(info, (rgb[stamp].shape[1], rgb[stamp].shape[0]))
@@ -195,8 +225,8 @@ def main() -> int:
     parser.add_argument('--image', type=Path, default=None, help='write the picture here (PNG)')
     parser.add_argument('--image-topic', help='colour Image or CompressedImage topic (default: found in the bag)')
     parser.add_argument('--info-topic', help='its CameraInfo topic (default: found in the bag)')
-    parser.add_argument('--depth-topic', help='depth Image topic, 16UC1 mm or 32FC1 m, stamped like the colour '
-                                              'frames (default: the only Image topic named for depth)')
+    parser.add_argument('--depth-topic', help='depth Image topic, 16UC1 mm or 32FC1 m, stamped within 20 ms of '
+                                              'the colour frames (default: the only Image topic named for depth)')
     parser.add_argument('--odom-frame', default='odom', help='fixed frame of the odometry in TF')
     args = parser.parse_args()
     if not is_bag(args.bag):
@@ -217,7 +247,8 @@ def main() -> int:
                                   args.train_frames, last, topics)
     frames = heldout_frames(args.bag, stamps, args.train_frames, last, topics)
     if not frames:
-        print(f'no scored frame of {args.bag} has a depth image with its stamp on {topics["depth"]}', file=sys.stderr)
+        print(f'no scored frame of {args.bag} has a depth image on {topics["depth"]} stamped within '
+              f'{DataConfig.gt_depth_tolerance * 1000:g} ms of it', file=sys.stderr)
         return 1
     start_depth = predictions(start, frames, args.threads)
     results = [('start checkpoint', '', *score_depths([(f.depth_gt, d) for f, d in zip(frames, start_depth)]), '')]

@@ -9,6 +9,7 @@ import pytest
 from rosbags.rosbag2 import StoragePlugin, Writer
 from rosbags.typesys import Stores, get_typestore
 
+from hr_depth_ros.core.bags import read_messages
 from hr_depth_ros.core.image_decoding import array_to_image_fields
 from hr_depth_ros.core.synthetic import SyntheticDrive
 from hr_depth_ros.core.training.data import DataConfig, prepare_data
@@ -131,7 +132,6 @@ def test_real_sequence_benchmark_splits_by_time(tmp_path, last):
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / 'benchmarks'))
     import real_sequence
-    from hr_depth_ros.core.bags import read_messages
 
     bag, stamps = real_sequence.split_bag(REAL, tmp_path / 'train', 24, last)
     kept = stamps[-24:] if last else stamps[:24]
@@ -174,23 +174,26 @@ def _as_ros1(bag: Path, dest: Path) -> Path:
     return dest
 
 
-@pytest.mark.parametrize('ros1', [False, True])
-def test_real_sequence_benchmark_takes_another_rgbd_recording(tmp_path, monkeypatch, ros1):
+@pytest.mark.parametrize('ros1, offset_ms', [(False, 0.0), (True, 0.0), (False, -15.0)])
+def test_real_sequence_benchmark_takes_another_rgbd_recording(tmp_path, monkeypatch, ros1, offset_ms):
     """benchmarks/real_sequence.py on a recording shaped unlike the TUM bag (raw rgb8 colour, 32FC1 depth on
-    another topic, rosbag2 or ROS 1): topics found, the split bag is a rosbag2 fine-tuning reads, scored frames
-    carry the sensor's metres."""
+    another topic, rosbag2 or ROS 1, depth stamped by the depth camera's own clock tick up to 20 ms off): topics
+    found, the split bag is a rosbag2 fine-tuning reads with the training frames' depth, scored frames carry the
+    sensor's metres."""
     import sys
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / 'benchmarks'))
     import real_sequence
 
-    bag = write_depth_sensor_bag(tmp_path / 'bag', '32FC1', offset_ms=0.0, frames=12)
+    bag = write_depth_sensor_bag(tmp_path / 'bag', '32FC1', offset_ms=offset_ms, frames=12)
     if ros1:
         bag = _as_ros1(bag, tmp_path / 'robot.bag')
     topics = real_sequence.sequence_topics(bag)
     assert topics == {'image': '/camera/image_raw', 'info': '/camera/camera_info', 'depth': SENSOR}
     train, stamps = real_sequence.split_bag(bag, tmp_path / 'train', 8, topics=topics)
     assert len(stamps) == 12
+    depth_in_train = [stamp for _, _, stamp, _ in read_messages(train, [SENSOR])]
+    assert sorted(depth_in_train) == [s + int(offset_ms * 1e6) for s in stamps[:8]]  # theirs, not the 9th frame's
     data = prepare_data(DataConfig(bags=[train], width=W, height=H, gt_depth_topic=SENSOR, min_motion=0.0))
     try:
         assert sorted(data.store.stamps_ns) == stamps[:8] and data.store.has_depth.all()
