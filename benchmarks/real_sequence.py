@@ -31,8 +31,8 @@ scale bias (not corrected). Prints a Markdown table; ``--image`` writes RGB | Ki
 fine-tuned (one colour scale, metres) for the middle held-out frame.
 
 Another RGB-D recording works the same way (``--bag``): the colour topic (Image or CompressedImage)
-and its camera_info are found as fine-tuning finds them, the depth topic is the only Image topic
-with ``depth`` in its name (16UC1 mm or 32FC1 m; each colour frame gets the depth image stamped nearest
+and its camera_info are found as fine-tuning finds them, the depth topic is the only Image (or
+compressedDepth CompressedImage) topic with ``depth`` in its name (16UC1 mm or 32FC1 m; each colour frame gets the depth image stamped nearest
 to it within 20 ms, one-to-one, as fine-tuning matches ground truth); ``--*-topic`` choose, ``--odom-frame`` names the odometry's fixed frame in TF.
 """
 from __future__ import annotations
@@ -76,11 +76,12 @@ ROWS = {  # name -> (label, pose source, more TrainingConfig fields; 'gt': the d
 def sequence_topics(bag: Path, image: str | None = None, info: str | None = None,
                     depth: str | None = None) -> dict[str, str]:
     """The colour, camera_info and depth topics (keys image, info, depth) of an RGB-D bag: the given ones, else
-    colour and camera_info as fine-tuning chooses them (``resolve_topics``) and the only Image topic named for
-    depth; DataError naming the candidates when that is ambiguous."""
+    colour and camera_info as fine-tuning chooses them (``resolve_topics``) and the only Image / CompressedImage
+    topic named for depth; DataError naming the candidates when that is ambiguous."""
     topics = list_topics(bag)
     if depth is None:
-        depths = sorted(t for t, kind in topics.items() if kind == 'sensor_msgs/msg/Image' and is_depth_topic(t))
+        depths = sorted(t for t, kind in topics.items()
+                        if kind in ('sensor_msgs/msg/Image', 'sensor_msgs/msg/CompressedImage') and is_depth_topic(t))
         if len(depths) != 1:
             raise DataError(f'bag {bag}: {len(depths)} depth image topics ({", ".join(depths) or "none"}); give '
                             '--depth-topic')
@@ -225,8 +226,9 @@ def main() -> int:
     parser.add_argument('--image', type=Path, default=None, help='write the picture here (PNG)')
     parser.add_argument('--image-topic', help='colour Image or CompressedImage topic (default: found in the bag)')
     parser.add_argument('--info-topic', help='its CameraInfo topic (default: found in the bag)')
-    parser.add_argument('--depth-topic', help='depth Image topic, 16UC1 mm or 32FC1 m, stamped within 20 ms of '
-                                              'the colour frames (default: the only Image topic named for depth)')
+    parser.add_argument('--depth-topic', help='depth topic (Image or compressedDepth), 16UC1 mm or 32FC1 m, stamped '
+                                              'within 20 ms of the colour frames (default: the only one named for '
+                                              'depth)')
     parser.add_argument('--odom-frame', default='odom', help='fixed frame of the odometry in TF')
     args = parser.parse_args()
     if not is_bag(args.bag):

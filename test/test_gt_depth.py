@@ -10,7 +10,7 @@ from rosbags.rosbag2 import StoragePlugin, Writer
 from rosbags.typesys import Stores, get_typestore
 
 from hr_depth_ros.core.bags import read_messages
-from hr_depth_ros.core.image_decoding import array_to_image_fields
+from hr_depth_ros.core.image_decoding import array_to_image_fields, encode_compressed_depth
 from hr_depth_ros.core.synthetic import SyntheticDrive
 from hr_depth_ros.core.training.data import DataConfig, prepare_data
 from hr_depth_ros.tools import finetune
@@ -19,14 +19,19 @@ from hr_depth_ros.tools.make_synthetic_bag import (DEPTH_GT_TOPIC, TOPIC_TYPES, 
 
 W, H = 128, 64
 SENSOR = '/camera/depth/image_raw'
+COMPRESSED_SENSOR = SENSOR + '/compressedDepth'
 
 
-def write_depth_sensor_bag(path: Path, encoding: str, offset_ms: float, frames: int = 16) -> Path:
+def write_depth_sensor_bag(path: Path, encoding: str, offset_ms: float, frames: int = 16,
+                           compressed: bool = False) -> Path:
     """A synthetic drive whose depth comes from a 'sensor': ``encoding`` (16UC1 mm, 0 = none; 32FC1 m,
-    0 = none), stamped ``offset_ms`` after the colour frame, on its own topic; colour only on /camera/image_raw."""
+    0 = none), stamped ``offset_ms`` after the colour frame, on its own topic (``compressed``: through the
+    compressedDepth transport on :data:`COMPRESSED_SENSOR`, as ``ros2 bag record`` stores it); colour only on
+    /camera/image_raw."""
     drive = SyntheticDrive(W, H, fps=10.0, seed=7)
     typestore = get_typestore(Stores.LATEST)
-    types = TOPIC_TYPES | {SENSOR: 'sensor_msgs/msg/Image'}
+    sensor = COMPRESSED_SENSOR if compressed else SENSOR
+    types = TOPIC_TYPES | {sensor: 'sensor_msgs/msg/CompressedImage' if compressed else 'sensor_msgs/msg/Image'}
     events = []
     odometry = tf_stamps_ns(drive, frames, 30.0, 0.003)
     events.append((odometry[0], '/tf_static', static_tf_msg(typestore, odometry[0])))
@@ -42,8 +47,13 @@ def write_depth_sensor_bag(path: Path, encoding: str, offset_ms: float, frames: 
                 types_ = typestore.types
                 header = types_['std_msgs/msg/Header'](frame_id=msg.header.frame_id, stamp=types_[
                     'builtin_interfaces/msg/Time'](sec=shifted // 1_000_000_000, nanosec=shifted % 1_000_000_000))
-                msg = types_['sensor_msgs/msg/Image'](header=header, **array_to_image_fields(data, encoding))
-                events.append((shifted, SENSOR, msg))
+                if compressed:  # the plugin's far limit set beyond the drive's 60 m
+                    fmt, payload = encode_compressed_depth(data, encoding, depth_max=100.0)
+                    msg = types_['sensor_msgs/msg/CompressedImage'](header=header, format=fmt,
+                                                                    data=np.frombuffer(payload, np.uint8))
+                else:
+                    msg = types_['sensor_msgs/msg/Image'](header=header, **array_to_image_fields(data, encoding))
+                events.append((shifted, sensor, msg))
             elif topic in ('/camera/image_raw', '/camera/camera_info'):
                 events.append((stamp, topic, msg))
     with Writer(path, version=8, storage_plugin=StoragePlugin.MCAP) as writer:
@@ -53,10 +63,15 @@ def write_depth_sensor_bag(path: Path, encoding: str, offset_ms: float, frames: 
     return path
 
 
-@pytest.mark.parametrize('encoding', ['16UC1', '32FC1'])
-def test_depth_sensor_topic_is_read_in_metres_and_matched_by_stamp(tmp_path, encoding):
-    bag = write_depth_sensor_bag(tmp_path / 'bag', encoding, offset_ms=7.0)
-    data = prepare_data(DataConfig(bags=[bag], width=W, height=H, gt_depth_topic=SENSOR, min_motion=0.0))
+@pytest.mark.parametrize('encoding, compressed', [('16UC1', False), ('32FC1', False), ('16UC1', True),
+                                                  ('32FC1', True)])
+def test_depth_sensor_topic_is_read_in_metres_and_matched_by_stamp(tmp_path, encoding, compressed):
+    """A depth sensor's topic, raw or through the compressedDepth transport, is read in metres."""
+    bag = write_depth_sensor_bag(tmp_path / 'bag', encoding, offset_ms=7.0, compressed=compressed)
+    sensor = COMPRESSED_SENSOR if compressed else SENSOR
+    # compressedDepth 32FC1 is quantised inverse depth: a step is depth / 10100 (0.6 % at 60 m)
+    rtol = 7e-3 if compressed and encoding == '32FC1' else 2e-3
+    data = prepare_data(DataConfig(bags=[bag], width=W, height=H, gt_depth_topic=sensor, min_motion=0.0))
     try:
         assert data.store.has_depth.all()  # 7 ms off: within the default 20 ms
         assert data.topics['image'] == '/camera/image_raw'  # the depth image topic is never taken for colour
@@ -64,20 +79,20 @@ def test_depth_sensor_topic_is_read_in_metres_and_matched_by_stamp(tmp_path, enc
         index = int(np.flatnonzero(data.store.stamps_ns == drive.stamp_ns(5))[0])
         truth, read = drive.frame(5).depth, data.store.depth(index)
         both = np.isfinite(truth) & np.isfinite(read) & (truth < 60)
-        assert both.mean() > 0.5 and np.allclose(read[both], truth[both], rtol=2e-3, atol=1e-3)
+        assert both.mean() > 0.5 and np.allclose(read[both], truth[both], rtol=rtol, atol=1e-3)
         assert np.isnan(read[~np.isfinite(truth) | (truth > 60.5)]).all()  # 0 = no data
-        assert not [line for line in data.warnings if SENSOR in line]
+        assert not [line for line in data.warnings if sensor in line]
         # Chosen from the bag (options left unset) and said so; a 16-frame bag still validates on a few samples.
         assert any('/camera/image_raw' in line for line in data.topic_choices)
         assert any('/camera/camera_info' in line for line in data.topic_choices)
         assert len(data.val) >= 3 and any('validation samples' in line for line in data.warnings)
     finally:
         data.close()
-    far = prepare_data(DataConfig(bags=[bag], width=W, height=H, gt_depth_topic=SENSOR, min_motion=0.0,
+    far = prepare_data(DataConfig(bags=[bag], width=W, height=H, gt_depth_topic=sensor, min_motion=0.0,
                                   gt_depth_tolerance=0.005))
     try:  # 7 ms off with a 5 ms tolerance: nothing matches, and the user is told so
         assert not far.store.has_depth.any()
-        assert any(SENSOR in line and 'validation' in line for line in far.warnings)
+        assert any(sensor in line and 'validation' in line for line in far.warnings)
     finally:
         far.close()
 
@@ -174,10 +189,12 @@ def _as_ros1(bag: Path, dest: Path) -> Path:
     return dest
 
 
-@pytest.mark.parametrize('ros1, offset_ms', [(False, 0.0), (True, 0.0), (False, -15.0)])
-def test_real_sequence_benchmark_takes_another_rgbd_recording(tmp_path, monkeypatch, ros1, offset_ms):
+@pytest.mark.parametrize('ros1, offset_ms, compressed', [(False, 0.0, False), (True, 0.0, False),
+                                                         (False, -15.0, True)])
+def test_real_sequence_benchmark_takes_another_rgbd_recording(tmp_path, monkeypatch, ros1, offset_ms, compressed):
     """benchmarks/real_sequence.py on a recording shaped unlike the TUM bag (raw rgb8 colour, 32FC1 depth on
-    another topic, rosbag2 or ROS 1, depth stamped by the depth camera's own clock tick up to 20 ms off): topics
+    another topic, raw or compressedDepth, rosbag2 or ROS 1, depth stamped by the depth camera's own clock tick up
+    to 20 ms off): topics
     found, the split bag is a rosbag2 fine-tuning reads with the training frames' depth, scored frames carry the
     sensor's metres."""
     import sys
@@ -185,16 +202,17 @@ def test_real_sequence_benchmark_takes_another_rgbd_recording(tmp_path, monkeypa
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / 'benchmarks'))
     import real_sequence
 
-    bag = write_depth_sensor_bag(tmp_path / 'bag', '32FC1', offset_ms=offset_ms, frames=12)
+    bag = write_depth_sensor_bag(tmp_path / 'bag', '32FC1', offset_ms=offset_ms, frames=12, compressed=compressed)
     if ros1:
         bag = _as_ros1(bag, tmp_path / 'robot.bag')
+    sensor = COMPRESSED_SENSOR if compressed else SENSOR
     topics = real_sequence.sequence_topics(bag)
-    assert topics == {'image': '/camera/image_raw', 'info': '/camera/camera_info', 'depth': SENSOR}
+    assert topics == {'image': '/camera/image_raw', 'info': '/camera/camera_info', 'depth': sensor}
     train, stamps = real_sequence.split_bag(bag, tmp_path / 'train', 8, topics=topics)
     assert len(stamps) == 12
-    depth_in_train = [stamp for _, _, stamp, _ in read_messages(train, [SENSOR])]
+    depth_in_train = [stamp for _, _, stamp, _ in read_messages(train, [sensor])]
     assert sorted(depth_in_train) == [s + int(offset_ms * 1e6) for s in stamps[:8]]  # theirs, not the 9th frame's
-    data = prepare_data(DataConfig(bags=[train], width=W, height=H, gt_depth_topic=SENSOR, min_motion=0.0))
+    data = prepare_data(DataConfig(bags=[train], width=W, height=H, gt_depth_topic=sensor, min_motion=0.0))
     try:
         assert sorted(data.store.stamps_ns) == stamps[:8] and data.store.has_depth.all()
         assert data.pose_source == 'tf'  # TF came along whole
@@ -205,13 +223,14 @@ def test_real_sequence_benchmark_takes_another_rgbd_recording(tmp_path, monkeypa
     assert [f.stamp_ns for f in frames] == stamps[8:] and all(f.rgb.shape == (H, W, 3) for f in frames)
     truth = drive.frame(8).depth
     both = np.isfinite(truth) & (truth < 60) & np.isfinite(frames[0].depth_gt)
-    assert both.mean() > 0.5 and np.allclose(frames[0].depth_gt[both], truth[both], rtol=1e-5, atol=1e-4)
+    assert both.mean() > 0.5 and np.allclose(frames[0].depth_gt[both], truth[both], rtol=7e-3 if compressed else 1e-5,
+                                             atol=1e-4)
     # Two depth images (or none): the user is asked to choose, with the candidates named.
     two = {**real_sequence.list_topics(bag), '/camera/aligned_depth_to_color/image_raw': 'sensor_msgs/msg/Image'}
     monkeypatch.setattr(real_sequence, 'list_topics', lambda _: two)
     with pytest.raises(real_sequence.DataError, match='2 depth image topics.*aligned_depth_to_color.*--depth-topic'):
         real_sequence.sequence_topics(bag)
-    assert real_sequence.sequence_topics(bag, depth=SENSOR)['depth'] == SENSOR
+    assert real_sequence.sequence_topics(bag, depth=sensor)['depth'] == sensor
 
 
 @pytest.mark.skipif(not (REAL / 'metadata.yaml').is_file(),

@@ -197,6 +197,56 @@ def test_compressed_errors():
         dec.encode_compressed(smooth_rgb(), 'webp')
 
 
+def _compressed_depth_msg(encoding: str, image: np.ndarray, quant_a: float = 0.0, quant_b: float = 0.0):
+    """A compressedDepth CompressedImage laid out by hand as image_transport's plugin writes it: a 12-byte header
+    (int32 format 0, float32 quantisation A, B; little-endian) then a 16-bit PNG."""
+    import struct
+
+    ok, png = cv2.imencode('.png', image.astype(np.uint16))
+    assert ok
+    return SimpleNamespace(format=f'{encoding}; compressedDepth png',
+                           data=struct.pack('<iff', 0, quant_a, quant_b) + png.tobytes())
+
+
+def test_compressed_depth_is_read_in_metres():
+    """image_transport's compressedDepth (what ``ros2 bag record`` stores for .../compressedDepth): 16UC1 is PNG
+    millimetres; 32FC1 is PNG-quantised inverse depth, depth = A / (q - B), q = 0 no data."""
+    mm = np.array([[0, 500, 1234], [65535, 1, 4000]], np.uint16)
+    out = dec.depth_to_metres(_compressed_depth_msg('16UC1', mm))
+    assert np.isnan(out[0, 0]) and np.allclose(out[~np.isnan(out)], mm[mm > 0] / 1000.0)
+    a, b = 100.0 * 101.0, 1.0 - 100.0 * 101.0 / 10.0  # the plugin's defaults: quantisation 100, depth_max 10 m
+    metres = np.array([[0.5, 1.0, 2.0], [5.0, 9.0, np.nan]], np.float32)
+    q = np.where(np.isfinite(metres), np.round(a / np.nan_to_num(metres, nan=1.0) + b), 0)
+    out = dec.depth_to_metres(_compressed_depth_msg('32FC1', q, a, b))
+    assert np.isnan(out[1, 2]) and np.allclose(out[:, :2], metres[:, :2], rtol=5e-3)
+    # The repository's writer (bags, tests) produces what the reader takes, both encodings.
+    for encoding, depth in (('16UC1', mm), ('32FC1', metres)):
+        fmt, payload = dec.encode_compressed_depth(depth, encoding)
+        again = dec.depth_to_metres(SimpleNamespace(format=fmt, data=np.frombuffer(payload, np.uint8)))
+        expected = dec.depth_to_metres(_compressed_depth_msg('16UC1', mm)) if encoding == '16UC1' else metres
+        assert np.array_equal(np.isnan(again), np.isnan(expected))
+        assert np.allclose(again[~np.isnan(again)], expected[~np.isnan(expected)], rtol=5e-3)
+
+
+def test_compressed_depth_errors_name_the_format():
+    mm = np.ones((4, 4), np.uint16)
+    with pytest.raises(UnsupportedEncoding, match='compressedDepth rvl'):
+        dec.depth_to_metres(SimpleNamespace(format='16UC1; compressedDepth rvl', data=b'\x00' * 40))
+    with pytest.raises(UnsupportedEncoding, match='rgb8; jpeg'):
+        dec.depth_to_metres(SimpleNamespace(format='rgb8; jpeg compressed bgr8', data=b'\x00' * 40))
+    with pytest.raises(MalformedImage, match='no image'):
+        dec.depth_to_metres(SimpleNamespace(format='16UC1; compressedDepth png', data=b'\x00' * 12))
+    with pytest.raises(MalformedImage, match='neither JPEG nor PNG'):
+        dec.depth_to_metres(SimpleNamespace(format='16UC1; compressedDepth png', data=b'\x00' * 40))
+    rgb_png = _compressed_depth_msg('16UC1', mm)
+    ok, colour = cv2.imencode('.png', np.zeros((4, 4, 3), np.uint8))
+    rgb_png.data = rgb_png.data[:12] + colour.tobytes()
+    with pytest.raises(MalformedImage, match='one-channel 16-bit'):
+        dec.depth_to_metres(rgb_png)
+    with pytest.raises(MalformedImage, match='max'):
+        dec.depth_to_metres(_compressed_depth_msg('16UC1', mm), max_pixels=10)
+
+
 @pytest.mark.parametrize('encoding', ['rgb8', 'bgr8', 'rgba8', 'bgra8', 'mono8'])
 def test_rgb_to_image_fields_round_trip(encoding):
     rgb = smooth_rgb()

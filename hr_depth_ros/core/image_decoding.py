@@ -53,6 +53,8 @@ __all__ = [
     'message_to_rgb',
     'image_to_array',
     'depth_to_metres',
+    'compressed_depth_to_metres',
+    'encode_compressed_depth',
     'DEPTH_ENCODINGS',
     'compressed_to_rgb',
     'rgb_to_image_fields',
@@ -215,11 +217,14 @@ DEPTH_ENCODINGS = ('16UC1', 'mono16', '32FC1')
 
 
 def depth_to_metres(msg: Any, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
-    """A depth Image in metres, ``H x W`` float32 with NaN where invalid (REP 118).
+    """A depth Image, or a CompressedImage of image_transport's ``compressedDepth`` plugin, in metres:
+    ``H x W`` float32 with NaN where invalid (REP 118).
 
     ``16UC1`` / ``mono16``: millimetres, 0 = no data; ``32FC1``: metres, NaN, inf, 0 and negative
     values = no data. UnsupportedEncoding for any other encoding (naming it).
     """
+    if hasattr(msg, 'format') and not hasattr(msg, 'encoding'):
+        return compressed_depth_to_metres(msg, max_pixels)
     encoding = str(msg.encoding).strip()
     if encoding not in DEPTH_ENCODINGS:
         raise UnsupportedEncoding(f'depth image encoding {shorten(encoding)} is not a depth encoding; use '
@@ -227,12 +232,55 @@ def depth_to_metres(msg: Any, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarra
     raw = image_to_array(msg, max_pixels)
     if raw.ndim != 2:
         raise MalformedImage(f'depth image has {raw.shape[2]} channels, expected 1')
+    return _depth_metres(raw)
+
+
+def _depth_metres(raw: np.ndarray) -> np.ndarray:
+    """Millimetres (unsigned integers) or metres (floats) -> metres, NaN where there is no data."""
     if raw.dtype.kind == 'u':
         depth = raw.astype(np.float32) * np.float32(0.001)
     else:
         depth = raw.astype(np.float32, copy=True)
     depth[~(np.isfinite(depth) & (depth > 0))] = np.nan
     return depth
+
+
+_DEPTH_HEADER = struct.Struct('<iff')  # image_transport compressedDepth: format (0: inverse depth), quantisation A, B
+
+
+def compressed_depth_to_metres(msg: Any, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """A CompressedImage of the ``compressedDepth`` transport (format ``"16UC1; compressedDepth png"`` or
+    ``"32FC1; compressedDepth png"``, as ``ros2 bag record`` stores ``.../compressedDepth`` topics) in metres.
+
+    The payload is a 12-byte header (format, two quantisation parameters) and a 16-bit PNG: millimetres
+    for 16UC1, quantised inverse depth for 32FC1 (depth = A / (q - B), q = 0: no data).
+    UnsupportedEncoding for other formats (the ``rvl`` codec included), MalformedImage for a bad payload.
+    """
+    fmt = str(getattr(msg, 'format', '')).strip()
+    encoding, _, compression = fmt.partition(';')
+    encoding, compression = encoding.strip(), compression.strip().lower()
+    if encoding not in DEPTH_ENCODINGS or (compression and compression not in ('compresseddepth',
+                                                                                'compresseddepth png')):
+        raise UnsupportedEncoding(f'compressed depth format {shorten(fmt)} is not supported; use an Image topic or '
+                                  'compressedDepth png of 16UC1 / 32FC1')
+    data = _data_bytes(msg.data)
+    if data.size <= _DEPTH_HEADER.size:
+        raise MalformedImage(f'compressedDepth image (format {shorten(fmt)}) of {data.size} bytes has no image')
+    _, quant_a, quant_b = _DEPTH_HEADER.unpack(data[:_DEPTH_HEADER.size].tobytes())
+    payload = data[_DEPTH_HEADER.size:]
+    kind, width, height = compressed_size(payload)
+    _check_pixels(width, height, max_pixels, f'compressedDepth {kind} image')
+    raw = cv2.imdecode(payload, cv2.IMREAD_UNCHANGED)
+    if raw is None or raw.ndim != 2 or raw.dtype != np.uint16:
+        raise MalformedImage(f'compressedDepth payload (format {shorten(fmt)}) is not a one-channel 16-bit '
+                             f'{kind} image')
+    if encoding != '32FC1':
+        return _depth_metres(raw)
+    quantised = raw.astype(np.float32)
+    with np.errstate(divide='ignore', invalid='ignore'):
+        depth = np.float32(quant_a) / (quantised - np.float32(quant_b))
+    depth[raw == 0] = np.nan
+    return _depth_metres(depth)
 
 
 def image_to_rgb(msg: Any, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
@@ -452,6 +500,31 @@ def encode_compressed(rgb: np.ndarray, fmt: str = 'jpeg', quality: int = 90) -> 
     if not ok:
         raise MalformedImage(f'OpenCV failed to encode a {rgb.shape} image as {name}')
     return CompressedData(f'rgb8; {name} compressed bgr8', buf.tobytes())
+
+
+def encode_compressed_depth(depth: np.ndarray, encoding: str = '16UC1', depth_max: float = 10.0,
+                            depth_quantization: float = 100.0) -> CompressedData:
+    """Encode depth as image_transport's ``compressedDepth`` plugin does (png): ``16UC1`` millimetres
+    (uint16) as they are, ``32FC1`` metres as quantised inverse depth with its parameters (``depth_max``,
+    ``depth_quantization``: the plugin's defaults). For bags and tests; :func:`depth_to_metres` reads it."""
+    if encoding == '16UC1':
+        image = np.asarray(depth, dtype=np.uint16)
+        quant_a = quant_b = 0.0
+    elif encoding == '32FC1':
+        metres = np.asarray(depth, dtype=np.float32)
+        quant_a = depth_quantization * (depth_quantization + 1.0)
+        quant_b = 1.0 - quant_a / depth_max
+        with np.errstate(divide='ignore', invalid='ignore'):
+            quantised = quant_a / metres + quant_b
+        keep = np.isfinite(metres) & (metres > 0) & (metres < depth_max)
+        image = np.where(keep, np.clip(quantised, 1, 65535), 0).astype(np.uint16)
+    else:
+        raise UnsupportedEncoding(f'compressedDepth encodes 16UC1 or 32FC1, not {shorten(encoding)}')
+    ok, buf = cv2.imencode('.png', image, [cv2.IMWRITE_PNG_COMPRESSION, 1])
+    if not ok:
+        raise MalformedImage(f'OpenCV failed to encode a {image.shape} depth image as png')
+    header = _DEPTH_HEADER.pack(0, np.float32(quant_a), np.float32(quant_b))
+    return CompressedData(f'{encoding}; compressedDepth png', header + buf.tobytes())
 
 
 IMAGE_FILE_EXTENSIONS = ('jpg', 'jpeg', 'png', 'bmp', 'ppm', 'tif', 'tiff', 'webp')

@@ -85,8 +85,9 @@ class CheckedBag:
 
 def is_depth_topic(topic: str) -> bool:
     """Whether a topic's name says it carries depth images (a name part containing ``depth``:
-    ``/camera/depth/image_raw``, ``/camera/depth_registered/image``, ``/aligned_depth_to_color/image_raw``)."""
-    return any('depth' in part for part in topic.split('/'))
+    ``/camera/depth/image_raw``, ``/camera/depth_registered/image``, ``/aligned_depth_to_color/image_raw``,
+    ``.../compressedDepth``)."""
+    return any('depth' in part.lower() for part in topic.split('/'))
 
 
 def _only(names: list[str], what: str, bag: Path, topics: dict[str, str], hint: str) -> str:
@@ -153,8 +154,9 @@ def check_topics(bag: Path, config: DataConfig,
     if image_type not in (IMAGE_TYPE, COMPRESSED_TYPE):
         raise DataError(f'bag {bag}: {config.image_topic} is {image_type}, not sensor_msgs/Image or '
                         f'sensor_msgs/CompressedImage; its topics are: {_describe_topics(topics)}')
-    if config.gt_depth_topic and topics.get(config.gt_depth_topic) != IMAGE_TYPE:
-        raise DataError(f'bag {bag} has no sensor_msgs/Image depth topic {config.gt_depth_topic}; '
+    if config.gt_depth_topic and topics.get(config.gt_depth_topic) not in (IMAGE_TYPE, COMPRESSED_TYPE):
+        raise DataError(f'bag {bag} has no depth topic {config.gt_depth_topic} (sensor_msgs/Image, or '
+                        f'CompressedImage of the compressedDepth transport); '
                         f'its topics are: {_describe_topics(topics)}')
     info_type = topics.get(config.camera_info_topic) if config.camera_info_topic else None
     if info_type is not None and info_type != CAMERA_INFO_TYPE:

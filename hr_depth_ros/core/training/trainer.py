@@ -126,8 +126,9 @@ class TrainingConfig:
                                                 'else the only one; empty: use intrinsics); distorted images are '
                                                 'rectified')
     gt_depth_topic: str | None = option(None, type=str, unset='',
-                                        help='ground-truth depth topic (REP 118: 16UC1 mm or 32FC1 m, 0/NaN invalid; '
-                                             'matched by stamp) for validation metrics and choosing best/')
+                                        help='ground-truth depth topic (REP 118: 16UC1 mm or 32FC1 m, 0/NaN invalid; an '
+                                             'Image or a compressedDepth CompressedImage; matched by stamp) for '
+                                             'validation metrics and choosing best/')
     intrinsics: Sequence[float] | None = option(None, type=float, nargs=4, metavar=('FX', 'FY', 'CX', 'CY'),
                                                 help='pixel intrinsics fx, fy, cx, cy of the bag images when the '
                                                      'bags have no camera_info')
