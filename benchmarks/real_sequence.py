@@ -19,6 +19,8 @@ scenes) started by the demo's helper:
   under TF (and ``latest/``);
 - ``tf_gt``: the same with ``--gt-depth-topic /camera/depth/image_raw``: ``best/`` chosen by the
   metric depth error on the validation frames (within the training frames);
+- ``tf_label``: ``tf_gt`` with the depth sensor also a label on the training frames (``--gt-depth-weight 1``):
+  not self-supervised; what any training loss on these frames can reach at most;
 - ``camera``: camera only, the pose network (``--pose-source net``; anchored);
 - ``camera_vo``: camera only, two-view geometry (``--pose-source vo``, issue 19).
 
@@ -32,8 +34,9 @@ fine-tuned (one colour scale, metres) for the middle held-out frame.
 
 Another RGB-D recording works the same way (``--bag``): the colour topic (Image or CompressedImage)
 and its camera_info are found as fine-tuning finds them, the depth topic is the only Image (or
-compressedDepth CompressedImage) topic with ``depth`` in its name (16UC1 mm or 32FC1 m; each colour frame gets the depth image stamped nearest
-to it within 20 ms, one-to-one, as fine-tuning matches ground truth); ``--*-topic`` choose, ``--odom-frame`` names the odometry's fixed frame in TF.
+compressedDepth CompressedImage) topic with ``depth`` in its name (16UC1 mm or 32FC1 m; each colour
+frame gets the depth image stamped nearest to it within 20 ms, one-to-one, as fine-tuning matches
+ground truth); ``--*-topic`` choose, ``--odom-frame`` names the odometry's fixed frame in TF.
 """
 from __future__ import annotations
 
@@ -68,6 +71,8 @@ TUM_TOPICS = {'image': IMAGE, 'info': INFO, 'depth': DEPTH}
 ROWS = {  # name -> (label, pose source, more TrainingConfig fields; 'gt': the depth topic as --gt-depth-topic)
     'tf': ('TF (no depth sensor)', 'tf', {}),
     'tf_gt': ('TF + `--gt-depth-topic`', 'tf', {'gt': True}),
+    'tf_label': ('TF + the depth sensor as a label (`--gt-depth-weight 1`)', 'tf',
+                 {'gt': True, 'gt_depth_weight': 1.0}),
     'camera': ('camera only (pose network)', 'net', {}),
     'camera_vo': ('camera only (two-view geometry)', 'vo', {}),
 }
@@ -258,7 +263,8 @@ def main() -> int:
     tuned_depth = None
     for name in args.rows:
         label, pose_source, extra = ROWS[name]
-        extra = {'gt_depth_topic': topics['depth']} if extra.get('gt') else extra
+        extra = {**{k: v for k, v in extra.items() if k != 'gt'},
+                 **({'gt_depth_topic': topics['depth']} if extra.get('gt') else {})}
         run = args.output / name
         shutil.rmtree(run, ignore_errors=True)
         began = time.monotonic()

@@ -275,3 +275,79 @@ def test_real_sequence_benchmark_runs_end_to_end_on_another_recording(tmp_path):
     rows = [line for line in run.stdout.splitlines() if line.startswith('| TF (no depth sensor)')]
     assert len(rows) == 2 and all('metric scale' in row for row in rows)
     assert picture.is_file() and picture.stat().st_size > 1000
+
+
+def test_a_depth_sensor_as_a_label_pulls_the_depth_to_its_metres(tmp_path):
+    """``gt_depth_weight``: the sensor's depth, where it has data, is a label on the training frames as well (log-L1
+    on metres): the loss is the self-supervised one plus weight x that term, and minimising it brings the depth to
+    the sensor's, which the self-supervised loss alone does not."""
+    import torch
+
+    from hr_depth_ros.core.training.data import TripletDataset
+    from hr_depth_ros.core.training.losses import depth_label_loss
+    from hr_depth_ros.core.training.trainer import Trainer, TrainingConfig
+
+    bag = write_depth_sensor_bag(tmp_path / 'bag', '16UC1', offset_ms=0.0, frames=8)
+    base = TrainingConfig(bags=[str(bag)], output=str(tmp_path / 'out'), width=W, height=H, steps=1, device='cpu',
+                          val_fraction=0.0, gt_depth_topic=SENSOR, loss_scales=1)
+    data = prepare_data(base.data_config())
+    try:
+        batch = torch.utils.data.default_collate([TripletDataset(data.store, data.train)[i] for i in (0, 4)])
+    finally:
+        data.close()
+    truth = batch['depth_gt']
+    models = Trainer(base)._build_models()
+    errors = {}
+    for weight in (0.0, 1.0):
+        config = TrainingConfig(**{**base.__dict__, 'gt_depth_weight': weight})
+        config.validate()
+        trainer = Trainer(config)
+        trainer.state.pose_source = 'tf'  # as the run resolves it for this bag (the batch carries the TF poses)
+        torch.manual_seed(0)
+        logits = torch.full((2, 1, H, W), -3.0).requires_grad_()  # depth ~2 m: far from the drive's metres
+        optimizer = torch.optim.Adam([logits], lr=0.1)
+        for step in range(30):
+            disp = logits.sigmoid()  # as the decoder's output
+            loss, info = trainer._losses(models, batch, outputs={('disp', 0): disp})
+            if step == 0 and weight:
+                plain = Trainer(base)
+                plain.state.pose_source = 'tf'
+                alone, _ = plain._losses(models, batch, outputs={('disp', 0): disp})
+                label = depth_label_loss(trainer._depth(disp), truth)
+                assert loss.item() == pytest.approx(alone.item() + weight * label.item(), rel=1e-5)
+                assert info['label'].item() == pytest.approx(label.item(), rel=1e-5)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        errors[weight] = depth_label_loss(trainer._depth(logits.detach().sigmoid()), truth).item()
+    start = depth_label_loss(trainer._depth(torch.full((2, 1, H, W), -3.0).sigmoid()), truth).item()
+    assert start > 1.0  # e^1: the start depth is off by more than 2.7x
+    assert errors[1.0] < 0.2 * start and errors[0.0] > 0.5 * start, (start, errors)
+
+
+@pytest.mark.parametrize('more, message', [
+    ([], 'gt_depth_weight needs a ground-truth depth topic'),
+    (['--gt-depth-topic', SENSOR, '--pose-source', 'vo'], 'gt_depth_weight needs TF poses'),
+])
+def test_a_label_weight_without_labels_or_metres_is_refused(tmp_path, capsys, more, message):
+    bag = write_depth_sensor_bag(tmp_path / 'bag', '16UC1', offset_ms=0.0)
+    assert finetune.main(['--bag', str(bag), '--output', str(tmp_path / 'run'), '--steps', '1', '--width', str(W),
+                          '--height', str(H), '--device', 'cpu', '--quiet', '--gt-depth-weight', '1', *more]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_depth_labels_keep_the_metres_without_photometric_re_estimation(tmp_path, lite_checkpoint):
+    """With labels the metric scale is found once (photometric search, as always) and then left to them: the
+    re-estimation at each validation, which would pull against the labels, is skipped (it runs without them)."""
+    bag = write_depth_sensor_bag(tmp_path / 'bag', '16UC1', offset_ms=0.0, frames=12)
+    updates = {}
+    for weight in ('0', '1'):
+        output = tmp_path / f'run{weight}'
+        assert finetune.main(['--bag', str(bag), '--output', str(output), '--init', str(lite_checkpoint), '--steps',
+                              '2', '--val-every', '1', '--width', str(W), '--height', str(H), '--batch-size', '2',
+                              '--device', 'cpu', '--quiet', '--gt-depth-topic', SENSOR,
+                              '--gt-depth-weight', weight]) == 0
+        meta = json.loads((output / 'latest' / 'hr_depth_ros.json').read_text())
+        assert meta['scale_search']['how'].startswith('photometric search')
+        updates[weight] = meta['scale_search']['updates']
+    assert [step for step, _ in updates['0']] == [1, 2] and updates['1'] == []

@@ -1,6 +1,8 @@
 """Known-answer tests for the self-supervised losses."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -121,3 +123,16 @@ def test_box_mean_is_the_reflection_padded_average_pool_with_its_gradient():
     (grad_ours,) = torch.autograd.grad((ours * weights).sum(), image)
     (grad_reference,) = torch.autograd.grad((reference * weights).sum(), image)
     torch.testing.assert_close(grad_ours, grad_reference, rtol=1e-12, atol=1e-12)
+
+
+def test_depth_label_loss_is_the_mean_log_error_where_the_label_has_data():
+    from hr_depth_ros.core.training.losses import depth_label_loss
+
+    depth = torch.tensor([[[[2.0, 1.0, 4.0, 3.0]]]], requires_grad=True)
+    truth = torch.tensor([[[[1.0, float('nan'), 4.0, 0.0]]]])  # NaN and 0: no data
+    loss = depth_label_loss(depth, truth)
+    assert loss.item() == pytest.approx(math.log(2.0) / 2)
+    loss.backward()
+    assert depth.grad[0, 0, 0, 1] == 0 and depth.grad[0, 0, 0, 3] == 0 and depth.grad[0, 0, 0, 0] > 0
+    empty = depth_label_loss(depth, torch.full_like(truth, float('nan')))
+    assert empty.item() == 0 and empty.requires_grad  # a batch without labels still back-propagates

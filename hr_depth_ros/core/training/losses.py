@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 __all__ = ['SSIM_C1', 'SSIM_C2', 'SSIM_WEIGHT', 'SMOOTHNESS_WEIGHT', 'IDENTITY_NOISE_STD',
            'box_mean_3x3', 'ssim_loss', 'photometric_error', 'min_reprojection', 'smoothness_loss',
-           'distillation_loss', 'upsample_to']
+           'distillation_loss', 'upsample_to', 'depth_label_loss']
 
 SSIM_C1 = 0.01 ** 2
 SSIM_C2 = 0.03 ** 2
@@ -122,3 +122,12 @@ def distillation_loss(student_disp: torch.Tensor, teacher_disp: torch.Tensor,
         return error.mean()
     mask = mask.expand_as(error)
     return error[mask].mean() if mask.any() else error.sum() * 0.0
+
+
+def depth_label_loss(depth: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
+    """Mean ``|log depth - log truth|`` over the pixels where ``truth`` (metres, NaN / 0 = no data, the
+    size of ``depth``) has data: a depth sensor's image as a label; 0 (still in the graph) without any."""
+    valid = torch.isfinite(truth) & (truth > 0)
+    if not valid.any():
+        return depth.sum() * 0.0
+    return (torch.log(depth[valid]) - torch.log(truth[valid])).abs().mean()

@@ -67,8 +67,9 @@ from hr_depth_ros.core.training.distributed import SINGLE, Distributed, data_par
 from hr_depth_ros.core.training.data import PreparedData, prepare_data
 from hr_depth_ros.core.training.data_config import POSE_SOURCES, DataConfig
 from hr_depth_ros.core.training.dataset import TripletDataset
-from hr_depth_ros.core.training.losses import (IDENTITY_NOISE_STD, SMOOTHNESS_WEIGHT, distillation_loss, min_reprojection,
-                                               photometric_error, smoothness_loss, upsample_to)
+from hr_depth_ros.core.training.losses import (IDENTITY_NOISE_STD, SMOOTHNESS_WEIGHT, depth_label_loss,
+                                               distillation_loss, min_reprojection, photometric_error, smoothness_loss,
+                                               upsample_to)
 from hr_depth_ros.core.training.options import check_limits, option
 from hr_depth_ros.core.training.run_log import RunLog
 from hr_depth_ros.core.training.scale import ScaleSearch, depth_headroom, median_pixel_scale, search_scale
@@ -138,6 +139,10 @@ class TrainingConfig:
     encoder_weights: str | None = option(None, type=str, unset='', help='local ImageNet state dict for the encoders')
     teacher: str | None = option(None, type=str, unset='', help='checkpoint folder of a distillation teacher')
     distill_weight: float = option(1.0, min_value=0.0, help='weight of the distillation loss')
+    gt_depth_weight: float = option(0.0, min_value=0.0,
+                                    help='weight of the ground-truth depth (--gt-depth-topic) as a label on the '
+                                         'training frames where it has data (log-L1, metres; needs TF poses); 0: '
+                                         'the depth sensor only scores validation')
     # An L1 pull of the disparity (every scale) toward what the start checkpoint (--init) gives for
     # the same frame. With poses from the pose network the depth network otherwise bends to the
     # pose errors and gets worse; anchored, short fine-tunes improve it (benchmarks/RESULTS.md).
@@ -263,6 +268,8 @@ class TrainingConfig:
             value = getattr(self, name)
             if value is not None and not (math.isfinite(value) and value > 0):
                 raise TrainingError(f'{name} must be a positive number, got {value}')
+        if self.gt_depth_weight and not self.gt_depth_topic:
+            raise TrainingError('gt_depth_weight needs a ground-truth depth topic (gt_depth_topic)')
         if self.metric_scale is not None:
             try:
                 check_metric_scale(self.metric_scale, 'option metric_scale (--metric-scale)')
@@ -509,7 +516,13 @@ class Trainer:
         transforms = self._transforms(models, batch, pose_source or self.state.pose_source, color_aug)
         pulls = [(pull.weight, pull.disparity(target)) for pull in models.targets]
         with self._full_precision():
-            return self._loss_terms(outputs, color, K, transforms, pulls)
+            total, info = self._loss_terms(outputs, color, K, transforms, pulls)
+            if self.config.gt_depth_weight:
+                disp = upsample_to(outputs[('disp', 0)].float(), *target.shape[-2:])
+                label = depth_label_loss(self._depth(disp), batch['depth_gt'].to(self.device))
+                total = total + self.config.gt_depth_weight * label
+                info['label'] = label.detach()
+            return total, info
 
     def _loss_terms(self, outputs: dict, color: torch.Tensor, K: torch.Tensor, transforms: dict[int, torch.Tensor],
                     pulls: list[tuple[float, torch.Tensor]]) -> tuple[torch.Tensor, dict[str, Any]]:
@@ -810,6 +823,9 @@ class Trainer:
         cfg = self.config
         self._report_data(data)
         self.state.pose_source = data.pose_source
+        if cfg.gt_depth_weight and data.pose_source != 'tf':
+            raise TrainingError(f'gt_depth_weight needs TF poses (metric depth to compare with the labels); camera '
+                                f'motion here comes from {data.report.pose_source}')
         models = self._build_models()
         optimizer, scheduler, scaler = self._optimizer(models)
         if cfg.resume:
@@ -1011,8 +1027,8 @@ class Trainer:
         """Validate, record, and save best/ when the selection measure improved."""
         # Rank 0 validates on all the validation samples (the numbers of a single process) and
         # broadcasts the result, so every rank keeps the same best / selection state.
-        if self._scale_loader is not None and self.state.step > 0:
-            self._refine_metric_scale(models)
+        if self._scale_loader is not None and self.state.step > 0 and not self.config.gt_depth_weight:
+            self._refine_metric_scale(models)  # (depth labels keep the metres themselves)
         result = self.dist.broadcast(self._validate(models, val_loader, data.val_has_poses)
                                      if self.dist.is_main else None)
         if not result:
