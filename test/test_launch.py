@@ -214,16 +214,26 @@ class Launched:
 
     def stop_failure(self, returncode: int | None, left: list) -> str:
         """The message of a failed :meth:`interrupt`: exit status, processes left, where the command waited."""
-        return f'rc {returncode}, left {left}, threads {self.stuck}\n{self.tail()}'
+        return f'rc {returncode}, left {left}; where each process waited:\n{self.stuck}\n--- its output:\n{self.tail()}'
 
     def where_stuck(self) -> str:
-        """What each thread of the command waits in (kernel wchan, Linux), for the failure message."""
-        tasks = Path(f'/proc/{self.proc.pid}/task')
-        try:
-            return ', '.join(f'{t.name}:{(t / "comm").read_text().strip()}@{(t / "wchan").read_text().strip()}'
-                             for t in sorted(tasks.iterdir()))
-        except OSError as error:
-            return f'(no /proc view: {error})'
+        """Where the command and each process under it wait (Linux /proc), for the failure message: per
+        process its state and signal masks (pending, blocked, ignored, caught), per thread its state and
+        kernel wchan; a zombie whose threads still run, a signal left pending or blocked shows here."""
+        def process(pid: int) -> str:
+            base = Path(f'/proc/{pid}')
+            try:
+                status = dict(line.split(':', 1) for line in (base / 'status').read_text().splitlines() if ':' in line)
+                masks = ' '.join(f'{key}={status[key].strip()}'
+                                 for key in ('SigPnd', 'ShdPnd', 'SigBlk', 'SigIgn', 'SigCgt'))
+                threads = ', '.join(f'{t.name}:{(t / "comm").read_text().strip()}'
+                                    f'[{(t / "stat").read_text().rsplit(")", 1)[1].split()[0]}]'
+                                    f'@{(t / "wchan").read_text().strip()}' for t in sorted((base / 'task').iterdir()))
+                return f'{pid} {status["Name"].strip()} {status["State"].strip()} {masks}; threads {threads}'
+            except (OSError, KeyError, IndexError) as error:
+                return f'{pid}: (no /proc view: {error})'
+
+        return '\n'.join(process(pid) for pid in [self.proc.pid, *(p.pid for p in self.descendants())])
 
     def kill(self) -> None:
         """Whatever is left of its process group (after a failed test)."""
