@@ -127,8 +127,8 @@ class TrainingConfig:
                                                 'else the only one; empty: use intrinsics); distorted images are '
                                                 'rectified')
     gt_depth_topic: str | None = option(None, type=str, unset='',
-                                        help='ground-truth depth topic (REP 118: 16UC1 mm or 32FC1 m, 0/NaN invalid; an '
-                                             'Image or a compressedDepth CompressedImage; matched by stamp) for '
+                                        help='ground-truth depth topic (REP 118: 16UC1 mm or 32FC1 m, 0/NaN invalid; '
+                                             'an Image or a compressedDepth CompressedImage; matched by stamp) for '
                                              'validation metrics and choosing best/')
     intrinsics: Sequence[float] | None = option(None, type=float, nargs=4, metavar=('FX', 'FY', 'CX', 'CY'),
                                                 help='pixel intrinsics fx, fy, cx, cy of the bag images when the '
@@ -515,18 +515,15 @@ class Trainer:
             outputs = models.decoder(models.encoder(color_aug[:, 0]))
         transforms = self._transforms(models, batch, pose_source or self.state.pose_source, color_aug)
         pulls = [(pull.weight, pull.disparity(target)) for pull in models.targets]
+        labels = batch['depth_gt'].to(self.device) if self.config.gt_depth_weight else None
         with self._full_precision():
-            total, info = self._loss_terms(outputs, color, K, transforms, pulls)
-            if self.config.gt_depth_weight:
-                disp = upsample_to(outputs[('disp', 0)].float(), *target.shape[-2:])
-                label = depth_label_loss(self._depth(disp), batch['depth_gt'].to(self.device))
-                total = total + self.config.gt_depth_weight * label
-                info['label'] = label.detach()
-            return total, info
+            return self._loss_terms(outputs, color, K, transforms, pulls, labels)
 
     def _loss_terms(self, outputs: dict, color: torch.Tensor, K: torch.Tensor, transforms: dict[int, torch.Tensor],
-                    pulls: list[tuple[float, torch.Tensor]]) -> tuple[torch.Tensor, dict[str, Any]]:
-        """The loss of the networks' outputs (:meth:`_losses`), in float32."""
+                    pulls: list[tuple[float, torch.Tensor]], labels: torch.Tensor | None = None,
+                    ) -> tuple[torch.Tensor, dict[str, Any]]:
+        """The loss of the networks' outputs (:meth:`_losses`), in float32; ``labels``: metres (NaN: none) for
+        ``gt_depth_weight``'s term on the full-resolution depth."""
         cfg = self.config
         target32 = color[:, 0].float()
         height, width = target32.shape[-2:]
@@ -549,7 +546,13 @@ class Trainer:
                 info['photometric'] = per_pixel.detach().mean()  # tensors: read (a host sync) when logged
                 info['automask'] = automask.float().mean()
                 info['disp'] = disp.detach()
-        return total / len(scales), info
+                full_depth = depth
+        total = total / len(scales)
+        if labels is not None:
+            label = depth_label_loss(full_depth, labels)
+            total = total + cfg.gt_depth_weight * label
+            info['label'] = label.detach()
+        return total, info
 
     # -- validation -----------------------------------------------------------------------------
     def _tf_scoring(self, scored: list[tuple[dict[str, torch.Tensor], torch.Tensor]]) -> list[tuple[Any, ...]]:
