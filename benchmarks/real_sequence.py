@@ -59,7 +59,8 @@ from hr_depth_ros.core.bags import is_bag, list_topics, open_reader, read_messag
 from hr_depth_ros.core.depth_options import NodeConfig  # noqa: E402
 from hr_depth_ros.core.image_decoding import depth_to_metres, message_to_rgb  # noqa: E402
 from hr_depth_ros.core.rectification import calibration_of, rectifier_for  # noqa: E402
-from hr_depth_ros.core.training.data_config import DataConfig, DataError, is_depth_topic, resolve_topics  # noqa: E402
+from hr_depth_ros.core.training.data_config import (COMPRESSED_TYPE, IMAGE_TYPE, DataConfig, DataError,  # noqa: E402
+                                                    is_depth_topic, resolve_topics)
 from hr_depth_ros.core.visualization import colorize  # noqa: E402
 from hr_depth_ros.tools.demo import EvalFrame, bundled_checkpoint, finetune, finetune_config, score_depths  # noqa: E402
 
@@ -85,8 +86,7 @@ def sequence_topics(bag: Path, image: str | None = None, info: str | None = None
     topic named for depth; DataError naming the candidates when that is ambiguous."""
     topics = list_topics(bag)
     if depth is None:
-        depths = sorted(t for t, kind in topics.items()
-                        if kind in ('sensor_msgs/msg/Image', 'sensor_msgs/msg/CompressedImage') and is_depth_topic(t))
+        depths = sorted(t for t, kind in topics.items() if kind in (IMAGE_TYPE, COMPRESSED_TYPE) and is_depth_topic(t))
         if len(depths) != 1:
             raise DataError(f'bag {bag}: {len(depths)} depth image topics ({", ".join(depths) or "none"}); give '
                             '--depth-topic')
@@ -123,14 +123,16 @@ def depth_stamps(bag: Path, topics: dict[str, str] = TUM_TOPICS,
 
 
 def split_bag(source: Path, dest: Path, train_frames: int, last: bool = False,
-              topics: dict[str, str] = TUM_TOPICS) -> tuple[Path, list[int]]:
+              topics: dict[str, str] = TUM_TOPICS,
+              pairing: tuple[list[int], dict[int, int]] | None = None) -> tuple[Path, list[int]]:
     """Copy the first (``last``: the last) ``train_frames`` colour frames of ``source`` (with their camera_info
     and the depth images matched to them, and all TF) into a new rosbag2 ``dest`` (from a rosbag2 or a ROS 1 bag,
-    whose messages are converted); returns it and the stamps of all colour frames in order."""
+    whose messages are converted); returns it and the stamps of all colour frames in order. ``pairing``: the bag's
+    :func:`depth_stamps` when the caller has it (else read here)."""
     from rosbags.rosbag2 import StoragePlugin, Writer
     from rosbags.typesys import Stores, get_typestore
 
-    stamps, matched = depth_stamps(source, topics)
+    stamps, matched = pairing or depth_stamps(source, topics)
     kept = stamps[-train_frames:] if last else stamps[:train_frames]
     kept_depth = {matched[c] for c in kept if c in matched}
     if dest.exists():
@@ -158,11 +160,12 @@ def split_bag(source: Path, dest: Path, train_frames: int, last: bool = False,
 
 
 def heldout_frames(bag: Path, stamps: list[int], train_frames: int, last: bool = False,
-                   topics: dict[str, str] = TUM_TOPICS) -> list[EvalFrame]:
+                   topics: dict[str, str] = TUM_TOPICS,
+                   pairing: tuple[list[int], dict[int, int]] | None = None) -> list[EvalFrame]:
     """Colour frames after (``last``: before) the training ones that have a depth image matched to them
-    (:func:`depth_stamps`), rectified (image and depth)."""
+    (:func:`depth_stamps`; ``pairing``: its result when the caller has it), rectified (image and depth)."""
     wanted = set(stamps[:len(stamps) - train_frames] if last else stamps[train_frames:])
-    _, matched = depth_stamps(bag, topics)
+    _, matched = pairing or depth_stamps(bag, topics)
     colour_of = {d: c for c, d in matched.items() if c in wanted}
     rgb, depth, info = {}, {}, None
     for topic, _, stamp, msg in read_messages(bag, [topics['image'], topics['info'], topics['depth']]):
@@ -250,9 +253,10 @@ def main() -> int:
         print('the shipped checkpoint models/lite_hr_depth_synthetic is missing', file=sys.stderr)
         return 1
     last = args.split == 'last'
+    pairing = depth_stamps(args.bag, topics)  # one pass over the bag's colour and depth for both
     train_bag, stamps = split_bag(args.bag, args.output / 'bags' / f'{args.split}_{args.train_frames}',
-                                  args.train_frames, last, topics)
-    frames = heldout_frames(args.bag, stamps, args.train_frames, last, topics)
+                                  args.train_frames, last, topics, pairing)
+    frames = heldout_frames(args.bag, stamps, args.train_frames, last, topics, pairing)
     if not frames:
         print(f'no scored frame of {args.bag} has a depth image on {topics["depth"]} stamped within '
               f'{DataConfig.gt_depth_tolerance * 1000:g} ms of it', file=sys.stderr)
